@@ -1,0 +1,297 @@
+//! Throughput and latency of `km apiserver` on a real etcd, over HTTP:
+//! pod creates/s, binds/s, status updates/s, and watch delivery latency
+//! (one watcher and many).
+//!
+//! ```text
+//! cargo run --release -p km-apiserver --example apiserver_bench -- [pods] [concurrency] [watchers]
+//! ```
+//!
+//! Starts `etcd` from PATH in a temporary directory and the server
+//! in-process on a loopback port.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use km_apiserver::api::{Api, ApiConfig};
+use km_apiserver::storage::{EtcdStorage, Storage};
+use serde_json::{Value, json};
+
+struct Etcd(Child, #[allow(dead_code)] tempfile::TempDir);
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn start_etcd() -> (Etcd, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (client, peer) = (free_port(), free_port());
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .arg(format!("--data-dir={}", dir.path().join("data").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=default={peer_url}"))
+        .arg("--log-level=error")
+        .arg("--logger=zap")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start etcd (is it on PATH?)");
+    (Etcd(child, dir), client_url)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn run_concurrent<F, Fut>(n: usize, concurrency: usize, f: F) -> Duration
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = Instant::now();
+    futures::stream::iter(0..n).map(f).buffer_unordered(concurrency).collect::<Vec<()>>().await;
+    start.elapsed()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let pods = args.first().copied().unwrap_or(10_000);
+    let concurrency = args.get(1).copied().unwrap_or(128);
+    let watchers = args.get(2).copied().unwrap_or(100);
+
+    let (_etcd, url) = start_etcd();
+    let storage = loop {
+        if let Ok(s) = EtcdStorage::connect(std::slice::from_ref(&url), 4).await
+            && s.current_revision().await.is_ok()
+        {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let api = Arc::new(Api::new(Arc::new(storage), ApiConfig::default()));
+    api.bootstrap().await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, km_apiserver::server::router(api)).await });
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    println!("km apiserver bench: {pods} pods, concurrency {concurrency}, etcd {url}");
+
+    // Creates.
+    let pods_url = format!("{base}/api/v1/namespaces/default/pods");
+    let elapsed = run_concurrent(pods, concurrency, |i| {
+        let (http, pods_url) = (http.clone(), pods_url.clone());
+        async move {
+            let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("p-{i}"), "labels": {"app": "bench"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox:1", "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}});
+            let resp = http.post(&pods_url).header("content-type", "application/json").body(pod.to_string()).send().await;
+            assert_eq!(resp.map(|r| r.status().as_u16()).unwrap_or(0), 201);
+        }
+    })
+    .await;
+    println!(
+        "creates:        {:>8.0} pods/s  ({pods} in {elapsed:.2?})",
+        pods as f64 / elapsed.as_secs_f64()
+    );
+
+    // Binds, with one watcher (the scheduler's) timing each bind from its
+    // request to its MODIFIED event.
+    let rv = current_rv(&http, &pods_url).await?;
+    let sent: Sent = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let watcher = spawn_watcher(&http, &pods_url, &rv, pods, sent.clone()).await?;
+    let elapsed = run_concurrent(pods, concurrency, |i| {
+        let (http, pods_url, sent) = (http.clone(), pods_url.clone(), sent.clone());
+        async move {
+            let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": format!("p-{i}")},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": format!("agent-{}", i % 1000)}});
+            if let Ok(mut s) = sent.lock() {
+                s.insert(format!("p-{i}"), Instant::now());
+            }
+            let resp = http
+                .post(format!("{pods_url}/p-{i}/binding"))
+                .header("content-type", "application/json")
+                .body(binding.to_string())
+                .send()
+                .await;
+            assert_eq!(resp.map(|r| r.status().as_u16()).unwrap_or(0), 201);
+        }
+    })
+    .await;
+    println!(
+        "binds:          {:>8.0} binds/s ({pods} in {elapsed:.2?})",
+        pods as f64 / elapsed.as_secs_f64()
+    );
+    let mut lat = tokio::time::timeout(Duration::from_secs(60), watcher).await???;
+    lat.sort();
+    println!(
+        "  bind -> watch event (1 watcher, under full bind load): {} events, p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or_default()
+    );
+
+    // Status updates.
+    let elapsed = run_concurrent(pods, concurrency, |i| {
+        let (http, pods_url) = (http.clone(), pods_url.clone());
+        async move {
+            let patch = json!({"status": {"phase": "Running", "podIP": format!("10.1.{}.{}", i / 250, i % 250)}});
+            let resp = http
+                .patch(format!("{pods_url}/p-{i}/status"))
+                .header("content-type", "application/merge-patch+json")
+                .body(patch.to_string())
+                .send()
+                .await;
+            assert_eq!(resp.map(|r| r.status().as_u16()).unwrap_or(0), 200);
+        }
+    })
+    .await;
+    println!(
+        "status patches: {:>8.0} /s      ({pods} in {elapsed:.2?})",
+        pods as f64 / elapsed.as_secs_f64()
+    );
+
+    // Fan-out: many watchers, writes paced at ~500/s.
+    let writes = 500.min(pods);
+    let rv = current_rv(&http, &pods_url).await?;
+    let sent: Sent = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let mut tasks = Vec::new();
+    for _ in 0..watchers {
+        tasks.push(spawn_watcher(&http, &pods_url, &rv, writes, sent.clone()).await?);
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(2));
+    let mut inflight = Vec::new();
+    for i in 0..writes {
+        ticker.tick().await;
+        let (http, pods_url, sent) = (http.clone(), pods_url.clone(), sent.clone());
+        inflight.push(tokio::spawn(async move {
+            if let Ok(mut s) = sent.lock() {
+                s.insert(format!("p-{i}"), Instant::now());
+            }
+            let patch = json!({"metadata": {"labels": {"fanout": "1"}}});
+            let _ = http
+                .patch(format!("{pods_url}/p-{i}"))
+                .header("content-type", "application/merge-patch+json")
+                .body(patch.to_string())
+                .send()
+                .await;
+        }));
+    }
+    for t in inflight {
+        let _ = t.await;
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        if let Ok(Ok(Ok(mut l))) = tokio::time::timeout(Duration::from_secs(60), task).await {
+            all.append(&mut l);
+        }
+    }
+    all.sort();
+    println!(
+        "watch fan-out: {watchers} watchers x {writes} writes at 500/s = {} deliveries; write request -> event p50 {:.1?}, p99 {:.1?}, max {:.1?}",
+        all.len(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        all.last().copied().unwrap_or_default()
+    );
+
+    // Sequential single-writer latency of one bind-sized write.
+    let mut single = Vec::new();
+    for i in 0..200 {
+        let t0 = Instant::now();
+        let patch = json!({"metadata": {"labels": {"round": i.to_string()}}});
+        http.patch(format!("{pods_url}/p-0"))
+            .header("content-type", "application/merge-patch+json")
+            .body(patch.to_string())
+            .send()
+            .await?;
+        single.push(t0.elapsed());
+    }
+    single.sort();
+    println!(
+        "single write:   p50 {:.2?}, p99 {:.2?}",
+        percentile(&single, 0.5),
+        percentile(&single, 0.99)
+    );
+
+    // Full list.
+    let t0 = Instant::now();
+    let resp = http.get(&pods_url).send().await?;
+    let code = resp.status();
+    let list = resp.bytes().await?;
+    println!("list {pods} pods: {:.2?} ({} bytes, HTTP {code})", t0.elapsed(), list.len());
+    Ok(())
+}
+
+type Sent = Arc<std::sync::Mutex<HashMap<String, Instant>>>;
+
+async fn current_rv(http: &reqwest::Client, pods_url: &str) -> anyhow::Result<String> {
+    let list: Value = http.get(format!("{pods_url}?limit=1")).send().await?.json_value().await?;
+    Ok(list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_owned())
+}
+
+/// A watch from `rv` that records, for `expect` events, the time since the
+/// write of the named pod started.
+async fn spawn_watcher(
+    http: &reqwest::Client,
+    pods_url: &str,
+    rv: &str,
+    expect: usize,
+    sent: Sent,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<Vec<Duration>>>> {
+    let resp = http.get(format!("{pods_url}?watch=true&resourceVersion={rv}")).send().await?;
+    Ok(tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(expect);
+        let mut stream = resp.bytes_stream();
+        let mut buf = Vec::new();
+        while latencies.len() < expect {
+            let Some(chunk) = stream.next().await else { break };
+            buf.extend_from_slice(&chunk?);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let now = Instant::now();
+                let line: Vec<u8> = buf.drain(..=pos).collect();
+                // Cheap name extraction: the events are ours, no full parse needed.
+                let text = String::from_utf8_lossy(&line);
+                let Some(name) = text.split("\"name\":\"").nth(1).and_then(|r| r.split('"').next())
+                else {
+                    continue;
+                };
+                if let Some(t0) = sent.lock().ok().and_then(|s| s.get(name).copied()) {
+                    latencies.push(now.saturating_duration_since(t0));
+                }
+            }
+        }
+        Ok(latencies)
+    }))
+}
+
+trait JsonValue {
+    async fn json_value(self) -> anyhow::Result<Value>;
+}
+
+impl JsonValue for reqwest::Response {
+    async fn json_value(self) -> anyhow::Result<Value> {
+        Ok(serde_json::from_slice(&self.bytes().await?)?)
+    }
+}

@@ -1,0 +1,682 @@
+//! The REST verbs on stored objects: create, get, list, watch, update,
+//! patch, delete, and the `status`, `binding` and `scale` subresources.
+//! Writes are read-modify-write loops over the store's compare-and-swap,
+//! so concurrent writers never queue behind a lock of ours.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use crate::alloc::Ranges;
+use crate::error::{ApiError, ApiResult, Cause};
+use crate::object::{self, child, name_of, unix_now, with_revision};
+use crate::patch;
+use crate::registry::{self, Kind};
+use crate::selector::{FieldSelector, LabelSelector};
+use crate::storage::{Storage, StorageError};
+use crate::watch::{WatchRequest, Watches};
+
+/// Server behaviour knobs.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// How often watchers that allow bookmarks get one.
+    pub bookmark_interval: Duration,
+    /// Service ClusterIP and NodePort ranges.
+    pub ranges: Ranges,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { bookmark_interval: Duration::from_secs(10), ranges: Ranges::default() }
+    }
+}
+
+/// Shared state of all handlers.
+pub struct Api<S> {
+    pub storage: Arc<S>,
+    pub watches: Watches<S>,
+    pub config: ApiConfig,
+}
+
+/// `namespaces` that always exist and cannot be deleted.
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Query parameters, last value wins.
+pub type Query = HashMap<String, String>;
+
+pub fn parse_query(raw: Option<&str>) -> Query {
+    form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+fn flag(query: &Query, key: &str) -> bool {
+    matches!(query.get(key).map(String::as_str), Some("true" | "1"))
+}
+
+fn parse_rv(kind: &Kind, rv: &str) -> ApiResult<i64> {
+    rv.parse::<i64>().map_err(|_| {
+        ApiError::invalid(
+            kind,
+            "",
+            vec![Cause::invalid("resourceVersion", &json!(rv), "must be a decimal integer")],
+        )
+    })
+}
+
+fn decode(bytes: &Bytes) -> ApiResult<Value> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::Internal(format!("stored object does not decode: {e}")))
+}
+
+fn encode(value: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
+}
+
+fn rv_of(obj: &Value) -> Option<&str> {
+    obj["metadata"]["resourceVersion"].as_str().filter(|s| !s.is_empty())
+}
+
+/// Continue tokens: the revision of the first page and the next key.
+fn encode_continue(revision: i64, next_key: &str) -> String {
+    let raw = json!({ "rv": revision, "start": next_key }).to_string();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_continue(prefix: &str, token: &str) -> ApiResult<(i64, String)> {
+    let bad = || ApiError::BadRequest(format!("invalid continue token {token:?}"));
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let value: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    let rv = value["rv"].as_i64().ok_or_else(bad)?;
+    let start = value["start"].as_str().ok_or_else(bad)?;
+    if !start.starts_with(prefix) {
+        return Err(bad());
+    }
+    Ok((rv, start.to_owned()))
+}
+
+/// What a DELETE asked for.
+#[derive(Debug, Default)]
+pub struct DeleteOptions {
+    pub grace_period: Option<i64>,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    pub propagation: Option<String>,
+}
+
+impl DeleteOptions {
+    pub fn parse(query: &Query, body: &Value) -> DeleteOptions {
+        let grace = body["gracePeriodSeconds"]
+            .as_i64()
+            .or_else(|| query.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+        DeleteOptions {
+            grace_period: grace,
+            uid: body["preconditions"]["uid"].as_str().map(str::to_owned),
+            resource_version: body["preconditions"]["resourceVersion"].as_str().map(str::to_owned),
+            propagation: body["propagationPolicy"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| query.get("propagationPolicy").cloned()),
+        }
+    }
+}
+
+/// How an update's new object is derived from the current one.
+pub enum Mutation<'a> {
+    /// PUT: the request body.
+    Replace(Value),
+    /// PATCH with this content type.
+    Patch { content_type: &'a str, patch: Value },
+    /// Any change computed from the current object (binding, scale, delete).
+    With(Box<dyn FnMut(Value) -> ApiResult<Value> + Send + 'a>),
+}
+
+impl<S: Storage> Api<S> {
+    pub fn new(storage: Arc<S>, config: ApiConfig) -> Api<S> {
+        Api { watches: Watches::new(storage.clone()), storage, config }
+    }
+
+    /// Creates the namespaces that always exist.
+    pub async fn bootstrap(&self) -> ApiResult<()> {
+        let kind = ns_kind();
+        for name in SYSTEM_NAMESPACES {
+            let obj =
+                json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
+            match self.create(kind, None, obj).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        obj: Value,
+    ) -> ApiResult<Value> {
+        let created = self.create_object(kind, namespace, obj).await?;
+        if kind.is("Namespace") {
+            self.create_default_service_account(name_of(&created)).await;
+        }
+        Ok(created)
+    }
+
+    async fn create_object(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        mut obj: Value,
+    ) -> ApiResult<Value> {
+        object::check_type(kind, &obj)?;
+        object::prepare_create(kind, &mut obj, namespace, unix_now())?;
+        object::apply_defaults(kind, &mut obj);
+        object::validate(kind, &obj)?;
+        let name = name_of(&obj).to_owned();
+        let ns = obj["metadata"]["namespace"].as_str().map(str::to_owned);
+        let key = kind.key(ns.as_deref(), &name);
+        let parent = ns.as_deref().map(|ns| ns_kind().key(None, ns));
+        let claimed = if kind.is("Service") {
+            self.config.ranges.allocate(&*self.storage, kind, &mut obj, None).await?
+        } else {
+            Default::default()
+        };
+        match self.storage.create(&key, encode(&obj), parent.as_deref()).await {
+            Ok(rev) => Ok(with_revision(obj, rev)),
+            Err(e) => {
+                self.config.ranges.release(&*self.storage, &claimed).await;
+                Err(ApiError::storage(kind, &name, e))
+            }
+        }
+    }
+
+    async fn create_default_service_account(&self, namespace: &str) {
+        let Some(sa) = registry::by_kind("ServiceAccount") else { return };
+        let obj = json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "default" } });
+        if let Err(e) = self.create_object(sa, Some(namespace), obj).await
+            && !matches!(e, ApiError::AlreadyExists { .. })
+        {
+            tracing::warn!("default service account in {namespace}: {e}");
+        }
+    }
+
+    pub async fn get(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<Value> {
+        let kv = self
+            .storage
+            .get(&kind.key(namespace, name))
+            .await
+            .map_err(|e| ApiError::storage(kind, name, e))?
+            .ok_or_else(|| ApiError::not_found(kind, name))?;
+        Ok(with_revision(decode(&kv.value)?, kv.mod_revision))
+    }
+
+    pub async fn list(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        query: &Query,
+    ) -> ApiResult<Value> {
+        let labels = LabelSelector::parse(
+            query.get("labelSelector").map(String::as_str).unwrap_or_default(),
+        )?;
+        let fields = FieldSelector::parse(
+            kind,
+            query.get("fieldSelector").map(String::as_str).unwrap_or_default(),
+        )?;
+        let limit = query.get("limit").and_then(|l| l.parse::<i64>().ok()).unwrap_or(0).max(0);
+        let prefix = kind.prefix(namespace);
+        let (revision, start) = match query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => {
+                let (rv, start) = decode_continue(&prefix, token)?;
+                (rv, Some(start))
+            }
+            None => (0, None),
+        };
+        let page = self.storage.list(&prefix, start.as_deref(), revision, limit).await.map_err(|e| match e {
+            StorageError::Compacted(_) => ApiError::Gone(
+                "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
+            ),
+            e => ApiError::storage(kind, "", e),
+        })?;
+        let revision = if revision > 0 { revision } else { page.revision };
+        let filtering = !labels.is_empty() || !fields.is_empty();
+        let mut items = Vec::with_capacity(page.items.len());
+        for kv in &page.items {
+            let obj = with_revision(decode(&kv.value)?, kv.mod_revision);
+            if !filtering || (labels.matches(&obj) && fields.matches(&obj)) {
+                items.push(obj);
+            }
+        }
+        let mut metadata = json!({ "resourceVersion": revision.to_string() });
+        if page.more
+            && let Some(last) = page.items.last()
+        {
+            metadata["continue"] = json!(encode_continue(revision, &format!("{}\0", last.key)));
+            if !filtering {
+                metadata["remainingItemCount"] = json!(page.count - page.items.len() as i64);
+            }
+        }
+        Ok(
+            json!({ "kind": kind.list_kind, "apiVersion": kind.api_version, "metadata": metadata, "items": items }),
+        )
+    }
+
+    pub async fn watch(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        query: &Query,
+    ) -> ApiResult<futures::stream::BoxStream<'static, Bytes>> {
+        let labels = LabelSelector::parse(
+            query.get("labelSelector").map(String::as_str).unwrap_or_default(),
+        )?;
+        let fields = FieldSelector::parse(
+            kind,
+            query.get("fieldSelector").map(String::as_str).unwrap_or_default(),
+        )?;
+        let rv = query.get("resourceVersion").map(String::as_str).unwrap_or_default();
+        let (from, initial) = if rv.is_empty() || rv == "0" {
+            // Start with the current state as ADDED events.
+            let list = self.list(kind, namespace, &strip_paging(query)).await?;
+            let from = list["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(0);
+            let items = list["items"].as_array().cloned().unwrap_or_default();
+            (from, items)
+        } else {
+            (parse_rv(kind, rv)?, Vec::new())
+        };
+        let timeout = query
+            .get("timeoutSeconds")
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bookmark_interval =
+            flag(query, "allowWatchBookmarks").then_some(self.config.bookmark_interval);
+        let req = WatchRequest {
+            kind,
+            namespace: namespace.map(str::to_owned),
+            labels,
+            fields,
+            from,
+            initial,
+            bookmark_interval,
+            timeout,
+        };
+        self.watches.watch(req).await
+    }
+
+    /// Read-modify-write of one object until the store accepts it.
+    pub async fn update(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        mut mutation: Mutation<'_>,
+    ) -> ApiResult<Value> {
+        let key = kind.key(namespace, name);
+        loop {
+            let kv = self
+                .storage
+                .get(&key)
+                .await
+                .map_err(|e| ApiError::storage(kind, name, e))?
+                .ok_or_else(|| ApiError::not_found(kind, name))?;
+            let stored = decode(&kv.value)?;
+            let current = with_revision(stored.clone(), kv.mod_revision);
+            let desired = match &mut mutation {
+                Mutation::Replace(body) => {
+                    object::check_type(kind, body)?;
+                    body.clone()
+                }
+                Mutation::Patch { content_type, patch } => {
+                    patch::apply(kind, content_type, current.clone(), patch)?
+                }
+                Mutation::With(f) => f(current.clone())?,
+            };
+            if let Some(body_name) = desired["metadata"]["name"].as_str()
+                && body_name != name
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
+                )));
+            }
+            let precondition = rv_of(&desired).map(|rv| parse_rv(kind, rv)).transpose()?;
+            if precondition.is_some_and(|rv| rv != kv.mod_revision) {
+                return Err(ApiError::stale(kind, name));
+            }
+            let mut new = match subresource {
+                Some("binding") | Some("delete") => {
+                    let mut out = desired;
+                    if let Some(m) = child(&mut out, "metadata").as_object_mut() {
+                        m.remove("resourceVersion");
+                    }
+                    out
+                }
+                _ => object::prepare_update(kind, &stored, desired, subresource),
+            };
+            if subresource.is_none() {
+                object::apply_defaults(kind, &mut new);
+            }
+            // A binding changes only spec.nodeName and a condition of an
+            // object that was valid: skip the full (costly) validation.
+            if subresource != Some("binding") {
+                object::validate(kind, &new)?;
+                object::validate_update(kind, &stored, &new)?;
+            }
+            let claimed = if kind.is("Service") && subresource.is_none() {
+                self.config.ranges.allocate(&*self.storage, kind, &mut new, Some(&stored)).await?
+            } else {
+                Default::default()
+            };
+            // The last finalizer of an object being deleted is gone: delete it.
+            let finalizers_done =
+                |o: &Value| o["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+            if !new["metadata"]["deletionTimestamp"].is_null()
+                && finalizers_done(&new)
+                && !finalizers_done(&stored)
+            {
+                return match self.storage.delete(&key, Some(kv.mod_revision)).await {
+                    Ok((rev, _)) => Ok(with_revision(new, rev)),
+                    Err(StorageError::Conflict { .. }) if precondition.is_none() => continue,
+                    Err(e) => Err(ApiError::storage(kind, name, e)),
+                };
+            }
+            let bytes = encode(&new);
+            if bytes == kv.value {
+                return Ok(current);
+            }
+            let result = self.storage.update(&key, bytes, kv.mod_revision).await;
+            if result.is_err() {
+                self.config.ranges.release(&*self.storage, &claimed).await;
+            } else if kind.is("Service") {
+                self.config
+                    .ranges
+                    .release(&*self.storage, &Ranges::held(&stored, Some(&new)))
+                    .await;
+            }
+            match result {
+                Ok(rev) => return Ok(with_revision(new, rev)),
+                Err(StorageError::Conflict { .. }) if precondition.is_none() => continue,
+                Err(e) => return Err(ApiError::storage(kind, name, e)),
+            }
+        }
+    }
+
+    /// `pods/<name>/binding`: sets spec.nodeName once.
+    pub async fn bind(&self, namespace: &str, name: &str, binding: &Value) -> ApiResult<Value> {
+        let kind = pod_kind();
+        let node =
+            binding["target"]["name"].as_str().filter(|n| !n.is_empty()).ok_or_else(|| {
+                ApiError::invalid(kind, name, vec![Cause::required("target.name", "")])
+            })?;
+        let node = node.to_owned();
+        let expected_uid = binding["metadata"]["uid"].as_str().map(str::to_owned);
+        let pod_name = name.to_owned();
+        let mutation = Mutation::With(Box::new(move |mut pod: Value| {
+            if let Some(uid) = &expected_uid
+                && pod["metadata"]["uid"].as_str() != Some(uid)
+            {
+                return Err(ApiError::conflict(
+                    kind,
+                    &pod_name,
+                    "Precondition failed: UID mismatch",
+                ));
+            }
+            let current = pod["spec"]["nodeName"].as_str().unwrap_or_default();
+            if !current.is_empty() {
+                return Err(ApiError::conflict(
+                    kind,
+                    &pod_name,
+                    format!("pod {pod_name} is already assigned to node \"{current}\""),
+                ));
+            }
+            if !pod["metadata"]["deletionTimestamp"].is_null() {
+                return Err(ApiError::conflict(
+                    kind,
+                    &pod_name,
+                    "pod is being deleted, cannot be assigned to a host",
+                ));
+            }
+            child(&mut pod, "spec")["nodeName"] = json!(node);
+            let status = child(&mut pod, "status");
+            let conditions =
+                status.as_object_mut().map(|s| s.entry("conditions").or_insert_with(|| json!([])));
+            if let Some(Value::Array(conditions)) = conditions {
+                conditions.retain(|c| c["type"] != "PodScheduled");
+                conditions.push(json!({
+                    "type": "PodScheduled",
+                    "status": "True",
+                    "lastProbeTime": null,
+                    "lastTransitionTime": object::rfc3339(unix_now()),
+                }));
+            }
+            Ok(pod)
+        }));
+        self.update(kind, Some(namespace), name, Some("binding"), mutation).await?;
+        Ok(
+            json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201 }),
+        )
+    }
+
+    /// DELETE of one object: graceful for pods on a node, deferred while
+    /// finalizers remain, immediate otherwise.
+    pub async fn delete(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        name: &str,
+        options: &DeleteOptions,
+    ) -> ApiResult<Value> {
+        if kind.is("Namespace") && SYSTEM_NAMESPACES.contains(&name) {
+            return Err(ApiError::Forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
+        let key = kind.key(namespace, name);
+        loop {
+            let kv = self
+                .storage
+                .get(&key)
+                .await
+                .map_err(|e| ApiError::storage(kind, name, e))?
+                .ok_or_else(|| ApiError::not_found(kind, name))?;
+            let mut obj = decode(&kv.value)?;
+            if let Some(uid) = &options.uid
+                && obj["metadata"]["uid"].as_str() != Some(uid)
+            {
+                return Err(ApiError::conflict(
+                    kind,
+                    name,
+                    format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                        obj["metadata"]["uid"].as_str().unwrap_or_default()
+                    ),
+                ));
+            }
+            if let Some(rv) = &options.resource_version
+                && *rv != kv.mod_revision.to_string()
+            {
+                return Err(ApiError::conflict(
+                    kind,
+                    name,
+                    format!(
+                        "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                        kv.mod_revision
+                    ),
+                ));
+            }
+            let now = unix_now();
+            let has_finalizers =
+                obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+            let graceful = if kind.is("Pod") { pod_grace(&obj, options) } else { 0 };
+            if has_finalizers || graceful > 0 {
+                let meta = child(&mut obj, "metadata");
+                let existing = meta["deletionGracePeriodSeconds"].as_i64();
+                if !meta["deletionTimestamp"].is_null() && existing.is_some_and(|g| g <= graceful) {
+                    return Ok(with_revision(obj, kv.mod_revision));
+                }
+                meta["deletionTimestamp"] = json!(object::rfc3339(now + graceful));
+                meta["deletionGracePeriodSeconds"] = json!(graceful);
+                if let Some(policy) = &options.propagation {
+                    let annotations = child(meta, "annotations");
+                    annotations["km.io/propagation-policy"] = json!(policy);
+                }
+                match self.storage.update(&key, encode(&obj), kv.mod_revision).await {
+                    Ok(rev) => return Ok(with_revision(obj, rev)),
+                    Err(StorageError::Conflict { .. }) => continue,
+                    Err(e) => return Err(ApiError::storage(kind, name, e)),
+                }
+            }
+            match self.storage.delete(&key, Some(kv.mod_revision)).await {
+                Ok((rev, _)) => {
+                    if kind.is("Service") {
+                        self.config.ranges.release(&*self.storage, &Ranges::held(&obj, None)).await;
+                    }
+                    return Ok(with_revision(obj, rev));
+                }
+                Err(StorageError::Conflict { .. }) => continue,
+                Err(e) => return Err(ApiError::storage(kind, name, e)),
+            }
+        }
+    }
+
+    /// `<kind>/<name>/scale` as an autoscaling/v1 Scale.
+    pub async fn get_scale(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> ApiResult<Value> {
+        Ok(scale_of(&self.get(kind, namespace, name).await?))
+    }
+
+    pub async fn update_scale(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        name: &str,
+        content_type: Option<&str>,
+        body: Value,
+    ) -> ApiResult<Value> {
+        let mutation = Mutation::With(Box::new(move |mut obj: Value| {
+            let mut scale = scale_of(&obj);
+            match content_type {
+                Some(ct) => scale = patch::apply(scale_kind(), ct, scale, &body)?,
+                None => scale = body.clone(),
+            }
+            let replicas = scale["spec"]["replicas"].as_i64().unwrap_or(0);
+            if replicas < 0 {
+                return Err(ApiError::invalid(
+                    scale_kind(),
+                    name_of(&obj).to_owned().as_str(),
+                    vec![Cause::invalid(
+                        "spec.replicas",
+                        &json!(replicas),
+                        "must be greater than or equal to 0",
+                    )],
+                ));
+            }
+            child(&mut obj, "spec")["replicas"] = json!(replicas);
+            if let Some(rv) = rv_of(&scale) {
+                obj["metadata"]["resourceVersion"] = json!(rv);
+            } else if let Some(m) = obj["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            Ok(obj)
+        }));
+        let obj = self.update(kind, namespace, name, None, mutation).await?;
+        Ok(scale_of(&obj))
+    }
+}
+
+fn strip_paging(query: &Query) -> Query {
+    let mut q = query.clone();
+    q.remove("limit");
+    q.remove("continue");
+    q
+}
+
+/// Grace period of a pod delete; 0 deletes at once.
+fn pod_grace(pod: &Value, options: &DeleteOptions) -> i64 {
+    let bound = pod["spec"]["nodeName"].as_str().is_some_and(|n| !n.is_empty());
+    let finished = matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed"));
+    if !bound || finished {
+        return 0;
+    }
+    options
+        .grace_period
+        .unwrap_or_else(|| pod["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30))
+        .max(0)
+}
+
+fn scale_of(obj: &Value) -> Value {
+    let meta = &obj["metadata"];
+    let selector = match &obj["spec"]["selector"] {
+        Value::Object(s) if s.contains_key("matchLabels") || s.contains_key("matchExpressions") => {
+            s.get("matchLabels").and_then(Value::as_object).map(join_labels).unwrap_or_default()
+        }
+        Value::Object(s) => join_labels(s),
+        _ => String::new(),
+    };
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+            "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": { "replicas": obj["spec"]["replicas"].as_i64().unwrap_or(0) },
+        "status": { "replicas": obj["status"]["replicas"].as_i64().unwrap_or(0), "selector": selector },
+    })
+}
+
+fn join_labels(map: &serde_json::Map<String, Value>) -> String {
+    map.iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn ns_kind() -> &'static Kind {
+    registry::lookup("", "v1", "namespaces").unwrap_or(&registry::KINDS[0])
+}
+
+fn pod_kind() -> &'static Kind {
+    registry::lookup("", "v1", "pods").unwrap_or(&registry::KINDS[0])
+}
+
+/// Scale is served only as a subresource; this describes it for errors.
+fn scale_kind() -> &'static Kind {
+    static SCALE: Kind = Kind {
+        group: "autoscaling",
+        version: "v1",
+        api_version: "autoscaling/v1",
+        kind: "Scale",
+        list_kind: "ScaleList",
+        plural: "scale",
+        singular: "scale",
+        namespaced: true,
+        short_names: &[],
+        subresources: &[],
+        categories: &[],
+        decode: |_| Ok(()),
+    };
+    &SCALE
+}
+
+#[cfg(test)]
+mod tests;

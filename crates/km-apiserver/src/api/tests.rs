@@ -1,0 +1,253 @@
+//! The verbs over the in-memory store: the semantics the HTTP layer and
+//! the etcd e2e tests rely on, without processes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::api::{Api, ApiConfig, DeleteOptions, Mutation, Query};
+use crate::error::ApiError;
+use crate::registry::{Kind, lookup};
+use crate::storage::{MemoryStorage, Storage};
+
+fn pods() -> &'static Kind {
+    lookup("", "v1", "pods").expect("pods")
+}
+
+fn services() -> &'static Kind {
+    lookup("", "v1", "services").expect("services")
+}
+
+async fn api() -> Api<MemoryStorage> {
+    let config = ApiConfig { bookmark_interval: Duration::from_millis(50), ..ApiConfig::default() };
+    let api = Api::new(Arc::new(MemoryStorage::default()), config);
+    api.bootstrap().await.expect("bootstrap");
+    api
+}
+
+fn pod(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+           "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}})
+}
+
+fn query(pairs: &[(&str, &str)]) -> Query {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn rv(obj: &Value) -> i64 {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .expect("resourceVersion")
+}
+
+async fn next_event(stream: &mut futures::stream::BoxStream<'static, bytes::Bytes>) -> Value {
+    let line = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("event in time")
+        .expect("stream open");
+    serde_json::from_slice(&line).expect("event json")
+}
+
+#[tokio::test]
+async fn bind_sets_node_once() {
+    let api = api().await;
+    api.create(pods(), Some("default"), pod("p", json!({}))).await.expect("create");
+    let binding = json!({"target": {"kind": "Node", "name": "n1"}});
+    api.bind("default", "p", &binding).await.expect("bind");
+    let bound = api.get(pods(), Some("default"), "p").await.expect("get");
+    assert_eq!(bound["spec"]["nodeName"], "n1");
+    assert_eq!(bound["status"]["conditions"][0]["type"], "PodScheduled");
+    let again = api
+        .bind("default", "p", &json!({"target": {"name": "n2"}}))
+        .await
+        .expect_err("second bind");
+    assert!(matches!(again, ApiError::Conflict { .. }), "{again:?}");
+    assert!(matches!(api.bind("default", "nope", &binding).await, Err(ApiError::NotFound { .. })));
+}
+
+#[tokio::test]
+async fn concurrent_unconditional_updates_all_land() {
+    let api = Arc::new(api().await);
+    api.create(pods(), Some("default"), pod("p", json!({}))).await.expect("create");
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let api = api.clone();
+        tasks.push(tokio::spawn(async move {
+            let patch = json!({"metadata": {"annotations": {format!("a{i}"): "x"}}});
+            let m = Mutation::Patch { content_type: crate::patch::MERGE_PATCH, patch };
+            api.update(pods(), Some("default"), "p", None, m).await.map(drop)
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("update");
+    }
+    let p = api.get(pods(), Some("default"), "p").await.expect("get");
+    assert_eq!(p["metadata"]["annotations"].as_object().map(|a| a.len()), Some(20));
+}
+
+#[tokio::test]
+async fn watch_applies_selectors_as_transitions() {
+    let api = api().await;
+    let created =
+        api.create(pods(), Some("default"), pod("p", json!({"app": "a"}))).await.expect("create");
+    let q = query(&[("labelSelector", "app=a"), ("resourceVersion", &rv(&created).to_string())]);
+    let mut stream = api.watch(pods(), Some("default"), &q).await.expect("watch");
+    let relabel = |app: &str| Mutation::Patch {
+        content_type: crate::patch::MERGE_PATCH,
+        patch: json!({"metadata": {"labels": {"app": app}}}),
+    };
+    api.update(pods(), Some("default"), "p", None, relabel("b")).await.expect("out of selector");
+    api.update(pods(), Some("default"), "p", None, relabel("a")).await.expect("back in");
+    api.create(pods(), Some("default"), pod("other", json!({"app": "b"})))
+        .await
+        .expect("unrelated");
+    api.delete(pods(), Some("default"), "p", &DeleteOptions::default()).await.expect("delete");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let ev = next_event(&mut stream).await;
+        seen.push(format!(
+            "{} {}",
+            ev["type"].as_str().unwrap_or_default(),
+            ev["object"]["metadata"]["name"].as_str().unwrap_or_default()
+        ));
+    }
+    assert_eq!(seen, ["DELETED p", "ADDED p", "DELETED p"]);
+}
+
+#[tokio::test]
+async fn watch_without_version_starts_with_the_current_state_and_bookmarks() {
+    let api = api().await;
+    api.create(pods(), Some("default"), pod("a", json!({}))).await.expect("create");
+    let q = query(&[("allowWatchBookmarks", "true")]);
+    let mut stream = api.watch(pods(), None, &q).await.expect("watch");
+    let first = next_event(&mut stream).await;
+    assert_eq!(
+        (first["type"].as_str(), first["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("a"))
+    );
+    let bookmark = next_event(&mut stream).await;
+    assert_eq!(bookmark["type"], "BOOKMARK");
+    assert!(
+        bookmark["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .is_some_and(|r| r.parse::<i64>().is_ok())
+    );
+}
+
+#[tokio::test]
+async fn watch_from_a_compacted_revision_is_gone() {
+    let api = api().await;
+    let a = api.create(pods(), Some("default"), pod("a", json!({}))).await.expect("create");
+    // The shared hub starts now: older revisions go to the store, compacted.
+    let _hub = api
+        .watch(pods(), None, &query(&[("resourceVersion", &rv(&a).to_string())]))
+        .await
+        .expect("watch");
+    let b = api.create(pods(), Some("default"), pod("b", json!({}))).await.expect("create");
+    api.storage.compact(rv(&b)).await.expect("compact");
+    let mut old =
+        api.watch(pods(), None, &query(&[("resourceVersion", "1")])).await.expect("watch");
+    let ev = next_event(&mut old).await;
+    assert_eq!(ev["type"], "ERROR");
+    assert_eq!(ev["object"]["code"], 410);
+    assert_eq!(ev["object"]["reason"], "Expired");
+}
+
+#[tokio::test]
+async fn graceful_pod_deletion() {
+    let api = api().await;
+    // Unbound pods go at once.
+    api.create(pods(), Some("default"), pod("unbound", json!({}))).await.expect("create");
+    api.delete(pods(), Some("default"), "unbound", &DeleteOptions::default())
+        .await
+        .expect("delete");
+    assert!(matches!(
+        api.get(pods(), Some("default"), "unbound").await,
+        Err(ApiError::NotFound { .. })
+    ));
+    // Bound pods wait for their node (a delete with grace 0).
+    api.create(pods(), Some("default"), pod("bound", json!({}))).await.expect("create");
+    api.bind("default", "bound", &json!({"target": {"name": "n1"}})).await.expect("bind");
+    let opts = DeleteOptions { grace_period: Some(10), ..DeleteOptions::default() };
+    let marked = api.delete(pods(), Some("default"), "bound", &opts).await.expect("delete");
+    assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 10);
+    assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    let now = DeleteOptions { grace_period: Some(0), ..DeleteOptions::default() };
+    api.delete(pods(), Some("default"), "bound", &now).await.expect("confirm");
+    assert!(matches!(
+        api.get(pods(), Some("default"), "bound").await,
+        Err(ApiError::NotFound { .. })
+    ));
+    // System namespaces stay.
+    let ns = lookup("", "v1", "namespaces").expect("namespaces");
+    assert!(matches!(
+        api.delete(ns, None, "default", &DeleteOptions::default()).await,
+        Err(ApiError::Forbidden(_))
+    ));
+}
+
+#[tokio::test]
+async fn list_pages_and_selectors() {
+    let api = api().await;
+    for i in 0..5 {
+        api.create(pods(), Some("default"), pod(&format!("p{i}"), json!({"n": i.to_string()})))
+            .await
+            .expect("create");
+    }
+    let page = api.list(pods(), Some("default"), &query(&[("limit", "2")])).await.expect("list");
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["metadata"]["remainingItemCount"], 3);
+    let token = page["metadata"]["continue"].as_str().expect("continue").to_owned();
+    let rest =
+        api.list(pods(), Some("default"), &query(&[("continue", &token)])).await.expect("rest");
+    assert_eq!(rest["items"].as_array().map(Vec::len), Some(3));
+    assert!(rest["metadata"].get("continue").is_none());
+    let sel =
+        api.list(pods(), None, &query(&[("labelSelector", "n in (1,3)")])).await.expect("selected");
+    assert_eq!(sel["items"].as_array().map(Vec::len), Some(2));
+    let bad =
+        api.list(pods(), None, &query(&[("continue", "garbage")])).await.expect_err("bad token");
+    assert!(matches!(bad, ApiError::BadRequest(_)));
+}
+
+#[tokio::test]
+async fn services_get_and_release_addresses() {
+    let api = api().await;
+    let svc = |name: &str, ty: &str| {
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+               "spec": {"type": ty, "selector": {"app": "x"}, "ports": [{"port": 80}]}})
+    };
+    let a = api.create(services(), Some("default"), svc("a", "NodePort")).await.expect("create");
+    let ip = a["spec"]["clusterIP"].as_str().expect("cluster ip").to_owned();
+    assert!(ip.starts_with("10.0.0."), "{ip}");
+    let node_port = a["spec"]["ports"][0]["nodePort"].as_i64().expect("node port");
+    assert!((30000..=32767).contains(&node_port));
+    assert_eq!(a["spec"]["sessionAffinity"], "None");
+    // The same IP and port cannot be taken twice ...
+    let mut taken = svc("b", "NodePort");
+    taken["spec"]["clusterIP"] = json!(ip);
+    let err = api.create(services(), Some("default"), taken.clone()).await.expect_err("ip taken");
+    assert!(matches!(err, ApiError::Invalid { .. }), "{err:?}");
+    // ... until the first service is deleted.
+    api.delete(services(), Some("default"), "a", &DeleteOptions::default()).await.expect("delete");
+    taken["spec"]["ports"][0]["nodePort"] = json!(node_port);
+    let b =
+        api.create(services(), Some("default"), taken).await.expect("reuse released ip and port");
+    assert_eq!(b["spec"]["clusterIP"], ip.as_str());
+    // Updates keep the address; an out-of-range IP is invalid.
+    let update = Mutation::Patch {
+        content_type: crate::patch::STRATEGIC_MERGE_PATCH,
+        patch: json!({"metadata": {"labels": {"x": "y"}}}),
+    };
+    let b2 = api.update(services(), Some("default"), "b", None, update).await.expect("update");
+    assert_eq!(b2["spec"]["clusterIP"], ip.as_str());
+    let mut outside = svc("c", "ClusterIP");
+    outside["spec"]["clusterIP"] = json!("192.168.0.1");
+    assert!(matches!(
+        api.create(services(), Some("default"), outside).await,
+        Err(ApiError::Invalid { .. })
+    ));
+}

@@ -1,0 +1,510 @@
+//! HTTP: the router, discovery documents, request parsing into
+//! `(group, version, namespace, resource, name, subresource)` and the
+//! dispatch of verbs to [`crate::api::Api`].
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode, Uri, header};
+use serde_json::{Value, json};
+
+use crate::api::{Api, DeleteOptions, Mutation, Query, parse_query};
+use crate::error::{ApiError, ApiResult};
+use crate::registry::{self, KINDS, Kind};
+use crate::storage::Storage;
+use crate::table;
+
+/// The version this server reports (the API level of its k8s-openapi types).
+pub const VERSION: (&str, &str) = ("1", "37");
+
+pub fn router<S: Storage>(api: Arc<Api<S>>) -> Router {
+    Router::new()
+        .route("/version", get(version))
+        .route("/healthz", get(ok))
+        .route("/livez", get(ok))
+        .route("/readyz", get(ok))
+        .route("/api", get(api_versions))
+        .route("/apis", get(api_groups))
+        .route("/openapi/v2", get(crate::openapi::serve))
+        .route("/api/{*rest}", any(resource::<S>))
+        .route("/apis/{*rest}", any(resource::<S>))
+        .fallback(not_found)
+        .with_state(api)
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn ok() -> &'static str {
+    "ok"
+}
+
+async fn not_found(uri: Uri) -> Response {
+    ApiError::NotFound { group: String::new(), plural: String::new(), name: uri.path().to_owned() }
+        .into_response()
+}
+
+async fn version() -> Response {
+    let (major, minor) = VERSION;
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "major": major,
+            "minor": minor,
+            "gitVersion": format!("v{major}.{minor}.0-km"),
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "1970-01-01T00:00:00Z",
+            "goVersion": "n/a (km is written in Rust)",
+            "compiler": "rustc",
+            "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+        }),
+    )
+}
+
+async fn api_versions() -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{ "clientCIDR": "0.0.0.0/0", "serverAddress": "" }],
+        }),
+    )
+}
+
+fn group_doc(group: &str) -> Value {
+    let versions: Vec<Value> = registry::group_versions()
+        .into_iter()
+        .filter(|(g, _)| *g == group)
+        .map(|(g, v)| json!({ "groupVersion": format!("{g}/{v}"), "version": v }))
+        .collect();
+    json!({
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": group,
+        "versions": versions,
+        "preferredVersion": versions.first().cloned().unwrap_or(Value::Null),
+    })
+}
+
+async fn api_groups() -> Response {
+    let mut groups: Vec<&str> =
+        registry::group_versions().into_iter().map(|(g, _)| g).filter(|g| !g.is_empty()).collect();
+    groups.dedup();
+    let groups: Vec<Value> = groups.into_iter().map(group_doc).collect();
+    json_response(
+        StatusCode::OK,
+        &json!({ "kind": "APIGroupList", "apiVersion": "v1", "groups": groups }),
+    )
+}
+
+fn resource_list(group: &str, version: &str) -> Value {
+    let mut resources = Vec::new();
+    for kind in KINDS.iter().filter(|k| k.group == group && k.version == version) {
+        resources.push(json!({
+            "name": kind.plural,
+            "singularName": kind.singular,
+            "namespaced": kind.namespaced,
+            "kind": kind.kind,
+            "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            "shortNames": kind.short_names,
+            "categories": kind.categories,
+        }));
+        for sub in kind.subresources {
+            let (sub_kind, verbs, group_version): (&str, Value, Option<(&str, &str)>) = match *sub {
+                "binding" => ("Binding", json!(["create"]), None),
+                "scale" => {
+                    ("Scale", json!(["get", "patch", "update"]), Some(("autoscaling", "v1")))
+                }
+                _ => (kind.kind, json!(["get", "patch", "update"]), None),
+            };
+            let mut entry = json!({
+                "name": format!("{}/{sub}", kind.plural),
+                "singularName": "",
+                "namespaced": kind.namespaced,
+                "kind": sub_kind,
+                "verbs": verbs,
+            });
+            if let Some((g, v)) = group_version {
+                entry["group"] = json!(g);
+                entry["version"] = json!(v);
+            }
+            resources.push(entry);
+        }
+    }
+    let group_version =
+        if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
+    json!({ "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources })
+}
+
+/// A parsed resource path.
+#[derive(Debug, PartialEq, Eq)]
+struct Target<'a> {
+    group: &'a str,
+    version: &'a str,
+    namespace: Option<&'a str>,
+    resource: Option<&'a str>,
+    name: Option<&'a str>,
+    subresource: Option<&'a str>,
+}
+
+fn parse_path(path: &str) -> Option<Target<'_>> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let mut t =
+        Target { group, version, namespace: None, resource: None, name: None, subresource: None };
+    match rest {
+        [] => {}
+        ["namespaces", ns, plural, more @ ..]
+            if registry::lookup(group, version, plural).is_some() =>
+        {
+            t.namespace = Some(ns);
+            t.resource = Some(plural);
+            t.name = more.first().copied();
+            t.subresource = more.get(1).copied();
+            if more.len() > 2 {
+                return None;
+            }
+        }
+        [plural, more @ ..] => {
+            t.resource = Some(plural);
+            t.name = more.first().copied();
+            t.subresource = more.get(1).copied();
+            if more.len() > 2 {
+                return None;
+            }
+        }
+    }
+    Some(t)
+}
+
+fn decode_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    if content_type.contains("protobuf") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type})"
+        )));
+    }
+    if body.is_empty() {
+        return Err(ApiError::BadRequest("the request body is empty".into()));
+    }
+    if content_type.contains("yaml") {
+        return serde_yaml_ng::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the body of the request could not be decoded as YAML: {e}"
+            ))
+        });
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!("the body of the request could not be decoded as JSON: {e}"))
+    })
+}
+
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("as=Table"))
+}
+
+async fn resource<S: Storage>(
+    State(api): State<Arc<Api<S>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match handle(&api, &method, &uri, &headers, &body).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn handle<S: Storage>(
+    api: &Api<S>,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    let not_found = || ApiError::NotFound {
+        group: String::new(),
+        plural: String::new(),
+        name: uri.path().to_owned(),
+    };
+    let target = parse_path(uri.path()).ok_or_else(not_found)?;
+    let query = parse_query(uri.query());
+    let Some(resource) = target.resource else {
+        if method != Method::GET {
+            return Err(ApiError::MethodNotAllowed(format!("{method} is not supported here")));
+        }
+        if registry::group_versions().contains(&(target.group, target.version)) {
+            return Ok(json_response(StatusCode::OK, &resource_list(target.group, target.version)));
+        }
+        return Err(not_found());
+    };
+    let kind = registry::lookup(target.group, target.version, resource).ok_or_else(not_found)?;
+    if target.namespace.is_some() && !kind.namespaced {
+        return Err(not_found());
+    }
+    let ns = if kind.namespaced { target.namespace } else { None };
+    match (target.name, target.subresource) {
+        (None, _) => collection(api, kind, ns, method, &query, headers, body).await,
+        (Some(name), None) => item(api, kind, ns, name, method, &query, headers, body).await,
+        (Some(name), Some(sub)) if kind.subresources.contains(&sub) => {
+            subresource(api, kind, ns, name, sub, method, headers, body).await
+        }
+        (Some(_), Some(_)) => Err(not_found()),
+    }
+}
+
+fn method_not_allowed(method: &Method) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "the server does not allow this method on the requested resource ({method})"
+    ))
+}
+
+async fn collection<S: Storage>(
+    api: &Api<S>,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    method: &Method,
+    query: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    match *method {
+        Method::GET if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => {
+            let mut stream = api.watch(kind, ns, query).await?;
+            if wants_table(headers) {
+                let query = query.clone();
+                stream = futures::StreamExt::boxed(futures::StreamExt::map(stream, move |line| {
+                    table::watch_line(kind, &line, &query).unwrap_or(line)
+                }));
+            }
+            let body = Body::from_stream(futures::StreamExt::map(
+                stream,
+                Ok::<_, std::convert::Infallible>,
+            ));
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+        }
+        Method::GET => {
+            let list = api.list(kind, ns, query).await?;
+            if wants_table(headers) {
+                return Ok(json_response(StatusCode::OK, &table::list_table(kind, &list, query)));
+            }
+            Ok(json_response(StatusCode::OK, &list))
+        }
+        Method::POST => {
+            if ns.is_none() && kind.namespaced {
+                return Err(method_not_allowed(method));
+            }
+            let obj = api.create(kind, ns, decode_body(headers, body)?).await?;
+            Ok(json_response(StatusCode::CREATED, &obj))
+        }
+        Method::DELETE => {
+            let list = api.list(kind, ns, query).await?;
+            let options =
+                DeleteOptions::parse(query, &decode_body(headers, body).unwrap_or(Value::Null));
+            let mut deleted = Vec::new();
+            for obj in list["items"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let name = obj["metadata"]["name"].as_str().unwrap_or_default();
+                let obj_ns = obj["metadata"]["namespace"].as_str();
+                match api.delete(kind, obj_ns, name, &options).await {
+                    Ok(o) => deleted.push(o),
+                    Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let out = json!({ "kind": kind.list_kind, "apiVersion": kind.api_version, "metadata": list["metadata"], "items": deleted });
+            Ok(json_response(StatusCode::OK, &out))
+        }
+        _ => Err(method_not_allowed(method)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn item<S: Storage>(
+    api: &Api<S>,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    name: &str,
+    method: &Method,
+    query: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    match *method {
+        Method::GET => {
+            let obj = api.get(kind, ns, name).await?;
+            if wants_table(headers) {
+                let list = json!({ "metadata": { "resourceVersion": obj["metadata"]["resourceVersion"] }, "items": [obj] });
+                return Ok(json_response(StatusCode::OK, &table::list_table(kind, &list, query)));
+            }
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        Method::PUT => {
+            let obj = api
+                .update(kind, ns, name, None, Mutation::Replace(decode_body(headers, body)?))
+                .await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        Method::PATCH => {
+            let obj = patch(api, kind, ns, name, None, headers, body).await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        Method::DELETE => {
+            let options_body =
+                if body.is_empty() { Value::Null } else { decode_body(headers, body)? };
+            let options = DeleteOptions::parse(query, &options_body);
+            let obj = api.delete(kind, ns, name, &options).await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        _ => Err(method_not_allowed(method)),
+    }
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+async fn patch<S: Storage>(
+    api: &Api<S>,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    name: &str,
+    subresource: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Value> {
+    let ct = content_type(headers).to_owned();
+    if ct.is_empty() {
+        return Err(ApiError::UnsupportedMediaType("a PATCH needs a Content-Type".into()));
+    }
+    let patch: Value = if ct.contains("yaml") {
+        serde_yaml_ng::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid YAML patch: {e}")))?
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch body: {e}")))?
+    };
+    api.update(kind, ns, name, subresource, Mutation::Patch { content_type: &ct, patch }).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn subresource<S: Storage>(
+    api: &Api<S>,
+    kind: &'static Kind,
+    ns: Option<&str>,
+    name: &str,
+    sub: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    match (sub, method.clone()) {
+        ("binding", Method::POST) => {
+            let ns = ns.unwrap_or("default");
+            let status = api.bind(ns, name, &decode_body(headers, body)?).await?;
+            Ok(json_response(StatusCode::CREATED, &status))
+        }
+        ("status", Method::GET) => {
+            Ok(json_response(StatusCode::OK, &api.get(kind, ns, name).await?))
+        }
+        ("status", Method::PUT) => {
+            let obj = api
+                .update(
+                    kind,
+                    ns,
+                    name,
+                    Some("status"),
+                    Mutation::Replace(decode_body(headers, body)?),
+                )
+                .await?;
+            Ok(json_response(StatusCode::OK, &obj))
+        }
+        ("status", Method::PATCH) => Ok(json_response(
+            StatusCode::OK,
+            &patch(api, kind, ns, name, Some("status"), headers, body).await?,
+        )),
+        ("scale", Method::GET) => {
+            Ok(json_response(StatusCode::OK, &api.get_scale(kind, ns, name).await?))
+        }
+        ("scale", Method::PUT) => {
+            let scale = api.update_scale(kind, ns, name, None, decode_body(headers, body)?).await?;
+            Ok(json_response(StatusCode::OK, &scale))
+        }
+        ("scale", Method::PATCH) => {
+            let ct = content_type(headers).to_owned();
+            let patch: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch body: {e}")))?;
+            let scale = api.update_scale(kind, ns, name, Some(&ct), patch).await?;
+            Ok(json_response(StatusCode::OK, &scale))
+        }
+        _ => Err(method_not_allowed(method)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let t = parse_path("/api/v1/namespaces/default/pods/p/status").expect("path");
+        assert_eq!(
+            (t.namespace, t.resource, t.name, t.subresource),
+            (Some("default"), Some("pods"), Some("p"), Some("status"))
+        );
+        let t = parse_path("/api/v1/namespaces/default").expect("path");
+        assert_eq!((t.namespace, t.resource, t.name), (None, Some("namespaces"), Some("default")));
+        let t = parse_path("/api/v1/namespaces/x/status").expect("path");
+        assert_eq!(
+            (t.resource, t.name, t.subresource),
+            (Some("namespaces"), Some("x"), Some("status"))
+        );
+        let t = parse_path("/apis/apps/v1/deployments").expect("path");
+        assert_eq!((t.group, t.namespace, t.resource), ("apps", None, Some("deployments")));
+        let t = parse_path("/apis/apps/v1").expect("path");
+        assert_eq!(t.resource, None);
+        assert!(parse_path("/api/v1/pods/a/b/c").is_none());
+    }
+
+    #[test]
+    fn discovery_lists_subresources() {
+        let core = resource_list("", "v1");
+        let names: Vec<&str> = core["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .filter_map(|r| r["name"].as_str())
+            .collect();
+        for want in [
+            "pods",
+            "pods/status",
+            "pods/binding",
+            "nodes/status",
+            "replicationcontrollers/scale",
+            "namespaces",
+        ] {
+            assert!(names.contains(&want), "{want} missing from {names:?}");
+        }
+        let apps = resource_list("apps", "v1");
+        assert_eq!(apps["groupVersion"], "apps/v1");
+    }
+}

@@ -1,0 +1,98 @@
+//! `km mesos-agent`: a Mesos agent for km.
+//!
+//! It registers with `km mesos-master` over km's own protocol
+//! (`proto/km/v1/agent.proto`, [`master`]), runs command tasks with a
+//! built-in command executor and custom executors as processes in their
+//! sandboxes ([`agent`]), serves the v1 executor API ([`api`]), and keeps
+//! status updates reliable ([`updates`]).
+//!
+//! Decisions live in plain synchronous types with time as an argument
+//! ([`state`], [`updates`], [`flags`], [`env`]); IO lives in thin async
+//! modules ([`agent`], [`api`], [`master`], [`fetch`], [`process`],
+//! [`checkpoint`]).
+//!
+//! On SIGTERM/SIGINT the agent exits without unregistering (as a Mesos
+//! agent does): executors of checkpointing frameworks keep running and
+//! re-subscribe when the agent comes back (it re-registers with the same
+//! id, kept in `<work_dir>/meta/agent_id`); command tasks (run inside the
+//! agent) and executors of non-checkpointing frameworks are killed.
+
+pub mod agent;
+pub mod api;
+pub mod checkpoint;
+pub mod config;
+pub mod env;
+pub mod fetch;
+pub mod flags;
+pub mod master;
+pub mod process;
+pub mod state;
+pub mod updates;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+pub use agent::Agent;
+pub use config::{Args, Config};
+
+/// A started agent.
+#[derive(Debug)]
+pub struct Running {
+    /// The agent.
+    pub agent: Arc<Agent>,
+    /// Where its HTTP server listens.
+    pub addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the agent as on SIGTERM: kills what cannot survive it, leaves
+    /// checkpointing executors running, and stops serving.
+    pub fn stop(self) {
+        self.agent.stop();
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts an agent: binds its port (0 = any), recovers checkpoints,
+/// serves HTTP and connects to the master.
+pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&cfg.work_dir)
+        .with_context(|| format!("cannot create --work_dir {}", cfg.work_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind((cfg.ip.as_str(), cfg.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", cfg.ip, cfg.port))?;
+    let addr = listener.local_addr()?;
+    cfg.port = addr.port();
+    let agent_id = checkpoint::load_agent_id(&cfg.work_dir);
+    let recovered = checkpoint::load_executors(&cfg.work_dir);
+    let agent = Agent::new(cfg, agent_id);
+    agent.recover(recovered);
+    let app = api::router(Arc::clone(&agent));
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("HTTP server failed: {e}");
+        }
+    });
+    let link = tokio::spawn(master::run(Arc::clone(&agent)));
+    let retry = tokio::spawn(Arc::clone(&agent).retry_loop());
+    tracing::info!(%addr, master = %agent.cfg.master, "mesos agent started");
+    Ok(Running { agent, addr, tasks: vec![server, link, retry] })
+}
+
+/// `km mesos-agent`: runs until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = Config::from_args(&args)?;
+    let running = start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT: stopping"); }
+    }
+    running.stop();
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! Allocation policy: weighted DRF ordering and decline filters.
+//!
+//! A client is one (framework, role). Its dominant share is the largest
+//! fraction it holds of any scalar resource of the cluster. Roles are taken
+//! in ascending order of their share divided by their weight, and within a
+//! role, frameworks in ascending order of their share — as Mesos's
+//! hierarchical allocator does. Both orders live in ordered sets, so each
+//! allocation decision costs O(log n) rather than a sort.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tokio::time::Instant;
+
+use crate::resources::Resources;
+
+/// One (framework, role) competing for resources.
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    pub(crate) framework_id: String,
+    pub(crate) role: String,
+    pub(crate) allocated: Resources,
+}
+
+/// Sorting key of a share: ordered, exact enough for ties to fall back to names.
+fn key(share: f64) -> u64 {
+    (share.clamp(0.0, 1e6) * 1e9) as u64
+}
+
+/// The DRF order of clients during one allocation run.
+#[derive(Debug)]
+pub(crate) struct Order {
+    clients: Vec<Client>,
+    names: Vec<String>,
+    totals: Vec<f64>,
+    /// Per client: allocated amount of each scalar name (by index into `names`).
+    client_alloc: Vec<Vec<f64>>,
+    role_alloc: BTreeMap<String, Vec<f64>>,
+    weights: BTreeMap<String, f64>,
+    /// (role share key, role).
+    roles: BTreeSet<(u64, String)>,
+    role_key: BTreeMap<String, u64>,
+    /// role → (client share key, framework id, client index).
+    by_role: BTreeMap<String, BTreeSet<(u64, String, usize)>>,
+    client_key: Vec<u64>,
+}
+
+impl Order {
+    pub(crate) fn new(
+        clients: Vec<Client>,
+        totals: &Resources,
+        weights: &BTreeMap<String, f64>,
+    ) -> Order {
+        let names: Vec<String> = totals.scalar_names().into_iter().map(str::to_owned).collect();
+        let total_vec: Vec<f64> = names.iter().map(|n| totals.scalar(n).as_f64()).collect();
+        let client_alloc: Vec<Vec<f64>> = clients
+            .iter()
+            .map(|c| names.iter().map(|n| c.allocated.scalar(n).as_f64()).collect())
+            .collect();
+        let mut role_alloc: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for (c, alloc) in clients.iter().zip(&client_alloc) {
+            let entry = role_alloc.entry(c.role.clone()).or_insert_with(|| vec![0.0; names.len()]);
+            for (e, a) in entry.iter_mut().zip(alloc) {
+                *e += a;
+            }
+        }
+        let mut order = Order {
+            clients,
+            names,
+            totals: total_vec,
+            client_alloc,
+            role_alloc,
+            weights: weights.clone(),
+            roles: BTreeSet::new(),
+            role_key: BTreeMap::new(),
+            by_role: BTreeMap::new(),
+            client_key: Vec::new(),
+        };
+        let roles: Vec<String> = order.role_alloc.keys().cloned().collect();
+        for role in roles {
+            let k = order.role_share_key(&role);
+            order.roles.insert((k, role.clone()));
+            order.role_key.insert(role, k);
+        }
+        for i in 0..order.clients.len() {
+            let k = key(order.share(&order.client_alloc[i]));
+            order.client_key.push(k);
+            let c = &order.clients[i];
+            order.by_role.entry(c.role.clone()).or_default().insert((k, c.framework_id.clone(), i));
+        }
+        order
+    }
+
+    fn share(&self, alloc: &[f64]) -> f64 {
+        alloc
+            .iter()
+            .zip(&self.totals)
+            .filter(|(_, t)| **t > 0.0)
+            .map(|(a, t)| a / t)
+            .fold(0.0, f64::max)
+    }
+
+    fn role_share_key(&self, role: &str) -> u64 {
+        let weight = self.weights.get(role).copied().filter(|w| *w > 0.0).unwrap_or(1.0);
+        key(self.role_alloc.get(role).map(|a| self.share(a)).unwrap_or(0.0) / weight)
+    }
+
+    pub(crate) fn client(&self, idx: usize) -> &Client {
+        &self.clients[idx]
+    }
+
+    /// The first client in DRF order for which `eligible` yields resources.
+    pub(crate) fn first_eligible(
+        &self,
+        mut eligible: impl FnMut(&Client) -> Option<Resources>,
+    ) -> Option<(usize, Resources)> {
+        for (_, role) in &self.roles {
+            for (_, _, idx) in self.by_role.get(role).into_iter().flatten() {
+                if let Some(r) = eligible(&self.clients[*idx]) {
+                    return Some((*idx, r));
+                }
+            }
+        }
+        None
+    }
+
+    /// Records that client `idx` was offered `resources`, moving it (and its role) in the order.
+    pub(crate) fn charge(&mut self, idx: usize, resources: &Resources, _totals: &Resources) {
+        let amounts: Vec<f64> = self.names.iter().map(|n| resources.scalar(n).as_f64()).collect();
+        let role = self.clients[idx].role.clone();
+        let fw = self.clients[idx].framework_id.clone();
+        for (a, x) in self.client_alloc[idx].iter_mut().zip(&amounts) {
+            *a += x;
+        }
+        if let Some(r) = self.role_alloc.get_mut(&role) {
+            for (a, x) in r.iter_mut().zip(&amounts) {
+                *a += x;
+            }
+        }
+        let old = self.client_key[idx];
+        let new = key(self.share(&self.client_alloc[idx]));
+        self.client_key[idx] = new;
+        if let Some(set) = self.by_role.get_mut(&role) {
+            set.remove(&(old, fw.clone(), idx));
+            set.insert((new, fw, idx));
+        }
+        let old_role = self.role_key.get(&role).copied().unwrap_or(0);
+        let new_role = self.role_share_key(&role);
+        self.roles.remove(&(old_role, role.clone()));
+        self.roles.insert((new_role, role.clone()));
+        self.role_key.insert(role, new_role);
+    }
+}
+
+/// Which (role, agent) a decline filter covers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct FilterKey {
+    pub(crate) role: String,
+    pub(crate) agent_id: String,
+}
+
+/// A framework's decline filters.
+#[derive(Debug, Default)]
+pub(crate) struct Filters(HashMap<FilterKey, (Resources, Instant)>);
+
+impl Filters {
+    /// Refuses `resources` on (role, agent) until `until`.
+    pub(crate) fn add(&mut self, key: FilterKey, resources: Resources, until: Instant) {
+        self.0.insert(key, (resources, until));
+    }
+
+    /// Whether a live filter covers `offerable`: Mesos filters an offer only
+    /// when everything offerable is a subset of what was refused, so more free
+    /// resources on the agent break through the filter.
+    pub(crate) fn refuses(&self, key: &FilterKey, offerable: &Resources, now: Instant) -> bool {
+        self.0.get(key).is_some_and(|(refused, until)| now < *until && refused.contains(offerable))
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    pub(crate) fn clear_role(&mut self, role: &str) {
+        self.0.retain(|k, _| k.role != role);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use km_mesos::v1;
+    use std::time::Duration;
+
+    fn res(cpus: f64, mem: f64) -> Resources {
+        let mk = |name: &str, v: f64| {
+            let mut r = v1::Resource {
+                name: name.into(),
+                scalar: Some(v1::value::Scalar { value: v }),
+                ..Default::default()
+            };
+            r.set_type(v1::value::Type::Scalar);
+            r
+        };
+        Resources::from_proto(&[mk("cpus", cpus), mk("mem", mem)]).unwrap()
+    }
+
+    fn client(fw: &str, role: &str, alloc: Resources) -> Client {
+        Client { framework_id: fw.into(), role: role.into(), allocated: alloc }
+    }
+
+    #[test]
+    fn least_dominant_share_goes_first_and_moves_back_when_charged() {
+        let totals = res(10.0, 1000.0);
+        let clients = vec![
+            client("a", "r", res(5.0, 0.0)),
+            client("b", "r", res(0.0, 100.0)),
+            client("c", "r", Resources::default()),
+        ];
+        let mut order = Order::new(clients, &totals, &BTreeMap::new());
+        let (first, _) = order.first_eligible(|_| Some(Resources::default())).unwrap();
+        assert_eq!(order.client(first).framework_id, "c");
+        order.charge(first, &res(2.0, 0.0), &totals); // c: 20 %, b: 10 %
+        let (next, _) = order.first_eligible(|_| Some(Resources::default())).unwrap();
+        assert_eq!(order.client(next).framework_id, "b");
+        // Ineligible clients are skipped.
+        let (skip, _) =
+            order.first_eligible(|c| (c.framework_id != "b").then(Resources::default)).unwrap();
+        assert_eq!(order.client(skip).framework_id, "c");
+    }
+
+    #[test]
+    fn role_weights_scale_shares() {
+        let totals = res(10.0, 1000.0);
+        let clients =
+            vec![client("a", "heavy", res(4.0, 0.0)), client("b", "light", res(2.0, 0.0))];
+        let weights = BTreeMap::from([("heavy".to_owned(), 4.0)]);
+        let order = Order::new(clients, &totals, &weights);
+        let (first, _) = order.first_eligible(|_| Some(Resources::default())).unwrap();
+        assert_eq!(order.client(first).role, "heavy", "0.4/4 < 0.2/1");
+    }
+
+    #[test]
+    fn filters_follow_the_subset_rule_and_expire() {
+        let now = Instant::now();
+        let key = FilterKey { role: "*".into(), agent_id: "a1".into() };
+        let mut f = Filters::default();
+        f.add(key.clone(), res(4.0, 1000.0), now + Duration::from_secs(5));
+        assert!(f.refuses(&key, &res(4.0, 1000.0), now));
+        assert!(f.refuses(&key, &res(1.0, 10.0), now));
+        assert!(!f.refuses(&key, &res(5.0, 1000.0), now), "more than refused breaks through");
+        assert!(!f.refuses(&key, &res(1.0, 10.0), now + Duration::from_secs(5)), "expired");
+        f.clear_role("*");
+        assert!(!f.refuses(&key, &res(1.0, 10.0), now));
+    }
+}

@@ -1,0 +1,355 @@
+//! `km mesos-master`: a Mesos master for one-machine clusters and tests.
+//!
+//! It speaks the real Mesos v1 scheduler API (`/api/v1/scheduler`) and
+//! operator API (`/api/v1`), plus the legacy `/master/state`, so any v1
+//! framework runs against it unchanged. Agents (`km mesos-agent`) connect
+//! over km's own protocol (`/km/v1/agent`, see `proto/km/v1/agent.proto`).
+//! `--simulate-agents N` adds in-process agents for scale benchmarks.
+//!
+//! Layout: [`core`] is the state machine (no IO, time as input),
+//! [`allocator`] the DRF order and decline filters, [`resources`] Mesos's
+//! resource arithmetic, [`server`] the HTTP endpoints and the event loop,
+//! [`sim`] the simulated agents.
+
+mod allocator;
+mod core;
+mod registry;
+mod resources;
+mod server;
+mod sim;
+mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use km_mesos::v1;
+use tokio::sync::mpsc;
+
+/// Command-line flags of `km mesos-master` (Mesos's spelling where Mesos has the flag).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// IP address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ip: IpAddr,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 5050)]
+    pub port: u16,
+    /// Hostname the master advertises (default: the IP).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Period of batch allocations (`1secs`, `500ms`, `2s`).
+    #[arg(long = "allocation_interval", default_value = "1secs", value_parser = parse_duration)]
+    pub allocation_interval: Duration,
+    /// Rescind offers not answered within this time (default: never).
+    #[arg(long = "offer_timeout", value_parser = parse_duration)]
+    pub offer_timeout: Option<Duration>,
+    /// With `--max_agent_ping_timeouts`: how long a disconnected agent may stay away before its
+    /// tasks are lost (or unreachable for PARTITION_AWARE frameworks).
+    #[arg(long = "agent_ping_timeout", default_value = "15secs", value_parser = parse_duration)]
+    pub agent_ping_timeout: Duration,
+    /// See `--agent_ping_timeout`.
+    #[arg(long = "max_agent_ping_timeouts", default_value_t = 5)]
+    pub max_agent_ping_timeouts: u32,
+    /// Role weights for DRF, `role1=2,role2=0.5` (default weight 1).
+    #[arg(long, value_parser = parse_weights)]
+    pub weights: Option<BTreeMap<String, f64>>,
+    /// File of principal/secret pairs (JSON `{"credentials":[…]}` or `principal secret` lines);
+    /// when given, HTTP basic authentication is required.
+    #[arg(long)]
+    pub credentials: Option<PathBuf>,
+    /// Directory for the registry: agents and frameworks survive a restart of the master.
+    #[arg(long = "work_dir")]
+    pub work_dir: Option<PathBuf>,
+    /// Cluster name shown in `/master/state`.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Number of in-process simulated agents to register at start.
+    #[arg(long = "simulate-agents", default_value_t = 0)]
+    pub simulate_agents: usize,
+    /// Resources of each simulated agent (`--resources` syntax; `{i}`, `{i%N}` expand per agent).
+    #[arg(
+        long = "simulate-agent-resources",
+        default_value = "cpus:4;mem:16384;disk:100000;ports:[31000-32000]"
+    )]
+    pub simulate_agent_resources: String,
+    /// Attributes of each simulated agent (`--attributes` syntax, same placeholders).
+    #[arg(long = "simulate-agent-attributes", default_value = "rack:r{i%10};zone:z{i%3}")]
+    pub simulate_agent_attributes: String,
+    /// Hostname of each simulated agent (same placeholders).
+    #[arg(long = "simulate-agent-hostname", default_value = "sim-agent-{i}")]
+    pub simulate_agent_hostname: String,
+    /// Delay before a simulated task reports TASK_STARTING and TASK_RUNNING.
+    #[arg(long = "simulate-task-delay", default_value = "0ms", value_parser = parse_duration)]
+    pub simulate_task_delay: Duration,
+}
+
+/// Accepts Mesos's durations (`5secs`, `500ms`, `1mins`) and the short forms `5s`, `2m`, `1h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(d) = km_mesos::duration::parse(s) {
+        return Ok(d);
+    }
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    num.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .and_then(|v| Duration::try_from_secs_f64(v * scale).ok())
+        .ok_or_else(|| format!("invalid duration '{s}' (examples: 1secs, 500ms, 2s)"))
+}
+
+fn parse_weights(s: &str) -> Result<BTreeMap<String, f64>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (role, w) = part
+            .split_once('=')
+            .ok_or_else(|| format!("invalid weight '{part}': expected role=weight"))?;
+        let w: f64 =
+            w.trim().parse().map_err(|_| format!("invalid weight '{part}': not a number"))?;
+        if !(w.is_finite() && w > 0.0) {
+            return Err(format!("invalid weight '{part}': must be positive"));
+        }
+        out.insert(role.trim().to_owned(), w);
+    }
+    Ok(out)
+}
+
+/// Runs the master until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let credentials = match &args.credentials {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --credentials {}", path.display()))?;
+            let map = server::parse_credentials(&text)
+                .map_err(|e| anyhow::anyhow!("--credentials {}: {e}", path.display()))?;
+            Some(Arc::new(map.into_iter().collect::<HashMap<_, _>>()))
+        }
+        None => None,
+    };
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.ip, args.port))
+        .await
+        .with_context(|| format!("cannot listen on {}:{}", args.ip, args.port))?;
+    let addr = listener.local_addr()?;
+    let hostname = args.hostname.clone().unwrap_or_else(|| addr.ip().to_string());
+    let ip_u32 = match addr.ip() {
+        IpAddr::V4(v4) => u32::from_ne_bytes(v4.octets()),
+        IpAddr::V6(_) => 0,
+    };
+    let info = v1::MasterInfo {
+        id: uuid::Uuid::new_v4().to_string(),
+        ip: ip_u32,
+        port: u32::from(addr.port()),
+        pid: Some(format!("master@{}:{}", addr.ip(), addr.port())),
+        hostname: Some(hostname.clone()),
+        version: Some(env!("CARGO_PKG_VERSION").into()),
+        address: Some(v1::Address {
+            hostname: Some(hostname.clone()),
+            ip: Some(addr.ip().to_string()),
+            port: i32::from(addr.port()),
+        }),
+        ..Default::default()
+    };
+    let config = core::Config {
+        info,
+        heartbeat_interval: Duration::from_secs(15),
+        offer_timeout: args.offer_timeout,
+        agent_unreachable_timeout: args.agent_ping_timeout * args.max_agent_ping_timeouts.max(1),
+        weights: args.weights.clone().unwrap_or_default(),
+        max_completed_tasks: 1000,
+        max_completed_frameworks: 50,
+    };
+    let flags = serde_json::json!({
+        "ip": args.ip.to_string(),
+        "port": args.port.to_string(),
+        "allocation_interval": km_mesos::duration::format(args.allocation_interval),
+        "cluster": args.cluster,
+        "work_dir": args.work_dir.as_ref().map(|d| d.display().to_string()),
+        "authenticate_frameworks": credentials.is_some().to_string(),
+    });
+    let mut master = core::Master::new(config, tokio::time::Instant::now(), SystemTime::now());
+    let registry_path = match &args.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create --work_dir {}", dir.display()))?;
+            let path = dir.join(registry::FILE_NAME);
+            if let Some(saved) = registry::load(&path)? {
+                master.recover(saved, tokio::time::Instant::now(), SystemTime::now());
+            }
+            Some(path)
+        }
+        None => None,
+    };
+    let (inputs, rx) = mpsc::unbounded_channel();
+    let loop_config = server::LoopConfig {
+        allocation_interval: args.allocation_interval,
+        registry: registry_path,
+        flags,
+    };
+    let loop_task = tokio::spawn(server::run_loop(master, rx, inputs.clone(), loop_config));
+    if args.simulate_agents > 0 {
+        let sim = sim::SimConfig {
+            count: args.simulate_agents,
+            resources: args.simulate_agent_resources.clone(),
+            attributes: args.simulate_agent_attributes.clone(),
+            hostname: args.simulate_agent_hostname.clone(),
+            task_delay: args.simulate_task_delay,
+        };
+        sim::start(sim, inputs.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let shared =
+        server::Shared { inputs, credentials, leader: format!("{hostname}:{}", addr.port()) };
+    tracing::info!(%addr, "km mesos-master listening");
+    axum::serve(listener, server::router(shared))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    loop_task.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_mesos_and_short_forms() {
+        assert_eq!(parse_duration("1secs"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("soon").unwrap_err().contains("invalid duration 'soon'"));
+    }
+
+    #[test]
+    fn weights_parse_and_reject_nonsense() {
+        assert_eq!(
+            parse_weights("a=2, b=0.5").unwrap(),
+            BTreeMap::from([("a".into(), 2.0), ("b".into(), 0.5)])
+        );
+        assert!(parse_weights("a").is_err());
+        assert!(parse_weights("a=-1").is_err());
+    }
+
+    #[test]
+    fn credentials_files_in_both_formats() {
+        let json = server::parse_credentials(r#"{"credentials":[{"principal":"p","secret":"s"}]}"#)
+            .unwrap();
+        assert_eq!(json.get("p").map(String::as_str), Some("s"));
+        let text = server::parse_credentials("# comment\np1 s1\np2 s2\n").unwrap();
+        assert_eq!(text.len(), 2);
+        assert!(server::parse_credentials("just-one-field").is_err());
+    }
+}
+
+/// Entry points for benchmarks (not a stable API).
+#[doc(hidden)]
+pub mod bench {
+    use std::time::{Duration, SystemTime};
+
+    use km_mesos::agent;
+    use km_mesos::v1;
+    use tokio::time::Instant;
+
+    use crate::core::{Config, Master};
+
+    /// A master with `agents` registered agents (4 cpus, 16 GiB, ports) and
+    /// `frameworks` subscribed frameworks, ready for [`Cluster::allocate`].
+    pub struct Cluster {
+        master: Master,
+    }
+
+    impl Cluster {
+        pub fn new(agents: usize, frameworks: usize) -> Cluster {
+            let now = Instant::now();
+            let config = Config {
+                info: v1::MasterInfo {
+                    id: "bench".into(),
+                    ip: 0,
+                    port: 5050,
+                    ..Default::default()
+                },
+                heartbeat_interval: Duration::from_secs(15),
+                offer_timeout: None,
+                agent_unreachable_timeout: Duration::from_secs(75),
+                weights: Default::default(),
+                max_completed_tasks: 1000,
+                max_completed_frameworks: 50,
+            };
+            let mut master = Master::new(config, now, SystemTime::now());
+            let resources = km_mesos::flags::parse_resources(
+                "cpus:4;mem:16384;disk:100000;ports:[31000-32000]",
+            )
+            .expect("static resources parse");
+            let mut conn = 0;
+            for i in 0..agents {
+                conn += 1;
+                let info = v1::AgentInfo {
+                    hostname: format!("a{i}"),
+                    resources: resources.clone(),
+                    ..Default::default()
+                };
+                let subscribe = agent::call::Subscribe { agent_info: info, ..Default::default() };
+                master
+                    .subscribe_agent(conn, subscribe, now, SystemTime::now())
+                    .expect("agent registers");
+            }
+            for i in 0..frameworks {
+                conn += 1;
+                let info = v1::FrameworkInfo {
+                    user: "u".into(),
+                    name: format!("f{i}"),
+                    ..Default::default()
+                };
+                let subscribe = km_mesos::v1::scheduler::call::Subscribe {
+                    framework_info: info,
+                    ..Default::default()
+                };
+                master.subscribe_framework(
+                    conn,
+                    format!("s{i}"),
+                    subscribe,
+                    None,
+                    now,
+                    SystemTime::now(),
+                );
+            }
+            master.take_outbox();
+            Cluster { master }
+        }
+
+        /// One allocation run; returns the number of offers it made. All
+        /// offers are then declined without a filter so the next run starts
+        /// from the same state.
+        pub fn allocate(&mut self) -> usize {
+            self.master.allocate(Instant::now());
+            let made = self.master.outstanding_offers();
+            self.master.decline_all_offers(Instant::now());
+            self.master.take_outbox();
+            made
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Integration tests of km-mesos's HTTP clients against in-process fakes of
+//! the Mesos master and agent endpoints that behave as
+//! `docs/mesos-v1-protocol.md` describes (§1, §2, §4, §5 and the client-side
+//! checks of §7).
+
+/// Runs an `async fn(ContentType)` scenario as two tests, `json` and
+/// `protobuf`, in a module named after it. (Defined before the modules so
+/// that they see it.)
+macro_rules! both {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn json() {
+                super::$scenario(km_mesos::ContentType::Json).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn protobuf() {
+                super::$scenario(km_mesos::ContentType::Protobuf).await;
+            }
+        }
+    };
+}
+
+mod codec;
+mod executor;
+mod fake;
+mod operator;
+mod scheduler;
+
+/// Bytes as lower-case hex pairs separated by spaces, as the protocol doc writes them.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
+}

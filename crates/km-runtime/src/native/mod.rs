@@ -1,0 +1,625 @@
+//! The native runtime (`runtimeClassName: native`): a container is a binary
+//! on the host, or fetched from a URL and cached by checksum ([`fetch`]),
+//! started in new pid, mount, uts and ipc namespaces, in its own cgroup with
+//! the container's cpu and memory limits. Pods use the host network unless
+//! annotated `native.km.io/network: isolated`
+//! ([`crate::pod::ANNOTATION_NATIVE_NETWORK`]): then the sandbox holds one
+//! network namespace (loopback up) that every container of the pod joins.
+//! hostPath and emptyDir volumes are bind-mounted in the container's
+//! private mount namespace over paths that exist on the host.
+//!
+//! Per pod, a sandbox directory `<root>/pods/<namespace>_<name>_<uid>/`:
+//! - `pod.json`: the ownership labels (pod name, namespace, uid, task);
+//! - `work/`: the default working directory of the pod's containers;
+//! - `volumes/<name>/`: emptyDir volumes;
+//! - `logs/<container>.log`: stdout and stderr of the container (appended
+//!   across restarts);
+//! - `run/<container>.pid`: pid and kernel start time of the running
+//!   process, to find it again.
+//!
+//! Containers die with the runtime process (`PR_SET_PDEATHSIG`), so a
+//! runtime that was killed leaves sandboxes but no processes; a restarted
+//! runtime finds the sandboxes with [`ContainerRuntime::list_owned`] and
+//! removes them (killing anything still in their cgroups). Native
+//! containers are therefore never adopted, only cleaned up.
+
+mod cgroup;
+mod fetch;
+mod spawn;
+
+pub use fetch::{ANNOTATION_SHA256_PREFIX, ANNOTATION_URL_PREFIX};
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1 as k8s;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::logs;
+use crate::pod::{
+    ANNOTATION_NATIVE_NETWORK, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, PodKey, PodPlan,
+};
+use crate::runtime::{
+    ContainerRuntime, Exit, LogOptions, LogStream, OwnedContainer, OwnedPod, Sandbox, Started,
+};
+
+pub use cgroup_api::CgroupVersion;
+
+/// Where the native runtime keeps its state.
+#[derive(Clone, Debug)]
+pub struct NativeConfig {
+    /// Sandboxes live under `<root_dir>/pods`.
+    pub root_dir: PathBuf,
+    /// Cgroup parent, relative to the hierarchy root (`km` by default).
+    pub cgroup_parent: String,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct NativeRuntime {
+    config: NativeConfig,
+    cgroups: cgroup::Cgroups,
+    spawner: spawn::Spawner,
+    containers: Mutex<HashMap<String, Arc<NativeContainer>>>,
+    /// Network namespaces of pods with an isolated network, by sandbox.
+    netns: Mutex<HashMap<String, Arc<std::os::fd::OwnedFd>>>,
+    devnull: PathBuf,
+}
+
+#[derive(Debug)]
+struct NativeContainer {
+    sandbox: String,
+    name: String,
+    pid: Pid,
+    exit: watch::Receiver<Option<Exit>>,
+    log: PathBuf,
+}
+
+/// Small public view of the cgroup layout, for tests and diagnostics.
+mod cgroup_api {
+    /// The cgroup version in use.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum CgroupVersion {
+        V1,
+        V2,
+    }
+}
+
+impl NativeRuntime {
+    pub fn new(config: NativeConfig) -> Result<NativeRuntime> {
+        let pods = config.root_dir.join("pods");
+        std::fs::create_dir_all(&pods).map_err(|e| Error::io(&pods, e))?;
+        let cgroups = cgroup::Cgroups::detect(&config.cgroup_parent)?;
+        let spawner = spawn::Spawner::new()
+            .map_err(|e| Error::Other(format!("starting the spawner thread: {e}")))?;
+        Ok(NativeRuntime {
+            config,
+            cgroups,
+            spawner,
+            containers: Mutex::new(HashMap::new()),
+            netns: Mutex::new(HashMap::new()),
+            devnull: PathBuf::from("/dev/null"),
+        })
+    }
+
+    pub fn config(&self) -> &NativeConfig {
+        &self.config
+    }
+
+    pub fn cgroup_version(&self) -> CgroupVersion {
+        match self.cgroups.version() {
+            cgroup::Version::V1 => CgroupVersion::V1,
+            cgroup::Version::V2 => CgroupVersion::V2,
+        }
+    }
+
+    /// The memory limit the container's cgroup carries (for tests).
+    pub fn memory_limit(&self, id: &str) -> Option<u64> {
+        let c = self.container(id).ok()?;
+        self.cgroups.memory_limit(&c.sandbox, &c.name)
+    }
+
+    /// The host pid of a running container (for tests and diagnostics).
+    pub fn pid(&self, id: &str) -> Option<i32> {
+        self.container(id).ok().map(|c| c.pid.as_raw())
+    }
+
+    /// Removes the runtime's cgroup parent; it must hold no sandboxes.
+    pub fn remove_cgroup_parent(&self) -> Result<()> {
+        self.cgroups.remove_parent()
+    }
+
+    fn netns(&self, sandbox: &str) -> Option<Arc<std::os::fd::OwnedFd>> {
+        self.netns.lock().ok()?.get(sandbox).cloned()
+    }
+
+    fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.config.root_dir.join("pods").join(id)
+    }
+
+    fn container(&self, id: &str) -> Result<Arc<NativeContainer>> {
+        self.containers
+            .lock()
+            .map_err(|_| Error::Other("container table poisoned".into()))?
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(id.to_owned()))
+    }
+
+    fn prepare(
+        &self,
+        sandbox: &Sandbox,
+        plan: &PodPlan,
+        index: usize,
+        fetched: Option<PathBuf>,
+    ) -> Result<spawn::SpawnRequest> {
+        let c = plan
+            .containers
+            .get(index)
+            .ok_or_else(|| Error::NotFound(format!("container #{index}")))?;
+        let dir = self.sandbox_dir(&sandbox.id);
+        let exec_err = |binary: &str, message: String| Error::Exec {
+            container: c.name.clone(),
+            binary: binary.to_owned(),
+            message,
+        };
+        let mut argv: Vec<String> = c.command.clone();
+        argv.extend(c.args.iter().cloned());
+        let binary = argv.first().cloned().unwrap_or_default();
+        let path = match fetched {
+            Some(p) => p,
+            None => resolve_binary(&binary, &c.env).ok_or_else(|| {
+                exec_err(
+                    &binary,
+                    "no such executable on this host (give an absolute path or one on PATH)".into(),
+                )
+            })?,
+        };
+        let cstr = |s: &str| {
+            CString::new(s).map_err(|_| Error::Config {
+                container: c.name.clone(),
+                message: format!("{s:?} contains a NUL byte"),
+            })
+        };
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        env.insert(
+            "PATH".into(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        );
+        env.insert("HOSTNAME".into(), plan.hostname.clone());
+        env.insert("HOME".into(), "/root".into());
+        let mut envp = Vec::new();
+        for (k, v) in &env {
+            if !c.env.iter().any(|(ck, _)| ck == k) {
+                envp.push(cstr(&format!("{k}={v}"))?);
+            }
+        }
+        for (k, v) in &c.env {
+            envp.push(cstr(&format!("{k}={v}"))?);
+        }
+        let cwd = match &c.working_dir {
+            Some(w) => PathBuf::from(w),
+            None => dir.join("work"),
+        };
+        let mut mounts = Vec::new();
+        for m in &c.mounts {
+            let source = self
+                .volume_source(sandbox, plan, &m.volume)
+                .map_err(|message| Error::Config { container: c.name.clone(), message })?;
+            let source = match &m.sub_path {
+                Some(sub) => source.join(sub),
+                None => source,
+            };
+            let target = Path::new(&m.container_path);
+            if !target.exists() {
+                return Err(Error::Config {
+                    container: c.name.clone(),
+                    message: format!(
+                        "volume {:?}: mount path {} does not exist on the host (the native runtime bind-mounts over host paths)",
+                        m.volume, m.container_path
+                    ),
+                });
+            }
+            mounts.push(spawn::BindMount {
+                source: cstr(&source.to_string_lossy())?,
+                target: cstr(&m.container_path)?,
+                read_only: m.read_only,
+            });
+        }
+        let log_path = dir.join("logs").join(format!("{}.log", c.name));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| Error::io(&log_path, e))?;
+        let stdin = std::fs::File::open(&self.devnull).map_err(|e| Error::io(&self.devnull, e))?;
+        let cgroup_procs = self.cgroups.create(&sandbox.id, &c.name, c.limits)?;
+        let isolated = isolated_network(plan);
+        if isolated && self.netns(&sandbox.id).is_none() {
+            return Err(Error::Other(format!(
+                "the network namespace of sandbox {} is gone",
+                sandbox.id
+            )));
+        }
+        Ok(spawn::SpawnRequest {
+            path: cstr(&path.to_string_lossy())?,
+            argv: argv.iter().map(|a| cstr(a)).collect::<Result<_>>()?,
+            envp,
+            cwd: cstr(&cwd.to_string_lossy())?,
+            hostname: cstr(&plan.hostname)?,
+            log: log.into(),
+            stdin: stdin.into(),
+            network: if isolated { self.netns(&sandbox.id) } else { None },
+            mounts,
+            cgroup_procs,
+        })
+    }
+
+    fn volume_source(
+        &self,
+        sandbox: &Sandbox,
+        plan: &PodPlan,
+        name: &str,
+    ) -> std::result::Result<PathBuf, String> {
+        let v: &k8s::Volume = plan
+            .volumes
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| format!("volume {name:?} is not defined"))?;
+        if let Some(h) = &v.host_path {
+            return Ok(PathBuf::from(&h.path));
+        }
+        if v.empty_dir.is_some() {
+            return Ok(self.sandbox_dir(&sandbox.id).join("volumes").join(name));
+        }
+        Err(format!(
+            "volume {name:?}: the native runtime supports emptyDir and hostPath volumes only"
+        ))
+    }
+}
+
+/// Whether the pod asked for its own network namespace (loopback only),
+/// shared by its containers.
+fn isolated_network(plan: &PodPlan) -> bool {
+    !plan.host_network
+        && plan.annotations.get(ANNOTATION_NATIVE_NETWORK).map(String::as_str) == Some("isolated")
+}
+
+/// Finds `binary` as the kernel would after a shell's PATH search: an
+/// absolute or relative path as is, else each PATH entry (the container's
+/// PATH if it sets one).
+fn resolve_binary(binary: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    if binary.is_empty() {
+        return None;
+    }
+    if binary.contains('/') {
+        let p = PathBuf::from(binary);
+        return p.is_file().then_some(p);
+    }
+    let path =
+        env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone()).unwrap_or_else(|| {
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()
+        });
+    path.split(':').map(|d| Path::new(d).join(binary)).find(|p| {
+        std::fs::metadata(p).is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        })
+    })
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`); tells a pid apart from a later reuse.
+fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields resume after ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn exit_from(status: WaitStatus) -> Option<i32> {
+    match status {
+        WaitStatus::Exited(_, code) => Some(code),
+        WaitStatus::Signaled(_, sig, _) => Some(128 + sig as i32),
+        _ => None,
+    }
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SandboxFile {
+    labels: BTreeMap<String, String>,
+}
+
+impl ContainerRuntime for NativeRuntime {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    async fn create_sandbox(&self, plan: &PodPlan) -> Result<Sandbox> {
+        let id = format!("{}_{}_{}", plan.key.namespace, plan.key.name, plan.key.uid);
+        let dir = self.sandbox_dir(&id);
+        for sub in ["work", "logs", "run", "volumes"] {
+            let d = dir.join(sub);
+            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+        }
+        for v in &plan.volumes {
+            if v.empty_dir.is_some() {
+                let d = dir.join("volumes").join(&v.name);
+                std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            }
+        }
+        if isolated_network(plan) && self.netns(&id).is_none() {
+            let ns = spawn::new_network_namespace()
+                .map_err(|e| Error::Other(format!("creating the pod's network namespace: {e}")))?;
+            if let Ok(mut map) = self.netns.lock() {
+                map.insert(id.clone(), Arc::new(ns));
+            }
+        }
+        let file = dir.join("pod.json");
+        let body = serde_json::to_vec_pretty(&SandboxFile { labels: plan.owner_labels() })
+            .map_err(|e| Error::Other(format!("encoding {}: {e}", file.display())))?;
+        std::fs::write(&file, body).map_err(|e| Error::io(&file, e))?;
+        Ok(Sandbox { id, key: plan.key.clone(), pod_ip: None })
+    }
+
+    async fn start_container(
+        &self,
+        sandbox: &Sandbox,
+        plan: &PodPlan,
+        index: usize,
+    ) -> Result<Started> {
+        let c = plan
+            .containers
+            .get(index)
+            .ok_or_else(|| Error::NotFound(format!("container #{index}")))?;
+        let fetched = match plan.annotations.get(&format!("{ANNOTATION_URL_PREFIX}{}", c.name)) {
+            Some(url) => {
+                let sha = plan.annotations.get(&format!("{ANNOTATION_SHA256_PREFIX}{}", c.name));
+                let cache = self.config.root_dir.join("cache");
+                Some(fetch::fetch(&cache, url, sha.map(String::as_str)).await?)
+            }
+            None => None,
+        };
+        let req = self.prepare(sandbox, plan, index, fetched)?;
+        let binary = plan.containers[index].command.first().cloned().unwrap_or_default();
+        let pid = self.spawner.spawn(req).await.map_err(|e| Error::Exec {
+            container: c.name.clone(),
+            binary: binary.clone(),
+            message: e.to_string(),
+        })?;
+        let started_at = SystemTime::now();
+        let dir = self.sandbox_dir(&sandbox.id);
+        let pid_file = dir.join("run").join(format!("{}.pid", c.name));
+        let start_time = process_start_time(pid.as_raw()).unwrap_or(0);
+        let _ = std::fs::write(&pid_file, format!("{} {start_time}\n", pid.as_raw()));
+
+        let (tx, rx) = watch::channel(None);
+        let cgroups = self.cgroups.clone();
+        let (sb, name) = (sandbox.id.clone(), c.name.clone());
+        std::thread::Builder::new()
+            .name(format!("km-wait-{}", pid.as_raw()))
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let code = loop {
+                    match waitpid(pid, None) {
+                        Ok(status) => {
+                            if let Some(code) = exit_from(status) {
+                                break code;
+                            }
+                        }
+                        Err(nix::errno::Errno::EINTR) => {}
+                        Err(_) => break 255,
+                    }
+                };
+                let _ = std::fs::remove_file(&pid_file);
+                let reason = if code != 0 && cgroups.oom_killed(&sb, &name) {
+                    "OOMKilled".to_owned()
+                } else {
+                    Exit::reason_for(code).to_owned()
+                };
+                let _ =
+                    tx.send(Some(Exit { exit_code: code, reason, finished_at: SystemTime::now() }));
+            })
+            .map_err(|e| Error::Other(format!("starting a wait thread: {e}")))?;
+
+        let id = format!("{}/{}/{}", sandbox.id, c.name, pid.as_raw());
+        let container = Arc::new(NativeContainer {
+            sandbox: sandbox.id.clone(),
+            name: c.name.clone(),
+            pid,
+            exit: rx,
+            log: dir.join("logs").join(format!("{}.log", c.name)),
+        });
+        self.containers
+            .lock()
+            .map_err(|_| Error::Other("container table poisoned".into()))?
+            .insert(id.clone(), container);
+        Ok(Started { id, started_at })
+    }
+
+    async fn wait(&self, id: &str) -> Result<Exit> {
+        let mut rx = self.container(id)?.exit.clone();
+        let exit = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Other(format!("{id}: wait thread gone")))?;
+        exit.clone().ok_or_else(|| Error::Other(format!("{id}: no exit status")))
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        let c = self.container(id)?;
+        let mut rx = c.exit.clone();
+        if rx.borrow().is_some() {
+            return Ok(());
+        }
+        let _ = kill(c.pid, Signal::SIGTERM);
+        let exited = tokio::time::timeout(grace, rx.wait_for(Option::is_some)).await.is_ok();
+        if !exited {
+            let _ = kill(c.pid, Signal::SIGKILL);
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), rx.wait_for(Option::is_some)).await;
+        }
+        Ok(())
+    }
+
+    async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<i32> {
+        // Exec probes of native containers run the command on the host, in
+        // the pod's working directory (entering the container's namespaces
+        // is future work).
+        let c = self.container(id)?;
+        let (bin, args) =
+            cmd.split_first().ok_or_else(|| Error::Other("empty exec command".into()))?;
+        let mut command = tokio::process::Command::new(bin);
+        command
+            .args(args)
+            .current_dir(self.sandbox_dir(&c.sandbox).join("work"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let mut child = command.spawn().map_err(|e| Error::Exec {
+            container: c.name.clone(),
+            binary: bin.clone(),
+            message: e.to_string(),
+        })?;
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) => Ok(status.code().unwrap_or(128)),
+            Ok(Err(e)) => Err(Error::Other(format!("exec {bin}: {e}"))),
+            Err(_) => Err(Error::Other(format!("exec {bin}: timed out after {timeout:?}"))),
+        }
+    }
+
+    async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream> {
+        let c = self.container(id)?;
+        let done = c.exit.clone();
+        logs::file_stream(c.log.clone(), opts, done).await
+    }
+
+    async fn remove_sandbox(&self, sandbox: &Sandbox) -> Result<()> {
+        let ids: Vec<(String, Arc<NativeContainer>)> = self
+            .containers
+            .lock()
+            .map_err(|_| Error::Other("container table poisoned".into()))?
+            .iter()
+            .filter(|(_, c)| c.sandbox == sandbox.id)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (_, c) in &ids {
+            if c.exit.borrow().is_none() {
+                let _ = kill(c.pid, Signal::SIGKILL);
+            }
+        }
+        let cg = self.cgroups.clone();
+        let sid = sandbox.id.clone();
+        tokio::task::spawn_blocking(move || cg.remove_sandbox(&sid))
+            .await
+            .map_err(|e| Error::Other(format!("removing cgroups: {e}")))??;
+        for (_, c) in &ids {
+            let mut rx = c.exit.clone();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), rx.wait_for(Option::is_some)).await;
+        }
+        if let Ok(mut table) = self.containers.lock() {
+            for (id, _) in &ids {
+                table.remove(id);
+            }
+        }
+        if let Ok(mut map) = self.netns.lock() {
+            map.remove(&sandbox.id);
+        }
+        let dir = self.sandbox_dir(&sandbox.id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(dir, e)),
+        }
+    }
+
+    async fn list_owned(&self) -> Result<Vec<OwnedPod>> {
+        let pods = self.config.root_dir.join("pods");
+        let mut out = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let entries = std::fs::read_dir(&pods).map_err(|e| Error::io(&pods, e))?;
+        for entry in entries.flatten() {
+            let Ok(sandbox_id) = entry.file_name().into_string() else { continue };
+            let labels = std::fs::read(entry.path().join("pod.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<SandboxFile>(&b).ok())
+                .map(|f| f.labels)
+                .unwrap_or_default();
+            let key = PodKey {
+                namespace: labels.get(LABEL_POD_NAMESPACE).cloned().unwrap_or_default(),
+                name: labels.get(LABEL_POD_NAME).cloned().unwrap_or_default(),
+                uid: labels.get(LABEL_POD_UID).cloned().unwrap_or_default(),
+            };
+            let mut containers = Vec::new();
+            for pidf in std::fs::read_dir(entry.path().join("run")).into_iter().flatten().flatten()
+            {
+                let name = pidf
+                    .path()
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let text = std::fs::read_to_string(pidf.path()).unwrap_or_default();
+                let mut it = text.split_whitespace();
+                let pid: i32 = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                let start: u64 = it.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                let running = pid > 0 && process_start_time(pid) == Some(start);
+                containers.push(OwnedContainer {
+                    id: format!("{sandbox_id}/{name}/{pid}"),
+                    name,
+                    running,
+                });
+            }
+            seen.insert(sandbox_id.clone());
+            out.push(OwnedPod { sandbox_id, key, labels, containers });
+        }
+        // Cgroups whose directory is gone (a crash between the two removals).
+        for sandbox_id in self.cgroups.sandboxes() {
+            if !seen.contains(&sandbox_id) {
+                out.push(OwnedPod {
+                    sandbox_id,
+                    key: PodKey {
+                        namespace: String::new(),
+                        name: String::new(),
+                        uid: String::new(),
+                    },
+                    labels: BTreeMap::new(),
+                    containers: Vec::new(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_owned(&self, pod: &OwnedPod) -> Result<()> {
+        for c in &pod.containers {
+            if !c.running {
+                continue;
+            }
+            // The id is `<sandbox>/<name>/<pid>`; kill only that same process.
+            if let Some(pid) = c.id.rsplit('/').next().and_then(|p| p.parse::<i32>().ok()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        self.remove_sandbox(&Sandbox {
+            id: pod.sandbox_id.clone(),
+            key: pod.key.clone(),
+            pod_ip: None,
+        })
+        .await
+    }
+}
+
+impl NativeRuntime {
+    /// The sandbox directory of a pod, for tests and log lookups.
+    pub fn sandbox_path(&self, sandbox_id: &str) -> PathBuf {
+        self.sandbox_dir(sandbox_id)
+    }
+}

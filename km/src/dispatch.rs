@@ -1,0 +1,70 @@
+//! argv[0] dispatch: `km` installed under another name runs that subcommand.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+/// Subcommands that may be reached through a symlink. Kept in step with
+/// `Command` in main.rs by the `every_subcommand_is_dispatchable` test.
+pub(crate) const SUBCOMMANDS: &[&str] =
+    &["podmaster", "mesos-master", "mesos-agent", "apiserver", "kubelet"];
+
+/// Rewrites `[/usr/bin/km-podmaster, --flag]` (or `podmaster`) into
+/// `[km, podmaster, --flag]`. Any other program name is left alone, so `km`
+/// itself (or a renamed copy) parses its arguments as usual.
+pub(crate) fn normalize_args(mut args: Vec<OsString>) -> Vec<OsString> {
+    let Some(argv0) = args.first() else {
+        return vec![OsString::from("km")];
+    };
+    let name = Path::new(argv0).file_name().and_then(|n| n.to_str()).unwrap_or("km");
+    let sub = name.strip_prefix("km-").unwrap_or(name);
+    if SUBCOMMANDS.contains(&sub) {
+        let sub = OsString::from(sub);
+        args[0] = OsString::from("km");
+        args.insert(1, sub);
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn norm(args: &[&str]) -> Vec<String> {
+        normalize_args(args.iter().map(OsString::from).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn plain_km_is_untouched() {
+        assert_eq!(
+            norm(&["/usr/bin/km", "podmaster", "--key", "k"]),
+            ["/usr/bin/km", "podmaster", "--key", "k"]
+        );
+    }
+
+    #[test]
+    fn symlink_names_select_the_subcommand() {
+        assert_eq!(norm(&["/opt/km-podmaster", "--key", "k"]), ["km", "podmaster", "--key", "k"]);
+        assert_eq!(norm(&["podmaster"]), ["km", "podmaster"]);
+    }
+
+    #[test]
+    fn unknown_names_fall_through_to_km() {
+        assert_eq!(norm(&["./km-nonsense", "help"]), ["./km-nonsense", "help"]);
+        assert_eq!(norm(&[]), ["km"]);
+    }
+
+    #[test]
+    fn every_subcommand_is_dispatchable() {
+        let cli = crate::Cli::command();
+        let mut names: Vec<&str> =
+            cli.get_subcommands().map(|c| c.get_name()).filter(|n| *n != "help").collect();
+        names.sort_unstable();
+        let mut known = SUBCOMMANDS.to_vec();
+        known.sort_unstable();
+        assert_eq!(names, known, "dispatch::SUBCOMMANDS must list every subcommand");
+    }
+}

@@ -1,0 +1,69 @@
+//! The `km` binary: parse the command line, start logging and the runtime,
+//! and hand over to the crate that implements the chosen subcommand.
+//!
+//! Like hyperkube, `km` dispatches on its first argument (`km podmaster …`)
+//! or on the name it was invoked under (a symlink `km-podmaster` or
+//! `podmaster` pointing at `km`), see [`dispatch::normalize_args`].
+
+mod dispatch;
+mod rt;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Kubernetes on Apache Mesos.
+#[derive(Debug, Parser)]
+#[command(name = "km", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Log filter, in `tracing` env-filter syntax (e.g. `info`, `km_mesos=debug`).
+    #[arg(long, global = true, env = "KM_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Elect one holder of an etcd key and copy a pod manifest into its
+    /// kubelet's manifest directory (cold-standby HA for master components).
+    Podmaster(km_podmaster::Args),
+    /// A Mesos master speaking the v1 scheduler and operator APIs, with an
+    /// optional simulator of agents.
+    #[command(name = "mesos-master")]
+    MesosMaster(km_mesos_master::Args),
+    /// A Mesos agent that registers with `km mesos-master` and runs
+    /// command tasks and executors.
+    #[command(name = "mesos-agent")]
+    MesosAgent(km_mesos_agent::Args),
+    /// The Kubernetes API server for km's resources, stored in etcd.
+    Apiserver(km_apiserver::Args),
+    /// Run the static pods of a manifest directory (Docker and native runtimes).
+    Kubelet(km_kubelet::Args),
+}
+
+impl Command {
+    fn run(self) -> anyhow::Result<()> {
+        match self {
+            Command::Podmaster(args) => rt::block_on(km_podmaster::run(args)),
+            Command::MesosMaster(args) => rt::block_on(km_mesos_master::run(args)),
+            Command::MesosAgent(args) => rt::block_on(km_mesos_agent::run(args)),
+            Command::Apiserver(args) => rt::block_on(km_apiserver::run(args)),
+            Command::Kubelet(args) => rt::block_on(km_kubelet::run(args)),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = dispatch::normalize_args(std::env::args_os().collect());
+    let cli = Cli::parse_from(args);
+    rt::init_logging(&cli.log);
+    match cli.command.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

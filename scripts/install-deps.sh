@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs the system packages km's build and tests need, when missing:
+#   protoc (Debian protobuf-compiler) for the etcd client's and km's protos,
+#   etcd (Debian etcd-server) for the podmaster and API server tests.
+# Idempotent; runs apt-get only if something is absent.
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+
+if ((${#need[@]})); then
+  echo "install-deps: installing ${need[*]}" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Debian starts the packaged etcd as a service; km's tests start their own.
+  if command -v systemctl >/dev/null 2>&1; then $sudo systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+fi
+
+command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo (Rust) is required" >&2; exit 1; }

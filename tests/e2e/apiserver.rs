@@ -1,0 +1,525 @@
+//! `km apiserver` on a real etcd, driven by kube-rs as km's components and
+//! users' tools drive it: create, list with selectors, watch from a
+//! resourceVersion (and 410 after compaction), bind, status, the three
+//! patch types, graceful deletion, Status errors.
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Binding, Namespace, Node, Pod, ServiceAccount};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::core::Status;
+use serde_json::json;
+
+use crate::support::apiserver::{ApiServer, compact_etcd, http};
+use crate::support::etcd::Etcd;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn pod(name: &str, labels: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": labels },
+        "spec": { "containers": [{ "name": "app", "image": "nginx:1.25" }] },
+    }))
+    .expect("pod")
+}
+
+/// The Status of a failed call.
+fn status(err: kube::Error) -> Status {
+    match err {
+        kube::Error::Api(status) => *status,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+async fn create_namespace(client: &kube::Client, name: &str) {
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace =
+        serde_json::from_value(json!({ "metadata": { "name": name } })).expect("ns");
+    nss.create(&PostParams::default(), &ns).await.expect("create namespace");
+}
+
+#[test]
+fn crud_selectors_and_errors() {
+    let etcd = Etcd::start();
+    let server = ApiServer::start(&etcd);
+    runtime().block_on(async {
+        let client = server.client();
+        // The system namespaces and their default service accounts exist.
+        let nss: Api<Namespace> = Api::all(client.clone());
+        let names: Vec<String> = nss
+            .list(&ListParams::default())
+            .await
+            .expect("list ns")
+            .items
+            .into_iter()
+            .filter_map(|n| n.metadata.name)
+            .collect();
+        for want in ["default", "kube-system", "kube-public"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        }
+        let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+        sas.get("default").await.expect("default service account");
+
+        create_namespace(&client, "e2e").await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "e2e");
+        let created = pods
+            .create(&PostParams::default(), &pod("web-1", json!({"app": "web", "tier": "fe"})))
+            .await
+            .expect("create");
+        let meta = &created.metadata;
+        assert!(meta.uid.is_some() && meta.creation_timestamp.is_some());
+        assert!(meta.resource_version.as_deref().is_some_and(|rv| rv.parse::<i64>().is_ok()));
+        let spec = created.spec.as_ref().expect("spec");
+        assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(spec.scheduler_name.as_deref(), Some("default-scheduler"));
+        assert_eq!(spec.containers[0].image_pull_policy.as_deref(), Some("IfNotPresent"));
+        assert_eq!(created.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Pending"));
+
+        pods.create(&PostParams::default(), &pod("web-2", json!({"app": "web", "tier": "be"})))
+            .await
+            .expect("create");
+        pods.create(&PostParams::default(), &pod("db-1", json!({"app": "db"})))
+            .await
+            .expect("create");
+        let mut generated = pod("", json!({}));
+        generated.metadata.name = None;
+        generated.metadata.generate_name = Some("gen-".into());
+        let gen_pod = pods.create(&PostParams::default(), &generated).await.expect("generateName");
+        assert!(
+            gen_pod.metadata.name.as_deref().is_some_and(|n| n.starts_with("gen-") && n.len() == 9)
+        );
+
+        let names = |list: kube::core::ObjectList<Pod>| {
+            let mut n: Vec<String> =
+                list.items.into_iter().filter_map(|p| p.metadata.name).collect();
+            n.sort();
+            n
+        };
+        let by = |s: &str| ListParams::default().labels(s);
+        assert_eq!(names(pods.list(&by("app=web")).await.expect("list")), ["web-1", "web-2"]);
+        assert_eq!(names(pods.list(&by("app!=web,app")).await.expect("list")), ["db-1"]);
+        assert_eq!(names(pods.list(&by("tier in (fe,xx)")).await.expect("list")), ["web-1"]);
+        assert_eq!(
+            names(pods.list(&by("tier notin (fe),app")).await.expect("list")),
+            ["db-1", "web-2"]
+        );
+        assert_eq!(names(pods.list(&by("!tier")).await.expect("list")).len(), 2);
+        let by_field = ListParams::default().fields("metadata.name=web-2");
+        assert_eq!(names(pods.list(&by_field).await.expect("list")), ["web-2"]);
+        let unscheduled = ListParams::default().fields("spec.nodeName=,status.phase=Pending");
+        assert_eq!(pods.list(&unscheduled).await.expect("list").items.len(), 4);
+
+        // limit/continue pages through a consistent snapshot.
+        let first = pods.list(&ListParams::default().limit(3)).await.expect("page 1");
+        assert_eq!(first.items.len(), 3);
+        let token = first.metadata.continue_.clone().expect("continue token");
+        let second = pods
+            .list(&ListParams::default().limit(3).continue_token(&token))
+            .await
+            .expect("page 2");
+        assert_eq!(second.items.len(), 1);
+        assert!(second.metadata.continue_.as_deref().is_none_or(str::is_empty));
+
+        // Errors are Status objects with the right code and reason.
+        let dup = status(
+            pods.create(&PostParams::default(), &pod("web-1", json!({})))
+                .await
+                .expect_err("duplicate"),
+        );
+        assert_eq!((dup.code, dup.reason.as_str()), (409, "AlreadyExists"));
+        let missing = status(pods.get("nope").await.expect_err("missing"));
+        assert_eq!((missing.code, missing.reason.as_str()), (404, "NotFound"));
+        let mut bad = pod("Bad_Name", json!({}));
+        bad.spec.as_mut().expect("spec").containers[0].image = None;
+        let invalid = status(pods.create(&PostParams::default(), &bad).await.expect_err("invalid"));
+        assert_eq!((invalid.code, invalid.reason.as_str()), (422, "Invalid"));
+        assert!(
+            invalid.message.contains("metadata.name")
+                && invalid.message.contains("spec.containers[0].image"),
+            "{}",
+            invalid.message
+        );
+        let no_ns: Api<Pod> = Api::namespaced(client.clone(), "absent");
+        let absent = status(
+            no_ns
+                .create(&PostParams::default(), &pod("x", json!({})))
+                .await
+                .expect_err("no namespace"),
+        );
+        assert_eq!(absent.code, 404);
+
+        // A stale resourceVersion is a 409 Conflict.
+        let mut stale = created.clone();
+        stale.metadata.labels = Some([("x".to_owned(), "y".to_owned())].into());
+        pods.replace("web-1", &PostParams::default(), &stale).await.expect("first update");
+        let conflict =
+            status(pods.replace("web-1", &PostParams::default(), &stale).await.expect_err("stale"));
+        assert_eq!((conflict.code, conflict.reason.as_str()), (409, "Conflict"));
+
+        // Cluster-scoped kinds.
+        let nodes: Api<Node> = Api::all(client.clone());
+        let node: Node = serde_json::from_value(
+            json!({"metadata": {"name": "agent-1", "labels": {"zone": "a"}}}),
+        )
+        .expect("node");
+        nodes.create(&PostParams::default(), &node).await.expect("create node");
+        assert_eq!(nodes.list(&by("zone=a")).await.expect("nodes").items.len(), 1);
+    });
+    // Malformed bodies are 400; protobuf bodies 415.
+    let path = "/api/v1/namespaces/default/pods";
+    let (code, body) =
+        http(server.port, "POST", path, Some(("application/json", "{not json"))).expect("answer");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"reason\":\"BadRequest\""), "{body}");
+    let (code, _) =
+        http(server.port, "POST", path, Some(("application/yaml", "a: [b"))).expect("answer");
+    assert_eq!(code, 400);
+    let (code, _) =
+        http(server.port, "POST", path, Some(("application/vnd.kubernetes.protobuf", "x")))
+            .expect("answer");
+    assert_eq!(code, 415);
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: from-yaml\nspec:\n  containers:\n  - name: a\n    image: busybox\n";
+    let (code, body) =
+        http(server.port, "POST", path, Some(("application/yaml", yaml))).expect("answer");
+    assert_eq!(code, 201, "{body}");
+    let (code, _) =
+        http(server.port, "PUT", "/api/v1/namespaces/default/pods", None).expect("answer");
+    assert_eq!(code, 405);
+}
+
+#[test]
+fn discovery_and_meta_endpoints() {
+    let etcd = Etcd::start();
+    // Seed 004's command line (the cloud flags are only recorded for now).
+    let server = ApiServer::start_with(
+        &etcd,
+        &[
+            "--cloud-provider=mesos",
+            "--cloud-config=/etc/mesos-cloud.conf",
+            "--advertise-address=127.0.0.1",
+        ],
+    );
+    for path in [
+        "/healthz",
+        "/livez",
+        "/readyz",
+        "/version",
+        "/api",
+        "/api/v1",
+        "/apis",
+        "/apis/apps/v1",
+        "/apis/coordination.k8s.io/v1",
+        "/openapi/v2",
+    ] {
+        let (code, body) = http(server.port, "GET", path, None).expect("answer");
+        assert_eq!(code, 200, "{path}: {body}");
+    }
+    let (_, body) = http(server.port, "GET", "/api/v1", None).expect("answer");
+    for want in [
+        "\"pods/binding\"",
+        "\"pods/status\"",
+        "\"nodes/status\"",
+        "\"replicationcontrollers/scale\"",
+        "\"events\"",
+        "\"endpoints\"",
+    ] {
+        assert!(body.contains(want), "{want} missing from /api/v1");
+    }
+    let (_, body) = http(server.port, "GET", "/apis", None).expect("answer");
+    assert!(body.contains("\"apps\"") && body.contains("coordination.k8s.io"), "{body}");
+    let (code, body) = http(server.port, "GET", "/apis/nope/v1/things", None).expect("answer");
+    assert_eq!(code, 404, "{body}");
+}
+
+#[test]
+fn watch_from_resource_version_then_gone_after_compaction() {
+    let etcd = Etcd::start();
+    let server = ApiServer::start(&etcd);
+    runtime().block_on(async {
+        let client = server.client();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let first = pods
+            .create(&PostParams::default(), &pod("w-1", json!({"app": "w"})))
+            .await
+            .expect("create");
+        let rv = first.metadata.resource_version.clone().expect("rv");
+        pods.create(&PostParams::default(), &pod("w-2", json!({"app": "other"})))
+            .await
+            .expect("create");
+        let patch = json!({"metadata": {"labels": {"seen": "yes"}}});
+        pods.patch("w-1", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+        pods.delete("w-1", &DeleteParams::default()).await.expect("delete");
+
+        // From `rv`: the later changes to app=w pods, in order.
+        let params = WatchParams::default().labels("app=w").timeout(5);
+        let mut stream = pods.watch(&params, &rv).await.expect("watch").boxed();
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let ev = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+                .await
+                .expect("event in time");
+            match ev.expect("stream ok").expect("not ended") {
+                WatchEvent::Modified(p) => {
+                    seen.push(format!("MODIFIED {}", p.metadata.name.unwrap_or_default()))
+                }
+                WatchEvent::Deleted(p) => {
+                    seen.push(format!("DELETED {}", p.metadata.name.unwrap_or_default()))
+                }
+                WatchEvent::Added(p) => {
+                    seen.push(format!("ADDED {}", p.metadata.name.unwrap_or_default()))
+                }
+                WatchEvent::Bookmark(_) => {}
+                WatchEvent::Error(e) => panic!("watch error {e:?}"),
+            }
+        }
+        assert_eq!(seen, ["MODIFIED w-1", "DELETED w-1"]);
+
+        // Live events reach a watcher started now; bookmarks arrive too.
+        let now_rv = pods
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .metadata
+            .resource_version
+            .expect("list rv");
+        let params = WatchParams { bookmarks: true, ..WatchParams::default() }.timeout(20);
+        let mut live = pods.watch(&params, &now_rv).await.expect("watch").boxed();
+        pods.create(&PostParams::default(), &pod("w-3", json!({}))).await.expect("create");
+        let (mut added, mut bookmark) = (false, false);
+        while !(added && bookmark) {
+            let ev = tokio::time::timeout(Duration::from_secs(10), live.try_next())
+                .await
+                .expect("event in time");
+            match ev.expect("stream ok").expect("not ended") {
+                WatchEvent::Added(p) if p.metadata.name.as_deref() == Some("w-3") => added = true,
+                WatchEvent::Bookmark(b) => {
+                    assert!(b.metadata.resource_version.parse::<i64>().is_ok());
+                    bookmark = true;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        // After compaction, a watch from the old revision is 410 Gone.
+        let newest =
+            pods.create(&PostParams::default(), &pod("w-4", json!({}))).await.expect("create");
+        let newest_rv: i64 =
+            newest.metadata.resource_version.as_deref().and_then(|r| r.parse().ok()).expect("rv");
+        compact_etcd(&etcd, newest_rv);
+        let mut old =
+            pods.watch(&WatchParams::default().timeout(5), &rv).await.expect("watch").boxed();
+        let ev =
+            tokio::time::timeout(Duration::from_secs(10), old.try_next()).await.expect("in time");
+        match ev.expect("stream ok").expect("an event") {
+            WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+            other => panic!("expected 410, got {other:?}"),
+        }
+    });
+}
+
+#[test]
+fn bind_status_patches_and_graceful_delete() {
+    let etcd = Etcd::start();
+    let server = ApiServer::start(&etcd);
+    runtime().block_on(async {
+        let client = server.client();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        pods.create(&PostParams::default(), &pod("b-1", json!({}))).await.expect("create");
+
+        // Binding sets spec.nodeName exactly once.
+        let binding: Binding = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": { "name": "b-1" },
+            "target": { "apiVersion": "v1", "kind": "Node", "name": "agent-1" },
+        }))
+        .expect("binding");
+        let _: serde_json::Value =
+            pods.create_subresource("binding", "b-1", &PostParams::default(), &binding).await.expect("bind");
+        let bound = pods.get("b-1").await.expect("get");
+        assert_eq!(bound.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("agent-1"));
+        let again = pods
+            .create_subresource::<Binding, serde_json::Value>("binding", "b-1", &PostParams::default(), &binding)
+            .await
+            .expect_err("second bind");
+        assert_eq!(status(again).code, 409);
+
+        // Status changes only the status; spec changes through /status are ignored.
+        let status_patch = json!({"status": {"phase": "Running", "podIP": "10.1.2.3"}, "spec": {"nodeName": "elsewhere"}});
+        let running = pods.patch_status("b-1", &PatchParams::default(), &Patch::Merge(&status_patch)).await.expect("status");
+        assert_eq!(running.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+        assert_eq!(running.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("agent-1"));
+        // ... and the main resource does not change the status.
+        let main_patch = json!({"metadata": {"labels": {"a": "b"}}, "status": {"phase": "Failed"}});
+        let labelled = pods.patch("b-1", &PatchParams::default(), &Patch::Merge(&main_patch)).await.expect("patch");
+        assert_eq!(labelled.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+
+        // The three patch types.
+        let json_patch: json_patch::Patch = serde_json::from_value(json!([
+            {"op": "add", "path": "/metadata/annotations", "value": {"k": "v"}},
+            {"op": "replace", "path": "/spec/containers/0/image", "value": "nginx:1.26"},
+        ]))
+        .expect("json patch");
+        let patched = pods.patch("b-1", &PatchParams::default(), &Patch::<()>::Json(json_patch)).await.expect("json patch");
+        assert_eq!(patched.spec.as_ref().map(|s| s.containers[0].image.clone()), Some(Some("nginx:1.26".into())));
+        let strategic = json!({"spec": {"containers": [{"name": "app", "image": "nginx:1.27"}]}});
+        let patched = pods.patch("b-1", &PatchParams::default(), &Patch::Strategic(&strategic)).await.expect("strategic");
+        let containers = patched.spec.as_ref().map(|s| s.containers.clone()).unwrap_or_default();
+        assert_eq!(containers.len(), 1, "containers merged by name");
+        assert_eq!(containers[0].image.as_deref(), Some("nginx:1.27"));
+        assert_eq!(containers[0].termination_message_path.as_deref(), Some("/dev/termination-log"));
+
+        // Deployments: strategic merge on the template, generation bumps.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"containers": [{"name": "a", "image": "x:1", "env": [{"name": "A", "value": "1"}]}]}}},
+        }))
+        .expect("deployment");
+        let d = deployments.create(&PostParams::default(), &d).await.expect("create deployment");
+        assert_eq!(d.metadata.generation, Some(1));
+        assert_eq!(d.spec.replicas, Some(1));
+        let env_patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "env": [{"name": "B", "value": "2"}]}]}}}});
+        let d = deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&env_patch)).await.expect("patch");
+        assert_eq!(d.metadata.generation, Some(2));
+        let env = d.spec.template.spec.map(|s| s.containers[0].env.clone().unwrap_or_default()).unwrap_or_default();
+        assert_eq!(env.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["A", "B"]);
+        let scale = deployments.get_scale("web").await.expect("scale");
+        assert_eq!(scale.spec.and_then(|s| s.replicas), Some(1));
+        let scale_patch = json!({"spec": {"replicas": 3}});
+        deployments.patch_scale("web", &PatchParams::default(), &Patch::Merge(&scale_patch)).await.expect("scale");
+        assert_eq!(deployments.get("web").await.expect("get").spec.replicas, Some(3));
+
+        // A bound pod is deleted gracefully, then at once with grace 0.
+        pods.delete("b-1", &DeleteParams::default()).await.expect("delete");
+        let terminating = pods.get("b-1").await.expect("still there");
+        assert!(terminating.metadata.deletion_timestamp.is_some());
+        assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
+        pods.delete("b-1", &DeleteParams { grace_period_seconds: Some(0), ..DeleteParams::default() }).await.expect("force");
+        assert_eq!(status(pods.get("b-1").await.expect_err("gone")).code, 404);
+
+        // Finalizers hold deletion until removed.
+        let mut held = pod("held", json!({}));
+        held.metadata.finalizers = Some(vec!["km.io/test".into()]);
+        pods.create(&PostParams::default(), &held).await.expect("create");
+        pods.delete("held", &DeleteParams::default()).await.expect("delete");
+        assert!(pods.get("held").await.expect("held").metadata.deletion_timestamp.is_some());
+        let release = json!({"metadata": {"finalizers": null}});
+        pods.patch("held", &PatchParams::default(), &Patch::Merge(&release)).await.expect("release");
+        assert_eq!(status(pods.get("held").await.expect_err("gone")).code, 404);
+
+        // Preconditions.
+        pods.create(&PostParams::default(), &pod("pre", json!({}))).await.expect("create");
+        let dp = DeleteParams { preconditions: Some(kube::api::Preconditions { uid: Some("wrong".into()), resource_version: None }), ..DeleteParams::default() };
+        assert_eq!(status(pods.delete("pre", &dp).await.expect_err("precondition")).code, 409);
+    });
+}
+
+/// kubectl 1.20 runs the user workflow (tests/kubectl/scenario.sh) against
+/// the insecure port.
+#[test]
+fn kubectl_scenario() {
+    let found = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join("kubectl").is_file())
+    });
+    assert!(
+        found,
+        "`kubectl` is not on PATH: this test needs kubectl 1.20 (Debian/Ubuntu: `apt-get install kubernetes-client`)"
+    );
+    let etcd = Etcd::start();
+    let server = ApiServer::start(&etcd);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/kubectl/scenario.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(server.url())
+        .output()
+        .expect("run the kubectl scenario");
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "kubectl scenario failed:\n{text}\n--- apiserver log:\n{}",
+        server.proc.log()
+    );
+    assert!(text.contains("all steps passed"), "{text}");
+}
+
+/// HTTPS on the secure port with rustls, bearer tokens from
+/// --token-auth-file: 401 without a known token.
+#[test]
+fn secure_port_with_tokens() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A CA and a serving certificate for 127.0.0.1 signed by it.
+    let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=km-test-ca -keyout ca.key -out ca.crt
+openssl req -newkey rsa:2048 -nodes -subj /CN=km-apiserver -keyout tls.key -out tls.csr
+printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > ext.cnf
+openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out tls.crt
+"#;
+    let made = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl makes test certificates");
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let (ca, cert, key) =
+        (dir.path().join("ca.crt"), dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let tokens = dir.path().join("tokens.csv");
+    std::fs::write(&tokens, "s3cret,admin,1,\"system:masters\"\n").expect("token file");
+    let port = crate::support::free_port();
+    let server = ApiServer::start_with(
+        &etcd,
+        &[
+            "--bind-address=127.0.0.1",
+            &format!("--secure-port={port}"),
+            &format!("--tls-cert-file={}", cert.display()),
+            &format!("--tls-private-key-file={}", key.display()),
+            &format!("--token-auth-file={}", tokens.display()),
+        ],
+    );
+    let kubeconfig = |token: &str| {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: km\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: km\n  context:\n    cluster: km\n    user: u\ncurrent-context: km\n",
+            ca.display()
+        )
+    };
+    let client_for = |token: &str| {
+        let config = serde_yaml_from(&kubeconfig(token));
+        async move {
+            let options = kube::config::KubeConfigOptions::default();
+            let config =
+                kube::Config::from_custom_kubeconfig(config, &options).await.expect("kubeconfig");
+            kube::Client::try_from(config).expect("client")
+        }
+    };
+    runtime().block_on(async {
+        let good: Api<Namespace> = Api::all(client_for("s3cret").await);
+        let list = good.list(&ListParams::default()).await.expect("list over https with a token");
+        assert!(list.items.iter().any(|n| n.metadata.name.as_deref() == Some("default")));
+        let bad: Api<Namespace> = Api::all(client_for("wrong").await);
+        let err = status(bad.list(&ListParams::default()).await.expect_err("bad token"));
+        assert_eq!((err.code, err.reason.as_str()), (401, "Unauthorized"));
+    });
+    // The insecure port still answers without credentials.
+    assert_eq!(http(server.port, "GET", "/api/v1/namespaces", None).map(|(c, _)| c), Some(200));
+}
+
+fn serde_yaml_from(text: &str) -> kube::config::Kubeconfig {
+    kube::config::Kubeconfig::from_yaml(text).expect("kubeconfig parses")
+}

@@ -1,0 +1,11 @@
+//! Cross-process tests of the `km` binary: each test starts real processes
+//! (km subcommands, etcd, …) on free loopback ports with temporary
+//! directories, and stops them when it ends.
+
+mod apiserver;
+mod cli;
+mod kubelet;
+mod mesos_agent;
+mod mesos_master;
+mod podmaster;
+mod support;

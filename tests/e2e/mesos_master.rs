@@ -1,0 +1,530 @@
+//! `km mesos-master` against the conformance checks of the Mesos v1
+//! protocol brief (§7), over HTTP, in both encodings, with simulated agents.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use km_mesos::ContentType;
+use km_mesos::v1::scheduler::{Event, event};
+use km_mesos::v1::{self, master as op};
+use serde_json::{Value, json};
+
+use crate::support::mesos::{MesosMaster, Records};
+
+const JSON: &str = "application/json";
+const PROTO: &str = "application/x-protobuf";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
+}
+
+async fn post(
+    url: &str,
+    ct: Option<&str>,
+    accept: Option<&str>,
+    stream_id: Option<&str>,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    let mut req = client().post(url).body(body);
+    if let Some(ct) = ct {
+        req = req.header("Content-Type", ct);
+    }
+    if let Some(a) = accept {
+        req = req.header("Accept", a);
+    }
+    if let Some(id) = stream_id {
+        req = req.header("Mesos-Stream-Id", id);
+    }
+    req.send().await.expect("request")
+}
+
+fn scheduler(m: &MesosMaster) -> String {
+    format!("{}/api/v1/scheduler", m.url())
+}
+
+/// A JSON SUBSCRIBE for a framework described by `info` (merged into user/name).
+fn subscribe_json(info: Value) -> String {
+    let mut fi = json!({"user": "u", "name": "n"});
+    if let (Some(base), Some(extra)) = (fi.as_object_mut(), info.as_object()) {
+        base.extend(extra.clone());
+    }
+    let mut c = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": fi}});
+    if let Some(id) = info.get("id") {
+        c["framework_id"] = id.clone();
+    }
+    c.to_string()
+}
+
+struct Sub {
+    stream_id: String,
+    framework_id: String,
+    records: Records,
+}
+
+/// Subscribes over JSON and reads SUBSCRIBED (and the first HEARTBEAT).
+async fn subscribe(m: &MesosMaster, info: Value) -> Sub {
+    let resp = post(&scheduler(m), Some(JSON), Some(JSON), None, subscribe_json(info)).await;
+    assert_eq!(resp.status(), 200);
+    let stream_id = resp.headers()["Mesos-Stream-Id"].to_str().unwrap().to_owned();
+    let mut records = Records::new(resp);
+    let first: Value =
+        serde_json::from_slice(&records.next(WAIT).await.expect("SUBSCRIBED")).unwrap();
+    assert_eq!(first["type"], "SUBSCRIBED", "{first}");
+    let framework_id = first["subscribed"]["framework_id"]["value"].as_str().unwrap().to_owned();
+    Sub { stream_id, framework_id, records }
+}
+
+/// The next event that is not a HEARTBEAT.
+async fn next_event(records: &mut Records) -> Value {
+    loop {
+        let rec = records.next(WAIT).await.expect("an event before the stream ended");
+        let v: Value = serde_json::from_slice(&rec).unwrap();
+        if v["type"] != "HEARTBEAT" {
+            return v;
+        }
+    }
+}
+
+async fn call_json(m: &MesosMaster, sub: &Sub, c: Value) -> reqwest::Response {
+    let mut c = c;
+    c["framework_id"] = json!({"value": sub.framework_id});
+    post(&scheduler(m), Some(JSON), None, Some(&sub.stream_id), c.to_string()).await
+}
+
+#[tokio::test]
+async fn subscribe_json_streams_subscribed_then_an_exact_heartbeat() {
+    let m = MesosMaster::start(&[]);
+    let resp = post(&scheduler(&m), Some(JSON), Some(JSON), None, subscribe_json(json!({}))).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["Content-Type"], JSON);
+    assert_eq!(resp.headers()["Transfer-Encoding"], "chunked");
+    let stream_id = resp.headers()["Mesos-Stream-Id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&stream_id).is_ok() && stream_id.len() == 36, "{stream_id}");
+    let mut records = Records::new(resp);
+    let first: Value = serde_json::from_slice(&records.next(WAIT).await.unwrap()).unwrap();
+    assert_eq!(first["type"], "SUBSCRIBED");
+    assert!(!first["subscribed"]["framework_id"]["value"].as_str().unwrap().is_empty());
+    assert_eq!(first["subscribed"]["heartbeat_interval_seconds"], json!(15.0));
+    assert_eq!(records.next(WAIT).await.unwrap(), Bytes::from_static(br#"{"type":"HEARTBEAT"}"#));
+}
+
+#[tokio::test]
+async fn subscribe_protobuf_matches_the_bytes() {
+    let m = MesosMaster::start(&[]);
+    let body = vec![0x10, 0x01, 0x1a, 0x08, 0x0a, 0x06, 0x0a, 0x01, b'u', 0x12, 0x01, b'n'];
+    let resp = post(&scheduler(&m), Some(PROTO), Some(PROTO), None, body).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["Content-Type"], PROTO);
+    let mut records = Records::new(resp);
+    let first = records.next(WAIT).await.unwrap();
+    assert_eq!(&first[..3], &[0x08, 0x01, 0x12]);
+    let ev: Event = ContentType::Protobuf.decode(&first).unwrap();
+    assert_eq!(ev.r#type(), event::Type::Subscribed);
+    assert_eq!(records.next(WAIT).await.unwrap(), Bytes::from_static(&[0x08, 0x08]));
+}
+
+#[tokio::test]
+async fn stream_id_rules() {
+    let m = MesosMaster::start(&[]);
+    let sub = subscribe(&m, json!({})).await;
+    let resp = post(
+        &scheduler(&m),
+        Some(JSON),
+        Some(JSON),
+        Some(&sub.stream_id),
+        subscribe_json(json!({})),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    let decline = json!({"type": "DECLINE", "framework_id": {"value": sub.framework_id}, "decline": {"offer_ids": [{"value": "x"}]}});
+    let none = post(&scheduler(&m), Some(JSON), None, None, decline.to_string()).await;
+    assert_eq!(none.status(), 400);
+    let other = uuid::Uuid::new_v4().to_string();
+    let wrong = post(&scheduler(&m), Some(JSON), None, Some(&other), decline.to_string()).await;
+    assert_eq!(wrong.status(), 400);
+    assert!(wrong.text().await.unwrap().contains("didn't match"));
+    let right =
+        post(&scheduler(&m), Some(JSON), None, Some(&sub.stream_id), decline.to_string()).await;
+    assert_eq!(right.status(), 202);
+    assert!(right.bytes().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_framework_is_400_and_disconnected_framework_is_403() {
+    let m = MesosMaster::start(&[]);
+    let revive = |id: &str| json!({"type": "REVIVE", "framework_id": {"value": id}}).to_string();
+    let resp = post(&scheduler(&m), Some(JSON), None, Some("x"), revive("never-seen")).await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.text().await.unwrap(), "Framework cannot be found");
+    let sub = subscribe(&m, json!({"failover_timeout": 3600.0})).await;
+    let id = sub.framework_id.clone();
+    drop(sub);
+    // The master notices the closed connection; then calls are refused with 403.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = post(&scheduler(&m), Some(JSON), None, Some("any"), revive(&id))
+            .await
+            .status()
+            .as_u16();
+        if status == 403 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn media_type_errors() {
+    let m = MesosMaster::start(&[]);
+    let url = scheduler(&m);
+    let body = subscribe_json(json!({}));
+    assert_eq!(post(&url, None, Some(JSON), None, body.clone()).await.status(), 400);
+    assert_eq!(post(&url, Some("text/plain"), Some(JSON), None, body.clone()).await.status(), 415);
+    assert_eq!(
+        post(&url, Some("application/json; charset=utf-8"), Some(JSON), None, body.clone())
+            .await
+            .status(),
+        415
+    );
+    let get = client().get(&url).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+    assert_eq!(get.headers()["Allow"], "POST");
+    assert_eq!(post(&url, Some(JSON), Some("text/html"), None, body).await.status(), 406);
+    let no_user =
+        json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {"name": "n"}}}).to_string();
+    let resp = post(&url, Some(JSON), Some(JSON), None, no_user).await;
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap().contains("framework_info.user"));
+    let garbage = post(&url, Some(PROTO), Some(PROTO), None, vec![0xff, 0xff, 0xff]).await;
+    assert_eq!(garbage.status(), 400);
+}
+
+#[tokio::test]
+async fn id_consistency_and_role_refusal() {
+    let m = MesosMaster::start(&[]);
+    let c = json!({"type": "SUBSCRIBE", "subscribe": {"framework_info": {"user": "u", "name": "n", "id": {"value": "f"}}}});
+    assert_eq!(
+        post(&scheduler(&m), Some(JSON), Some(JSON), None, c.to_string()).await.status(),
+        400
+    );
+    let resp =
+        post(&scheduler(&m), Some(JSON), Some(JSON), None, subscribe_json(json!({"roles": ["a"]})))
+            .await;
+    assert_eq!(resp.status(), 200);
+    let mut records = Records::new(resp);
+    let only: Value = serde_json::from_slice(&records.next(WAIT).await.unwrap()).unwrap();
+    assert_eq!(only["type"], "ERROR");
+    assert!(only["error"]["message"].as_str().unwrap().contains("MULTI_ROLE"), "{only}");
+    assert!(records.next(WAIT).await.is_none(), "the stream ends after ERROR");
+}
+
+#[tokio::test]
+async fn failover_replaces_the_old_subscription() {
+    let m = MesosMaster::start(&[]);
+    let mut a = subscribe(&m, json!({"failover_timeout": 60.0})).await;
+    let b = subscribe(&m, json!({"failover_timeout": 60.0, "id": {"value": a.framework_id}})).await;
+    assert_eq!(b.framework_id, a.framework_id);
+    assert_ne!(b.stream_id, a.stream_id);
+    let err = next_event(&mut a.records).await;
+    assert_eq!(err["type"], "ERROR");
+    assert_eq!(err["error"]["message"], "Framework failed over");
+    assert!(a.records.ends_within(WAIT).await);
+    let stale = call_json(&m, &a, json!({"type": "REVIVE"})).await;
+    assert_eq!(stale.status(), 400);
+    assert_eq!(call_json(&m, &b, json!({"type": "REVIVE"})).await.status(), 202);
+}
+
+fn offer_resources(offer: &Value) -> &Vec<Value> {
+    offer["resources"].as_array().expect("resources")
+}
+
+#[tokio::test]
+async fn offers_have_the_mesos_shape_with_and_without_multi_role() {
+    let m = MesosMaster::start(&["--simulate-agents=1", "--allocation_interval=200ms"]);
+    let mut multi =
+        subscribe(&m, json!({"roles": ["r"], "capabilities": [{"type": "MULTI_ROLE"}]})).await;
+    let offers = next_event(&mut multi.records).await;
+    assert_eq!(offers["type"], "OFFERS", "{offers}");
+    let offer = &offers["offers"]["offers"][0];
+    assert_eq!(offer["allocation_info"]["role"], "r");
+    assert_eq!(offer["url"]["path"], "/slave(1)");
+    assert!(offer["agent_id"]["value"].as_str().is_some());
+    assert_eq!(offer["hostname"], "sim-agent-0");
+    let ports = offer_resources(offer).iter().find(|r| r["name"] == "ports").expect("ports");
+    assert_eq!(ports["type"], "RANGES");
+    assert_eq!(ports["ranges"], json!({"range": [{"begin": 31000, "end": 32000}]}));
+    for r in offer_resources(offer) {
+        assert_eq!(r["role"], "*", "{r}");
+        assert_eq!(r["allocation_info"], json!({"role": "r"}), "{r}");
+    }
+    // The agent is fully offered; a second, non-MULTI_ROLE framework sees it
+    // once the first declines with no refusal.
+    let ids = json!([offer["id"]]);
+    let declined = call_json(&m, &multi, json!({"type": "DECLINE", "decline": {"offer_ids": ids, "filters": {"refuse_seconds": 60.0}}})).await;
+    assert_eq!(declined.status(), 202);
+    let mut plain = subscribe(&m, json!({})).await;
+    let offers = next_event(&mut plain.records).await;
+    assert_eq!(offers["type"], "OFFERS");
+    let offer = &offers["offers"]["offers"][0];
+    assert!(offer.get("allocation_info").is_none(), "{offer}");
+    assert!(offer_resources(offer).iter().all(|r| r.get("allocation_info").is_none()));
+}
+
+#[tokio::test]
+async fn decline_filters_hold_until_revive() {
+    let m = MesosMaster::start(&["--simulate-agents=1", "--allocation_interval=100ms"]);
+    let mut sub = subscribe(&m, json!({})).await;
+    let offers = next_event(&mut sub.records).await;
+    let id = offers["offers"]["offers"][0]["id"].clone();
+    let resp =
+        call_json(&m, &sub, json!({"type": "DECLINE", "decline": {"offer_ids": [id]}})).await;
+    assert_eq!(resp.status(), 202);
+    // The default 5 s refusal: many allocation runs pass without an offer.
+    let quiet = tokio::time::timeout(Duration::from_secs(2), next_event(&mut sub.records)).await;
+    assert!(quiet.is_err(), "re-offered despite the decline filter: {quiet:?}");
+    assert_eq!(call_json(&m, &sub, json!({"type": "REVIVE"})).await.status(), 202);
+    let offers = next_event(&mut sub.records).await;
+    assert_eq!(offers["type"], "OFFERS");
+    // refuse_seconds 0: offered again at the next run.
+    let id = offers["offers"]["offers"][0]["id"].clone();
+    let zero = json!({"type": "DECLINE", "decline": {"offer_ids": [id], "filters": {"refuse_seconds": 0.0}}});
+    assert_eq!(call_json(&m, &sub, zero).await.status(), 202);
+    assert_eq!(next_event(&mut sub.records).await["type"], "OFFERS");
+}
+
+async fn next_event_of(records: &mut Records, ty: &str) -> Value {
+    loop {
+        let e = next_event(records).await;
+        if e["type"] == ty {
+            return e;
+        }
+    }
+}
+
+fn command_task(id: &str, agent: &Value, cpus: f64) -> Value {
+    json!({
+        "name": id, "task_id": {"value": id}, "agent_id": agent,
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": cpus}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 32.0}}],
+        "command": {"value": "sleep 1000"}
+    })
+}
+
+#[tokio::test]
+async fn invalid_offers_and_over_asks_are_reported_as_updates() {
+    let m = MesosMaster::start(&["--simulate-agents=1", "--allocation_interval=100ms"]);
+    let mut sub = subscribe(&m, json!({})).await;
+    let offers = next_event(&mut sub.records).await;
+    let offer = &offers["offers"]["offers"][0];
+    let agent = offer["agent_id"].clone();
+    let bogus = json!({"type": "ACCEPT", "accept": {"offer_ids": [{"value": "made-up"}],
+        "operations": [{"type": "LAUNCH", "launch": {"task_infos": [command_task("t0", &agent, 1.0)]}}]}});
+    assert_eq!(call_json(&m, &sub, bogus).await.status(), 202);
+    let update = next_event_of(&mut sub.records, "UPDATE").await;
+    let status = &update["update"]["status"];
+    assert_eq!(status["state"], "TASK_LOST");
+    assert_eq!(status["reason"], "REASON_INVALID_OFFERS");
+    assert_eq!(status["source"], "SOURCE_MASTER");
+    assert!(status.get("uuid").is_none());
+    let over = json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]],
+        "operations": [{"type": "LAUNCH", "launch": {"task_infos": [command_task("t1", &agent, 99.0)]}}]}});
+    assert_eq!(call_json(&m, &sub, over).await.status(), 202);
+    let update = next_event_of(&mut sub.records, "UPDATE").await;
+    let status = &update["update"]["status"];
+    assert_eq!(status["task_id"]["value"], "t1");
+    assert_eq!(status["state"], "TASK_ERROR");
+    assert_eq!(status["reason"], "REASON_TASK_INVALID");
+    assert!(status.get("uuid").is_none());
+    // The unused offer is refused for the default 5 s: no offer for a while.
+    let quiet =
+        tokio::time::timeout(Duration::from_secs(2), next_event_of(&mut sub.records, "OFFERS"))
+            .await;
+    assert!(quiet.is_err());
+}
+
+#[tokio::test]
+async fn tasks_run_on_simulated_agents_with_reliable_updates_kill_and_reconcile() {
+    let m = MesosMaster::start(&["--simulate-agents=2", "--allocation_interval=100ms"]);
+    let mut sub = subscribe(&m, json!({"capabilities": [{"type": "PARTITION_AWARE"}]})).await;
+    let offers = next_event_of(&mut sub.records, "OFFERS").await;
+    let offer = &offers["offers"]["offers"][0];
+    let agent = offer["agent_id"].clone();
+    // Many tasks in one ACCEPT on one offer: packing is the framework's business.
+    let tasks: Vec<Value> =
+        (0..10).map(|i| command_task(&format!("task-{i}"), &agent, 0.1)).collect();
+    let accept = json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]],
+        "operations": [{"type": "LAUNCH", "launch": {"task_infos": tasks}}]}});
+    assert_eq!(call_json(&m, &sub, accept).await.status(), 202);
+    let mut running = std::collections::BTreeSet::new();
+    while running.len() < 10 {
+        let update = next_event_of(&mut sub.records, "UPDATE").await;
+        let status = &update["update"]["status"];
+        let uuid = status["uuid"].as_str().expect("agent updates carry a uuid");
+        assert_eq!(uuid.len(), 24);
+        assert_eq!(status["agent_id"], agent);
+        let ack = json!({"type": "ACKNOWLEDGE", "acknowledge": {"agent_id": agent, "task_id": status["task_id"], "uuid": uuid}});
+        assert_eq!(call_json(&m, &sub, ack).await.status(), 202);
+        if status["state"] == "TASK_RUNNING" {
+            running.insert(status["task_id"]["value"].as_str().unwrap().to_owned());
+        }
+    }
+    // Implicit reconciliation: one answer per running task.
+    assert_eq!(
+        call_json(&m, &sub, json!({"type": "RECONCILE", "reconcile": {}})).await.status(),
+        202
+    );
+    for _ in 0..10 {
+        let update = next_event_of(&mut sub.records, "UPDATE").await;
+        assert_eq!(update["update"]["status"]["reason"], "REASON_RECONCILIATION");
+        assert_eq!(update["update"]["status"]["state"], "TASK_RUNNING");
+    }
+    // Explicit reconciliation of an unknown task (PARTITION_AWARE: TASK_UNKNOWN).
+    let explicit =
+        json!({"type": "RECONCILE", "reconcile": {"tasks": [{"task_id": {"value": "nope"}}]}});
+    assert_eq!(call_json(&m, &sub, explicit).await.status(), 202);
+    let update = next_event_of(&mut sub.records, "UPDATE").await;
+    assert_eq!(update["update"]["status"]["state"], "TASK_UNKNOWN");
+    assert_eq!(update["update"]["status"]["source"], "SOURCE_MASTER");
+    // KILL one.
+    let kill = json!({"type": "KILL", "kill": {"task_id": {"value": "task-3"}, "agent_id": agent}});
+    assert_eq!(call_json(&m, &sub, kill).await.status(), 202);
+    let update = next_event_of(&mut sub.records, "UPDATE").await;
+    assert_eq!(update["update"]["status"]["task_id"]["value"], "task-3");
+    assert_eq!(update["update"]["status"]["state"], "TASK_KILLED");
+    // The operator API sees the tasks.
+    let tasks = operator(&m, ContentType::Json, op::call::Type::GetTasks).await;
+    assert_eq!(tasks.get_tasks.unwrap().tasks.len(), 10);
+}
+
+async fn operator(m: &MesosMaster, ct: ContentType, ty: op::call::Type) -> op::Response {
+    let mut c = op::Call::default();
+    c.set_type(ty);
+    let resp = post(
+        &format!("{}/api/v1", m.url()),
+        Some(ct.as_str()),
+        Some(ct.as_str()),
+        None,
+        ct.encode(&c),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["Content-Type"], ct.as_str());
+    ct.decode(&resp.bytes().await.unwrap()).expect("operator response decodes")
+}
+
+#[tokio::test]
+async fn teardown_ends_the_stream_and_the_id() {
+    let m = MesosMaster::start(&[]);
+    let mut sub = subscribe(&m, json!({"failover_timeout": 60.0})).await;
+    assert_eq!(call_json(&m, &sub, json!({"type": "TEARDOWN"})).await.status(), 202);
+    assert!(sub.records.ends_within(WAIT).await);
+    let again = post(
+        &scheduler(&m),
+        Some(JSON),
+        Some(JSON),
+        None,
+        subscribe_json(json!({"id": {"value": sub.framework_id}})),
+    )
+    .await;
+    assert_eq!(again.status(), 200);
+    let mut records = Records::new(again);
+    let only: Value = serde_json::from_slice(&records.next(WAIT).await.unwrap()).unwrap();
+    assert_eq!(only["type"], "ERROR");
+    assert_eq!(only["error"]["message"], "Framework has been removed");
+}
+
+#[tokio::test]
+async fn operator_views_in_both_encodings_and_legacy_state() {
+    let m = MesosMaster::start(&["--simulate-agents=3"]);
+    for ct in [ContentType::Json, ContentType::Protobuf] {
+        let agents = operator(&m, ct, op::call::Type::GetAgents).await.get_agents.unwrap();
+        assert_eq!(agents.agents.len(), 3);
+        let a = &agents.agents[0];
+        assert!(a.active);
+        assert_eq!(a.agent_info.port, Some(5051));
+        assert!(a.agent_info.resources.iter().any(|r| r.name == "ports"));
+        let health = operator(&m, ct, op::call::Type::GetHealth).await;
+        assert!(health.get_health.unwrap().healthy);
+    }
+    // SUBSCRIBE: snapshot, heartbeat, then changes.
+    let body = json!({"type": "SUBSCRIBE"}).to_string();
+    let resp = post(&format!("{}/api/v1", m.url()), Some(JSON), Some(JSON), None, body).await;
+    assert_eq!(resp.status(), 200);
+    let mut records = Records::new(resp);
+    let first: Value = serde_json::from_slice(&records.next(WAIT).await.unwrap()).unwrap();
+    assert_eq!(first["type"], "SUBSCRIBED");
+    assert_eq!(first["subscribed"]["heartbeat_interval_seconds"], json!(15.0));
+    assert_eq!(
+        first["subscribed"]["get_state"]["get_agents"]["agents"].as_array().unwrap().len(),
+        3
+    );
+    let hb: Value = serde_json::from_slice(&records.next(WAIT).await.unwrap()).unwrap();
+    assert_eq!(hb["type"], "HEARTBEAT");
+    let _sub = subscribe(&m, json!({})).await;
+    let added: Value = serde_json::from_slice(&records.next(WAIT).await.unwrap()).unwrap();
+    assert_eq!(added["type"], "FRAMEWORK_ADDED");
+    // The legacy state document.
+    let state = client()
+        .get(format!("{}/master/state", m.url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let state: Value = serde_json::from_slice(&state).unwrap();
+    let slaves = state["slaves"].as_array().unwrap();
+    assert_eq!(slaves.len(), 3);
+    assert_eq!(slaves[0]["active"], true);
+    assert_eq!(slaves[0]["resources"]["ports"], "[31000-32000]");
+    assert_eq!(slaves[0]["resources"]["cpus"], json!(4.0));
+    assert!(slaves[0]["attributes"]["rack"].is_string());
+    let redirect = client().get(format!("{}/master/redirect", m.url())).send().await.unwrap();
+    assert_eq!(redirect.status(), 307);
+    assert_eq!(redirect.headers()["Location"], format!("//127.0.0.1:{}", m.port));
+}
+
+#[tokio::test]
+async fn km_mesos_scheduler_client_runs_against_the_master() {
+    use km_mesos::scheduler::{Config, Event as ClientEvent, Scheduler};
+    let m = MesosMaster::start(&["--simulate-agents=1", "--allocation_interval=100ms"]);
+    for ct in [ContentType::Protobuf, ContentType::Json] {
+        let info = v1::FrameworkInfo {
+            user: "u".into(),
+            name: "client".into(),
+            failover_timeout: Some(60.0),
+            ..Default::default()
+        };
+        let mut config = Config::new(m.url().parse().unwrap(), info);
+        config.content_type = ct;
+        let (sched, mut events) = Scheduler::start(config).unwrap();
+        let framework_id = match tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap() {
+            ClientEvent::Subscribed { framework_id, .. } => framework_id,
+            other => panic!("unexpected {other:?}"),
+        };
+        assert!(!framework_id.value.is_empty());
+        let offer = loop {
+            if let ClientEvent::Mesos(e) =
+                tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap()
+                && e.r#type() == event::Type::Offers
+            {
+                break e.offers.unwrap().offers.remove(0);
+            }
+        };
+        sched
+            .decline(vec![offer.id.clone()], Some(v1::Filters { refuse_seconds: Some(0.0) }))
+            .await
+            .unwrap();
+        sched.teardown().await.unwrap();
+        // The master ends the subscription and the driver stops for good.
+        while let Some(e) = tokio::time::timeout(WAIT, events.recv()).await.unwrap() {
+            assert!(!matches!(e, ClientEvent::Subscribed { .. }), "re-subscribed after TEARDOWN");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# kubectl 1.20 against `km apiserver`: the user workflow of issue 5.
+# Usage: scenario.sh http://127.0.0.1:<insecure-port>
+# Runs with a temporary HOME (its own kubeconfig); exits non-zero, naming
+# the failed step, on the first unexpected output.
+set -euo pipefail
+
+server=${1:?usage: scenario.sh <server-url>}
+here=$(cd "$(dirname "$0")" && pwd)
+export HOME=$(mktemp -d "${TMPDIR:-/tmp}/km-kubectl-XXXXXX")
+trap 'rm -rf "$HOME"' EXIT
+kubectl config set-cluster km --server="$server" >/dev/null
+kubectl config set-context km --cluster=km --namespace=default >/dev/null
+kubectl config use-context km >/dev/null
+
+step=""
+out=""
+fail() { echo "FAILED at step '$step': $*" >&2; echo "--- output:" >&2; echo "$out" >&2; exit 1; }
+run() { out=$("$@" 2>&1) || fail "exit status $? from: $*"; }
+run_fails() { if out=$("$@" 2>&1); then fail "expected failure from: $*"; fi; }
+expect() { grep -qE -- "$1" <<<"$out" || fail "expected /$1/"; }
+expect_not() { if grep -qE -- "$1" <<<"$out"; then fail "did not expect /$1/"; fi; }
+
+step="create -f"
+run kubectl create -f "$here/api.yaml"
+expect '^deployment.apps/api created$'
+
+step="apply -f (Deployment and Service)"
+run kubectl apply -f "$here/web.yaml"
+expect '^deployment.apps/web created$'
+expect '^service/web created$'
+
+step="get (default columns)"
+run kubectl get deployments
+expect '^NAME +READY +UP-TO-DATE +AVAILABLE +AGE$'
+expect '^web +0/2 +0 +0 +[0-9]+s$'
+expect '^api +0/1 '
+run kubectl get services
+expect '^NAME +TYPE +CLUSTER-IP +EXTERNAL-IP +PORT\(S\) +AGE$'
+expect '^web +ClusterIP +10\.10\.10\.[0-9]+ +<none> +80/TCP '
+
+step="get -o wide"
+run kubectl get deployment web -o wide
+expect '^NAME +READY +UP-TO-DATE +AVAILABLE +AGE +CONTAINERS +IMAGES +SELECTOR$'
+expect '^web +0/2 +0 +0 +[0-9]+s +nginx +nginx:1.25 +app=web$'
+
+step="get -o yaml"
+run kubectl get deployment web -o yaml
+expect '^kind: Deployment$'
+expect '^  resourceVersion: "[0-9]+"$'
+expect '^  uid: [0-9a-f-]{36}$'
+expect 'imagePullPolicy: IfNotPresent'
+expect 'type: RollingUpdate'
+expect 'kubectl.kubernetes.io/last-applied-configuration'
+
+step="label"
+run kubectl label deployment web tier=frontend
+expect 'deployment.apps/web labeled'
+run kubectl get deployments -l tier=frontend -o name
+expect '^deployment.apps/web$'
+expect_not 'api'
+
+step="annotate"
+run kubectl annotate deployment web owner=km-team
+expect 'deployment.apps/web annotated'
+run kubectl get deployment web -o 'jsonpath={.metadata.annotations.owner}'
+expect '^km-team$'
+
+step="scale"
+run kubectl scale deployment web --replicas=5
+expect 'deployment.apps/web scaled'
+run kubectl get deployment web -o 'jsonpath={.spec.replicas}'
+expect '^5$'
+
+step="get -w"
+watch_out=$(mktemp)
+kubectl get deployment web -w >"$watch_out" 2>&1 &
+watcher=$!
+sleep 1
+run kubectl scale deployment web --replicas=3
+sleep 1
+kill "$watcher" 2>/dev/null || true
+wait "$watcher" 2>/dev/null || true
+out=$(cat "$watch_out"); rm -f "$watch_out"
+expect '^NAME +READY +UP-TO-DATE +AVAILABLE +AGE$'
+expect '^web +0/5 '
+expect '^web +0/3 '
+
+step="apply again after editing the YAML"
+run kubectl apply -f "$here/web-v2.yaml"
+expect '^deployment.apps/web configured$'
+expect '^service/web unchanged$'
+run kubectl get deployment web -o 'jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[0].value} {.metadata.labels.tier} {.metadata.generation}'
+expect '^nginx:1.26 bonjour frontend [0-9]+$'
+
+step="invalid YAML"
+run_fails kubectl apply -f "$here/invalid-yaml.yaml"
+expect 'error converting YAML to JSON'
+
+step="invalid spec"
+run_fails kubectl create -f "$here/invalid-spec.yaml"
+expect 'The Pod "invalid" is invalid'
+expect 'spec.containers\[0\].name: Invalid value: "Bad_Name"'
+expect 'spec.containers\[0\].image: Required value'
+
+step="delete"
+run kubectl delete -f "$here/web.yaml"
+expect 'deployment.apps "web" deleted'
+expect 'service "web" deleted'
+run kubectl delete deployment api
+expect 'deployment.apps "api" deleted'
+run kubectl get deployments,services
+expect_not '^deployment.apps/'
+expect_not '^service/web'
+run_fails kubectl get deployment web
+expect 'Error from server \(NotFound\): deployments.apps "web" not found'
+
+echo "kubectl scenario: all steps passed"
