@@ -33,6 +33,9 @@ enum Command {
     /// optional simulator of agents.
     #[command(name = "mesos-master")]
     MesosMaster(km_mesos_master::Args),
+    /// Run one shell command as a Mesos task and wait for it to end.
+    #[command(name = "mesos-execute")]
+    MesosExecute(km_mesos_master::ExecuteArgs),
     /// A Mesos agent that registers with `km mesos-master` and runs
     /// command tasks and executors.
     #[command(name = "mesos-agent")]
@@ -48,6 +51,7 @@ impl Command {
         match self {
             Command::Podmaster(args) => rt::block_on(km_podmaster::run(args)),
             Command::MesosMaster(args) => rt::block_on(km_mesos_master::run(args)),
+            Command::MesosExecute(args) => rt::block_on(km_mesos_master::execute(args)),
             Command::MesosAgent(args) => rt::block_on(km_mesos_agent::run(args)),
             Command::Apiserver(args) => rt::block_on(km_apiserver::run(args)),
             Command::Kubelet(args) => rt::block_on(km_kubelet::run(args)),

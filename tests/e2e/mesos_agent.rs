@@ -338,3 +338,32 @@ async fn framework_failover_and_master_restart_keep_tasks() {
         }
     }
 }
+
+#[tokio::test]
+async fn mesos_execute_runs_a_command_to_its_end() {
+    let master = MesosMaster::start(&["--allocation_interval=100ms"]);
+    let mut agent = Agent::start(&master);
+    agent.registered().await;
+    let run = |command: &str| {
+        Command::new(km_bin())
+            .args(["mesos-execute", &format!("--master=127.0.0.1:{}", master.port), "--name=e2e"])
+            .arg(format!("--command={command}"))
+            .output()
+            .expect("run km mesos-execute")
+    };
+    let ok = run("echo fine");
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{stderr}");
+    assert!(stderr.contains("TASK_RUNNING") && stderr.contains("TASK_FINISHED"), "{stderr}");
+    let failed = run("exit 3");
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success());
+    assert!(stderr.contains("TASK_FAILED"), "{stderr}");
+    let huge = Command::new(km_bin())
+        .args(["mesos-execute", &format!("--master=127.0.0.1:{}", master.port), "--name=big"])
+        .args(["--command=true", "--resources=cpus:64", "--offer_timeout_secs=2"])
+        .output()
+        .expect("run km mesos-execute");
+    assert!(!huge.status.success());
+    assert!(String::from_utf8_lossy(&huge.stderr).contains("no offer fit cpus:64"));
+}

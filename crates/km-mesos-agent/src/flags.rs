@@ -30,90 +30,8 @@ fn err(flag: &'static str, token: &str, problem: impl Into<String>) -> FlagError
     FlagError { flag, token: token.to_owned(), problem: problem.into() }
 }
 
-/// A parsed value: what `Value` and `Attribute` share.
-#[derive(Debug, Clone, PartialEq)]
-enum Parsed {
-    Scalar(f64),
-    Ranges(Vec<(u64, u64)>),
-    Set(Vec<String>),
-    Text(String),
-}
-
-fn parse_ranges(
-    flag: &'static str,
-    token: &str,
-    inner: &str,
-) -> Result<Vec<(u64, u64)>, FlagError> {
-    let mut out = Vec::new();
-    for part in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let num = |s: &str| {
-            s.trim().parse::<u64>().map_err(|_| {
-                err(
-                    flag,
-                    token,
-                    format!("range bound '{}' is not a non-negative integer", s.trim()),
-                )
-            })
-        };
-        let (begin, end) = (num(a)?, num(b)?);
-        if begin > end {
-            return Err(err(flag, token, format!("range '{part}' has its begin after its end")));
-        }
-        out.push((begin, end));
-    }
-    Ok(out)
-}
-
-fn parse_value(
-    flag: &'static str,
-    token: &str,
-    raw: &str,
-    text_allowed: bool,
-) -> Result<Parsed, FlagError> {
-    let raw = raw.trim();
-    if let Some(inner) = raw.strip_prefix('[') {
-        let inner =
-            inner.strip_suffix(']').ok_or_else(|| err(flag, token, "ranges must end with ']'"))?;
-        return parse_ranges(flag, token, inner).map(Parsed::Ranges);
-    }
-    if let Some(inner) = raw.strip_prefix('{') {
-        let inner =
-            inner.strip_suffix('}').ok_or_else(|| err(flag, token, "a set must end with '}'"))?;
-        let items =
-            inner.split(',').map(str::trim).filter(|i| !i.is_empty()).map(str::to_owned).collect();
-        return Ok(Parsed::Set(items));
-    }
-    match raw.parse::<f64>() {
-        Ok(v) if v.is_finite() => Ok(Parsed::Scalar(v)),
-        _ if text_allowed && !raw.is_empty() => Ok(Parsed::Text(raw.to_owned())),
-        _ => Err(err(
-            flag,
-            token,
-            format!("'{raw}' is not a number, '[a-b,…]' ranges or a '{{x,…}}' set"),
-        )),
-    }
-}
-
 fn ranges(r: &[(u64, u64)]) -> value::Ranges {
     value::Ranges { range: r.iter().map(|&(begin, end)| value::Range { begin, end }).collect() }
-}
-
-/// Checks a role name as Mesos does (enough of it: no empty components,
-/// no whitespace, no `.`/`..`, no leading `-`).
-fn valid_role(role: &str) -> bool {
-    role == "*"
-        || (!role.is_empty()
-            && !role.starts_with('/')
-            && !role.ends_with('/')
-            && role.split('/').all(|c| {
-                !c.is_empty()
-                    && c != "."
-                    && c != ".."
-                    && c != "*"
-                    && !c.starts_with('-')
-                    && !c.chars().any(char::is_whitespace)
-            }))
 }
 
 /// Builds a resource with the given role (`*` = unreserved).
@@ -152,85 +70,14 @@ pub fn role_of(r: &Resource) -> &str {
     r.reservations.last().and_then(|res| res.role.as_deref()).or(r.role.as_deref()).unwrap_or("*")
 }
 
-/// Parses `--resources`. Empty input gives no resources.
+/// Parses `--resources` (Mesos syntax, see [`km_mesos::flags`]). Empty input gives no resources.
 pub fn parse_resources(input: &str) -> Result<Vec<Resource>, FlagError> {
-    const FLAG: &str = "resources";
-    let mut out = Vec::new();
-    for token in input.split(';').map(str::trim).filter(|t| !t.is_empty()) {
-        let (key, raw) = token
-            .split_once(':')
-            .ok_or_else(|| err(FLAG, token, "expected name:value or name(role):value"))?;
-        let key = key.trim();
-        let (name, role) = match key.split_once('(') {
-            Some((name, rest)) => {
-                let role = rest
-                    .strip_suffix(')')
-                    .ok_or_else(|| err(FLAG, token, "role must end with ')'"))?
-                    .trim();
-                (name.trim(), role)
-            }
-            None => (key, "*"),
-        };
-        if name.is_empty() || name.contains(')') {
-            return Err(err(FLAG, token, "missing or malformed resource name"));
-        }
-        if !valid_role(role) {
-            return Err(err(FLAG, token, format!("invalid role '{role}'")));
-        }
-        let value = match parse_value(FLAG, token, raw, false)? {
-            Parsed::Scalar(v) if v < 0.0 => {
-                return Err(err(FLAG, token, "scalar resources must not be negative"));
-            }
-            Parsed::Scalar(v) => scalar(v),
-            Parsed::Ranges(r) => ranges_value(&r),
-            Parsed::Set(items) => {
-                let mut value = Value { set: Some(value::Set { item: items }), ..Value::default() };
-                value.set_type(value::Type::Set);
-                value
-            }
-            Parsed::Text(_) => return Err(err(FLAG, token, "text values are not resources")),
-        };
-        out.push(resource(name, role, value));
-    }
-    Ok(out)
+    km_mesos::flags::parse_resources(input).map_err(|e| err("resources", &e.entry, e.problem))
 }
 
-/// Parses `--attributes`.
+/// Parses `--attributes` (Mesos syntax, see [`km_mesos::flags`]).
 pub fn parse_attributes(input: &str) -> Result<Vec<Attribute>, FlagError> {
-    const FLAG: &str = "attributes";
-    let mut out = Vec::new();
-    for token in input.split(';').map(str::trim).filter(|t| !t.is_empty()) {
-        let (name, raw) =
-            token.split_once(':').ok_or_else(|| err(FLAG, token, "expected name:value"))?;
-        let name = name.trim();
-        if name.is_empty() {
-            return Err(err(FLAG, token, "missing attribute name"));
-        }
-        if raw.trim().is_empty() {
-            return Err(err(FLAG, token, "missing attribute value"));
-        }
-        let mut attr = Attribute { name: name.to_owned(), ..Attribute::default() };
-        match parse_value(FLAG, token, raw, true)? {
-            Parsed::Scalar(v) => {
-                attr.set_type(value::Type::Scalar);
-                attr.scalar = Some(value::Scalar { value: v });
-            }
-            Parsed::Ranges(r) => {
-                attr.set_type(value::Type::Ranges);
-                attr.ranges = Some(ranges(&r));
-            }
-            Parsed::Set(items) => {
-                attr.set_type(value::Type::Set);
-                attr.set = Some(value::Set { item: items });
-            }
-            Parsed::Text(t) => {
-                attr.set_type(value::Type::Text);
-                attr.text = Some(value::Text { value: t });
-            }
-        }
-        out.push(attr);
-    }
-    Ok(out)
+    km_mesos::flags::parse_attributes(input).map_err(|e| err("attributes", &e.entry, e.problem))
 }
 
 /// Normalises `--master` (`host:port` or `http://host:port[/]`) to a base
@@ -389,7 +236,9 @@ mod tests {
         assert_eq!(parse_resources("cpus").unwrap_err().token, "cpus");
         assert_eq!(parse_resources("cpus(web:1").unwrap_err().token, "cpus(web:1");
         assert!(parse_resources("cpus( bad role):1").is_err());
-        assert!(parse_resources("ports:[5-1]").unwrap_err().problem.contains("begin after"));
+        assert!(
+            parse_resources("ports:[5-1]").unwrap_err().problem.contains("ends before it begins")
+        );
         assert!(parse_resources("ports:[1-x]").is_err());
         assert!(parse_resources("ports:[1-2").is_err());
         assert!(parse_resources("cpus:-1").is_err());

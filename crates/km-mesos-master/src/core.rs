@@ -550,25 +550,12 @@ impl Master {
             fw.last_heartbeat = now;
             added = false;
         } else {
-            self.frameworks.insert(
-                id.clone(),
-                Framework {
-                    info: info.clone(),
-                    caps,
-                    roles,
-                    suppressed,
-                    conn: Some(conn),
-                    stream_id: Some(stream_id),
-                    last_heartbeat: now,
-                    failover_deadline: None,
-                    filters: Filters::default(),
-                    offers: BTreeSet::new(),
-                    allocated: BTreeMap::new(),
-                    registered_time: now_s,
-                    reregistered_time: None,
-                    unregistered_time: None,
-                },
-            );
+            self.insert_disconnected_framework(id.clone(), info.clone(), now, now_s, None);
+            if let Some(fw) = self.frameworks.get_mut(&id) {
+                fw.suppressed = suppressed;
+                fw.conn = Some(conn);
+                fw.stream_id = Some(stream_id);
+            }
             added = true;
         }
         self.registry_dirty = true;

@@ -5,6 +5,7 @@
 //! framework runs against it unchanged. Agents (`km mesos-agent`) connect
 //! over km's own protocol (`/km/v1/agent`, see `proto/km/v1/agent.proto`).
 //! `--simulate-agents N` adds in-process agents for scale benchmarks.
+//! [`execute`] is `km mesos-execute`, a one-task framework for trying it out.
 //!
 //! Layout: [`core`] is the state machine (no IO, time as input),
 //! [`allocator`] the DRF order and decline filters, [`resources`] Mesos's
@@ -13,6 +14,7 @@
 
 mod allocator;
 mod core;
+mod execute;
 mod registry;
 mod resources;
 mod server;
@@ -28,6 +30,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use km_mesos::v1;
 use tokio::sync::mpsc;
+
+pub use crate::execute::{ExecuteArgs, execute};
 
 /// Command-line flags of `km mesos-master` (Mesos's spelling where Mesos has the flag).
 #[derive(Debug, Clone, clap::Args)]

@@ -61,6 +61,23 @@ fn parse_value(entry: &str, text: &str, allow_text: bool) -> Result<Parsed, Flag
     }
 }
 
+/// Mesos's role name rules: `*`, or `/`-separated components that are not
+/// empty, `.`, `..` or `*`, do not start with `-` and hold no whitespace.
+pub fn valid_role(role: &str) -> bool {
+    role == "*"
+        || (!role.is_empty()
+            && !role.starts_with('/')
+            && !role.ends_with('/')
+            && role.split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c != "*"
+                    && !c.starts_with('-')
+                    && !c.chars().any(char::is_whitespace)
+            }))
+}
+
 fn entries(spec: &str) -> impl Iterator<Item = &str> {
     spec.split(';').map(str::trim).filter(|e| !e.is_empty())
 }
@@ -82,8 +99,8 @@ pub fn parse_resources(spec: &str) -> Result<Vec<Resource>, FlagError> {
         if name.is_empty() {
             return Err(err(entry, "empty resource name"));
         }
-        if role.is_empty() {
-            return Err(err(entry, "empty role"));
+        if !valid_role(role) {
+            return Err(err(entry, format!("invalid role '{role}'")));
         }
         let mut r = Resource { name: name.to_owned(), ..Default::default() };
         match parse_value(entry, val, false)? {
@@ -125,6 +142,9 @@ pub fn parse_attributes(spec: &str) -> Result<Vec<Attribute>, FlagError> {
         let name = name.trim();
         if name.is_empty() {
             return Err(err(entry, "empty attribute name"));
+        }
+        if val.trim().is_empty() {
+            return Err(err(entry, "missing attribute value"));
         }
         let mut a = Attribute { name: name.to_owned(), ..Default::default() };
         match parse_value(entry, val, true)? {
