@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Installs the system packages km's build and tests need, when missing:
 #   protoc (Debian protobuf-compiler) for the etcd client's and km's protos,
-#   etcd (Debian etcd-server) for the podmaster and API server tests.
+#   etcd (Debian etcd-server) for the podmaster and API server tests,
+#   kubectl (Debian kubernetes-client) as an outside client of km apiserver,
+#   a static busybox (Debian busybox-static) from which the pod-runtime tests
+#   build their Docker images (there is no registry), unzip for the agent's
+#   fetcher.
 # Idempotent; runs apt-get only if something is absent.
 set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+command -v unzip >/dev/null 2>&1 || need+=(unzip)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 
 if ((${#need[@]})); then
   echo "install-deps: installing ${need[*]}" >&2

@@ -528,3 +528,37 @@ async fn km_mesos_scheduler_client_runs_against_the_master() {
         }
     }
 }
+
+#[tokio::test]
+async fn credentials_require_basic_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::write(&creds, "fw-principal s3cret\n").unwrap();
+    let m = MesosMaster::start(&[&format!("--credentials={}", creds.display())]);
+    let body = subscribe_json(json!({"principal": "fw-principal"}));
+    let anonymous = post(&scheduler(&m), Some(JSON), Some(JSON), None, body.clone()).await;
+    assert_eq!(anonymous.status(), 401);
+    assert!(anonymous.headers().contains_key("WWW-Authenticate"));
+    let wrong = client()
+        .post(scheduler(&m))
+        .basic_auth("fw-principal", Some("nope"))
+        .header("Content-Type", JSON)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let right = client()
+        .post(scheduler(&m))
+        .basic_auth("fw-principal", Some("s3cret"))
+        .header("Content-Type", JSON)
+        .header("Accept", JSON)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(right.status(), 200);
+    let mut records = Records::new(right);
+    let first: Value = serde_json::from_slice(&records.next(WAIT).await.unwrap()).unwrap();
+    assert_eq!(first["type"], "SUBSCRIBED");
+}

@@ -179,6 +179,11 @@ impl Filters {
         self.0.clear();
     }
 
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub(crate) fn clear_role(&mut self, role: &str) {
         self.0.retain(|k, _| k.role != role);
     }

@@ -2395,3 +2395,6 @@ fn same_executor(running: &v1::ExecutorInfo, given: &v1::ExecutorInfo, fw_id: &s
     };
     normalize(running) == normalize(given)
 }
+
+#[cfg(test)]
+mod props;
