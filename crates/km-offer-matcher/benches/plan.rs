@@ -6,7 +6,8 @@
 //! the fixed host port 31080, 10 % with one wildcard port, 20 % with a nodeSelector on rack or
 //! zone. Sizes: small 1,000 × 100, M 10,000 × 1,000, large 100,000 × 10,000.
 //!
-//! Run: `cargo bench -p km-offer-matcher` (set `KM_BENCH_LARGE=0` to skip the large one).
+//! Run: `cargo bench -p km-offer-matcher` (set `KM_BENCH_LARGE=0` to skip the large one;
+//! `KM_BENCH_SUMMARY_RUNS=N` sets how many plans the on-CPU summary line averages).
 
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
@@ -205,7 +206,10 @@ fn thread_cpu() -> Option<Duration> {
 /// figures can be read next to criterion's wall-clock time.
 #[expect(clippy::print_stderr, reason = "a benchmark reports its scenario on stderr")]
 fn summary(label: &str, m: &Matcher, d: &[PodDemand], o: &[Offer]) {
-    let runs = (200_000 / d.len().max(1)).clamp(3, 50) as u32;
+    let runs = std::env::var("KM_BENCH_SUMMARY_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or((200_000 / d.len().max(1)).clamp(3, 50) as u32);
     let before = thread_cpu();
     for _ in 0..runs {
         black_box(m.plan(d, o, &[], now()));

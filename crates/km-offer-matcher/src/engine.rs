@@ -269,7 +269,11 @@ impl FreeTree {
         while i > 1 {
             i /= 2;
             let (l, r) = (self.max[2 * i], self.max[2 * i + 1]);
-            self.max[i] = (l.0.max(r.0), l.1.max(r.1));
+            let m = (l.0.max(r.0), l.1.max(r.1));
+            if self.max[i] == m {
+                break; // ancestors are unchanged too
+            }
+            self.max[i] = m;
         }
     }
 
@@ -371,7 +375,8 @@ struct Engine<'a> {
     fw_order: Vec<u32>,
     agents: Vec<Agent>,
     domain_counts: Vec<u32>,
-    by_host: HashMap<String, Vec<u32>>,
+    /// Agents by hostname, built on the first pod with `spec.nodeName`.
+    by_host: Option<FxMap<String, Vec<u32>>>,
     classes: Vec<ConstraintClass>,
     shapes: Vec<Shape<'a>>,
     /// Reused buffer of pool indices (see `place`).
@@ -439,13 +444,13 @@ impl<'a> Engine<'a> {
 
         // Offers by agent, deterministic; duplicate offer IDs are ignored.
         let mut by_agent: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        let mut seen_ids: HashMap<&str, ()> = HashMap::new();
+        let mut seen_ids: FxMap<&str, ()> = FxMap::default();
         for (i, o) in offers.iter().enumerate() {
             if seen_ids.insert(o.id.as_str(), ()).is_none() {
                 by_agent.entry(o.agent_id.as_str()).or_default().push(i);
             }
         }
-        let known_by_id: HashMap<&str, &KnownAgent> =
+        let known_by_id: FxMap<&str, &KnownAgent> =
             known.iter().map(|k| (k.agent_id.as_str(), k)).collect();
 
         let mut agents = Vec::with_capacity(by_agent.len());
@@ -607,11 +612,6 @@ impl<'a> Engine<'a> {
             }
         };
 
-        let mut by_host: HashMap<String, Vec<u32>> = HashMap::new();
-        for (i, a) in agents.iter().enumerate() {
-            by_host.entry(a.hostname.clone()).or_default().push(i as u32);
-        }
-
         let spread = matches!(cfg.strategy, Strategy::Spread { .. });
         let (agent_slots, domain_slots) = if spread {
             (vec![Vec::new(); agents.len()], vec![Vec::new(); domain_count])
@@ -629,7 +629,7 @@ impl<'a> Engine<'a> {
             fw_order,
             agents,
             domain_counts: vec![0; domain_count],
-            by_host,
+            by_host: None,
             classes: Vec::new(),
             shapes: Vec::new(),
         }
@@ -678,7 +678,17 @@ impl<'a> Engine<'a> {
             None => {
                 let mask = self.role_mask_of(&d.roles);
                 let candidates: Vec<u32> = match &d.node_name {
-                    Some(n) => self.by_host.get(n).cloned().unwrap_or_default(),
+                    Some(n) => {
+                        let agents = &self.agents;
+                        let by_host = self.by_host.get_or_insert_with(|| {
+                            let mut m: FxMap<String, Vec<u32>> = FxMap::default();
+                            for (i, a) in agents.iter().enumerate() {
+                                m.entry(a.hostname.clone()).or_default().push(i as u32);
+                            }
+                            m
+                        });
+                        by_host.get(n).cloned().unwrap_or_default()
+                    }
                     None => (0..self.agents.len() as u32).collect(),
                 };
                 let eligible: Vec<u32> = candidates

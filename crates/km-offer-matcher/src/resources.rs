@@ -317,6 +317,10 @@ impl Ranges {
         if other.is_empty() {
             return;
         }
+        if self.is_empty() {
+            self.0.clone_from(&other.0);
+            return;
+        }
         let pairs: Vec<(u64, u64)> =
             self.0.iter().chain(other.0.iter()).map(|r| (r.begin, r.end)).collect();
         *self = Ranges::from_pairs(pairs);
