@@ -14,6 +14,7 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 
 if ((${#need[@]})); then

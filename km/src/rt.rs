@@ -1,6 +1,7 @@
 //! Process-wide set-up shared by every subcommand: logging and the tokio runtime.
 
 use std::future::Future;
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
@@ -11,7 +12,11 @@ pub(crate) fn init_logging(filter: &str) {
         Ok(f) => (f, None),
         Err(e) => (EnvFilter::new("info"), Some(e)),
     };
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     if let Some(e) = bad {
         tracing::warn!("ignoring invalid --log filter: {e}");
     }

@@ -352,13 +352,13 @@ async fn mesos_execute_runs_a_command_to_its_end() {
             .expect("run km mesos-execute")
     };
     let ok = run("echo fine");
-    let stderr = String::from_utf8_lossy(&ok.stderr);
-    assert!(ok.status.success(), "{stderr}");
-    assert!(stderr.contains("TASK_RUNNING") && stderr.contains("TASK_FINISHED"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(stdout.contains("TASK_RUNNING") && stdout.contains("TASK_FINISHED"), "{stdout}");
     let failed = run("exit 3");
-    let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(!failed.status.success());
-    assert!(stderr.contains("TASK_FAILED"), "{stderr}");
+    assert!(String::from_utf8_lossy(&failed.stdout).contains("TASK_FAILED"));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("task ended in TASK_FAILED"));
     let huge = Command::new(km_bin())
         .args(["mesos-execute", &format!("--master=127.0.0.1:{}", master.port), "--name=big"])
         .args(["--command=true", "--resources=cpus:64", "--offer_timeout_secs=2"])

@@ -79,10 +79,10 @@ pub async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
         let Some(ev) = next else { bail!("the master ended the subscription") };
         match ev {
             Event::Subscribed { framework_id, .. } => {
-                eprintln_status(&format!("subscribed as {}", framework_id.value))
+                report(&format!("subscribed as {}", framework_id.value))
             }
             Event::Disconnected { reason, .. } => {
-                eprintln_status(&format!("disconnected: {reason}; retrying"))
+                report(&format!("disconnected: {reason}; retrying"))
             }
             Event::Mesos(e) => match e.r#type() {
                 event::Type::Offers if !launched => {
@@ -111,10 +111,7 @@ pub async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
                     };
                     op.set_type(v1::offer::operation::Type::Launch);
                     sched.accept(vec![offer.id], vec![op], None).await.context("ACCEPT failed")?;
-                    eprintln_status(&format!(
-                        "launched task {} on {}",
-                        task_id.value, offer.hostname
-                    ));
+                    report(&format!("launched task {} on {}", task_id.value, offer.hostname));
                     launched = true;
                 }
                 event::Type::Offers => {
@@ -132,11 +129,7 @@ pub async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
                     sched.acknowledge(&status).await.context("ACKNOWLEDGE failed")?;
                     let state = status.state();
                     let message = status.message.clone().unwrap_or_default();
-                    eprintln_status(&format!(
-                        "task {} is {} {message}",
-                        task_id.value,
-                        state.as_str_name()
-                    ));
+                    report(&format!("task {} is {} {message}", task_id.value, state.as_str_name()));
                     if is_terminal(state) {
                         let _ = sched.teardown().await;
                         if state == TaskState::TaskFinished {
@@ -186,7 +179,8 @@ fn is_terminal(state: TaskState) -> bool {
     )
 }
 
-/// Progress goes to stderr through tracing; the task's states are the user's output.
-fn eprintln_status(line: &str) {
-    tracing::info!("{line}");
+/// What happens to the task is this command's output: plain lines on stdout.
+#[allow(clippy::print_stdout)]
+fn report(line: &str) {
+    println!("{line}");
 }

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# km's main job on this machine: a local cluster running an example pod.
+#
+# With what km has today this starts, all on 127.0.0.1:
+#   - etcd and `km apiserver` (kubectl works against it),
+#   - a local Mesos: `km mesos-master` and one `km mesos-agent`, and runs an
+#     example task on it with `km mesos-execute`,
+#   - the cold-standby recipe of the original k8sm in small: two `km podmaster`s
+#     elect which node's kubelet gets the example pod manifest
+#     (manifests/examples/hello-pod.yaml), and that node's `km kubelet` runs it.
+# Once `km scheduler` and `km executor` exist, pods will go through Mesos.
+#
+# Stop with Ctrl-C. With KM_RUN_ONCE=1 it shows everything and exits.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+scripts/install-deps.sh
+echo "== building km"
+cargo build -q -p km
+km="$repo/target/debug/km"
+
+state=$(mktemp -d "${TMPDIR:-/tmp}/km-local.XXXXXX")
+pids=()
+cleanup() {
+  echo
+  echo "== stopping"
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$state"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start() { # name, command...
+  local name=$1; shift
+  "$@" >"$state/$name.log" 2>&1 &
+  pids+=($!)
+}
+wait_http() { # url, what
+  for _ in $(seq 1 100); do
+    if curl -fsS -o /dev/null "$1" 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "$2 did not come up; its log:" >&2
+  cat "$state/$3.log" >&2
+  exit 1
+}
+
+etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
+master_port=$(free_port); agent_port=$(free_port)
+
+echo "== etcd and km apiserver"
+start etcd etcd --name km-local --data-dir "$state/etcd" \
+  --listen-client-urls "http://127.0.0.1:$etcd_port" --advertise-client-urls "http://127.0.0.1:$etcd_port" \
+  --listen-peer-urls "http://127.0.0.1:$etcd_peer" --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
+  --initial-cluster "km-local=http://127.0.0.1:$etcd_peer"
+wait_http "http://127.0.0.1:$etcd_port/health" etcd etcd
+start apiserver "$km" apiserver --insecure-bind-address=127.0.0.1 --insecure-port="$api_port" \
+  --etcd-servers="http://127.0.0.1:$etcd_port" --service-cluster-ip-range=10.10.10.0/24
+wait_http "http://127.0.0.1:$api_port/healthz" "km apiserver" apiserver
+export KUBECONFIG="$state/kubeconfig"
+kubectl config set-cluster km --server="http://127.0.0.1:$api_port" >/dev/null
+kubectl config set-context km --cluster=km >/dev/null
+kubectl config use-context km >/dev/null
+
+echo "== local Mesos: km mesos-master and km mesos-agent"
+start mesos-master "$km" mesos-master --ip=127.0.0.1 --port="$master_port" --work_dir="$state/master"
+wait_http "http://127.0.0.1:$master_port/health" "km mesos-master" mesos-master
+start mesos-agent "$km" mesos-agent --master="127.0.0.1:$master_port" --ip=127.0.0.1 --port="$agent_port" \
+  --work_dir="$state/agent" --hostname=node-1 --resources="cpus:2;mem:2048;disk:4096;ports:[31000-31099]" \
+  --attributes="rack:r1;zone:a"
+wait_http "http://127.0.0.1:$agent_port/health" "km mesos-agent" mesos-agent
+echo "== an example task on the local Mesos (km mesos-execute)"
+"$km" --log=warn mesos-execute --master="127.0.0.1:$master_port" --name=hello-mesos \
+  --command='echo "hello from a Mesos task in $(pwd)"' 2>&1 | sed 's/^/   /'
+find "$state/agent" -path '*hello-mesos*' -name stdout -exec sed 's/^/   task stdout: /' {} \; 2>/dev/null | head -3
+
+echo "== seed-004 recipe in small: podmasters elect the node whose km kubelet runs the example pod"
+mkdir -p "$state/manifests-src" "$state/node-1/manifests" "$state/node-2/manifests"
+cp manifests/examples/hello-pod.yaml "$state/manifests-src/"
+for node in node-1 node-2; do
+  start "podmaster-$node" "$km" podmaster --etcd-servers="http://127.0.0.1:$etcd_port" --key=hello \
+    --whoami="$node" --source-file="$state/manifests-src/hello-pod.yaml" \
+    --dest-file="$state/$node/manifests/hello-pod.yaml" --sleep=1s --ttl-secs=10
+  start "kubelet-$node" "$km" kubelet --manifest-dir="$state/$node/manifests" --file-check-frequency=1s \
+    --root-dir="$state/$node/kubelet" --hostname-override="$node"
+done
+holder=""
+for _ in $(seq 1 50); do
+  for node in node-1 node-2; do
+    if [ -f "$state/$node/manifests/hello-pod.yaml" ]; then holder=$node; fi
+  done
+  [ -n "$holder" ] && break
+  sleep 0.2
+done
+[ -n "$holder" ] || { echo "no podmaster became master" >&2; cat "$state"/podmaster-*.log >&2; exit 1; }
+echo "   the podmaster on $holder holds the manifest; its kubelet starts the pod"
+for _ in $(seq 1 50); do
+  if grep -rqs "^hello from km" "$state/$holder/kubelet" 2>/dev/null; then break; fi
+  sleep 0.2
+done
+grep -rhs "^hello from km" "$state/$holder/kubelet" | head -2 | sed 's/^/   pod output: /'
+
+echo
+echo "km is running (state in $state):"
+echo "  kubectl:      KUBECONFIG=$KUBECONFIG kubectl get namespaces"
+echo "  Mesos master: http://127.0.0.1:$master_port/master/state"
+echo "  Mesos agent:  http://127.0.0.1:$agent_port/state"
+echo "  logs:         $state/*.log"
+echo "  kubectl get namespaces:"
+kubectl get namespaces 2>&1 | sed 's/^/    /' || true
+if [ "${KM_RUN_ONCE:-0}" = "1" ]; then exit 0; fi
+echo "Ctrl-C to stop."
+wait
