@@ -24,7 +24,7 @@ impl Env {
         for sub in ["manifests", "out"] {
             std::fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
         }
-        Env { dir, cgroup: format!("km-e2e/{name}-{}", std::process::id()) }
+        Env { dir, cgroup: format!("km-e2e-{name}-{}", std::process::id()) }
     }
 
     fn manifests(&self) -> PathBuf {
@@ -90,7 +90,6 @@ impl Drop for Env {
         let root = Path::new("/sys/fs/cgroup");
         for h in ["", "memory", "cpu", "pids"] {
             remove_cgroup(&root.join(h).join(&self.cgroup));
-            let _ = std::fs::remove_dir(root.join(h).join("km-e2e"));
         }
     }
 }
@@ -254,6 +253,26 @@ fn kubelet_follows_the_manifest_directory() {
     assert_eq!(pods, 0, "no sandbox is left");
 }
 
+/// A Docker static pod running `sleep`.
+fn docker_manifest(name: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: km-test/busybox:latest\n    imagePullPolicy: Never\n    command: [\"sleep\", \"1000\"]\n"
+    )
+}
+
+/// Ids of the Docker containers of pod `name` (static pod `<name>-node1`).
+fn pod_containers(env: &Env, name: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=io.km.owner={}", env.owner())])
+        .args(["--filter", &format!("label=io.km.pod.name={name}-node1")])
+        .output()
+        .expect("docker ps");
+    let mut ids: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect();
+    ids.sort();
+    ids
+}
+
 #[test]
 fn kubelet_kill_9_leaves_no_orphans() {
     let env = Env::new("kill9");
@@ -267,52 +286,57 @@ fn kubelet_kill_9_leaves_no_orphans() {
     );
     let (m, out) = (env.manifests(), env.out());
     std::fs::write(m.join("n.yaml"), native_manifest("n", "v1", &out)).expect("write n");
-    std::fs::write(
-        m.join("d.yaml"),
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: d\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: main\n    image: km-test/busybox:latest\n    imagePullPolicy: Never\n    command: [\"sleep\", \"1000\"]\n",
-    )
-    .expect("write d");
+    std::fs::write(m.join("d.yaml"), docker_manifest("d")).expect("write d");
+    std::fs::write(m.join("e.yaml"), docker_manifest("e")).expect("write e");
 
     let mut first = env.start("required", "kubelet1.log");
     let running = |name: &str| env.phase(name).as_deref() == Some("Running");
     assert!(
-        wait_until(WAIT, || running("n") && running("d")),
-        "both pods run; log:\n{}",
+        wait_until(WAIT, || running("n") && running("d") && running("e")),
+        "all pods run; log:\n{}",
         first.log()
     );
     let pid_n = native_pid(&env.status("n").expect("status n")).expect("pid n");
-    let old_docker = env.docker_containers();
-    assert_eq!(old_docker.len(), 2, "sandbox + container of d: {old_docker:?}");
+    let old_d = pod_containers(&env, "d");
+    let old_e = pod_containers(&env, "e");
+    assert_eq!(old_d.len(), 2, "sandbox + container of d: {old_d:?}");
+    assert_eq!(old_e.len(), 2, "sandbox + container of e: {old_e:?}");
 
     first.signal("KILL");
     first.wait_timeout(WAIT).expect("kubelet dies");
     // Native containers die with the kubelet; Docker containers outlive it,
     // labelled with the pod they belong to.
     assert!(wait_until(WAIT, || !alive(pid_n)), "the native container died with its kubelet");
-    assert_eq!(env.docker_containers(), old_docker);
+    assert_eq!(pod_containers(&env, "d"), old_d);
 
-    // The next kubelet removes what the last one left, then runs the pods again.
+    // While the kubelet is down, e's manifest goes away.
+    std::fs::remove_file(m.join("e.yaml")).expect("remove e");
     std::fs::remove_file(out.join("n")).expect("reset n's output");
     let mut second = env.start("required", "kubelet2.log");
+    // n is started again; d's running containers are adopted, not recreated;
+    // e's are removed as orphans.
     assert!(
         wait_until(WAIT, || read(&out.join("n")) == "v1\n"),
         "n runs again; log:\n{}",
         second.log()
     );
     assert!(
-        wait_until(WAIT, || {
-            let now = env.docker_containers();
-            now.len() == 2 && now.iter().all(|id| !old_docker.contains(id))
-        }),
-        "the old Docker containers are removed and new ones run; log:\n{}",
+        wait_until(WAIT, || pod_containers(&env, "e").is_empty()),
+        "e is removed; log:\n{}",
         second.log()
     );
     assert!(
         wait_until(WAIT, || running("n") && running("d")),
-        "both pods run; log:\n{}",
+        "n and d run; log:\n{}",
         second.log()
     );
+    assert_eq!(pod_containers(&env, "d"), old_d, "d is adopted; log:\n{}", second.log());
+    let restarts =
+        env.status("d").expect("status d")["status"]["containerStatuses"][0]["restartCount"]
+            .clone();
+    assert_eq!(restarts, serde_json::json!(0));
     assert!(second.log().contains("left by an earlier run"), "log:\n{}", second.log());
+    assert!(second.log().contains("adopting"), "log:\n{}", second.log());
 
     second.signal("TERM");
     let status = second.wait_timeout(WAIT).expect("kubelet exits on SIGTERM");

@@ -8,8 +8,11 @@
 //! other pods keep running. Pods with `runtimeClassName: native` run on the
 //! native runtime, the others on Docker.
 //!
-//! At start-up every pod a previous run left behind (found by its
-//! ownership labels) is removed before the directory is read. Each pod's
+//! At start-up the directory is read first: a Docker pod whose manifest is
+//! unchanged adopts the sandbox and containers an earlier run left running
+//! (native containers die with their kubelet and are started again); then
+//! every other pod an earlier run left behind (found by its ownership
+//! labels) is removed. Each pod's
 //! current status is written to `<root-dir>/status/<namespace>_<name>.json`
 //! (the pod object with `status` filled in), until mirror pods are
 //! published to an API server.
@@ -131,14 +134,23 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let manager =
         PodManager::new(native, docker, NodeContext { node_name: node_name.clone(), host_ip });
+    tracing::info!(dir = %args.manifest_dir.display(), node = node_name, every = ?args.file_check_frequency, "km kubelet running");
+
+    // Pods whose manifest is still here adopt what an earlier run left
+    // running (Docker); everything else that run left is removed.
+    let mut sync = Sync {
+        scan: Scan::new(),
+        running: BTreeMap::new(),
+        written: BTreeMap::new(),
+        status_dir,
+        dir_error: None,
+    };
+    sync.read(&manager, &args.manifest_dir, &node_name).await;
     let removed = manager.remove_orphans().await.context("removing pods left by an earlier run")?;
     if removed > 0 {
         tracing::info!(removed, "removed pods left by an earlier run");
     }
-    tracing::info!(dir = %args.manifest_dir.display(), node = node_name, every = ?args.file_check_frequency, "km kubelet running");
 
-    let mut sync =
-        Sync { scan: Scan::new(), running: BTreeMap::new(), written: BTreeMap::new(), status_dir };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(args.file_check_frequency);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -165,15 +177,24 @@ struct Sync {
     /// Status file → what was last written there.
     written: BTreeMap<PathBuf, String>,
     status_dir: PathBuf,
+    /// The last error reading the directory, reported once until it changes.
+    dir_error: Option<String>,
 }
 
 impl Sync {
     async fn read(&mut self, manager: &PodManager, dir: &Path, node: &str) {
         let scan = match source::scan(dir, node) {
-            Ok(s) => s,
+            Ok(s) => {
+                self.dir_error = None;
+                s
+            }
             Err(e) => {
                 // A missing directory is the same as an empty one, as in kubelet.
-                tracing::warn!("{e}");
+                let msg = e.to_string();
+                if self.dir_error.as_ref() != Some(&msg) {
+                    tracing::warn!("{msg}");
+                    self.dir_error = Some(msg);
+                }
                 Scan::new()
             }
         };
@@ -263,4 +284,36 @@ fn default_ip() -> String {
         })
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: crate::Args,
+    }
+
+    #[test]
+    fn seed_004_flags_and_the_config_alias() {
+        let cli = Cli::try_parse_from(["kubelet", "--config", "/etc/kubernetes/manifests"])
+            .expect("parse");
+        assert_eq!(cli.args.manifest_dir, std::path::PathBuf::from("/etc/kubernetes/manifests"));
+        assert_eq!(cli.args.file_check_frequency, std::time::Duration::from_secs(20));
+        let cli = Cli::try_parse_from([
+            "kubelet",
+            "--manifest-dir",
+            "/m",
+            "--file-check-frequency",
+            "500ms",
+            "--api-servers",
+            "http://a:8080,http://b:8080",
+        ])
+        .expect("parse");
+        assert_eq!(cli.args.file_check_frequency, std::time::Duration::from_millis(500));
+        assert_eq!(cli.args.api_servers, ["http://a:8080", "http://b:8080"]);
+        assert!(Cli::try_parse_from(["kubelet"]).is_err(), "--manifest-dir is required");
+    }
 }

@@ -39,7 +39,8 @@ use crate::pod::{
     PodPlan, PullPolicy,
 };
 use crate::runtime::{
-    ContainerRuntime, Exit, LogOptions, LogStream, OwnedContainer, OwnedPod, Sandbox, Started,
+    Adopted, ContainerRuntime, Exit, LogOptions, LogStream, OwnedContainer, OwnedPod, Sandbox,
+    Started,
 };
 
 /// Name of the sandbox in the `io.km.container.name` label.
@@ -214,6 +215,56 @@ impl DockerRuntime {
 impl ContainerRuntime for DockerRuntime {
     fn name(&self) -> &'static str {
         "docker"
+    }
+
+    async fn adopt(&self, plan: &PodPlan) -> Result<Option<Adopted>> {
+        let all = self
+            .list(vec![
+                format!("{LABEL_POD_UID}={}", plan.key.uid),
+                format!("{LABEL_OWNER}={}", self.config.owner),
+            ])
+            .await?;
+        let running = |c: &&bollard::models::ContainerSummary| {
+            matches!(c.state, Some(bollard::models::ContainerSummaryStateEnum::RUNNING))
+        };
+        let named = |name: &str| {
+            all.iter()
+                .filter(running)
+                .find(|c| {
+                    c.labels.as_ref().and_then(|l| l.get(LABEL_CONTAINER)).map(String::as_str)
+                        == Some(name)
+                })
+                .and_then(|c| c.id.clone())
+        };
+        let Some(sandbox_id) = named(SANDBOX_NAME) else { return Ok(None) };
+        let info = self
+            .docker
+            .inspect_container(&sandbox_id, None::<InspectContainerOptions>)
+            .await
+            .map_err(derr(format!("inspecting sandbox {sandbox_id}")))?;
+        let pod_ip = info
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.values().find_map(|e| e.ip_address.clone()))
+            .filter(|ip| !ip.is_empty());
+        let sandbox = Sandbox { id: Self::sandbox_name(&plan.key), key: plan.key.clone(), pod_ip };
+        let mut containers = Vec::with_capacity(plan.containers.len());
+        for c in &plan.containers {
+            let started = match named(&c.name) {
+                Some(id) => {
+                    let info = self
+                        .docker
+                        .inspect_container(&id, None::<InspectContainerOptions>)
+                        .await
+                        .map_err(derr(format!("inspecting {id}")))?;
+                    let at = info.state.and_then(|s| parse_time(s.started_at.as_deref()));
+                    Some(Started { id, started_at: at.unwrap_or_else(SystemTime::now) })
+                }
+                None => None,
+            };
+            containers.push(started);
+        }
+        Ok(Some(Adopted { sandbox, containers }))
     }
 
     async fn create_sandbox(&self, plan: &PodPlan) -> Result<Sandbox> {

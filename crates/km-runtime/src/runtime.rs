@@ -47,6 +47,14 @@ pub struct Started {
     pub started_at: SystemTime,
 }
 
+/// What [`ContainerRuntime::adopt`] found: the sandbox, and per container
+/// of the plan (in spec order) its running instance, if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adopted {
+    pub sandbox: Sandbox,
+    pub containers: Vec<Option<Started>>,
+}
+
 /// A pod found by [`ContainerRuntime::list_owned`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedPod {
@@ -83,6 +91,11 @@ pub type LogStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>>> + Send>>;
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Short name for logs (`native`, `docker`).
     fn name(&self) -> &'static str;
+
+    /// Finds the sandbox and running containers an earlier run of km left
+    /// for this pod (same uid), to carry on with them instead of starting
+    /// anew. `None` when there is no running sandbox to adopt.
+    fn adopt(&self, plan: &PodPlan) -> impl Future<Output = Result<Option<Adopted>>> + Send;
 
     /// Creates the pod's sandbox (directory, cgroup, network namespace).
     fn create_sandbox(&self, plan: &PodPlan) -> impl Future<Output = Result<Sandbox>> + Send;

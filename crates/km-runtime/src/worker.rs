@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use crate::lifecycle::{Observation, PodLifecycle};
 use crate::pod::{NodeContext, PodPlan};
 use crate::probe::{self, ProbeEvent};
-use crate::runtime::{ContainerRuntime, Exit, Sandbox};
+use crate::runtime::{ContainerRuntime, Exit, Sandbox, Started};
 use crate::status::{PodSnapshot, pod_status};
 
 /// How long to wait before retrying a sandbox that could not be created.
@@ -73,39 +73,68 @@ pub async fn run_pod<R: ContainerRuntime>(
         };
     let mut ids: Vec<Option<String>> = vec![None; names.len()];
 
-    // The sandbox, retried until it exists or the pod is stopped.
-    let sandbox = loop {
-        match rt.create_sandbox(&plan).await {
-            Ok(s) => break s,
-            Err(e) => {
-                tracing::warn!(pod, runtime = rt.name(), "cannot create the pod sandbox: {e}");
-                let now = SystemTime::now();
-                for i in 0..names.len() {
-                    lc.actions(now);
-                    lc.observe(
-                        i,
-                        Observation::StartFailed {
-                            reason: e.reason().into(),
-                            message: e.to_string(),
-                            at: now,
-                        },
-                    );
-                }
-                publish(&lc, &ids, None, false);
-                tokio::select! {
-                    _ = tokio::time::sleep(SANDBOX_RETRY) => {}
-                    _ = stop.wait_for(|s| *s) => {
-                        publish(&lc, &ids, None, true);
-                        return;
+    // A sandbox an earlier run of km left for this pod is adopted, with its
+    // running containers; otherwise one is created, retried until it exists
+    // or the pod is stopped.
+    let adopted = match rt.adopt(&plan).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(pod, runtime = rt.name(), "cannot look for containers to adopt: {e}");
+            None
+        }
+    };
+    let mut adopted_containers = Vec::new();
+    let sandbox = if let Some(a) = adopted {
+        tracing::info!(
+            pod,
+            runtime = rt.name(),
+            "adopting the pod's running sandbox and containers"
+        );
+        adopted_containers = a.containers;
+        a.sandbox
+    } else {
+        loop {
+            match rt.create_sandbox(&plan).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(pod, runtime = rt.name(), "cannot create the pod sandbox: {e}");
+                    let now = SystemTime::now();
+                    for i in 0..names.len() {
+                        lc.actions(now);
+                        lc.observe(
+                            i,
+                            Observation::StartFailed {
+                                reason: e.reason().into(),
+                                message: e.to_string(),
+                                at: now,
+                            },
+                        );
                     }
+                    publish(&lc, &ids, None, false);
+                    tokio::select! {
+                        _ = tokio::time::sleep(SANDBOX_RETRY) => {}
+                        _ = stop.wait_for(|s| *s) => {
+                            publish(&lc, &ids, None, true);
+                            return;
+                        }
+                    }
+                    lc = PodLifecycle::new(pod.clone(), &names, plan.restart_policy);
                 }
-                lc = PodLifecycle::new(pod.clone(), &names, plan.restart_policy);
             }
         }
     };
 
     let (tx, mut rx) = mpsc::channel::<Event>(64);
     let mut running: Vec<Option<Running>> = (0..names.len()).map(|_| None).collect();
+    for (i, started) in adopted_containers.into_iter().enumerate() {
+        if let Some(started) = started
+            && i < names.len()
+        {
+            lc.observe(i, Observation::Started { at: started.started_at });
+            ids[i] = Some(started.id.clone());
+            running[i] = Some(track(&rt, &plan, &sandbox, &tx, i, started));
+        }
+    }
     loop {
         let now = SystemTime::now();
         for action in lc.actions(now) {
@@ -114,39 +143,7 @@ pub async fn run_pod<R: ContainerRuntime>(
                 Ok(started) => {
                     lc.observe(i, Observation::Started { at: started.started_at });
                     ids[i] = Some(started.id.clone());
-                    let mut tasks = Vec::new();
-                    let (rt2, tx2, id2) = (rt.clone(), tx.clone(), started.id.clone());
-                    tasks.push(tokio::spawn(async move {
-                        let exit = rt2.wait(&id2).await.unwrap_or_else(|e| Exit {
-                            exit_code: 255,
-                            reason: format!("Unknown: {e}"),
-                            finished_at: SystemTime::now(),
-                        });
-                        let _ = tx2.send(Event::Exited { index: i, id: id2, exit }).await;
-                    }));
-                    let spec = plan.pod.spec.as_ref().and_then(|s| s.containers.get(i)).cloned();
-                    if let Some(spec) = spec {
-                        let (ptx, mut prx) = mpsc::channel(8);
-                        let target = probe::Target {
-                            container_id: started.id.clone(),
-                            ip: sandbox.pod_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
-                            spec,
-                        };
-                        tasks.push(tokio::spawn(probe::run(rt.clone(), target, ptx)));
-                        let (tx3, id3) = (tx.clone(), started.id.clone());
-                        tasks.push(tokio::spawn(async move {
-                            while let Some(event) = prx.recv().await {
-                                if tx3
-                                    .send(Event::Probe { index: i, id: id3.clone(), event })
-                                    .await
-                                    .is_err()
-                                {
-                                    break;
-                                }
-                            }
-                        }));
-                    }
-                    running[i] = Some(Running { id: started.id, tasks });
+                    running[i] = Some(track(&rt, &plan, &sandbox, &tx, i, started));
                 }
                 Err(e) => {
                     tracing::warn!(pod, container = names[i], "cannot start container: {e}");
@@ -229,6 +226,47 @@ pub async fn run_pod<R: ContainerRuntime>(
     }
     publish(&lc, &ids, Some(&sandbox), true);
     tracing::info!(pod, "pod stopped and removed");
+}
+
+/// Watches a started container: a task waiting for its exit, and its
+/// probes, all reporting to the worker's channel.
+fn track<R: ContainerRuntime>(
+    rt: &Arc<R>,
+    plan: &PodPlan,
+    sandbox: &Sandbox,
+    tx: &mpsc::Sender<Event>,
+    i: usize,
+    started: Started,
+) -> Running {
+    let mut tasks = Vec::new();
+    let (rt2, tx2, id2) = (rt.clone(), tx.clone(), started.id.clone());
+    tasks.push(tokio::spawn(async move {
+        let exit = rt2.wait(&id2).await.unwrap_or_else(|e| Exit {
+            exit_code: 255,
+            reason: format!("Unknown: {e}"),
+            finished_at: SystemTime::now(),
+        });
+        let _ = tx2.send(Event::Exited { index: i, id: id2, exit }).await;
+    }));
+    let spec = plan.pod.spec.as_ref().and_then(|s| s.containers.get(i)).cloned();
+    if let Some(spec) = spec {
+        let (ptx, mut prx) = mpsc::channel(8);
+        let target = probe::Target {
+            container_id: started.id.clone(),
+            ip: sandbox.pod_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            spec,
+        };
+        tasks.push(tokio::spawn(probe::run(rt.clone(), target, ptx)));
+        let (tx3, id3) = (tx.clone(), started.id.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(event) = prx.recv().await {
+                if tx3.send(Event::Probe { index: i, id: id3.clone(), event }).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+    Running { id: started.id, tasks }
 }
 
 async fn sleep_opt(d: Option<Duration>) {

@@ -195,3 +195,15 @@ fn readiness_only_counts_while_running() {
     p.observe(0, exited(1, t(1)));
     assert!(!p.status(t(1)).ready);
 }
+
+#[test]
+fn adopted_containers_are_running_without_a_start() {
+    let mut p = pod(RestartPolicy::Always, 2);
+    // Container 0 was found running (adopted); container 1 must be started.
+    p.observe(0, Observation::Started { at: t(0) });
+    assert_eq!(p.actions(t(1)), vec![Action::Start(1)]);
+    p.observe(1, Observation::Started { at: t(1) });
+    let st = p.status(t(1));
+    assert_eq!(st.phase, Phase::Running);
+    assert_eq!(st.containers[0].restart_count, 0);
+}

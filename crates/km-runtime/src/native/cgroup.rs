@@ -88,54 +88,46 @@ impl Cgroups {
         Ok(procs)
     }
 
-    fn enable_v2_controllers(&self, sandbox: &str) -> Result<()> {
-        let mut dir = self.mount.clone();
-        let mut parts: Vec<&str> = self.parent.split('/').filter(|p| !p.is_empty()).collect();
-        parts.push(sandbox);
+    /// Cgroup v2: the cgroups from the hierarchy root down to the sandbox,
+    /// each of which must enable the controllers for its children, because
+    /// a controller is only available where every ancestor delegates it.
+    fn v2_levels(&self, sandbox: &str) -> Vec<PathBuf> {
+        let mut levels = vec![self.mount.clone()];
+        let parts =
+            self.parent.split('/').filter(|p| !p.is_empty()).chain(std::iter::once(sandbox));
         for part in parts {
+            let next = levels[levels.len() - 1].join(part);
+            levels.push(next);
+        }
+        levels
+    }
+
+    fn enable_v2_controllers(&self, sandbox: &str) -> Result<()> {
+        for (i, dir) in self.v2_levels(sandbox).iter().enumerate() {
+            if i > 0 {
+                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+            }
             let control = dir.join("cgroup.subtree_control");
             let current = std::fs::read_to_string(&control).unwrap_or_default();
             for ctl in ["cpu", "memory", "pids"] {
                 if !current.split_whitespace().any(|c| c == ctl) {
-                    // A controller the kernel does not offer is skipped.
+                    // A controller the kernel does not offer, or one that
+                    // cannot be enabled here, is skipped: its limits are then
+                    // reported missing by `write_limits`.
                     let _ = std::fs::write(&control, format!("+{ctl}"));
                 }
             }
-            dir = dir.join(part);
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
         Ok(())
     }
 
     fn write_limits(&self, dir: &Path, limits: Limits) -> Result<()> {
-        let write = |file: &str, value: String| -> Result<()> {
+        for (file, value) in limit_files(&self.version, limits) {
             let path = dir.join(file);
             if path.exists() {
-                std::fs::write(&path, value).map_err(|e| Error::io(&path, e))
+                std::fs::write(&path, value).map_err(|e| Error::io(&path, e))?;
             } else {
-                Ok(())
-            }
-        };
-        match self.version {
-            Version::V1 => {
-                if let Some(m) = limits.memory_bytes {
-                    write("memory.limit_in_bytes", m.to_string())?;
-                }
-                if let Some(c) = limits.cpu_millis {
-                    write("cpu.cfs_period_us", CFS_PERIOD_US.to_string())?;
-                    write("cpu.cfs_quota_us", (c * CFS_PERIOD_US / 1000).max(1000).to_string())?;
-                }
-            }
-            Version::V2 => {
-                if let Some(m) = limits.memory_bytes {
-                    write("memory.max", m.to_string())?;
-                }
-                if let Some(c) = limits.cpu_millis {
-                    write(
-                        "cpu.max",
-                        format!("{} {CFS_PERIOD_US}", (c * CFS_PERIOD_US / 1000).max(1000)),
-                    )?;
-                }
+                tracing::warn!(path = %path.display(), "cgroup controller unavailable; limit not applied");
             }
         }
         Ok(())
@@ -206,6 +198,33 @@ impl Cgroups {
     }
 }
 
+/// The cgroupfs files and values that set `limits`: CPU as a CFS quota
+/// over a 100 ms period (at least 1 ms), memory as a hard limit.
+fn limit_files(version: &Version, limits: Limits) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let quota = limits.cpu_millis.map(|c| (c * CFS_PERIOD_US / 1000).max(1000));
+    match version {
+        Version::V1 => {
+            if let Some(m) = limits.memory_bytes {
+                out.push(("memory.limit_in_bytes", m.to_string()));
+            }
+            if let Some(q) = quota {
+                out.push(("cpu.cfs_period_us", CFS_PERIOD_US.to_string()));
+                out.push(("cpu.cfs_quota_us", q.to_string()));
+            }
+        }
+        Version::V2 => {
+            if let Some(m) = limits.memory_bytes {
+                out.push(("memory.max", m.to_string()));
+            }
+            if let Some(q) = quota {
+                out.push(("cpu.max", format!("{q} {CFS_PERIOD_US}")));
+            }
+        }
+    }
+    out
+}
+
 /// Kills the processes in `dir` and below, then removes the directories
 /// bottom-up. A directory that does not exist is fine.
 fn remove_tree(dir: &Path) -> Result<()> {
@@ -249,5 +268,48 @@ fn remove_tree(dir: &Path) -> Result<()> {
             Err(e) if Instant::now() > deadline => return Err(Error::io(dir, e)),
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_map_to_the_files_of_each_version() {
+        let l = Limits { cpu_millis: Some(250), memory_bytes: Some(64 << 20) };
+        assert_eq!(
+            limit_files(&Version::V1, l),
+            vec![
+                ("memory.limit_in_bytes", (64u64 << 20).to_string()),
+                ("cpu.cfs_period_us", "100000".into()),
+                ("cpu.cfs_quota_us", "25000".into()),
+            ]
+        );
+        assert_eq!(
+            limit_files(&Version::V2, l),
+            vec![("memory.max", (64u64 << 20).to_string()), ("cpu.max", "25000 100000".into())]
+        );
+        let tiny = Limits { cpu_millis: Some(1), memory_bytes: None };
+        assert_eq!(limit_files(&Version::V2, tiny), vec![("cpu.max", "1000 100000".into())]);
+        assert!(limit_files(&Version::V1, Limits::default()).is_empty());
+    }
+
+    #[test]
+    fn v2_enables_controllers_from_the_root_down_to_the_sandbox() {
+        let cg = Cgroups {
+            mount: PathBuf::from("/sys/fs/cgroup"),
+            version: Version::V2,
+            parent: "km/node".into(),
+        };
+        assert_eq!(
+            cg.v2_levels("sb"),
+            vec![
+                PathBuf::from("/sys/fs/cgroup"),
+                PathBuf::from("/sys/fs/cgroup/km"),
+                PathBuf::from("/sys/fs/cgroup/km/node"),
+                PathBuf::from("/sys/fs/cgroup/km/node/sb"),
+            ]
+        );
     }
 }

@@ -47,10 +47,9 @@ use crate::pod::{
     ANNOTATION_NATIVE_NETWORK, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, PodKey, PodPlan,
 };
 use crate::runtime::{
-    ContainerRuntime, Exit, LogOptions, LogStream, OwnedContainer, OwnedPod, Sandbox, Started,
+    Adopted, ContainerRuntime, Exit, LogOptions, LogStream, OwnedContainer, OwnedPod, Sandbox,
+    Started,
 };
-
-pub use cgroup_api::CgroupVersion;
 
 /// Where the native runtime keeps its state.
 #[derive(Clone, Debug)]
@@ -82,14 +81,11 @@ struct NativeContainer {
     log: PathBuf,
 }
 
-/// Small public view of the cgroup layout, for tests and diagnostics.
-mod cgroup_api {
-    /// The cgroup version in use.
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub enum CgroupVersion {
-        V1,
-        V2,
-    }
+/// The cgroup version the host uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupVersion {
+    V1,
+    V2,
 }
 
 impl NativeRuntime {
@@ -285,6 +281,16 @@ impl NativeRuntime {
     }
 }
 
+/// The pod key in a sandbox id `<namespace>_<name>_<uid>` (Kubernetes
+/// names and namespaces have no `_`).
+fn key_from_sandbox_id(id: &str) -> PodKey {
+    let mut parts = id.splitn(3, '_');
+    let namespace = parts.next().unwrap_or_default().to_owned();
+    let name = parts.next().unwrap_or_default().to_owned();
+    let uid = parts.next().unwrap_or_default().to_owned();
+    PodKey { namespace, name, uid }
+}
+
 /// Whether the pod asked for its own network namespace (loopback only),
 /// shared by its containers.
 fn isolated_network(plan: &PodPlan) -> bool {
@@ -339,6 +345,11 @@ struct SandboxFile {
 impl ContainerRuntime for NativeRuntime {
     fn name(&self) -> &'static str {
         "native"
+    }
+
+    async fn adopt(&self, _plan: &PodPlan) -> Result<Option<Adopted>> {
+        // Native containers die with the runtime that started them.
+        Ok(None)
     }
 
     async fn create_sandbox(&self, plan: &PodPlan) -> Result<Sandbox> {
@@ -429,6 +440,7 @@ impl ContainerRuntime for NativeRuntime {
             .map_err(|e| Error::Other(format!("starting a wait thread: {e}")))?;
 
         let id = format!("{}/{}/{}", sandbox.id, c.name, pid.as_raw());
+        let c_name = c.name.clone();
         let container = Arc::new(NativeContainer {
             sandbox: sandbox.id.clone(),
             name: c.name.clone(),
@@ -436,10 +448,13 @@ impl ContainerRuntime for NativeRuntime {
             exit: rx,
             log: dir.join("logs").join(format!("{}.log", c.name)),
         });
-        self.containers
-            .lock()
-            .map_err(|_| Error::Other("container table poisoned".into()))?
-            .insert(id.clone(), container);
+        let mut table =
+            self.containers.lock().map_err(|_| Error::Other("container table poisoned".into()))?;
+        // Earlier runs of the same container that have exited are forgotten.
+        table.retain(|_, c| {
+            !(c.sandbox == sandbox.id && c.name == c_name && c.exit.borrow().is_some())
+        });
+        table.insert(id.clone(), container);
         Ok(Started { id, started_at })
     }
 
@@ -553,10 +568,16 @@ impl ContainerRuntime for NativeRuntime {
                 .and_then(|b| serde_json::from_slice::<SandboxFile>(&b).ok())
                 .map(|f| f.labels)
                 .unwrap_or_default();
+            // The directory name carries the key, so a sandbox whose
+            // `pod.json` is not written yet (being created) is still known.
+            let from_name = key_from_sandbox_id(&sandbox_id);
             let key = PodKey {
-                namespace: labels.get(LABEL_POD_NAMESPACE).cloned().unwrap_or_default(),
-                name: labels.get(LABEL_POD_NAME).cloned().unwrap_or_default(),
-                uid: labels.get(LABEL_POD_UID).cloned().unwrap_or_default(),
+                namespace: labels
+                    .get(LABEL_POD_NAMESPACE)
+                    .cloned()
+                    .unwrap_or_else(|| from_name.namespace.clone()),
+                name: labels.get(LABEL_POD_NAME).cloned().unwrap_or_else(|| from_name.name.clone()),
+                uid: labels.get(LABEL_POD_UID).cloned().unwrap_or_else(|| from_name.uid.clone()),
             };
             let mut containers = Vec::new();
             for pidf in std::fs::read_dir(entry.path().join("run")).into_iter().flatten().flatten()
@@ -584,12 +605,8 @@ impl ContainerRuntime for NativeRuntime {
         for sandbox_id in self.cgroups.sandboxes() {
             if !seen.contains(&sandbox_id) {
                 out.push(OwnedPod {
+                    key: key_from_sandbox_id(&sandbox_id),
                     sandbox_id,
-                    key: PodKey {
-                        namespace: String::new(),
-                        name: String::new(),
-                        uid: String::new(),
-                    },
                     labels: BTreeMap::new(),
                     containers: Vec::new(),
                 });
@@ -621,5 +638,19 @@ impl NativeRuntime {
     /// The sandbox directory of a pod, for tests and log lookups.
     pub fn sandbox_path(&self, sandbox_id: &str) -> PathBuf {
         self.sandbox_dir(sandbox_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_from_sandbox_id;
+
+    #[test]
+    fn sandbox_ids_carry_the_pod_key() {
+        let k = key_from_sandbox_id("kube-system_etcd-node1_1f0c-aa_b");
+        assert_eq!(
+            (k.namespace.as_str(), k.name.as_str(), k.uid.as_str()),
+            ("kube-system", "etcd-node1", "1f0c-aa_b")
+        );
     }
 }

@@ -226,3 +226,58 @@ async fn docker_new_runtime_removes_what_an_old_one_left() {
     assert!(env.containers().is_empty());
     m.stop(&uid).await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_restarted_manager_adopts_running_pods() {
+    let env = DockerEnv::new().await;
+    let p = pod(docker_pod(
+        "adopt",
+        "Always",
+        json!([{"name": "c", "image": IMAGE, "imagePullPolicy": "Never", "command": ["sleep", "1000"]}]),
+    ));
+    // The first km runs in its own tokio runtime, dropped without stopping
+    // anything: its tasks vanish as they would after kill -9.
+    let (pod1, dir, owner) = (p.clone(), env.dir.path().join("docker"), env.owner.clone());
+    let (uid, id) = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        rt.block_on(async move {
+            let docker = km_runtime::docker::DockerRuntime::connect(
+                km_runtime::docker::DockerConfig::new(dir, owner),
+            )
+            .await
+            .expect("docker");
+            let first =
+                km_runtime::PodManager::new(None, Some(std::sync::Arc::new(docker)), node());
+            let uid = first.run(&pod1).expect("run").uid;
+            let s = wait_pod(&first, &uid, Duration::from_secs(30), "Running", |s| {
+                s.phase == Phase::Running
+            })
+            .await;
+            (uid, s.container_ids[0].clone().expect("id"))
+        })
+    })
+    .join()
+    .expect("first km");
+    let before = env.containers();
+    assert_eq!(before.len(), 2);
+    let second = env.manager();
+    let uid2 = second.run(&p).expect("run again").uid;
+    assert_eq!(uid2, uid);
+    let s =
+        wait_pod(&second, &uid, Duration::from_secs(30), "Running", |s| s.phase == Phase::Running)
+            .await;
+    assert_eq!(
+        s.container_ids[0].as_deref(),
+        Some(id.as_str()),
+        "the running container is adopted"
+    );
+    assert_eq!(cstatus(&s, "c").restart_count, 0);
+    assert_eq!(second.remove_orphans().await.expect("orphans"), 0, "an adopted pod is no orphan");
+    let mut after = env.containers();
+    let mut before = before;
+    after.sort();
+    before.sort();
+    assert_eq!(after, before, "nothing was recreated");
+    second.stop(&uid).await.expect("stop");
+    assert!(env.containers().is_empty());
+}

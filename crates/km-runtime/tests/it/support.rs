@@ -89,7 +89,9 @@ pub struct NativeEnv {
 impl NativeEnv {
     pub fn new() -> NativeEnv {
         let dir = tempfile::tempdir().expect("temp dir");
-        let cgroup_parent = format!("km-test/{}", unique("native"));
+        // A top-level parent per test: a shared one could be removed by one
+        // test while another creates a cgroup under it.
+        let cgroup_parent = unique("km-test");
         let runtime = NativeRuntime::new(NativeConfig {
             root_dir: dir.path().join("root"),
             cgroup_parent: cgroup_parent.clone(),
@@ -110,11 +112,6 @@ impl NativeEnv {
 impl Drop for NativeEnv {
     fn drop(&mut self) {
         remove_cgroup_tree(&self.cgroup_parent);
-        // The shared `km-test` parent goes once the last test is done with it.
-        let root = Path::new("/sys/fs/cgroup");
-        for d in ["", "memory", "cpu", "pids"] {
-            let _ = std::fs::remove_dir(root.join(d).join("km-test"));
-        }
     }
 }
 
