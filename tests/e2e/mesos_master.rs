@@ -562,3 +562,46 @@ async fn credentials_require_basic_auth() {
     let first: Value = serde_json::from_slice(&records.next(WAIT).await.unwrap()).unwrap();
     assert_eq!(first["type"], "SUBSCRIBED");
 }
+
+#[tokio::test]
+async fn mark_agent_gone_ends_its_tasks_for_good() {
+    let m = MesosMaster::start(&["--simulate-agents=1", "--allocation_interval=100ms"]);
+    let mut sub = subscribe(&m, json!({"capabilities": [{"type": "PARTITION_AWARE"}]})).await;
+    let offers = next_event_of(&mut sub.records, "OFFERS").await;
+    let offer = &offers["offers"]["offers"][0];
+    let agent = offer["agent_id"].clone();
+    let accept = json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]],
+        "operations": [{"type": "LAUNCH", "launch": {"task_infos": [command_task("t", &agent, 0.1)]}}]}});
+    assert_eq!(call_json(&m, &sub, accept).await.status(), 202);
+    loop {
+        let status = next_event_of(&mut sub.records, "UPDATE").await["update"]["status"].clone();
+        let ack = json!({"type": "ACKNOWLEDGE", "acknowledge": {"agent_id": agent, "task_id": status["task_id"], "uuid": status["uuid"]}});
+        assert_eq!(call_json(&m, &sub, ack).await.status(), 202);
+        if status["state"] == "TASK_RUNNING" {
+            break;
+        }
+    }
+    let gone =
+        json!({"type": "MARK_AGENT_GONE", "mark_agent_gone": {"agent_id": agent}}).to_string();
+    let resp = post(&format!("{}/api/v1", m.url()), Some(JSON), None, None, gone.clone()).await;
+    assert_eq!(resp.status(), 202);
+    let update = next_event_of(&mut sub.records, "UPDATE").await;
+    assert_eq!(update["update"]["status"]["state"], "TASK_GONE_BY_OPERATOR");
+    assert_eq!(update["update"]["status"]["reason"], "REASON_AGENT_REMOVED_BY_OPERATOR");
+    assert_eq!(next_event_of(&mut sub.records, "FAILURE").await["failure"]["agent_id"], agent);
+    let agents = operator(&m, ContentType::Json, op::call::Type::GetAgents).await;
+    assert!(agents.get_agents.unwrap().agents.is_empty());
+    // Asking about a task on the gone agent gets the same answer.
+    let explicit = json!({"type": "RECONCILE", "reconcile": {"tasks": [{"task_id": {"value": "other"}, "agent_id": agent}]}});
+    assert_eq!(call_json(&m, &sub, explicit).await.status(), 202);
+    let update = next_event_of(&mut sub.records, "UPDATE").await;
+    assert_eq!(update["update"]["status"]["state"], "TASK_GONE_BY_OPERATOR");
+    // Marking an unknown agent is refused.
+    let unknown =
+        json!({"type": "MARK_AGENT_GONE", "mark_agent_gone": {"agent_id": {"value": "nope"}}})
+            .to_string();
+    assert_eq!(
+        post(&format!("{}/api/v1", m.url()), Some(JSON), None, None, unknown).await.status(),
+        400
+    );
+}

@@ -176,6 +176,8 @@ pub(crate) struct Master {
     agents: BTreeMap<String, Agent>,
     /// Agents that stayed away too long: id → when they became unreachable.
     unreachable: BTreeMap<String, (v1::AgentInfo, f64)>,
+    /// Agents an operator marked gone (MARK_AGENT_GONE): never to return.
+    gone: BTreeSet<String>,
     /// Agents known from the registry that have not re-registered since a restart.
     recovered: BTreeMap<String, v1::AgentInfo>,
     /// Agents or frameworks changed since the registry was last written.
@@ -265,6 +267,7 @@ impl Master {
             agents: BTreeMap::new(),
             unreachable: BTreeMap::new(),
             recovered: BTreeMap::new(),
+            gone: BTreeSet::new(),
             registry_dirty: false,
             offers: BTreeMap::new(),
             tasks: BTreeMap::new(),
@@ -1644,6 +1647,9 @@ impl Master {
                     Some(a) if self.agents.contains_key(a) => {
                         (if pa { TaskState::TaskGone } else { TaskState::TaskLost }, None)
                     }
+                    Some(a) if self.gone.contains(a) => {
+                        (if pa { TaskState::TaskGoneByOperator } else { TaskState::TaskLost }, None)
+                    }
                     Some(a) if self.unreachable.contains_key(a) => {
                         let when = self.unreachable[a].1;
                         (
@@ -1687,6 +1693,11 @@ impl Master {
             .map_err(|e| Rejection::new(400, format!("Invalid agent resources: {e}")))?;
         let now_s = epoch_secs(wall);
         let requested = info.id.as_ref().map(|i| i.value.clone()).filter(|v| !v.is_empty());
+        if let Some(id) = &requested
+            && self.gone.contains(id)
+        {
+            return Err(Rejection::new(403, format!("Agent {id} has been marked gone")));
+        }
         let id = match requested {
             Some(id) => id,
             None => {
@@ -1982,6 +1993,89 @@ impl Master {
             self.complete_task(t.task);
         }
         self.send_framework(fw_id, Self::update_event(s));
+    }
+
+    /// Operator MARK_AGENT_GONE: the agent is gone for good. Its tasks end as
+    /// TASK_GONE_BY_OPERATOR (PARTITION_AWARE) or TASK_LOST, frameworks hear
+    /// FAILURE, its offers are rescinded, and it may not register again.
+    pub(crate) fn mark_agent_gone(
+        &mut self,
+        id: &str,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<(), Rejection> {
+        let known = self.agents.contains_key(id)
+            || self.unreachable.contains_key(id)
+            || self.recovered.contains_key(id);
+        if !known {
+            return Err(Rejection::new(400, format!("Agent {id} not found")));
+        }
+        tracing::warn!(agent_id = %id, "agent marked gone by the operator");
+        let offers: Vec<String> =
+            self.offers.iter().filter(|(_, o)| o.agent_id == id).map(|(k, _)| k.clone()).collect();
+        for offer_id in offers {
+            self.rescind(&offer_id, now);
+        }
+        let keys: Vec<(String, String)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.task.agent_id.value == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (fw_id, task_id) in keys {
+            let pa = self.frameworks.get(&fw_id).is_some_and(|f| f.caps.partition_aware);
+            let state = if pa { TaskState::TaskGoneByOperator } else { TaskState::TaskLost };
+            self.lose_task(
+                &fw_id,
+                &task_id,
+                state,
+                Reason::AgentRemovedByOperator,
+                "Agent marked gone",
+                wall,
+                false,
+            );
+        }
+        let unreachable: Vec<(String, String)> = self
+            .unreachable_tasks
+            .iter()
+            .filter(|(_, t)| t.agent_id.value == id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in unreachable {
+            if let Some(mut t) = self.unreachable_tasks.remove(&key) {
+                let pa = self.frameworks.get(&key.0).is_some_and(|f| f.caps.partition_aware);
+                let state = if pa { TaskState::TaskGoneByOperator } else { TaskState::TaskLost };
+                let s = self.master_status(
+                    &key.1,
+                    state,
+                    Reason::AgentRemovedByOperator,
+                    "Agent marked gone".into(),
+                    Some(id),
+                    wall,
+                );
+                t.set_state(state);
+                self.complete_task(t);
+                self.send_framework(&key.0, Self::update_event(s));
+            }
+        }
+        if let Some(a) = self.agents.remove(id)
+            && let Some(conn) = a.conn
+        {
+            self.conns.remove(&conn);
+            let mut e = agent::Event {
+                error: Some(agent::event::Error { message: "Agent has been marked gone".into() }),
+                ..Default::default()
+            };
+            e.set_type(agent::event::Type::Error);
+            self.out.push(Out::Agent(conn, e));
+            self.out.push(Out::Close(conn));
+        }
+        self.unreachable.remove(id);
+        self.recovered.remove(id);
+        self.gone.insert(id.to_owned());
+        self.registry_dirty = true;
+        self.broadcast_failure(id);
+        Ok(())
     }
 
     fn mark_unreachable(&mut self, id: &str, now: Instant, wall: SystemTime) {

@@ -300,6 +300,14 @@ fn operator_call(
                 ..Default::default()
             });
         }
+        C::MarkAgentGone => {
+            let id = c
+                .mark_agent_gone
+                .map(|m| m.agent_id.value)
+                .ok_or_else(|| Rejection::new(400, "Expecting 'mark_agent_gone' to be present"))?;
+            master.mark_agent_gone(&id, now, wall)?;
+            return Ok(None);
+        }
         C::Teardown => {
             let id = c
                 .teardown
