@@ -605,3 +605,95 @@ async fn mark_agent_gone_ends_its_tasks_for_good() {
         400
     );
 }
+
+/// Waits until `m` names `leader_port` as the leader on `/master/redirect`.
+async fn wait_leader(m: &MesosMaster, leader_port: u16) {
+    let want = format!("//127.0.0.1:{leader_port}");
+    for _ in 0..200 {
+        let resp = client().get(format!("{}/master/redirect", m.url())).send().await.unwrap();
+        if resp.status() == 307 && resp.headers()["Location"] == want.as_str() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("master on {} never saw the leader on {leader_port}; log:\n{}", m.port, m.proc.log());
+}
+
+#[tokio::test]
+async fn standby_masters_redirect_and_take_over_with_the_registry() {
+    use km_mesos::scheduler::{Config, Event as ClientEvent, Scheduler};
+    let etcd = crate::support::etcd::Etcd::start();
+    let flags = [
+        format!("--etcd_servers={}", etcd.client_url()),
+        "--etcd_lease_ttl=2secs".to_owned(),
+        "--allocation_interval=100ms".to_owned(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut a = MesosMaster::start(&flags);
+    wait_leader(&a, a.port).await;
+    let b = MesosMaster::start(&flags);
+    wait_leader(&b, a.port).await;
+
+    // A standby answers API calls with a redirect to the leader's /master path.
+    let resp = post(&scheduler(&b), Some(JSON), Some(JSON), None, subscribe_json(json!({}))).await;
+    assert_eq!(resp.status(), 307);
+    assert_eq!(
+        resp.headers()["Location"],
+        format!("//127.0.0.1:{}/master/api/v1/scheduler", a.port)
+    );
+
+    // A framework pointed at the standby ends up subscribed at the leader.
+    let info = v1::FrameworkInfo {
+        user: "u".into(),
+        name: "ha".into(),
+        failover_timeout: Some(300.0),
+        ..Default::default()
+    };
+    let mut config = Config::new(b.url().parse().unwrap(), info);
+    config.min_backoff = Duration::from_millis(100);
+    config.max_backoff = Duration::from_millis(500);
+    let (_sched, mut events) = Scheduler::start(config).unwrap();
+    let (first_id, first_master) =
+        match tokio::time::timeout(WAIT, events.recv()).await.unwrap().unwrap() {
+            ClientEvent::Subscribed { framework_id, master, .. } => (framework_id, master),
+            other => panic!("unexpected {other:?}"),
+        };
+    assert_eq!(first_master.port(), Some(a.port));
+
+    // The leader dies; the standby takes over with the registry from etcd, and
+    // the framework fails over to it with the same ID.
+    a.proc.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (second_id, second_master) = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failover; standby log:\n{}",
+            b.proc.log()
+        );
+        match tokio::time::timeout(Duration::from_secs(30), events.recv()).await.unwrap().unwrap() {
+            ClientEvent::Subscribed { framework_id, master, .. } => break (framework_id, master),
+            ClientEvent::Disconnected { .. } | ClientEvent::Mesos(_) => {}
+        }
+    };
+    assert_eq!(second_id, first_id);
+    assert_eq!(second_master.port(), Some(b.port));
+    let frameworks = operator(&b, ContentType::Json, op::call::Type::GetFrameworks).await;
+    assert!(
+        frameworks
+            .get_frameworks
+            .unwrap()
+            .frameworks
+            .iter()
+            .any(|f| f.framework_info.id.as_ref() == Some(&first_id))
+    );
+}
+
+#[tokio::test]
+async fn a_master_without_a_leader_answers_503() {
+    // etcd that never answers: the master cannot campaign, so nobody leads.
+    let dead = crate::support::free_port();
+    let m = MesosMaster::start(&[&format!("--etcd_servers=http://127.0.0.1:{dead}")]);
+    let resp = post(&scheduler(&m), Some(JSON), Some(JSON), None, subscribe_json(json!({}))).await;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.text().await.unwrap(), "No leader elected");
+}

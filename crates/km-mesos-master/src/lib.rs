@@ -15,6 +15,7 @@
 mod allocator;
 mod core;
 mod execute;
+mod leader;
 mod registry;
 mod resources;
 mod server;
@@ -68,6 +69,17 @@ pub struct Args {
     /// Directory for the registry: agents and frameworks survive a restart of the master.
     #[arg(long = "work_dir")]
     pub work_dir: Option<PathBuf>,
+    /// etcd endpoints (comma-separated): run several masters, one leading. The
+    /// others redirect to the leader; the registry is kept in etcd.
+    #[arg(long = "etcd_servers")]
+    pub etcd_servers: Option<String>,
+    /// Key prefix in etcd for the election and the registry.
+    #[arg(long = "etcd_prefix", default_value = "/km/mesos")]
+    pub etcd_prefix: String,
+    /// Lease of the leading master in etcd: a leader that cannot renew it
+    /// stops, and another takes over after at most this long.
+    #[arg(long = "etcd_lease_ttl", default_value = "10secs", value_parser = parse_duration)]
+    pub etcd_lease_ttl: Duration,
     /// Cluster name shown in `/master/state`.
     #[arg(long)]
     pub cluster: Option<String>,
@@ -180,27 +192,60 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "allocation_interval": km_mesos::duration::format(args.allocation_interval),
         "cluster": args.cluster,
         "work_dir": args.work_dir.as_ref().map(|d| d.display().to_string()),
+        "etcd_servers": args.etcd_servers,
         "authenticate_frameworks": credentials.is_some().to_string(),
     });
-    let mut master = core::Master::new(config, tokio::time::Instant::now(), SystemTime::now());
-    let registry_path = match &args.work_dir {
-        Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create --work_dir {}", dir.display()))?;
-            let path = dir.join(registry::FILE_NAME);
-            if let Some(saved) = registry::load(&path)? {
-                master.recover(saved, tokio::time::Instant::now(), SystemTime::now());
-            }
-            Some(path)
-        }
-        None => None,
-    };
+    let me = format!("{hostname}:{}", addr.port());
+    let (role_tx, role) = tokio::sync::watch::channel(if args.etcd_servers.is_some() {
+        leader::Role::Unknown
+    } else {
+        leader::Role::Leader
+    });
     let (inputs, rx) = mpsc::unbounded_channel();
-    let loop_config = server::LoopConfig {
-        allocation_interval: args.allocation_interval,
-        registry: registry_path,
-        flags,
+    let shared = server::Shared { inputs: inputs.clone(), credentials, me: me.clone(), role };
+    tracing::info!(%addr, "km mesos-master listening");
+    let server = tokio::spawn(async move {
+        axum::serve(listener, server::router(shared))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+
+    // With etcd, wait to lead; the HTTP server redirects to the leader meanwhile.
+    let mut master = core::Master::new(config, tokio::time::Instant::now(), SystemTime::now());
+    let (store, saved, lost): (RegistryStore, _, _) = match &args.etcd_servers {
+        Some(servers) => {
+            let ttl = args.etcd_lease_ttl.as_secs().max(2) as i64;
+            let (mut client, lost) = tokio::select! {
+                won = leader::lead(servers, &args.etcd_prefix, &me, ttl, &role_tx) => won?,
+                _ = shutdown_signal() => return Ok(()),
+            };
+            let saved = leader::load_registry(&mut client, &args.etcd_prefix).await?;
+            (RegistryStore::Etcd(client, args.etcd_prefix.clone()), saved, Some(Box::pin(lost)))
+        }
+        None => match &args.work_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create --work_dir {}", dir.display()))?;
+                let path = dir.join(registry::FILE_NAME);
+                let saved = registry::load(&path)?;
+                (RegistryStore::File(path), saved, None)
+            }
+            None => (RegistryStore::None, None, None),
+        },
     };
+    if let Some(saved) = saved {
+        master.recover(saved, tokio::time::Instant::now(), SystemTime::now());
+    }
+    let registry = match store {
+        RegistryStore::None => None,
+        store => {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            tokio::spawn(write_registry(store, rx));
+            Some(tx)
+        }
+    };
+    let loop_config =
+        server::LoopConfig { allocation_interval: args.allocation_interval, registry, flags };
     let loop_task = tokio::spawn(server::run_loop(master, rx, inputs.clone(), loop_config));
     if args.simulate_agents > 0 {
         let sim = sim::SimConfig {
@@ -212,15 +257,48 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         sim::start(sim, inputs.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
     }
-    let shared =
-        server::Shared { inputs, credentials, leader: format!("{hostname}:{}", addr.port()) };
-    tracing::info!(%addr, "km mesos-master listening");
-    axum::serve(listener, server::router(shared))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    let result = match lost {
+        Some(lost) => tokio::select! {
+            served = server => served.context("HTTP server task failed")?.context("HTTP server failed"),
+            reason = lost => Err(reason.context("lost leadership; stopping so another master can lead")),
+        },
+        None => server.await.context("HTTP server task failed")?.context("HTTP server failed"),
+    };
     loop_task.abort();
-    Ok(())
+    result
+}
+
+/// Where the registry goes.
+enum RegistryStore {
+    None,
+    File(PathBuf),
+    Etcd(etcd_client::Client, String),
+}
+
+/// Writes the latest registry snapshot whenever the loop publishes one.
+async fn write_registry(
+    mut store: RegistryStore,
+    mut rx: tokio::sync::watch::Receiver<Option<km_mesos::agent::Registry>>,
+) {
+    while rx.changed().await.is_ok() {
+        let Some(snapshot) = rx.borrow_and_update().clone() else { continue };
+        let result = match &mut store {
+            RegistryStore::None => Ok(()),
+            RegistryStore::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || registry::store(&path, &snapshot))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r.map_err(anyhow::Error::from))
+            }
+            RegistryStore::Etcd(client, prefix) => {
+                leader::store_registry(client, prefix, &snapshot).await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!("cannot write the registry: {e:#}");
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -86,7 +86,33 @@ pub(crate) struct Shared {
     pub(crate) inputs: mpsc::UnboundedSender<Input>,
     /// principal → secret, when HTTP authentication is on.
     pub(crate) credentials: Option<Arc<HashMap<String, String>>>,
-    pub(crate) leader: String,
+    /// This master's `host:port`.
+    pub(crate) me: String,
+    /// Who leads (always this master without `--etcd_servers`).
+    pub(crate) role: tokio::sync::watch::Receiver<crate::leader::Role>,
+}
+
+/// For a master that does not lead: 307 to the leader (on the `/master`
+/// path, as Mesos redirects), or 503 while no leader is known.
+fn not_leading(shared: &Shared, path: &str) -> Option<Response> {
+    match &*shared.role.borrow() {
+        crate::leader::Role::Leader => None,
+        crate::leader::Role::Unknown => {
+            Some(text(StatusCode::SERVICE_UNAVAILABLE, "No leader elected"))
+        }
+        crate::leader::Role::Follower(leader) => {
+            let path = if path.starts_with("/master/") || path.starts_with("/km/") {
+                path.to_owned()
+            } else {
+                format!("/master{path}")
+            };
+            let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("//{leader}{path}")) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            Some(r)
+        }
+    }
 }
 
 /// Loop settings.
@@ -94,7 +120,7 @@ pub(crate) struct Shared {
 pub(crate) struct LoopConfig {
     pub(crate) allocation_interval: Duration,
     /// Where the registry is kept (`--work_dir`), if anywhere.
-    pub(crate) registry: Option<std::path::PathBuf>,
+    pub(crate) registry: Option<tokio::sync::watch::Sender<Option<km_mesos::agent::Registry>>>,
     pub(crate) flags: serde_json::Value,
 }
 
@@ -138,10 +164,8 @@ pub(crate) async fn run_loop(
             run_allocation(&mut master, &mut stats);
         }
         deliver(&mut master, &mut sinks, &mut stats);
-        if let (Some(path), Some(registry)) = (&config.registry, master.take_registry())
-            && let Err(e) = crate::registry::store(path, &registry)
-        {
-            tracing::error!(path = %path.display(), "cannot write the registry: {e}");
+        if let (Some(tx), Some(registry)) = (&config.registry, master.take_registry()) {
+            tx.send_replace(Some(registry));
         }
     }
 }
@@ -545,6 +569,7 @@ fn streaming(
 
 async fn scheduler(
     State(shared): State<Shared>,
+    uri: axum::http::Uri,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
@@ -553,6 +578,9 @@ async fn scheduler(
         Ok(p) => p,
         Err(r) => return r,
     };
+    if let Some(r) = not_leading(&shared, uri.path()) {
+        return r;
+    }
     let (c, _) = match decode_call::<sched::Call>(&method, &headers, &body, "Call") {
         Ok(x) => x,
         Err(r) => return r,
@@ -607,11 +635,15 @@ async fn scheduler(
 
 async fn operator(
     State(shared): State<Shared>,
+    uri: axum::http::Uri,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if let Err(r) = authenticate(&shared, &headers) {
+        return r;
+    }
+    if let Some(r) = not_leading(&shared, uri.path()) {
         return r;
     }
     let (c, _) = match decode_call::<op::Call>(&method, &headers, &body, "v1::master::Call") {
@@ -659,10 +691,14 @@ async fn operator(
 
 async fn agent_api(
     State(shared): State<Shared>,
+    uri: axum::http::Uri,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Some(r) = not_leading(&shared, uri.path()) {
+        return r;
+    }
     let (c, _) = match decode_call::<agent::Call>(&method, &headers, &body, "km.v1.agent.Call") {
         Ok(x) => x,
         Err(r) => return r,
@@ -711,7 +747,10 @@ async fn agent_api(
     }
 }
 
-async fn legacy_state(State(shared): State<Shared>) -> Response {
+async fn legacy_state(State(shared): State<Shared>, uri: axum::http::Uri) -> Response {
+    if let Some(r) = not_leading(&shared, uri.path()) {
+        return r;
+    }
     let (reply, answer) = oneshot::channel();
     if shared.inputs.send(Input::LegacyState { reply }).is_err() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
@@ -734,8 +773,15 @@ async fn metrics_snapshot(State(shared): State<Shared>) -> Response {
 }
 
 async fn redirect(State(shared): State<Shared>) -> Response {
+    let leader = match &*shared.role.borrow() {
+        crate::leader::Role::Leader => shared.me.clone(),
+        crate::leader::Role::Follower(l) => l.clone(),
+        crate::leader::Role::Unknown => {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "No leader elected");
+        }
+    };
     let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
-    if let Ok(v) = HeaderValue::from_str(&format!("//{}", shared.leader)) {
+    if let Ok(v) = HeaderValue::from_str(&format!("//{leader}")) {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
