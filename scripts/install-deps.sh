@@ -15,6 +15,7 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 
 if ((${#need[@]})); then

@@ -203,7 +203,7 @@ pub(crate) fn epoch_secs(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-fn is_terminal(state: TaskState) -> bool {
+pub(crate) fn is_terminal(state: TaskState) -> bool {
     use TaskState::*;
     matches!(
         state,
@@ -1927,11 +1927,7 @@ impl Master {
         agent.conn = None;
         agent.disconnected_at = Some(now);
         tracing::warn!(agent_id = %id, "agent disconnected");
-        let offers: Vec<String> =
-            self.offers.iter().filter(|(_, o)| o.agent_id == id).map(|(k, _)| k.clone()).collect();
-        for offer_id in offers {
-            self.rescind(&offer_id, now);
-        }
+        self.rescind_agent_offers(id, now);
         // Frameworks that do not checkpoint lose their tasks on it at once.
         let lost: Vec<(String, String)> = self
             .tasks
@@ -1995,6 +1991,43 @@ impl Master {
         self.send_framework(fw_id, Self::update_event(s));
     }
 
+    /// Rescinds every outstanding offer of an agent.
+    fn rescind_agent_offers(&mut self, agent_id: &str, now: Instant) {
+        let offers: Vec<String> = self
+            .offers
+            .iter()
+            .filter(|(_, o)| o.agent_id == agent_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for offer_id in offers {
+            self.rescind(&offer_id, now);
+        }
+    }
+
+    /// Ends every task on an agent with a master-generated update:
+    /// `pa_state` for PARTITION_AWARE frameworks, TASK_LOST for the others.
+    fn lose_agent_tasks(
+        &mut self,
+        agent_id: &str,
+        pa_state: TaskState,
+        reason: Reason,
+        message: &str,
+        wall: SystemTime,
+        unreachable: bool,
+    ) {
+        let keys: Vec<(String, String)> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.task.agent_id.value == agent_id)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for (fw_id, task_id) in keys {
+            let pa = self.frameworks.get(&fw_id).is_some_and(|f| f.caps.partition_aware);
+            let state = if pa { pa_state } else { TaskState::TaskLost };
+            self.lose_task(&fw_id, &task_id, state, reason, message, wall, unreachable);
+        }
+    }
+
     /// Operator MARK_AGENT_GONE: the agent is gone for good. Its tasks end as
     /// TASK_GONE_BY_OPERATOR (PARTITION_AWARE) or TASK_LOST, frameworks hear
     /// FAILURE, its offers are rescinded, and it may not register again.
@@ -2011,30 +2044,15 @@ impl Master {
             return Err(Rejection::new(400, format!("Agent {id} not found")));
         }
         tracing::warn!(agent_id = %id, "agent marked gone by the operator");
-        let offers: Vec<String> =
-            self.offers.iter().filter(|(_, o)| o.agent_id == id).map(|(k, _)| k.clone()).collect();
-        for offer_id in offers {
-            self.rescind(&offer_id, now);
-        }
-        let keys: Vec<(String, String)> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.task.agent_id.value == id)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (fw_id, task_id) in keys {
-            let pa = self.frameworks.get(&fw_id).is_some_and(|f| f.caps.partition_aware);
-            let state = if pa { TaskState::TaskGoneByOperator } else { TaskState::TaskLost };
-            self.lose_task(
-                &fw_id,
-                &task_id,
-                state,
-                Reason::AgentRemovedByOperator,
-                "Agent marked gone",
-                wall,
-                false,
-            );
-        }
+        self.rescind_agent_offers(id, now);
+        self.lose_agent_tasks(
+            id,
+            TaskState::TaskGoneByOperator,
+            Reason::AgentRemovedByOperator,
+            "Agent marked gone",
+            wall,
+            false,
+        );
         let unreachable: Vec<(String, String)> = self
             .unreachable_tasks
             .iter()
@@ -2083,52 +2101,28 @@ impl Master {
         tracing::warn!(agent_id = %id, "agent unreachable");
         self.unreachable.insert(id.to_owned(), (agent.info.clone(), epoch_secs(wall)));
         self.registry_dirty = true;
-        let keys: Vec<(String, String)> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.task.agent_id.value == id)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (fw_id, task_id) in keys {
-            let pa = self.frameworks.get(&fw_id).is_some_and(|f| f.caps.partition_aware);
-            let state = if pa { TaskState::TaskUnreachable } else { TaskState::TaskLost };
-            self.lose_task(
-                &fw_id,
-                &task_id,
-                state,
-                Reason::AgentRemoved,
-                "Agent is unreachable",
-                wall,
-                true,
-            );
-        }
+        self.lose_agent_tasks(
+            id,
+            TaskState::TaskUnreachable,
+            Reason::AgentRemoved,
+            "Agent is unreachable",
+            wall,
+            true,
+        );
         self.broadcast_failure(id);
         let _ = now;
     }
 
     fn remove_agent(&mut self, id: &str, now: Instant, wall: SystemTime) {
-        let offers: Vec<String> =
-            self.offers.iter().filter(|(_, o)| o.agent_id == id).map(|(k, _)| k.clone()).collect();
-        for offer_id in offers {
-            self.rescind(&offer_id, now);
-        }
-        let keys: Vec<(String, String)> = self
-            .tasks
-            .iter()
-            .filter(|(_, t)| t.task.agent_id.value == id)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for (fw_id, task_id) in keys {
-            self.lose_task(
-                &fw_id,
-                &task_id,
-                TaskState::TaskLost,
-                Reason::AgentRemoved,
-                "Agent removed",
-                wall,
-                false,
-            );
-        }
+        self.rescind_agent_offers(id, now);
+        self.lose_agent_tasks(
+            id,
+            TaskState::TaskLost,
+            Reason::AgentRemoved,
+            "Agent removed",
+            wall,
+            false,
+        );
         self.registry_dirty = true;
         if let Some(a) = self.agents.remove(id)
             && let Some(conn) = a.conn

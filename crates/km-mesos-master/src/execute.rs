@@ -130,7 +130,7 @@ pub async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
                     let state = status.state();
                     let message = status.message.clone().unwrap_or_default();
                     report(&format!("task {} is {} {message}", task_id.value, state.as_str_name()));
-                    if is_terminal(state) {
+                    if crate::core::is_terminal(state) {
                         let _ = sched.teardown().await;
                         if state == TaskState::TaskFinished {
                             return Ok(());
@@ -162,21 +162,6 @@ fn fits(wanted: &[v1::Resource], offer: &v1::Offer) -> bool {
             .sum();
         w.scalar.is_none() || have + 1e-9 >= need
     })
-}
-
-fn is_terminal(state: TaskState) -> bool {
-    use TaskState::*;
-    matches!(
-        state,
-        TaskFinished
-            | TaskFailed
-            | TaskKilled
-            | TaskLost
-            | TaskError
-            | TaskDropped
-            | TaskGone
-            | TaskGoneByOperator
-    )
 }
 
 /// What happens to the task is this command's output: plain lines on stdout.
