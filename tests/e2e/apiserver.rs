@@ -523,3 +523,85 @@ openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -
 fn serde_yaml_from(text: &str) -> kube::config::Kubeconfig {
     kube::config::Kubeconfig::from_yaml(text).expect("kubeconfig parses")
 }
+
+fn obj<T: k8s_openapi::serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("a valid object")
+}
+
+/// The remaining kinds: generic CRUD, their subresources and selectors.
+#[test]
+fn other_kinds() {
+    use k8s_openapi::api::apps::v1::{DaemonSet, ReplicaSet};
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{
+        ConfigMap, Endpoints, Event, ReplicationController, Secret, Service,
+    };
+
+    let etcd = Etcd::start();
+    let server = ApiServer::start(&etcd);
+    runtime().block_on(async {
+        let client = server.client();
+        let pp = PostParams::default();
+
+        let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+        let lease: Lease = obj(json!({"metadata": {"name": "km-scheduler"}, "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}}));
+        let created = leases.create(&pp, &lease).await.expect("lease");
+        let mut taken = created.clone();
+        taken.spec.as_mut().expect("spec").holder_identity = Some("b".into());
+        leases.replace("km-scheduler", &pp, &taken).await.expect("take over");
+        let stale = status(leases.replace("km-scheduler", &pp, &created).await.expect_err("stale lease"));
+        assert_eq!(stale.code, 409);
+
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+        cms.create(&pp, &obj(json!({"metadata": {"name": "cfg"}, "data": {"a": "1"}}))).await.expect("configmap");
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+        let secret = secrets.create(&pp, &obj(json!({"metadata": {"name": "s"}, "data": {"k": "dmFsdWU="}}))).await.expect("secret");
+        assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+
+        let events: Api<Event> = Api::namespaced(client.clone(), "default");
+        for (name, kind) in [("e1", "Pod"), ("e2", "Node")] {
+            let ev = obj(json!({"metadata": {"name": name}, "involvedObject": {"kind": kind, "name": "x"}, "reason": "Scheduled", "type": "Normal"}));
+            events.create(&pp, &ev).await.expect("event");
+        }
+        let pod_events = events.list(&ListParams::default().fields("involvedObject.kind=Pod")).await.expect("events");
+        assert_eq!(pod_events.items.len(), 1);
+
+        let eps: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+        eps.create(&pp, &obj(json!({"metadata": {"name": "web"}, "subsets": [{"addresses": [{"ip": "10.1.0.1"}], "ports": [{"port": 80}]}]})))
+            .await
+            .expect("endpoints");
+
+        let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+        let svc = svcs
+            .create(&pp, &obj(json!({"metadata": {"name": "np"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}})))
+            .await
+            .expect("service");
+        let spec = svc.spec.expect("spec");
+        assert!(spec.cluster_ip.as_deref().is_some_and(|ip| ip.starts_with("10.10.10.")), "{:?}", spec.cluster_ip);
+        assert!(spec.ports.expect("ports")[0].node_port.is_some_and(|p| (30000..=32767).contains(&p)));
+
+        let template = json!({"metadata": {"labels": {"app": "x"}}, "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}});
+        let rss: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+        rss.create(&pp, &obj(json!({"metadata": {"name": "rs"}, "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}})))
+            .await
+            .expect("replicaset");
+        let scale = json!({"spec": {"replicas": 4}});
+        rss.patch_scale("rs", &PatchParams::default(), &Patch::Merge(&scale)).await.expect("scale rs");
+        assert_eq!(rss.get("rs").await.expect("rs").spec.replicas, Some(4));
+        let status_patch = json!({"status": {"replicas": 4, "readyReplicas": 2}});
+        let rs = rss.patch_status("rs", &PatchParams::default(), &Patch::Merge(&status_patch)).await.expect("rs status");
+        assert_eq!(rs.status.and_then(|s| s.ready_replicas), Some(2));
+
+        let dss: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+        let ds = dss
+            .create(&pp, &obj(json!({"metadata": {"name": "ds"}, "spec": {"selector": {"matchLabels": {"app": "x"}}, "template": template}})))
+            .await
+            .expect("daemonset");
+        assert_eq!(ds.spec.update_strategy.and_then(|u| u.type_).as_deref(), Some("RollingUpdate"));
+
+        let rcs: Api<ReplicationController> = Api::namespaced(client.clone(), "default");
+        rcs.create(&pp, &obj(json!({"metadata": {"name": "rc"}, "spec": {"template": template}}))).await.expect("rc");
+        let rc_scale = rcs.get_scale("rc").await.expect("rc scale");
+        assert_eq!(rc_scale.status.map(|s| s.selector), Some(Some("app=x".into())));
+    });
+}

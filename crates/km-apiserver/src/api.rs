@@ -325,55 +325,31 @@ impl<S: Storage> Api<S> {
         mut mutation: Mutation<'_>,
     ) -> ApiResult<Value> {
         let key = kind.key(namespace, name);
+        // The first read comes from the watch cache when one runs; after a
+        // lost compare-and-swap the store hands back the winner's value.
+        // Either way no extra read. A cached value may be stale: anything
+        // decided from it other than a successful write (an error, a no-op)
+        // is decided again from an authoritative read.
+        let mut known: Option<crate::storage::Kv> = self.watches.cached(kind, &key);
+        let mut cached = known.is_some();
         loop {
-            let kv = self
-                .storage
-                .get(&key)
-                .await
-                .map_err(|e| ApiError::storage(kind, name, e))?
-                .ok_or_else(|| ApiError::not_found(kind, name))?;
-            let stored = decode(&kv.value)?;
-            let current = with_revision(stored.clone(), kv.mod_revision);
-            let desired = match &mut mutation {
-                Mutation::Replace(body) => {
-                    object::check_type(kind, body)?;
-                    body.clone()
+            let kv = match known.take() {
+                Some(kv) => kv,
+                None => {
+                    cached = false;
+                    self.storage
+                        .get_for_update(&key)
+                        .await
+                        .map_err(|e| ApiError::storage(kind, name, e))?
+                        .ok_or_else(|| ApiError::not_found(kind, name))?
                 }
-                Mutation::Patch { content_type, patch } => {
-                    patch::apply(kind, content_type, current.clone(), patch)?
-                }
-                Mutation::With(f) => f(current.clone())?,
             };
-            if let Some(body_name) = desired["metadata"]["name"].as_str()
-                && body_name != name
-            {
-                return Err(ApiError::BadRequest(format!(
-                    "the name of the object ({body_name}) does not match the name on the URL ({name})"
-                )));
-            }
-            let precondition = rv_of(&desired).map(|rv| parse_rv(kind, rv)).transpose()?;
-            if precondition.is_some_and(|rv| rv != kv.mod_revision) {
-                return Err(ApiError::stale(kind, name));
-            }
-            let mut new = match subresource {
-                Some("binding") | Some("delete") => {
-                    let mut out = desired;
-                    if let Some(m) = child(&mut out, "metadata").as_object_mut() {
-                        m.remove("resourceVersion");
-                    }
-                    out
-                }
-                _ => object::prepare_update(kind, &stored, desired, subresource),
-            };
-            if subresource.is_none() {
-                object::apply_defaults(kind, &mut new);
-            }
-            // A binding changes only spec.nodeName and a condition of an
-            // object that was valid: skip the full (costly) validation.
-            if subresource != Some("binding") {
-                object::validate(kind, &new)?;
-                object::validate_update(kind, &stored, &new)?;
-            }
+            let (stored, current, mut new, precondition) =
+                match plan_update(kind, name, subresource, &mut mutation, &kv) {
+                    Ok(planned) => planned,
+                    Err(_) if cached => continue,
+                    Err(e) => return Err(e),
+                };
             let claimed = if kind.is("Service") && subresource.is_none() {
                 self.config.ranges.allocate(&*self.storage, kind, &mut new, Some(&stored)).await?
             } else {
@@ -388,12 +364,17 @@ impl<S: Storage> Api<S> {
             {
                 return match self.storage.delete(&key, Some(kv.mod_revision)).await {
                     Ok((rev, _)) => Ok(with_revision(new, rev)),
-                    Err(StorageError::Conflict { .. }) if precondition.is_none() => continue,
+                    Err(StorageError::Conflict { .. }) if precondition.is_none() || cached => {
+                        continue;
+                    }
                     Err(e) => Err(ApiError::storage(kind, name, e)),
                 };
             }
             let bytes = encode(&new);
             if bytes == kv.value {
+                if cached {
+                    continue;
+                }
                 return Ok(current);
             }
             let result = self.storage.update(&key, bytes, kv.mod_revision).await;
@@ -407,7 +388,14 @@ impl<S: Storage> Api<S> {
             }
             match result {
                 Ok(rev) => return Ok(with_revision(new, rev)),
-                Err(StorageError::Conflict { .. }) if precondition.is_none() => continue,
+                Err(StorageError::Conflict { current, .. }) if precondition.is_none() => {
+                    known = current;
+                    cached = false;
+                    continue;
+                }
+                Err(StorageError::Conflict { .. } | StorageError::NotFound(_)) if cached => {
+                    continue;
+                }
                 Err(e) => return Err(ApiError::storage(kind, name, e)),
             }
         }
@@ -598,6 +586,60 @@ impl<S: Storage> Api<S> {
         let obj = self.update(kind, namespace, name, None, mutation).await?;
         Ok(scale_of(&obj))
     }
+}
+
+/// One step of an update: the stored object, it with its
+/// resourceVersion, the object to write, and the client's precondition.
+fn plan_update(
+    kind: &'static Kind,
+    name: &str,
+    subresource: Option<&str>,
+    mutation: &mut Mutation<'_>,
+    kv: &crate::storage::Kv,
+) -> ApiResult<(Value, Value, Value, Option<i64>)> {
+    let stored = decode(&kv.value)?;
+    let current = with_revision(stored.clone(), kv.mod_revision);
+    let desired = match mutation {
+        Mutation::Replace(body) => {
+            object::check_type(kind, body)?;
+            body.clone()
+        }
+        Mutation::Patch { content_type, patch } => {
+            patch::apply(kind, content_type, current.clone(), patch)?
+        }
+        Mutation::With(f) => f(current.clone())?,
+    };
+    if let Some(body_name) = desired["metadata"]["name"].as_str()
+        && body_name != name
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    let precondition = rv_of(&desired).map(|rv| parse_rv(kind, rv)).transpose()?;
+    if precondition.is_some_and(|rv| rv != kv.mod_revision) {
+        return Err(ApiError::stale(kind, name));
+    }
+    let mut new = match subresource {
+        Some("binding") => {
+            let mut out = desired;
+            if let Some(m) = child(&mut out, "metadata").as_object_mut() {
+                m.remove("resourceVersion");
+            }
+            out
+        }
+        _ => object::prepare_update(kind, &stored, desired, subresource),
+    };
+    if subresource.is_none() {
+        object::apply_defaults(kind, &mut new);
+    }
+    // A binding changes only spec.nodeName and a condition of an object
+    // that was valid: skip the full (costly) validation.
+    if subresource != Some("binding") {
+        object::validate(kind, &new)?;
+        object::validate_update(kind, &stored, &new)?;
+    }
+    Ok((stored, current, new, precondition))
 }
 
 fn strip_paging(query: &Query) -> Query {

@@ -19,7 +19,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::object::with_revision;
 use crate::registry::Kind;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::storage::{Storage, StorageError, StoreEvent, WatchStream};
+use crate::storage::{Kv, Storage, StorageError, StoreEvent, WatchStream};
 
 /// Events kept per resource for watches that start in the recent past.
 const BUFFER: usize = 10_000;
@@ -98,6 +98,10 @@ struct HubState {
     /// The newest revision this hub knows to be complete.
     last: i64,
     buffer: VecDeque<Arc<WatchEvent>>,
+    /// The newest value of every key changed since the hub started: reads
+    /// for read-modify-write loops come from here (a stale entry only costs
+    /// a lost compare-and-swap).
+    objects: HashMap<String, Kv>,
     /// `None` once the etcd watch failed: receivers see `Closed`.
     tx: Option<broadcast::Sender<Arc<WatchEvent>>>,
 }
@@ -110,6 +114,7 @@ impl Hub {
                 covered: revision,
                 last: revision,
                 buffer: VecDeque::new(),
+                objects: HashMap::new(),
                 tx: Some(tx),
             }),
         }
@@ -131,6 +136,20 @@ impl Hub {
         state.buffer.push_back(ev.clone());
         if let Some(tx) = &state.tx {
             let _ = tx.send(ev);
+        }
+    }
+
+    fn remember(&self, ev: &StoreEvent) {
+        let mut state = self.lock();
+        match &ev.value {
+            Some(value) => {
+                let kv =
+                    Kv { key: ev.key.clone(), value: value.clone(), mod_revision: ev.revision };
+                state.objects.insert(ev.key.clone(), kv);
+            }
+            None => {
+                state.objects.remove(&ev.key);
+            }
         }
     }
 
@@ -192,8 +211,11 @@ impl<S: Storage> Watches<S> {
             while let Some(batch) = stream.next().await {
                 match batch {
                     Ok(events) => {
-                        for ev in events.iter().filter_map(WatchEvent::from_store) {
-                            feed.publish(ev);
+                        for ev in &events {
+                            feed.remember(ev);
+                            if let Some(ev) = WatchEvent::from_store(ev) {
+                                feed.publish(ev);
+                            }
                         }
                     }
                     Err(e) => {
@@ -205,6 +227,13 @@ impl<S: Storage> Watches<S> {
             feed.lock().tx = None;
         });
         Ok(hub)
+    }
+
+    /// The last value of `key` seen by the watch of `kind`, if one runs.
+    pub fn cached(&self, kind: &Kind, key: &str) -> Option<Kv> {
+        let hub = self.existing(&kind.prefix(None))?;
+        let state = hub.lock();
+        state.objects.get(key).cloned()
     }
 
     /// The stream of watch lines for one HTTP watch.

@@ -88,6 +88,12 @@ impl Storage for EtcdStorage {
         Ok(resp.kvs().first().map(to_kv))
     }
 
+    async fn get_for_update(&self, key: &str) -> Result<Option<Kv>> {
+        let options = GetOptions::new().with_serializable();
+        let resp = self.client().get(key, Some(options)).await.map_err(backend)?;
+        Ok(resp.kvs().first().map(to_kv))
+    }
+
     async fn create(&self, key: &str, value: Bytes, parent: Option<&str>) -> Result<i64> {
         let mut compares = vec![Compare::create_revision(key, CompareOp::Equal, 0)];
         if let Some(parent) = parent {

@@ -83,6 +83,13 @@ pub type WatchStream = BoxStream<'static, Result<Vec<StoreEvent>>>;
 pub trait Storage: Send + Sync + 'static {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Kv>>> + Send;
 
+    /// A read that may be slightly stale (etcd: serializable, no quorum
+    /// round), for read-modify-write loops whose compare-and-swap catches
+    /// staleness anyway.
+    fn get_for_update(&self, key: &str) -> impl Future<Output = Result<Option<Kv>>> + Send {
+        self.get(key)
+    }
+
     /// Creates `key`; fails with `AlreadyExists`, or with `MissingParent`
     /// when `parent` is given and absent. Returns the new revision.
     fn create(
