@@ -29,4 +29,19 @@ if ((${#need[@]})); then
   if command -v systemctl >/dev/null 2>&1; then $sudo systemctl disable --now etcd >/dev/null 2>&1 || true; fi
 fi
 
+# kubectl 1.20 from Debian's kubernetes-client, unpacked beside whatever
+# kubectl the machine has (an image may carry another version in a package
+# that conflicts with kubernetes-client). tests/kubectl/scenario.sh uses it.
+kubectl120=/opt/km-tools/kubernetes-client/usr/bin/kubectl
+if [ ! -x "$kubectl120" ]; then
+  echo "install-deps: unpacking kubectl 1.20 (kubernetes-client) into /opt/km-tools" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  dl=$(mktemp -d)
+  (cd "$dl" && { apt-get download kubernetes-client >/dev/null 2>&1 || { $sudo apt-get update -qq && apt-get download kubernetes-client >/dev/null; }; })
+  $sudo mkdir -p /opt/km-tools/kubernetes-client
+  $sudo dpkg -x "$dl"/kubernetes-client_*.deb /opt/km-tools/kubernetes-client
+  rm -rf "$dl"
+fi
+
 command -v cargo >/dev/null 2>&1 || { echo "install-deps: cargo (Rust) is required" >&2; exit 1; }

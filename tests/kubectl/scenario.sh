@@ -6,6 +6,11 @@
 set -euo pipefail
 
 server=${1:?usage: scenario.sh <server-url>}
+# kubectl 1.20 (Debian kubernetes-client, unpacked by scripts/install-deps.sh)
+# when present; KM_KUBECTL_DIR overrides.
+kubectl_dir=${KM_KUBECTL_DIR:-/opt/km-tools/kubernetes-client/usr/bin}
+if [ -x "$kubectl_dir/kubectl" ]; then export PATH="$kubectl_dir:$PATH"; fi
+echo "kubectl: $(kubectl version --client --short 2>/dev/null || kubectl version --client | head -1)" >&2
 here=$(cd "$(dirname "$0")" && pwd)
 export HOME=$(mktemp -d "${TMPDIR:-/tmp}/km-kubectl-XXXXXX")
 trap 'rm -rf "$HOME"' EXIT
