@@ -5,6 +5,7 @@
 mod apiserver;
 mod cli;
 mod kubelet;
+mod kubelet_api;
 mod mesos_agent;
 mod mesos_master;
 mod podmaster;

@@ -14,9 +14,12 @@
 //! every other pod an earlier run left behind (found by its ownership
 //! labels) is removed. Each pod's
 //! current status is written to `<root-dir>/status/<namespace>_<name>.json`
-//! (the pod object with `status` filled in), until mirror pods are
-//! published to an API server.
+//! (the pod object with `status` filled in); with `--api-servers` each
+//! static pod is also published as a mirror pod with its status, and the
+//! node registers a Node object ([`mirror`]).
 
+pub mod config;
+pub mod mirror;
 pub mod source;
 
 use std::collections::BTreeMap;
@@ -55,8 +58,8 @@ pub struct Args {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub file_check_frequency: Duration,
 
-    /// API servers to publish mirror pods and status to (accepted; publishing
-    /// is not implemented yet).
+    /// API servers to publish mirror pods, their status and the Node to
+    /// (tried in turn when one fails).
     #[arg(long, value_delimiter = ',')]
     pub api_servers: Vec<String>,
 
@@ -95,9 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => host_name().unwrap_or_else(|| "localhost".into()),
     };
     let host_ip = args.node_ip.clone().unwrap_or_else(default_ip);
-    if !args.api_servers.is_empty() {
-        tracing::warn!(api_servers = ?args.api_servers, "publishing mirror pods to API servers is not implemented yet; ignoring --api-servers");
-    }
+    let api_clients = mirror::clients(&args.api_servers)?;
     std::fs::create_dir_all(&args.root_dir)
         .with_context(|| format!("creating {}", args.root_dir.display()))?;
     let status_dir = args.root_dir.join("status");
@@ -144,12 +145,34 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         written: BTreeMap::new(),
         status_dir,
         dir_error: None,
+        mirrors: None,
+        api: api_clients.clone(),
+        originals: BTreeMap::new(),
+        failed: BTreeMap::new(),
+        volumes_dir: args.root_dir.join("volumes"),
+        host_ip: manager.node().host_ip.clone(),
     };
     sync.read(&manager, &args.manifest_dir, &node_name).await;
     let removed = manager.remove_orphans().await.context("removing pods left by an earlier run")?;
     if removed > 0 {
         tracing::info!(removed, "removed pods left by an earlier run");
     }
+    sync.remove_stale_volumes();
+    let (mirror_tx, mirror_rx) = tokio::sync::watch::channel(Vec::new());
+    let mirror_task = if api_clients.is_empty() {
+        None
+    } else {
+        sync.mirrors = Some(mirror_tx);
+        // The pods already started, so no mirror pod is taken for stale.
+        sync.write_status(&manager);
+        tracing::info!(api_servers = ?args.api_servers, "publishing mirror pods and the node");
+        Some(tokio::spawn(mirror::run(
+            api_clients,
+            node_name.clone(),
+            manager.node().host_ip.clone(),
+            mirror_rx,
+        )))
+    };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(args.file_check_frequency);
@@ -166,6 +189,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("stopping every pod");
     manager.stop_all().await;
     sync.write_status(&manager);
+    if let Some(t) = mirror_task {
+        t.abort();
+    }
     Ok(())
 }
 
@@ -179,6 +205,20 @@ struct Sync {
     status_dir: PathBuf,
     /// The last error reading the directory, reported once until it changes.
     dir_error: Option<String>,
+    /// Where the static pods with their status go for mirroring.
+    mirrors: Option<tokio::sync::watch::Sender<Vec<k8s_openapi::api::core::v1::Pod>>>,
+    /// The API servers ConfigMaps and Secrets are read from (in turn).
+    api: Vec<kube::Client>,
+    /// Pod uid → the pod as its manifest says (what is mirrored; the runtime
+    /// gets it with ConfigMap and Secret references resolved).
+    originals: BTreeMap<String, k8s_openapi::api::core::v1::Pod>,
+    /// Path → (full name, pod with status) of pods whose ConfigMaps or
+    /// Secrets could not be resolved: not run, shown as
+    /// CreateContainerConfigError.
+    failed: BTreeMap<PathBuf, (String, k8s_openapi::api::core::v1::Pod)>,
+    /// `<root-dir>/volumes`: files of configMap and secret volumes, per pod uid.
+    volumes_dir: PathBuf,
+    host_ip: String,
 }
 
 impl Sync {
@@ -206,6 +246,13 @@ impl Sync {
         }
         let stops = diff.stop.iter().filter_map(|p| self.running.remove(p).map(|r| (p.clone(), r)));
         let stops: Vec<_> = stops.collect();
+        for p in &diff.stop {
+            if let Some((full, _)) = self.failed.remove(p) {
+                let file = self.status_file(&full);
+                let _ = std::fs::remove_file(&file);
+                self.written.remove(&file);
+            }
+        }
         let futs = stops.iter().map(|(path, (uid, full))| async move {
             tracing::info!(pod = full, path = %path.display(), "stopping pod (manifest changed or removed)");
             if let Err(e) = manager.stop(uid).await {
@@ -213,34 +260,136 @@ impl Sync {
             }
         });
         futures::future::join_all(futs).await;
-        for (_, (_, full)) in &stops {
+        for (_, (uid, full)) in &stops {
+            self.originals.remove(uid);
+            let _ = std::fs::remove_dir_all(self.volumes_dir.join(uid));
             let file = self.status_file(full);
             let _ = std::fs::remove_file(&file);
             self.written.remove(&file);
         }
         for path in &diff.start {
             let Some(Entry::Pod { pod, .. }) = scan.get(path) else { continue };
-            let full = format!(
-                "{}_{}",
-                pod.metadata.namespace.as_deref().unwrap_or("default"),
-                pod.metadata.name.as_deref().unwrap_or_default()
-            );
-            if self.running.values().any(|(_, f)| f == &full) {
-                tracing::error!(path = %path.display(), "bad pod manifest {}: pod {full} is already defined by another file", path.display());
-                continue;
-            }
-            match manager.run(pod) {
-                Ok(key) => {
-                    tracing::info!(pod = key.full_name(), uid = key.uid, path = %path.display(), "starting pod");
-                    self.running.insert(path.clone(), (key.uid, full));
-                }
-                Err(e) => {
-                    tracing::error!(path = %path.display(), "cannot run the pod of {}: {e}", path.display())
-                }
-            }
+            self.start(manager, path, pod).await;
+        }
+        // Pods whose ConfigMaps or Secrets were missing: try again, as
+        // kubelet does, until they start or their manifest changes.
+        let retry: Vec<PathBuf> =
+            self.failed.keys().filter(|p| !diff.start.contains(p)).cloned().collect();
+        for path in &retry {
+            let Some(Entry::Pod { pod, .. }) = scan.get(path) else { continue };
+            self.start(manager, path, pod).await;
         }
         self.scan = scan;
         self.write_status(manager);
+    }
+
+    /// Removes configMap and secret volume files of pods not running (left
+    /// by an earlier run).
+    fn remove_stale_volumes(&self) {
+        for e in std::fs::read_dir(&self.volumes_dir).into_iter().flatten().flatten() {
+            let uid = e.file_name().to_string_lossy().into_owned();
+            if !self.originals.contains_key(&uid) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    /// Starts the pod of `path`; a pod whose ConfigMaps or Secrets cannot be
+    /// resolved is kept in `failed` (its error logged once per change).
+    async fn start(
+        &mut self,
+        manager: &PodManager,
+        path: &Path,
+        pod: &k8s_openapi::api::core::v1::Pod,
+    ) {
+        let full = format!(
+            "{}_{}",
+            pod.metadata.namespace.as_deref().unwrap_or("default"),
+            pod.metadata.name.as_deref().unwrap_or_default()
+        );
+        if self.running.values().any(|(_, f)| f == &full)
+            || self.failed.iter().any(|(p, (f, _))| f == &full && p != path)
+        {
+            tracing::error!(path = %path.display(), "bad pod manifest {}: pod {full} is already defined by another file", path.display());
+            return;
+        }
+        let to_run = match self.resolve_config(pod).await {
+            Ok(p) => p,
+            Err(e) => {
+                let mut shown = pod.clone();
+                shown.status = Some(config::config_error_status(pod, &e, &self.host_ip));
+                let before = self.failed.get(path).and_then(|(_, p)| p.status.as_ref());
+                if before != shown.status.as_ref() {
+                    tracing::error!(pod = full, path = %path.display(), "cannot start pod: CreateContainerConfigError: {e}");
+                }
+                self.failed.insert(path.to_owned(), (full, shown));
+                return;
+            }
+        };
+        if self.failed.remove(path).is_some() {
+            tracing::info!(pod = full, "the ConfigMaps and Secrets of the pod are there now");
+        }
+        match manager.run(&to_run) {
+            Ok(key) => {
+                tracing::info!(pod = key.full_name(), uid = key.uid, path = %path.display(), "starting pod");
+                self.originals.insert(key.uid.clone(), pod.clone());
+                self.running.insert(path.to_owned(), (key.uid, full));
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), "cannot run the pod of {}: {e}", path.display())
+            }
+        }
+    }
+
+    /// With an API server: the pod with its ConfigMap and Secret references
+    /// resolved and volume files written. Without one, the pod as is (the
+    /// runtime refuses such references, naming --api-servers).
+    async fn resolve_config(
+        &self,
+        pod: &k8s_openapi::api::core::v1::Pod,
+    ) -> Result<k8s_openapi::api::core::v1::Pod, config::ConfigError> {
+        let refs = config::referenced(pod);
+        if self.api.is_empty() || refs.is_empty() {
+            return Ok(pod.clone());
+        }
+        let first = || {
+            pod.spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .map(|c| c.name.clone())
+                .unwrap_or_default()
+        };
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut fetched = None;
+        let mut last_err = None;
+        for client in &self.api {
+            match config::fetch(client, ns, &refs).await {
+                Ok(f) => {
+                    fetched = Some(f);
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let fetched = match (fetched, last_err) {
+            (Some(f), _) => f,
+            (None, e) => {
+                let message = e.map(|e| e.to_string()).unwrap_or_default();
+                return Err(config::ConfigError { container: first(), message });
+            }
+        };
+        let uid = pod.metadata.uid.as_deref().unwrap_or_default();
+        // Secret files: readable by the kubelet's user only.
+        let _ = std::fs::create_dir_all(&self.volumes_dir).and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&self.volumes_dir, std::fs::Permissions::from_mode(0o700))
+        });
+        let resolved = config::resolve(pod, &fetched, &self.volumes_dir.join(uid))?;
+        config::write_files(&resolved).map_err(|e| config::ConfigError {
+            container: first(),
+            message: format!("writing volume files under {}: {e}", self.volumes_dir.display()),
+        })?;
+        Ok(resolved.pod)
     }
 
     fn status_file(&self, full: &str) -> PathBuf {
@@ -248,8 +397,16 @@ impl Sync {
     }
 
     fn write_status(&mut self, manager: &PodManager) {
+        let mut mirrored = Vec::new();
         for (uid, full) in self.running.values() {
-            let Some(pod) = manager.pod_with_status(uid) else { continue };
+            let Some(with_status) = manager.pod_with_status(uid) else { continue };
+            // The pod as its manifest says (ConfigMap and Secret values stay
+            // out of status files and mirror pods), with the runtime's status.
+            let mut pod = self.originals.get(uid).cloned().unwrap_or_else(|| with_status.clone());
+            pod.status = with_status.status;
+            if self.mirrors.is_some() {
+                mirrored.push(pod.clone());
+            }
             let Ok(body) = serde_json::to_string_pretty(&pod) else { continue };
             let file = self.status_file(full);
             if self.written.get(&file) == Some(&body) {
@@ -259,6 +416,26 @@ impl Sync {
             if std::fs::write(&tmp, &body).and_then(|()| std::fs::rename(&tmp, &file)).is_ok() {
                 self.written.insert(file, body);
             }
+        }
+        for (full, pod) in self.failed.values() {
+            if self.mirrors.is_some() {
+                mirrored.push(pod.clone());
+            }
+            let Ok(body) = serde_json::to_string_pretty(pod) else { continue };
+            let file = self.status_file(full);
+            if self.written.get(&file) != Some(&body) && std::fs::write(&file, &body).is_ok() {
+                self.written.insert(file, body);
+            }
+        }
+        if let Some(tx) = &self.mirrors {
+            tx.send_if_modified(|old| {
+                let same =
+                    old.len() == mirrored.len() && old.iter().zip(&mirrored).all(|(a, b)| a == b);
+                if !same {
+                    *old = mirrored;
+                }
+                !same
+            });
         }
     }
 }

@@ -12,7 +12,10 @@
 //!   runtime, with probes ([`probe`]) and status ([`status`]).
 //! - [`manager`]: the set of pods of a node; orphan removal at start-up.
 //! - [`logs`]: tail and follow over container logs.
+//! - [`config_sources`]: ConfigMap and Secret references resolved into
+//!   env values and volume files, for callers with an API server.
 
+pub mod config_sources;
 pub mod docker;
 pub mod error;
 pub mod lifecycle;

@@ -317,8 +317,9 @@ fn has_tag(image: &str) -> bool {
 }
 
 /// Resolves `env` (value, fieldRef, resourceFieldRef). `configMapKeyRef`
-/// and `secretKeyRef` need an API server, which the runtime does not have
-/// yet: they are an error unless marked optional, and optional ones are
+/// and `secretKeyRef` need an API server, which the runtime does not have:
+/// callers with one replace them first ([`crate::config_sources`]); left
+/// here they are an error unless marked optional, and optional ones are
 /// left out.
 fn resolve_env(
     pod: &k8s::Pod,
