@@ -239,6 +239,19 @@ fn discovery_and_meta_endpoints() {
     }
     let (_, body) = http(server.port, "GET", "/apis", None).expect("answer");
     assert!(body.contains("\"apps\"") && body.contains("coordination.k8s.io"), "{body}");
+    // /openapi/v2 as JSON: a definition per served kind, found by its GVK.
+    let (_, body) = http(server.port, "GET", "/openapi/v2", None).expect("answer");
+    let doc: serde_json::Value = serde_json::from_str(&body).expect("openapi json");
+    let deployment = &doc["definitions"]["io.k8s.api.apps.v1.Deployment"];
+    assert_eq!(
+        deployment["x-kubernetes-group-version-kind"],
+        serde_json::json!([{ "group": "apps", "kind": "Deployment", "version": "v1" }])
+    );
+    assert_eq!(
+        doc["definitions"]["io.k8s.api.apps.v1.DeploymentSpec"]["properties"]["replicas"]["type"],
+        "integer"
+    );
+    assert!(doc["definitions"]["io.k8s.api.coordination.v1.Lease"].is_object());
     let (code, body) = http(server.port, "GET", "/apis/nope/v1/things", None).expect("answer");
     assert_eq!(code, 404, "{body}");
 }

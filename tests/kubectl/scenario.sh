@@ -102,6 +102,26 @@ step="invalid YAML"
 run_fails kubectl apply -f "$here/invalid-yaml.yaml"
 expect 'error converting YAML to JSON'
 
+step="client-side validation (/openapi/v2)"
+run_fails kubectl create -f "$here/invalid-replicas.yaml"
+expect 'error validating data'
+expect 'ValidationError\(Deployment\.spec\.replicas\): invalid type for io\.k8s\.api\.apps\.v1\.DeploymentSpec\.replicas: got "string", expected "integer"'
+run_fails kubectl apply -f "$here/invalid-field.yaml"
+expect 'error validating data'
+expect 'unknown field "imagePullPolicyy" in io\.k8s\.api\.core\.v1\.Container'
+run_fails kubectl get deployment bad-replicas
+expect 'NotFound'
+run kubectl create -f "$here/invalid-replicas.yaml" --dry-run=client -o name --validate=false
+expect '^deployment.apps/bad-replicas$'
+run kubectl create --dry-run=client -o name -f "$here/all-kinds.yaml"
+expect '^namespace/team-a$'
+expect '^lease.coordination.k8s.io/l$'
+expect_not 'error'
+run kubectl explain deployment.spec.replicas
+expect '^FIELD: +replicas <integer>$'
+run kubectl explain pods.spec.containers
+expect '^RESOURCE: +containers <\[\]Object>$'
+
 step="invalid spec"
 run_fails kubectl create -f "$here/invalid-spec.yaml"
 expect 'The Pod "invalid" is invalid'

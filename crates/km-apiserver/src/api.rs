@@ -716,6 +716,7 @@ fn scale_kind() -> &'static Kind {
         subresources: &[],
         categories: &[],
         decode: |_| Ok(()),
+        schema: registry::schema::<k8s_openapi::api::autoscaling::v1::Scale>,
     };
     &SCALE
 }

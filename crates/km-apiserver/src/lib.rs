@@ -10,7 +10,8 @@
 //!   (metadata, defaulting, validation, patches, selectors, printing);
 //! - [`api`]: the verbs as read-modify-write loops over the store, and
 //!   [`watch`]: one shared etcd watch per resource fanned out to clients;
-//! - [`server`]: HTTP routing, discovery and Status errors ([`error`]).
+//! - [`server`]: HTTP routing, discovery and Status errors ([`error`]);
+//!   [`openapi`]: the `/openapi/v2` schema kubectl validates input against.
 
 pub mod alloc;
 pub mod api;

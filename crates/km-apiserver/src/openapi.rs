@@ -1,36 +1,339 @@
-//! `/openapi/v2`. kubectl 1.20 asks for the gnostic protobuf encoding and
-//! validates `create`/`apply` input against the definitions it finds;
-//! kinds without a definition are not validated client-side (the server
-//! validates them anyway). We answer protobuf requests with an empty
-//! document (a valid, empty `openapi_v2.Document`) and JSON requests with
-//! a skeleton swagger document.
+//! `/openapi/v2`. kubectl 1.20 asks for the gnostic protobuf encoding
+//! (`openapi.v2.Document`) and validates `create`/`apply` input against the
+//! definition whose `x-kubernetes-group-version-kind` names the object's
+//! kind: unknown fields, wrong scalar types and missing required fields are
+//! rejected client-side ("error validating data"). Other clients get the same
+//! document as JSON.
+//!
+//! The definitions are the JSON schemas of the served kinds (k8s-openapi's
+//! `schemars` impls, named as Kubernetes names them) and of every type they
+//! refer to. The document is built once, on first use, and both encodings are
+//! cached.
+
+use std::sync::LazyLock;
 
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
-use serde_json::json;
+use prost::Message;
+use serde_json::{Map, Value, json};
 
+use crate::registry::KINDS;
 use crate::server::VERSION;
 
+/// gnostic's OpenAPI v2 protobuf messages (the subset km serves).
+#[allow(unreachable_pub, clippy::all, missing_docs)]
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/openapi.v2.rs"));
+}
+
 pub const PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+
+/// The vendor extension kubectl looks a kind's schema up by.
+pub const GVK_EXTENSION: &str = "x-kubernetes-group-version-kind";
+
+struct Encoded {
+    json: Bytes,
+    protobuf: Bytes,
+}
+
+static DOCUMENT: LazyLock<Encoded> = LazyLock::new(|| {
+    let doc = document();
+    Encoded {
+        json: Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()),
+        protobuf: Bytes::from(to_protobuf(&doc).encode_to_vec()),
+    }
+});
 
 pub async fn serve(headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if accept.contains("protobuf") {
         // kube-openapi answers protobuf as octet-stream (Go cannot parse the `@`).
-        return (StatusCode::OK, [(header::CONTENT_TYPE, "application/octet-stream")], Vec::new())
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            DOCUMENT.protobuf.clone(),
+        )
             .into_response();
     }
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], DOCUMENT.json.clone())
+        .into_response()
+}
+
+/// The swagger 2.0 document (JSON): no paths, the definitions of every
+/// served kind and of the types they refer to.
+pub fn document() -> Value {
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| {
+            s.definitions_path = "/definitions".into();
+            s.meta_schema = None;
+        })
+        .into_generator();
+    let mut gvks: Vec<(String, Value)> = Vec::new();
+    for kind in KINDS {
+        let name = (kind.schema)(&mut generator);
+        gvks.push((
+            name,
+            json!({ "group": kind.group, "kind": kind.kind, "version": kind.version }),
+        ));
+    }
+    let mut definitions = generator.take_definitions(false);
+    for schema in definitions.values_mut() {
+        normalize(schema);
+    }
+    for &(definition, property, strategy, key) in PATCH_STRATEGIES {
+        if let Some(Value::Object(field)) = definitions
+            .get_mut(definition)
+            .and_then(|d| d.pointer_mut(&format!("/properties/{property}")))
+        {
+            field.insert("x-kubernetes-patch-strategy".into(), strategy.into());
+            if let Some(key) = key {
+                field.insert("x-kubernetes-patch-merge-key".into(), key.into());
+            }
+        }
+    }
+    for (name, gvk) in gvks {
+        if let Some(Value::Object(schema)) = definitions.get_mut(&name) {
+            match schema.get_mut(GVK_EXTENSION) {
+                Some(Value::Array(list)) => list.push(gvk),
+                _ => {
+                    schema.insert(GVK_EXTENSION.into(), Value::Array(vec![gvk]));
+                }
+            }
+        }
+    }
     let (major, minor) = VERSION;
-    let doc = json!({
+    json!({
         "swagger": "2.0",
         "info": { "title": "km apiserver", "version": format!("v{major}.{minor}.0-km") },
         "paths": {},
-        "definitions": {},
-    });
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        serde_json::to_vec(&doc).unwrap_or_default(),
-    )
-        .into_response()
+        "definitions": definitions,
+    })
+}
+
+/// The strategic-merge-patch directives of Kubernetes' Go types (their
+/// `patchStrategy`/`patchMergeKey` struct tags), which Kubernetes serves as
+/// `x-kubernetes-patch-strategy`/`x-kubernetes-patch-merge-key` and the
+/// k8s-openapi schemas lack. Once kubectl has a schema for a kind, `apply`
+/// computes its patch from these (not from its compiled-in types): without
+/// them every list is replaced wholesale and re-applying an unchanged
+/// Service reports "configured". Covers the types reachable from the served
+/// kinds.
+const PATCH_STRATEGIES: &[(&str, &str, &str, Option<&str>)] = &[
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "merge", None),
+    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", "merge", Some("uid")),
+    ("io.k8s.api.core.v1.PodSpec", "volumes", "merge,retainKeys", Some("name")),
+    ("io.k8s.api.core.v1.PodSpec", "initContainers", "merge", Some("name")),
+    ("io.k8s.api.core.v1.PodSpec", "containers", "merge", Some("name")),
+    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", "merge", Some("name")),
+    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", "merge", Some("name")),
+    ("io.k8s.api.core.v1.PodSpec", "hostAliases", "merge", Some("ip")),
+    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", "merge", Some("topologyKey")),
+    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", "merge,retainKeys", Some("name")),
+    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", "merge", Some("name")),
+    ("io.k8s.api.core.v1.Container", "ports", "merge", Some("containerPort")),
+    ("io.k8s.api.core.v1.Container", "env", "merge", Some("name")),
+    ("io.k8s.api.core.v1.Container", "volumeMounts", "merge", Some("mountPath")),
+    ("io.k8s.api.core.v1.Container", "volumeDevices", "merge", Some("devicePath")),
+    ("io.k8s.api.core.v1.EphemeralContainer", "ports", "merge", Some("containerPort")),
+    ("io.k8s.api.core.v1.EphemeralContainer", "env", "merge", Some("name")),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", "merge", Some("mountPath")),
+    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", "merge", Some("devicePath")),
+    ("io.k8s.api.core.v1.PodStatus", "conditions", "merge", Some("type")),
+    ("io.k8s.api.core.v1.PodStatus", "podIPs", "merge", Some("ip")),
+    ("io.k8s.api.core.v1.PodStatus", "hostIPs", "merge", Some("ip")),
+    ("io.k8s.api.core.v1.PodStatus", "resourceClaimStatuses", "merge,retainKeys", Some("name")),
+    ("io.k8s.api.core.v1.ServiceSpec", "ports", "merge", Some("port")),
+    ("io.k8s.api.core.v1.ServiceStatus", "conditions", "merge", Some("type")),
+    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", "merge", None),
+    ("io.k8s.api.core.v1.NodeStatus", "conditions", "merge", Some("type")),
+    ("io.k8s.api.core.v1.NodeStatus", "addresses", "merge", Some("type")),
+    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", "merge", Some("type")),
+    ("io.k8s.api.core.v1.ServiceAccount", "secrets", "merge", Some("name")),
+    ("io.k8s.api.core.v1.ReplicationControllerStatus", "conditions", "merge", Some("type")),
+    ("io.k8s.api.apps.v1.DeploymentSpec", "strategy", "retainKeys", None),
+    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", "merge", Some("type")),
+    ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", "merge", Some("type")),
+    ("io.k8s.api.apps.v1.DaemonSetStatus", "conditions", "merge", Some("type")),
+];
+
+/// Rewrites JSON-schema forms into what OpenAPI v2 (and kube-openapi's
+/// parser in kubectl) expects: an untyped `x-kubernetes-int-or-string`
+/// schema is `type: string, format: int-or-string`, as Kubernetes serves it.
+fn normalize(schema: &mut Value) {
+    match schema {
+        Value::Object(map) => {
+            if map.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true))
+                && !map.contains_key("type")
+            {
+                map.insert("type".into(), "string".into());
+                map.insert("format".into(), "int-or-string".into());
+            }
+            for (key, value) in map.iter_mut() {
+                // Keep enum/default/example values as they are.
+                if !key.starts_with("x-") && !matches!(key.as_str(), "enum" | "default" | "example")
+                {
+                    normalize(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalize),
+        _ => {}
+    }
+}
+
+/// The gnostic protobuf form of [`document`].
+pub fn to_protobuf(doc: &Value) -> pb::Document {
+    let str_of =
+        |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let info = doc.get("info").cloned().unwrap_or_default();
+    pb::Document {
+        swagger: str_of(doc, "swagger"),
+        info: Some(pb::Info {
+            title: str_of(&info, "title"),
+            version: str_of(&info, "version"),
+            description: str_of(&info, "description"),
+        }),
+        paths: Some(pb::Paths::default()),
+        definitions: Some(pb::Definitions {
+            additional_properties: named_schemas(doc.get("definitions")),
+        }),
+    }
+}
+
+fn named_schemas(map: Option<&Value>) -> Vec<pb::NamedSchema> {
+    map.and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(name, schema)| pb::NamedSchema {
+                    name: name.clone(),
+                    value: Some(schema_to_protobuf(schema)),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn schema_to_protobuf(schema: &Value) -> pb::Schema {
+    let empty = Map::new();
+    let map = schema.as_object().unwrap_or(&empty);
+    let string = |key: &str| map.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let strings = |v: &Value| -> Vec<String> {
+        match v {
+            Value::String(s) => vec![s.clone()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        }
+    };
+    pb::Schema {
+        r#ref: string("$ref"),
+        format: string("format"),
+        title: string("title"),
+        description: string("description"),
+        required: map.get("required").map(strings).unwrap_or_default(),
+        additional_properties: map.get("additionalProperties").and_then(|v| match v {
+            Value::Bool(b) => Some(Box::new(pb::AdditionalPropertiesItem {
+                oneof: Some(pb::additional_properties_item::Oneof::Boolean(*b)),
+            })),
+            Value::Object(_) => Some(Box::new(pb::AdditionalPropertiesItem {
+                oneof: Some(pb::additional_properties_item::Oneof::Schema(Box::new(
+                    schema_to_protobuf(v),
+                ))),
+            })),
+            _ => None,
+        }),
+        r#type: map.get("type").map(|v| pb::TypeItem { value: strings(v) }),
+        items: map.get("items").map(|v| pb::ItemsItem {
+            schema: match v {
+                Value::Array(a) => a.iter().map(schema_to_protobuf).collect(),
+                other => vec![schema_to_protobuf(other)],
+            },
+        }),
+        properties: map
+            .get("properties")
+            .map(|p| pb::Properties { additional_properties: named_schemas(Some(p)) }),
+        vendor_extension: map
+            .iter()
+            .filter(|(k, _)| k.starts_with("x-"))
+            .map(|(k, v)| pb::NamedAny {
+                name: k.clone(),
+                value: Some(pb::Any { yaml: serde_yaml_ng::to_string(v).unwrap_or_default() }),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_served_kind_has_a_definition_with_its_gvk() {
+        let doc = document();
+        let definitions = doc["definitions"].as_object().expect("definitions");
+        for kind in KINDS {
+            let found = definitions.values().any(|d| {
+                d[GVK_EXTENSION].as_array().is_some_and(|l| {
+                    l.iter().any(|g| {
+                        g["group"] == kind.group
+                            && g["version"] == kind.version
+                            && g["kind"] == kind.kind
+                    })
+                })
+            });
+            assert!(found, "no definition for {}/{}", kind.api_version, kind.kind);
+        }
+        let spec = &definitions["io.k8s.api.apps.v1.DeploymentSpec"];
+        assert_eq!(spec["properties"]["replicas"]["type"], "integer");
+        for &(definition, property, strategy, _) in PATCH_STRATEGIES {
+            let field = &definitions[definition]["properties"][property];
+            assert_eq!(field["x-kubernetes-patch-strategy"], strategy, "{definition}.{property}");
+        }
+        assert_eq!(
+            spec["properties"]["template"]["$ref"],
+            "#/definitions/io.k8s.api.core.v1.PodTemplateSpec"
+        );
+        // Every reference resolves inside the document.
+        let text = serde_json::to_string(&doc).expect("json");
+        for r in text.split("\"$ref\":\"").skip(1) {
+            let target = r.split('"').next().unwrap_or_default();
+            let name = target.strip_prefix("#/definitions/").expect("local ref");
+            assert!(definitions.contains_key(name), "dangling $ref {target}");
+        }
+        let ios = &definitions["io.k8s.apimachinery.pkg.util.intstr.IntOrString"];
+        assert_eq!(
+            (ios["type"].as_str(), ios["format"].as_str()),
+            (Some("string"), Some("int-or-string"))
+        );
+    }
+
+    #[test]
+    fn protobuf_decodes_back() {
+        let doc = document();
+        let bytes = to_protobuf(&doc).encode_to_vec();
+        let decoded = pb::Document::decode(bytes.as_slice()).expect("decode");
+        assert_eq!(decoded.swagger, "2.0");
+        let defs = decoded.definitions.expect("definitions").additional_properties;
+        assert_eq!(defs.len(), doc["definitions"].as_object().map_or(0, Map::len));
+        let deployment = defs
+            .iter()
+            .find(|d| d.name == "io.k8s.api.apps.v1.Deployment")
+            .and_then(|d| d.value.as_ref())
+            .expect("Deployment");
+        let gvk = deployment
+            .vendor_extension
+            .iter()
+            .find(|e| e.name == GVK_EXTENSION)
+            .and_then(|e| e.value.as_ref())
+            .expect("gvk extension");
+        let parsed: Value = serde_yaml_ng::from_str(&gvk.yaml).expect("yaml");
+        assert_eq!(parsed, json!([{ "group": "apps", "kind": "Deployment", "version": "v1" }]));
+        let spec = deployment
+            .properties
+            .as_ref()
+            .and_then(|p| p.additional_properties.iter().find(|p| p.name == "spec"))
+            .and_then(|p| p.value.as_ref())
+            .expect("spec");
+        assert_eq!(spec.r#ref, "#/definitions/io.k8s.api.apps.v1.DeploymentSpec");
+    }
 }

@@ -23,6 +23,9 @@ pub struct Kind {
     pub categories: &'static [&'static str],
     /// Whether the typed decode of a JSON object succeeds (schema check).
     pub decode: fn(&Value) -> Result<(), String>,
+    /// Registers the kind's JSON schema (and those it refers to) with the
+    /// generator; returns its definition name (`io.k8s.api.apps.v1.Deployment`).
+    pub schema: fn(&mut schemars::SchemaGenerator) -> String,
 }
 
 impl Kind {
@@ -69,6 +72,11 @@ fn decode<T: serde::de::DeserializeOwned>(value: &Value) -> Result<(), String> {
     T::deserialize(value).map(drop).map_err(|e| e.to_string())
 }
 
+pub(crate) fn schema<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> String {
+    generator.subschema_for::<T>();
+    T::schema_name().into_owned()
+}
+
 macro_rules! kind {
     ($ty:ty, $singular:literal, [$($short:literal),*], [$($sub:literal),*], [$($cat:literal),*]) => {
         Kind {
@@ -84,6 +92,7 @@ macro_rules! kind {
             subresources: &[$($sub),*],
             categories: &[$($cat),*],
             decode: decode::<$ty>,
+            schema: schema::<$ty>,
         }
     };
 }
