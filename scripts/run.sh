@@ -7,7 +7,8 @@
 #     example task on it with `km mesos-execute`,
 #   - the cold-standby recipe of the original k8sm in small: two `km podmaster`s
 #     elect which node's kubelet gets the example pod manifest
-#     (manifests/examples/hello-pod.yaml), and that node's `km kubelet` runs it.
+#     (manifests/examples/hello-pod.yaml), and that node's `km kubelet` runs it
+#     and publishes it (a mirror pod) and its node to the API server.
 # Once `km scheduler` and `km executor` exist, pods will go through Mesos.
 #
 # Stop with Ctrl-C. With KM_RUN_ONCE=1 it shows everything and exits.
@@ -85,7 +86,8 @@ for node in node-1 node-2; do
     --whoami="$node" --source-file="$state/manifests-src/hello-pod.yaml" \
     --dest-file="$state/$node/manifests/hello-pod.yaml" --sleep=1s --ttl-secs=10
   start "kubelet-$node" "$km" kubelet --manifest-dir="$state/$node/manifests" --file-check-frequency=1s \
-    --root-dir="$state/$node/kubelet" --hostname-override="$node"
+    --root-dir="$state/$node/kubelet" --cgroup-root="km-$node" --hostname-override="$node" \
+    --api-servers="http://127.0.0.1:$api_port"
 done
 holder=""
 for _ in $(seq 1 50); do
@@ -102,15 +104,21 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 grep -rhs "^hello from km" "$state/$holder/kubelet" | head -2 | sed 's/^/   pod output: /'
+# The kubelets publish their nodes and the pod (as a mirror pod) to km apiserver.
+for _ in $(seq 1 50); do
+  phase=$(kubectl get pod "hello-$holder" -o jsonpath='{.status.phase}' 2>/dev/null || true)
+  [ "$phase" = "Running" ] && break
+  sleep 0.2
+done
 
 echo
 echo "km is running (state in $state):"
-echo "  kubectl:      KUBECONFIG=$KUBECONFIG kubectl get namespaces"
+echo "  kubectl:      KUBECONFIG=$KUBECONFIG kubectl get nodes,pods -o wide"
 echo "  Mesos master: http://127.0.0.1:$master_port/master/state"
 echo "  Mesos agent:  http://127.0.0.1:$agent_port/state"
 echo "  logs:         $state/*.log"
-echo "  kubectl get namespaces:"
-kubectl get namespaces 2>&1 | sed 's/^/    /' || true
+echo "  kubectl get nodes,pods -o wide:"
+kubectl get nodes,pods -o wide 2>&1 | sed 's/^/    /' || true
 if [ "${KM_RUN_ONCE:-0}" = "1" ]; then exit 0; fi
 echo "Ctrl-C to stop."
 wait

@@ -122,7 +122,20 @@ impl Cgroups {
     }
 
     fn write_limits(&self, dir: &Path, limits: Limits) -> Result<()> {
+        // Cgroup v1 has one hierarchy per controller: each limit file goes
+        // only into its own controller's directory (`memory.*` under memory).
+        let controller = match self.version {
+            Version::V1 => {
+                V1_CONTROLLERS.iter().find(|c| dir.starts_with(self.mount.join(c))).copied()
+            }
+            Version::V2 => None,
+        };
         for (file, value) in limit_files(&self.version, limits) {
+            if let Some(c) = controller
+                && file.split('.').next() != Some(c)
+            {
+                continue;
+            }
             let path = dir.join(file);
             if path.exists() {
                 std::fs::write(&path, value).map_err(|e| Error::io(&path, e))?;
