@@ -86,7 +86,7 @@ for node in node-1 node-2; do
     --whoami="$node" --source-file="$state/manifests-src/hello-pod.yaml" \
     --dest-file="$state/$node/manifests/hello-pod.yaml" --sleep=1s --ttl-secs=10
   start "kubelet-$node" "$km" kubelet --manifest-dir="$state/$node/manifests" --file-check-frequency=1s \
-    --root-dir="$state/$node/kubelet" --cgroup-root="km-$node" --hostname-override="$node" \
+    --root-dir="$state/$node/kubelet" --hostname-override="$node" \
     --api-servers="http://127.0.0.1:$api_port"
 done
 holder=""

@@ -88,11 +88,30 @@ pub enum CgroupVersion {
     V2,
 }
 
+/// The cgroup segment owned by the runtime rooted at `root`: `r` and 12 hex
+/// digits of the SHA-256 of its absolute path.
+fn owner_segment(root: &std::path::Path) -> String {
+    use sha2::{Digest as _, Sha256};
+    let absolute = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    let digest = Sha256::digest(absolute.as_os_str().as_encoded_bytes());
+    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+    format!("r{hex}")
+}
+
 impl NativeRuntime {
     pub fn new(config: NativeConfig) -> Result<NativeRuntime> {
         let pods = config.root_dir.join("pods");
         std::fs::create_dir_all(&pods).map_err(|e| Error::io(&pods, e))?;
-        let cgroups = cgroup::Cgroups::detect(&config.cgroup_parent)?;
+        // Each runtime's cgroups sit under a segment of its own (derived from
+        // its root directory): runtimes sharing a cgroup parent — two
+        // kubelets, or a kubelet and an executor on one host — then never
+        // take each other's live pods for leftovers of a crash.
+        let parent = format!(
+            "{}/{}",
+            config.cgroup_parent.trim_end_matches('/'),
+            owner_segment(&config.root_dir)
+        );
+        let cgroups = cgroup::Cgroups::detect(&parent)?;
         let spawner = spawn::Spawner::new()
             .map_err(|e| Error::Other(format!("starting the spawner thread: {e}")))?;
         Ok(NativeRuntime {

@@ -329,6 +329,30 @@ async fn a_new_runtime_removes_what_an_old_one_left() {
     m.stop(&uid).await.expect("stop");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtimes_with_other_roots_leave_each_others_pods_alone() {
+    let env = NativeEnv::new();
+    let m = env.manager();
+    let p =
+        pod(native_pod("mine", "Never", json!([{"name": "c", "command": ["/bin/sleep", "1000"]}])));
+    let uid = m.run(&p).expect("run").uid;
+    let s =
+        wait_pod(&m, &uid, Duration::from_secs(10), "Running", |s| s.phase == Phase::Running).await;
+    let pid = env.runtime.pid(s.container_ids[0].as_deref().expect("id")).expect("pid");
+    // Another node's runtime on the same host: same cgroup parent, its own root.
+    let other_root = std::env::temp_dir().join(unique("km-other-root"));
+    let other = NativeRuntime::new(NativeConfig {
+        root_dir: other_root.clone(),
+        cgroup_parent: env.cgroup_parent.clone(),
+    })
+    .expect("other runtime");
+    let owned = other.list_owned().await.expect("list");
+    assert!(owned.is_empty(), "another root's pod looks like a leftover: {owned:?}");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists(), "the pod was killed");
+    m.stop(&uid).await.expect("stop");
+    let _ = std::fs::remove_dir_all(&other_root);
+}
+
 /// Serves `body` over HTTP on a loopback port; counts the requests.
 async fn serve(body: &'static [u8]) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
