@@ -212,7 +212,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // With etcd, wait to lead; the HTTP server redirects to the leader meanwhile.
     let mut master = core::Master::new(config, tokio::time::Instant::now(), SystemTime::now());
-    let (store, saved, lost): (RegistryStore, _, _) = match &args.etcd_servers {
+    let (store, saved, lost): (Option<registry::Store>, _, _) = match &args.etcd_servers {
         Some(servers) => {
             let ttl = args.etcd_lease_ttl.as_secs().max(2) as i64;
             let (mut client, lost) = tokio::select! {
@@ -220,7 +220,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 _ = shutdown_signal() => return Ok(()),
             };
             let saved = leader::load_registry(&mut client, &args.etcd_prefix).await?;
-            (RegistryStore::Etcd(client, args.etcd_prefix.clone()), saved, Some(Box::pin(lost)))
+            (
+                Some(registry::Store::Etcd(client, args.etcd_prefix.clone())),
+                saved,
+                Some(Box::pin(lost)),
+            )
         }
         None => match &args.work_dir {
             Some(dir) => {
@@ -228,24 +232,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     .with_context(|| format!("cannot create --work_dir {}", dir.display()))?;
                 let path = dir.join(registry::FILE_NAME);
                 let saved = registry::load(&path)?;
-                (RegistryStore::File(path), saved, None)
+                (Some(registry::Store::File(path)), saved, None)
             }
-            None => (RegistryStore::None, None, None),
+            None => (None, None, None),
         },
     };
     if let Some(saved) = saved {
         master.recover(saved, tokio::time::Instant::now(), SystemTime::now());
     }
-    let registry = match store {
-        RegistryStore::None => None,
-        store => {
-            let (tx, rx) = tokio::sync::watch::channel(None);
-            tokio::spawn(write_registry(store, rx));
-            Some(tx)
-        }
+    let loop_config = server::LoopConfig {
+        allocation_interval: args.allocation_interval,
+        registry: store,
+        flags,
     };
-    let loop_config =
-        server::LoopConfig { allocation_interval: args.allocation_interval, registry, flags };
     let loop_task = tokio::spawn(server::run_loop(master, rx, inputs.clone(), loop_config));
     if args.simulate_agents > 0 {
         let sim = sim::SimConfig {
@@ -266,39 +265,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     loop_task.abort();
     result
-}
-
-/// Where the registry goes.
-enum RegistryStore {
-    None,
-    File(PathBuf),
-    Etcd(etcd_client::Client, String),
-}
-
-/// Writes the latest registry snapshot whenever the loop publishes one.
-async fn write_registry(
-    mut store: RegistryStore,
-    mut rx: tokio::sync::watch::Receiver<Option<km_mesos::agent::Registry>>,
-) {
-    while rx.changed().await.is_ok() {
-        let Some(snapshot) = rx.borrow_and_update().clone() else { continue };
-        let result = match &mut store {
-            RegistryStore::None => Ok(()),
-            RegistryStore::File(path) => {
-                let path = path.clone();
-                tokio::task::spawn_blocking(move || registry::store(&path, &snapshot))
-                    .await
-                    .map_err(anyhow::Error::from)
-                    .and_then(|r| r.map_err(anyhow::Error::from))
-            }
-            RegistryStore::Etcd(client, prefix) => {
-                leader::store_registry(client, prefix, &snapshot).await
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!("cannot write the registry: {e:#}");
-        }
-    }
 }
 
 async fn shutdown_signal() {

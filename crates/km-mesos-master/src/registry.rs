@@ -1,5 +1,8 @@
-//! The registry file of `--work_dir`: agents and frameworks as protobuf,
-//! written atomically (temporary file, fsync, rename) whenever they change.
+//! The registry: agents and frameworks as protobuf, in a file under
+//! `--work_dir` (written atomically: temporary file, fsync, rename) or in etcd.
+//! The loop persists it before it sends the events that announce a change
+//! (an agent's REGISTERED, a framework's SUBSCRIBED), as Mesos's registrar
+//! admits an agent only once the registry holds it.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -7,6 +10,41 @@ use std::path::Path;
 use anyhow::Context as _;
 use km_mesos::agent::Registry;
 use prost::Message as _;
+
+/// Where the registry is kept.
+pub(crate) enum Store {
+    /// A file under `--work_dir`.
+    File(std::path::PathBuf),
+    /// A key in etcd (with `--etcd_servers`).
+    Etcd(etcd_client::Client, String),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Store::File(path) => f.debug_tuple("File").field(path).finish(),
+            Store::Etcd(_, prefix) => f.debug_tuple("Etcd").field(prefix).finish(),
+        }
+    }
+}
+
+impl Store {
+    /// Persists a snapshot; returns once it is durable.
+    pub(crate) async fn persist(&mut self, registry: &Registry) -> anyhow::Result<()> {
+        match self {
+            Store::File(path) => {
+                let (path, registry) = (path.clone(), registry.clone());
+                tokio::task::spawn_blocking(move || store(&path, &registry))
+                    .await
+                    .map_err(anyhow::Error::from)?
+                    .map_err(anyhow::Error::from)
+            }
+            Store::Etcd(client, prefix) => {
+                crate::leader::store_registry(client, prefix, registry).await
+            }
+        }
+    }
+}
 
 /// Name of the file under `--work_dir`.
 pub(crate) const FILE_NAME: &str = "registry.pb";

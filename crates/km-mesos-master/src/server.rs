@@ -116,11 +116,11 @@ fn not_leading(shared: &Shared, path: &str) -> Option<Response> {
 }
 
 /// Loop settings.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct LoopConfig {
     pub(crate) allocation_interval: Duration,
-    /// Where the registry is kept (`--work_dir`), if anywhere.
-    pub(crate) registry: Option<tokio::sync::watch::Sender<Option<km_mesos::agent::Registry>>>,
+    /// Where the registry is kept (`--work_dir` or etcd), if anywhere.
+    pub(crate) registry: Option<crate::registry::Store>,
     pub(crate) flags: serde_json::Value,
 }
 
@@ -138,7 +138,7 @@ pub(crate) async fn run_loop(
     mut master: Master,
     mut inputs: mpsc::UnboundedReceiver<Input>,
     loop_tx: mpsc::UnboundedSender<Input>,
-    config: LoopConfig,
+    mut config: LoopConfig,
 ) {
     let mut sinks: HashMap<ConnId, Sink> = HashMap::new();
     let mut next_conn: ConnId = 1;
@@ -163,10 +163,14 @@ pub(crate) async fn run_loop(
         if master.allocation_wanted() {
             run_allocation(&mut master, &mut stats);
         }
-        deliver(&mut master, &mut sinks, &mut stats);
-        if let (Some(tx), Some(registry)) = (&config.registry, master.take_registry()) {
-            tx.send_replace(Some(registry));
+        // Durable before announced: a REGISTERED or SUBSCRIBED goes out only
+        // once the registry holds what it announces.
+        if let (Some(store), Some(registry)) = (config.registry.as_mut(), master.take_registry())
+            && let Err(e) = store.persist(&registry).await
+        {
+            tracing::error!("cannot write the registry: {e:#}");
         }
+        deliver(&mut master, &mut sinks, &mut stats);
     }
 }
 
