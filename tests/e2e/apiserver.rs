@@ -16,14 +16,7 @@ use serde_json::json;
 
 use crate::support::apiserver::{ApiServer, compact_etcd, http};
 use crate::support::etcd::Etcd;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
+use crate::support::runtime;
 
 fn pod(name: &str, labels: serde_json::Value) -> Pod {
     serde_json::from_value(json!({

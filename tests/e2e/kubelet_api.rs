@@ -18,16 +18,9 @@ use crate::support::apiserver::ApiServer;
 use crate::support::etcd::Etcd;
 use crate::support::km_bin;
 use crate::support::process::{Proc, wait_until};
+use crate::support::runtime;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 struct Dirs {
     dir: tempfile::TempDir,

@@ -88,7 +88,7 @@ async fn subscribe_once(agent: &Arc<Agent>, client: &reqwest::Client) -> (bool, 
                 Ok(None) => break,
                 Err(e) => return (registered, format!("bad event stream: {e}")),
             };
-            let ev: Event = match event_ct.decode(&record) {
+            let ev: Event = match event_ct.decode_event(&record) {
                 Ok(ev) => ev,
                 Err(e) => return (registered, format!("undecodable event: {e}")),
             };

@@ -410,7 +410,7 @@ async fn subscribe_once(
             Ok(None) => return Some(format!("{url} closed the event stream")),
             Err(e) => return Some(e.to_string()),
         };
-        let event: MesosEvent = match event_ct.decode(&record) {
+        let event: MesosEvent = match event_ct.decode_event(&record) {
             Ok(e) => e,
             Err(e) => return Some(format!("undecodable event from {url}: {e}")),
         };

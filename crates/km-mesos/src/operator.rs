@@ -181,7 +181,7 @@ impl OperatorEvents {
     /// The next event; `Ok(None)` when the master closed the stream.
     pub async fn next(&mut self) -> Result<Option<Event>, StreamError> {
         match self.reader.next().await? {
-            Some(record) => Ok(Some(self.content_type.decode(&record)?)),
+            Some(record) => Ok(Some(self.content_type.decode_event(&record)?)),
             None => Ok(None),
         }
     }

@@ -455,7 +455,7 @@ async fn subscribe_once(
             Ok(Ok(None)) => return lost_or_failed(live, format!("{url} closed the event stream")),
             Ok(Ok(Some(record))) => record,
         };
-        let event: MesosEvent = match event_ct.decode(&record) {
+        let event: MesosEvent = match event_ct.decode_event(&record) {
             Ok(e) => e,
             Err(e) => return lost_or_failed(live, StreamError::Decode(e).to_string()),
         };
