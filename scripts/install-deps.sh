@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages km's build and tests need, when missing:
-#   protoc (Debian protobuf-compiler) for the etcd client's and km's protos,
+#   protoc (Debian protobuf-compiler, with libprotobuf-dev's well-known types) for the etcd client's and km's protos,
 #   etcd (Debian etcd-server) for the podmaster and API server tests,
 #   kubectl (Debian kubernetes-client) as an outside client of km apiserver,
 #   a static busybox (Debian busybox-static) from which the pod-runtime tests
@@ -11,6 +11,9 @@ set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# The well-known types (google/protobuf/duration.proto, ...) are only a
+# recommendation of protobuf-compiler, and apt runs without recommends here.
+[ -f /usr/include/google/protobuf/duration.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
