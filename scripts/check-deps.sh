@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 fail=0
 
 # 1. Pure cores: no async runtime, no network, no other km crate.
-pure_crates=(km-offer-matcher)
+pure_crates=(km-offer-matcher km-scheduler-core)
 forbidden_in_pure='^(tokio|mio|hyper|hyper-util|reqwest|h2|tonic|etcd-client|socket2|axum|km-mesos|km-podmaster)$'
 for crate in "${pure_crates[@]}"; do
   bad=$(cargo tree --locked -p "$crate" -e normal --prefix none --format '{p}' 2>/dev/null \
