@@ -410,6 +410,9 @@ impl<S: Storage> Api<S> {
             })?;
         let node = node.to_owned();
         let expected_uid = binding["metadata"]["uid"].as_str().map(str::to_owned);
+        // As kube-apiserver does, the binding's annotations are copied onto the pod.
+        let annotations =
+            binding["metadata"]["annotations"].as_object().cloned().unwrap_or_default();
         let pod_name = name.to_owned();
         let mutation = Mutation::With(Box::new(move |mut pod: Value| {
             if let Some(uid) = &expected_uid
@@ -437,6 +440,19 @@ impl<S: Storage> Api<S> {
                 ));
             }
             child(&mut pod, "spec")["nodeName"] = json!(node);
+            if !annotations.is_empty() {
+                let meta = child(&mut pod, "metadata");
+                if !meta["annotations"].is_object() {
+                    meta["annotations"] = json!({});
+                }
+                if let Some(target) = meta["annotations"].as_object_mut() {
+                    for (k, v) in &annotations {
+                        if v.is_string() {
+                            target.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
             let status = child(&mut pod, "status");
             let conditions =
                 status.as_object_mut().map(|s| s.entry("conditions").or_insert_with(|| json!([])));

@@ -69,6 +69,27 @@ async fn bind_sets_node_once() {
 }
 
 #[tokio::test]
+async fn bind_copies_annotations_and_checks_the_uid() {
+    let api = api().await;
+    let created = api.create(pods(), Some("default"), pod("p", json!({}))).await.expect("create");
+    let uid = created["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let wrong = json!({"metadata": {"uid": "other"}, "target": {"name": "n1"}});
+    let err = api.bind("default", "p", &wrong).await.expect_err("uid precondition");
+    assert!(matches!(err, ApiError::Conflict { .. }), "{err:?}");
+    let binding = json!({
+        "metadata": {"uid": uid, "annotations": {"k8s.mesosphere.io/taskId": "t1", "n": 1}},
+        "target": {"kind": "Node", "name": "n1"}
+    });
+    api.bind("default", "p", &binding).await.expect("bind");
+    let bound = api.get(pods(), Some("default"), "p").await.expect("get");
+    assert_eq!(bound["metadata"]["annotations"]["k8s.mesosphere.io/taskId"], "t1");
+    assert!(
+        bound["metadata"]["annotations"].get("n").is_none(),
+        "non-string values are not annotations"
+    );
+}
+
+#[tokio::test]
 async fn concurrent_unconditional_updates_all_land() {
     let api = Arc::new(api().await);
     api.create(pods(), Some("default"), pod("p", json!({}))).await.expect("create");
