@@ -21,6 +21,12 @@ pub struct Config {
     pub scheduler_name: String,
     /// Life of an unused offer held while pods wait (`offer-ttl`, 5 s).
     pub offer_ttl: Duration,
+    /// How long the ID of an offer that was used, declined, expired or rescinded is remembered;
+    /// an offer arriving again with such an ID is ignored (`offer-linger-ttl`, 2 min).
+    pub offer_linger: Duration,
+    /// Minimum pause between two re-evaluations of pods in back-off against new offers
+    /// (`listener-delay`, 1 s).
+    pub listener_delay: Duration,
     /// `refuse_seconds` of declines (`refuse-seconds`, 5 s as Mesos's default).
     pub refuse_seconds: f64,
     /// First per-pod back-off (`initial-pod-backoff`, 1 s).
@@ -37,6 +43,9 @@ pub struct Config {
     /// Cap of the retry back-off of an explicit reconciliation
     /// (`explicit-reconciliation-max-backoff`, 2 min).
     pub explicit_max_backoff: Duration,
+    /// An explicit reconciliation still missing answers after this long is abandoned; the next
+    /// implicit one covers what is left (`explicit-reconciliation-abort-timeout`, 30 s).
+    pub explicit_abort: Duration,
     /// How long a launched task may go without any status update before it is reconciled.
     pub launch_timeout: Duration,
     /// How long after a kill's grace period the kill is sent again if the task still runs.
@@ -57,6 +66,8 @@ impl Default for Config {
         Config {
             scheduler_name: "default-scheduler".to_owned(),
             offer_ttl: Duration::from_secs(5),
+            offer_linger: Duration::from_secs(120),
+            listener_delay: Duration::from_secs(1),
             refuse_seconds: 5.0,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
@@ -64,6 +75,7 @@ impl Default for Config {
             reconcile_cooldown: Duration::from_secs(15),
             initial_implicit_delay: Duration::from_secs(15),
             explicit_max_backoff: Duration::from_secs(120),
+            explicit_abort: Duration::from_secs(30),
             launch_timeout: Duration::from_secs(60),
             kill_retry: Duration::from_secs(15),
             default_grace: Duration::from_secs(30),

@@ -150,6 +150,33 @@ struct HeldOffer {
     expires: Duration,
 }
 
+/// IDs of offers that are gone, remembered for a while so that one is never used twice.
+#[derive(Debug, Default)]
+struct OfferHistory {
+    order: VecDeque<(Duration, String)>,
+    ids: HashSet<String>,
+}
+
+impl OfferHistory {
+    fn remember(&mut self, id: String, until: Duration) {
+        if self.ids.insert(id.clone()) {
+            self.order.push_back((until, id));
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    fn prune(&mut self, now: Duration) {
+        while self.order.front().is_some_and(|(until, _)| *until <= now) {
+            if let Some((_, id)) = self.order.pop_front() {
+                self.ids.remove(&id);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct AgentEntry {
     hostname: String,
@@ -164,6 +191,7 @@ struct AgentEntry {
 
 #[derive(Debug)]
 struct ExplicitRun {
+    started: Duration,
     pending: BTreeSet<Arc<str>>,
     next_retry: Duration,
     backoff: Duration,
@@ -267,7 +295,9 @@ pub struct Core {
     finished: VecDeque<Arc<str>>,
     finished_set: HashSet<Arc<str>>,
     offers: BTreeMap<String, HeldOffer>,
+    offer_history: OfferHistory,
     offer_gen: u64,
+    last_breakout: Option<Duration>,
     agents: BTreeMap<String, AgentEntry>,
     nodes: BTreeMap<String, NodeInfo>,
     suppressed: bool,
@@ -309,7 +339,9 @@ impl Core {
             finished: VecDeque::new(),
             finished_set: HashSet::new(),
             offers: BTreeMap::new(),
+            offer_history: OfferHistory::default(),
             offer_gen: 0,
+            last_breakout: None,
             agents: BTreeMap::new(),
             nodes: BTreeMap::new(),
             suppressed: false,
@@ -435,7 +467,20 @@ impl Core {
         self.recon.running = None;
     }
 
-    fn on_offers(&mut self, offers: Vec<Offer>, now: Now) {
+    fn on_offers(&mut self, mut offers: Vec<Offer>, now: Now) {
+        // An offer ID seen before (held, used, declined, rescinded) is never taken again.
+        let remember_until = now.mono + self.cfg.offer_ttl + self.cfg.offer_linger;
+        self.offer_history.prune(now.mono);
+        offers.retain(|o| {
+            let fresh = !self.offer_history.contains(&o.id);
+            if fresh {
+                self.offer_history.remember(o.id.clone(), remember_until);
+            }
+            fresh
+        });
+        if offers.is_empty() {
+            return;
+        }
         self.offer_gen += 1;
         self.stats.offers_received += offers.len() as u64;
         let exec_id = self.cfg.matcher.executor.id.clone();
@@ -803,17 +848,28 @@ impl Core {
 
     /// One matcher run over the candidates; whether it launched anything.
     fn plan_round(&mut self, now: Now) -> bool {
+        let breakout_allowed = self.breakout_allowed(now);
         let candidates: Vec<Arc<str>> = self
             .waiting
             .iter()
             .filter(|uid| match self.pods.get(*uid).map(|p| &p.stage) {
                 Some(Stage::Waiting { ready_at, tried_gen }) => {
-                    *ready_at <= now.mono || tried_gen.is_none_or(|g| g < self.offer_gen)
+                    let breakout =
+                        tried_gen.is_some_and(|g| g < self.offer_gen) && breakout_allowed;
+                    *ready_at <= now.mono || tried_gen.is_none() || breakout
                 }
                 _ => false,
             })
             .cloned()
             .collect();
+        if breakout_allowed
+            && candidates.iter().any(|uid| {
+                matches!(self.pods.get(uid).map(|p| &p.stage),
+                    Some(Stage::Waiting { ready_at, tried_gen: Some(g) }) if *ready_at > now.mono && *g < self.offer_gen)
+            })
+        {
+            self.last_breakout = Some(now.mono);
+        }
         if candidates.is_empty() {
             self.settle_offers();
             return false;
@@ -923,6 +979,30 @@ impl Core {
         }
         self.settle_offers();
         !used.is_empty()
+    }
+
+    fn breakout_allowed(&self, now: Now) -> bool {
+        self.last_breakout.is_none_or(|at| now.mono >= at + self.cfg.listener_delay)
+    }
+
+    /// Whether a pod in back-off has not been tried against the latest offers.
+    fn breakout_pending(&self, now: Now) -> bool {
+        self.waiting.iter().any(|uid| {
+            matches!(self.pods.get(uid).map(|p| &p.stage),
+                Some(Stage::Waiting { ready_at, tried_gen: Some(g) }) if *ready_at > now.mono && *g < self.offer_gen)
+        })
+    }
+
+    /// Sets the resources a new executor needs (they change with the static pods).
+    pub fn set_executor_resources(
+        &mut self,
+        resources: km_offer_matcher::Scalars,
+    ) -> Result<(), CoreError> {
+        let mut cfg = self.cfg.matcher.clone();
+        cfg.executor.resources = resources;
+        self.matcher = Matcher::new(cfg.clone())?;
+        self.cfg.matcher = cfg;
+        Ok(())
     }
 
     /// Builds the task of a placed pod and records it.
@@ -1475,6 +1555,7 @@ impl Core {
     /// Acts on deadlines: offer expiry, kill retries, reconciliation, launch time-outs, back-off.
     pub fn tick(&mut self, now: Now) {
         self.expire_offers(now);
+        self.offer_history.prune(now.mono);
         // Kill retries.
         let retries: Vec<(Arc<str>, Duration)> = self
             .tasks
@@ -1487,11 +1568,13 @@ impl Core {
         for (id, grace) in retries {
             self.kill(&id, grace, now);
         }
-        // Back-offs that ran out.
-        if self.waiting.iter().any(|uid| {
-            matches!(self.pods.get(uid).map(|p| &p.stage),
+        // Back-offs that ran out, or new offers for pods in back-off.
+        if (self.breakout_allowed(now) && self.breakout_pending(now))
+            || self.waiting.iter().any(|uid| {
+                matches!(self.pods.get(uid).map(|p| &p.stage),
                 Some(Stage::Waiting { ready_at, .. }) if *ready_at <= now.mono)
-        }) {
+            })
+        {
             self.dirty = true;
         }
         self.reconcile(now);
@@ -1533,7 +1616,7 @@ impl Core {
             self.start_explicit(all, now);
         } else if let Some(run) = self.recon.running.as_mut() {
             run.pending.retain(|id| self.tasks.contains_key(id));
-            if run.pending.is_empty() {
+            if run.pending.is_empty() || now.mono >= run.started + self.cfg.explicit_abort {
                 self.recon.running = None;
             } else if now.mono >= run.next_retry {
                 run.backoff = (run.backoff * 2).min(self.cfg.explicit_max_backoff);
@@ -1591,6 +1674,7 @@ impl Core {
         self.send_reconcile(&ids);
         let first = self.cfg.initial_backoff.min(self.cfg.explicit_max_backoff);
         self.recon.running = Some(ExplicitRun {
+            started: now.mono,
             pending: ids.into_iter().collect(),
             next_retry: now.mono + first,
             backoff: first,
@@ -1645,9 +1729,19 @@ impl Core {
             }
         }
         for uid in &self.waiting {
-            if let Some(Stage::Waiting { ready_at, .. }) = self.pods.get(uid).map(|p| &p.stage) {
+            if let Some(Stage::Waiting { ready_at, tried_gen }) =
+                self.pods.get(uid).map(|p| &p.stage)
+            {
                 at(*ready_at);
+                if tried_gen.is_some_and(|g| g < self.offer_gen)
+                    && let Some(last) = self.last_breakout
+                {
+                    at(last + self.cfg.listener_delay);
+                }
             }
+        }
+        if let Some(o) = self.offer_history.order.front() {
+            at(o.0);
         }
         next
     }

@@ -732,3 +732,56 @@ fn executor_resources_are_remembered_per_agent() {
     let e = d.take();
     assert_eq!(accepts(&e)[0].executor, ExecutorChoice::Running(Some(res)));
 }
+
+#[test]
+fn an_offer_id_seen_before_is_never_used_again() {
+    let (mut d, e) = placed(&[pod("p1", 100)], 4.0);
+    assert_eq!(task_ids(&e).len(), 1);
+    // The same offer ID again (a confused or replayed master): ignored.
+    d.feed(Input::PodApplied(Arc::new(pod("p2", 100))), t(1.0));
+    d.feed(Input::Offers(vec![offer("o1", "a1", 4.0)]), t(1.0));
+    d.plan(t(1.0));
+    assert!(accepts(&d.take()).is_empty());
+    // Long after the linger time it is a new offer.
+    d.feed(Input::Offers(vec![offer("o1", "a1", 4.0)]), t(200.0));
+    d.tick(t(200.0));
+    assert_eq!(task_ids(&d.take()).len(), 1);
+}
+
+#[test]
+fn pods_in_back_off_meet_new_offers_at_most_once_per_listener_delay() {
+    let (mut d, _) = placed(&[pod("big", 3000)], 1.0);
+    // First breakout at 0.2 with a too small offer.
+    d.feed(Input::Offers(vec![offer("o2", "a2", 1.0)]), t(0.2));
+    d.plan(t(0.2));
+    d.take();
+    // A fitting offer 0.3 s later waits for the listener delay (1 s)…
+    d.feed(Input::Offers(vec![offer("o3", "a3", 4.0)]), t(0.5));
+    d.plan(t(0.5));
+    assert!(accepts(&d.take()).is_empty());
+    assert!(d.core.next_wakeup().is_some_and(|w| w <= Duration::from_secs_f64(1.2)));
+    // …and is used once it has passed.
+    d.tick(t(1.2));
+    assert_eq!(task_ids(&d.take()).len(), 1);
+}
+
+#[test]
+fn an_explicit_reconciliation_without_answers_is_abandoned() {
+    let (mut d, e) = placed(&[pod("p1", 100)], 4.0);
+    let id = task_of(&e, "p1");
+    d.feed(Input::Update(update(&id, "a1", TaskState::Running)), t(0.2));
+    d.feed(Input::RequestExplicit, t(1.0));
+    d.tick(t(16.0));
+    let explicit = |e: &[Effect]| {
+        e.iter().filter(|x| matches!(x, Effect::Reconcile { tasks } if !tasks.is_empty())).count()
+    };
+    assert_eq!(explicit(&d.take()), 1);
+    let mut sent = 0;
+    for s in 17..60 {
+        d.tick(t(f64::from(s)));
+        sent += explicit(&d.take());
+    }
+    assert!(sent <= 5, "{sent} retries after the abort timeout");
+    d.tick(t(120.0));
+    assert_eq!(explicit(&d.take()), 0, "abandoned after 30 s");
+}
