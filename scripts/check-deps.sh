@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 fail=0
 
 # 1. Pure cores: no async runtime, no network, no other km crate.
-pure_crates=(km-offer-matcher km-scheduler-core)
+pure_crates=(km-resources km-offer-matcher km-scheduler-core)
 forbidden_in_pure='^(tokio|mio|hyper|hyper-util|reqwest|h2|tonic|etcd-client|socket2|axum|km-mesos|km-podmaster)$'
 for crate in "${pure_crates[@]}"; do
   bad=$(cargo tree --locked -p "$crate" -e normal --prefix none --format '{p}' 2>/dev/null \
@@ -18,7 +18,25 @@ for crate in "${pure_crates[@]}"; do
   fi
 done
 
-# 2. One TLS stack: rustls with ring. No aws-lc or OpenSSL anywhere.
+# 2. The shared resource model depends on thiserror and nothing else. Its
+#    normal tree without proc-macro crates must be itself and thiserror, and
+#    thiserror must be its only direct dependency, so the proc-macro crates of
+#    the full tree (syn, quote, ...) can only come in through thiserror.
+model=km-resources
+names() { awk '{print $1}' | sort -u; }
+tree=$(cargo tree --locked -p "$model" -e normal,no-proc-macro --prefix none --format '{p}' | names)
+direct=$(cargo tree --locked -p "$model" -e normal --depth 1 --prefix none --format '{p}' | names)
+if ! grep -qx "$model" <<<"$tree"; then
+  echo "check-deps: cannot read the dependency tree of $model" >&2
+  fail=1
+fi
+bad=$(printf '%s\n%s\n' "$tree" "$direct" | sort -u | grep -vxE "$model|thiserror" || true)
+if [ -n "$bad" ]; then
+  echo "check-deps: $model may depend on thiserror only, but depends on:" $bad >&2
+  fail=1
+fi
+
+# 3. One TLS stack: rustls with ring. No aws-lc or OpenSSL anywhere.
 for banned in aws-lc-rs aws-lc-sys openssl-sys native-tls; do
   if cargo tree --locked --workspace -e normal,build -i "$banned" >/dev/null 2>&1; then
     echo "check-deps: $banned is in the dependency graph:" >&2
@@ -28,4 +46,4 @@ for banned in aws-lc-rs aws-lc-sys openssl-sys native-tls; do
 done
 
 if [ "$fail" -ne 0 ]; then exit 1; fi
-echo "check-deps: ok (pure: ${pure_crates[*]}; no aws-lc/openssl)"
+echo "check-deps: ok (pure: ${pure_crates[*]}; $model: thiserror only; no aws-lc/openssl)"

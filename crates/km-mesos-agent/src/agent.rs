@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use km_mesos::agent::{self as proto, call, event};
+use km_mesos::resources::{Format, attribute_to_proto, resources_to_proto};
 use km_mesos::v1::executor::{Event as ExecEvent, event as exec_event};
 use km_mesos::v1::{
     AgentId, AgentInfo, ContainerId, ContainerStatus, ExecutorId, FrameworkId, FrameworkInfo,
@@ -121,8 +122,8 @@ impl Agent {
         AgentInfo {
             hostname: self.cfg.hostname.clone(),
             port: Some(i32::from(self.cfg.port)),
-            resources: self.cfg.resources.clone(),
-            attributes: self.cfg.attributes.clone(),
+            resources: resources_to_proto(&self.cfg.resources, Format::PostRefinement),
+            attributes: self.cfg.attributes.iter().map(attribute_to_proto).collect(),
             id: agent_id.map(|id| AgentId { value: id.to_owned() }),
             domain: None,
         }

@@ -14,13 +14,13 @@ use axum::routing::{any, get};
 use km_mesos::ContentType;
 use km_mesos::agent::call as agent_call;
 use km_mesos::recordio;
+use km_mesos::resources::{attributes_state_object, from_proto, state_object};
 use km_mesos::v1::executor::{Call, Event, call, event};
 use km_mesos::v1::{ContainerId, TaskState, task_status};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::agent::{Agent, launch_event};
-use crate::flags;
 use crate::state::{self, ExecutorKind};
 
 /// The router for every endpoint.
@@ -313,52 +313,16 @@ fn subscribe(
     r
 }
 
-fn resources_json(resources: &[km_mesos::v1::Resource]) -> Value {
-    let mut out = Map::new();
-    for name in ["cpus", "gpus", "mem", "disk"] {
-        out.insert(name.into(), json!(0.0));
-    }
-    for r in resources {
-        let v = flags::render_value(
-            r.r#type,
-            r.scalar.as_ref(),
-            r.ranges.as_ref(),
-            r.set.as_ref(),
-            None,
-        );
-        match (out.get_mut(&r.name), &v) {
-            (Some(Value::Number(n)), Value::Number(add)) => {
-                *out.get_mut(&r.name).unwrap_or(&mut Value::Null) =
-                    json!(n.as_f64().unwrap_or(0.0) + add.as_f64().unwrap_or(0.0));
-            }
-            (Some(_), _) => {}
-            (None, _) => {
-                out.insert(r.name.clone(), v);
-            }
-        }
-    }
-    Value::Object(out)
+/// A task's resources in `/state`: what the master accepted, so every entry
+/// converts; one that would not is left out rather than shown wrong.
+fn task_resources_json(resources: &[km_mesos::v1::Resource]) -> Value {
+    state_object(&resources.iter().filter_map(|r| from_proto(r).ok()).collect())
 }
 
 async fn state_json(State(agent): State<Arc<Agent>>) -> Response {
     let cfg = &agent.cfg;
     let core = agent.core();
-    let attributes: Map<String, Value> = cfg
-        .attributes
-        .iter()
-        .map(|a| {
-            (
-                a.name.clone(),
-                flags::render_value(
-                    a.r#type,
-                    a.scalar.as_ref(),
-                    a.ranges.as_ref(),
-                    a.set.as_ref(),
-                    a.text.as_ref(),
-                ),
-            )
-        })
-        .collect();
+    let attributes = attributes_state_object(&cfg.attributes);
     let agent_id = core.agent_id.clone().unwrap_or_default();
     let frameworks: Vec<Value> = core
         .registry
@@ -377,7 +341,7 @@ async fn state_json(State(agent): State<Arc<Agent>>) -> Response {
                             "executor_id": if e.kind == ExecutorKind::Custom { e.info.executor_id.value.as_str() } else { "" },
                             "slave_id": agent_id,
                             "state": t.state.as_str_name(),
-                            "resources": resources_json(&t.info.resources),
+                            "resources": task_resources_json(&t.info.resources),
                         })
                     };
                     json!({
@@ -409,7 +373,7 @@ async fn state_json(State(agent): State<Arc<Agent>>) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "master_url": cfg.master,
         "registered": core.registered,
-        "resources": resources_json(&cfg.resources),
+        "resources": state_object(&cfg.resources.iter().cloned().collect()),
         "attributes": attributes,
         "frameworks": frameworks,
     });
@@ -468,11 +432,18 @@ mod tests {
 
     #[test]
     fn state_resources_are_flat() {
-        let rs = flags::parse_resources("cpus:2;cpus(web):1;mem:10;ports:[1-2]").unwrap();
-        let v = resources_json(&rs);
+        let rs = km_mesos::flags::parse_resources("cpus:2;cpus(web):1;mem:10;ports:[1-2]").unwrap();
+        let v = task_resources_json(&rs);
         assert_eq!(v["cpus"], json!(3.0));
         assert_eq!(v["mem"], json!(10.0));
         assert_eq!(v["gpus"], json!(0.0));
         assert_eq!(v["ports"], json!("[1-2]"));
+        let mut bad = rs.clone();
+        bad[2].scalar = None;
+        assert_eq!(
+            task_resources_json(&bad)["mem"],
+            json!(0.0),
+            "an entry that does not convert is left out"
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use km_mesos::duration;
-use km_mesos::v1::{Attribute, Resource};
+use km_resources::{Attribute, Resource};
 
 use crate::flags::{self, FlagError};
 use crate::updates::RetryPolicy;
@@ -71,7 +71,7 @@ pub struct Config {
     pub port: u16,
     /// Advertised hostname.
     pub hostname: String,
-    /// Total resources.
+    /// Total resources (sent to the master in the post-refinement form).
     pub resources: Vec<Resource>,
     /// Attributes.
     pub attributes: Vec<Attribute>,
@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(c.executor_registration_timeout, Duration::from_secs(60));
         assert_eq!(c.recovery_timeout, Duration::from_secs(900));
         assert_eq!(c.executor_reregistration_timeout, Duration::from_secs(2));
-        let names: Vec<_> = c.resources.iter().map(|r| r.name.as_str()).collect();
+        let names: Vec<_> = c.resources.iter().map(|r| &*r.name).collect();
         assert_eq!(names, ["cpus", "mem", "disk", "ports"]);
     }
 

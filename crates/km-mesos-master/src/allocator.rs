@@ -9,9 +9,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use km_resources::{Resources, Scalar};
 use tokio::time::Instant;
 
-use crate::resources::Resources;
+/// Whether resources are worth offering: Mesos's default
+/// `--min_allocatable_resources`, at least 0.01 cpus or 32 MB of memory.
+pub(crate) fn is_allocatable(rs: &Resources) -> bool {
+    rs.scalar("cpus") >= Scalar::from_milli(10) || rs.scalar("mem") >= Scalar::from_units(32)
+}
 
 /// One (framework, role) competing for resources.
 #[derive(Debug, Clone)]
@@ -192,20 +197,23 @@ impl Filters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use km_mesos::v1;
+    use km_resources::Resource;
     use std::time::Duration;
 
     fn res(cpus: f64, mem: f64) -> Resources {
-        let mk = |name: &str, v: f64| {
-            let mut r = v1::Resource {
-                name: name.into(),
-                scalar: Some(v1::value::Scalar { value: v }),
-                ..Default::default()
-            };
-            r.set_type(v1::value::Type::Scalar);
-            r
-        };
-        Resources::from_proto(&[mk("cpus", cpus), mk("mem", mem)]).unwrap()
+        [Resource::scalar("cpus", cpus), Resource::scalar("mem", mem)].into_iter().collect()
+    }
+
+    #[test]
+    fn min_allocatable_is_cpus_or_mem() {
+        assert!(is_allocatable(&res(0.01, 0.0)));
+        assert!(is_allocatable(&res(0.0, 32.0)));
+        assert!(!is_allocatable(&res(0.009, 31.999)));
+        let reserved: Resources =
+            [Resource::scalar("cpus", 0.005).reserved_for("a"), Resource::scalar("cpus", 0.005)]
+                .into_iter()
+                .collect();
+        assert!(is_allocatable(&reserved), "summed over reservations");
     }
 
     fn client(fw: &str, role: &str, alloc: Resources) -> Client {

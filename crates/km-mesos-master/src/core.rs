@@ -20,8 +20,13 @@ use km_mesos::v1::{self, TaskState, task_status::Reason, task_status::Source};
 use rand::seq::SliceRandom as _;
 use tokio::time::Instant;
 
-use crate::allocator::{self, Client, FilterKey, Filters};
-use crate::resources::{Format, Resources};
+use km_mesos::resources::{
+    Format, ResourceError, attribute_from_proto, attributes_state_object, resources_from_proto,
+    resources_to_proto, state_object,
+};
+use km_resources::{Resources, validate_role};
+
+use crate::allocator::{self, Client, FilterKey, Filters, is_allocatable};
 
 /// Identifies one open stream (a framework's, an agent's or an operator's).
 pub(crate) type ConnId = u64;
@@ -235,26 +240,11 @@ fn valid_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Mesos's role name rules.
-fn valid_role(role: &str) -> Result<(), String> {
-    if role.is_empty() {
-        return Err("role name must not be empty".into());
-    }
-    if role == "*" {
-        return Ok(());
-    }
-    if role.starts_with('/') || role.ends_with('/') || role.contains("//") {
-        return Err(format!("role '{role}' has a leading, trailing or double '/'"));
-    }
-    for part in role.split('/') {
-        if part == "." || part == ".." || part == "*" || part.starts_with('-') {
-            return Err(format!("role '{role}' has an invalid component '{part}'"));
-        }
-        if part.chars().any(|c| c.is_whitespace() || c == '\u{8}') {
-            return Err(format!("role '{role}' contains whitespace"));
-        }
-    }
-    Ok(())
+/// Resources from the wire as the master counts them. The master keeps its
+/// books unallocated (allocation roles are added to what goes out to MULTI_ROLE
+/// frameworks, and ignored on what comes back), as it always has.
+fn bag(rs: &[v1::Resource]) -> Result<Resources, ResourceError> {
+    Ok(resources_from_proto(rs)?.unallocated())
 }
 
 impl Master {
@@ -621,7 +611,7 @@ impl Master {
             }
             let mut seen = BTreeSet::new();
             for role in &info.roles {
-                valid_role(role)?;
+                validate_role(role).map_err(|e| e.to_string())?;
                 if !seen.insert(role) {
                     return Err(format!("'FrameworkInfo.roles' contains duplicate role '{role}'"));
                 }
@@ -634,7 +624,7 @@ impl Master {
                 );
             }
             if let Some(role) = &info.role {
-                valid_role(role)?;
+                validate_role(role).map_err(|e| e.to_string())?;
             }
         }
         if let Some(id) = info.id.as_ref().filter(|i| !i.value.is_empty()) {
@@ -941,7 +931,7 @@ impl Master {
         for agent_id in agent_ids {
             let Some(agent) = self.agents.get(&agent_id) else { continue };
             let mut free = agent.free();
-            if !free.is_allocatable() {
+            if !is_allocatable(&free) {
                 continue;
             }
             let has_gpus = agent.has_gpus();
@@ -953,7 +943,7 @@ impl Master {
                         return None;
                     }
                     let offerable = free.allocatable_to(&client.role);
-                    if !offerable.is_allocatable() {
+                    if !is_allocatable(&offerable) {
                         return None;
                     }
                     let key = FilterKey { role: client.role.clone(), agent_id: agent_id.clone() };
@@ -969,7 +959,7 @@ impl Master {
                 let offer =
                     self.make_offer(&client.framework_id, &client.role, &agent_id, offerable, now);
                 new_offers.entry(client.framework_id).or_default().push(offer);
-                if !free.is_allocatable() {
+                if !is_allocatable(&free) {
                     break;
                 }
             }
@@ -1014,10 +1004,10 @@ impl Master {
             framework_id: v1::FrameworkId { value: fw_id.into() },
             agent_id: v1::AgentId { value: agent_id.into() },
             hostname: agent.info.hostname.clone(),
-            resources: resources.to_proto(Format::Framework {
-                refinement: fw.caps.refinement,
-                allocation_role: alloc_role,
-            }),
+            resources: resources_to_proto(
+                &alloc_role.map_or_else(|| resources.clone(), |role| resources.allocated_to(role)),
+                Format::for_framework(fw.caps.refinement),
+            ),
             executor_ids,
             attributes: agent.info.attributes.clone(),
             url: Some(v1::Url {
@@ -1138,9 +1128,7 @@ impl Master {
                             }
                             Ok(needed) => {
                                 let msg = format!(
-                                    "Task uses more resources {} than available {}",
-                                    crate::resources::describe(&needed),
-                                    crate::resources::describe(&pool)
+                                    "Task uses more resources {needed} than available {pool}"
                                 );
                                 self.task_error(
                                     fw_id,
@@ -1266,8 +1254,8 @@ impl Master {
         if task.resources.is_empty() {
             return Err("Task uses no resources".into());
         }
-        let mut needed = Resources::from_proto(&task.resources)
-            .map_err(|e| format!("Task uses invalid resources: {e}"))?;
+        let mut needed =
+            bag(&task.resources).map_err(|e| format!("Task uses invalid resources: {e}"))?;
         if let Some(kp) = &task.kill_policy
             && kp.grace_period.as_ref().is_some_and(|g| g.nanoseconds < 0)
         {
@@ -1303,7 +1291,7 @@ impl Master {
                     }
                     None if launched_executors.contains(&executor.executor_id.value) => {}
                     None => {
-                        let exec_res = Resources::from_proto(&executor.resources)
+                        let exec_res = bag(&executor.resources)
                             .map_err(|e| format!("Executor uses invalid resources: {e}"))?;
                         needed.add(&exec_res);
                     }
@@ -1355,7 +1343,7 @@ impl Master {
         let running = self.agents.get(agent_id).is_some_and(|a| a.executors.contains_key(&key));
         if !running && !launched_executors.contains(&executor.executor_id.value) {
             needed.add(
-                &Resources::from_proto(&executor.resources)
+                &bag(&executor.resources)
                     .map_err(|e| format!("Executor uses invalid resources: {e}"))?,
             );
         }
@@ -1426,11 +1414,11 @@ impl Master {
             if let Some(a) = self.agents.get_mut(agent_id)
                 && !a.executors.contains_key(&key)
             {
-                let res = Resources::from_proto(&executor.resources).unwrap_or_default();
+                let res = bag(&executor.resources).unwrap_or_default();
                 a.executors.insert(key, (executor.clone(), res));
             }
         }
-        let task_res = Resources::from_proto(&task.resources).unwrap_or_default();
+        let task_res = bag(&task.resources).unwrap_or_default();
         self.record_task(fw_id, agent_id, role, &task, executor_id, task_res, needed, wall);
         let Some(info) = self.frameworks.get(fw_id).map(|f| f.info.clone()) else { return };
         let mut e = agent::Event {
@@ -1459,7 +1447,7 @@ impl Master {
         if let Some(a) = self.agents.get_mut(agent_id)
             && !a.executors.contains_key(&key)
         {
-            let res = Resources::from_proto(&executor.resources).unwrap_or_default();
+            let res = bag(&executor.resources).unwrap_or_default();
             a.executors.insert(key, (executor.clone(), res));
         }
         let executor_id = group.executor.executor_id.clone();
@@ -1469,7 +1457,7 @@ impl Master {
         }
         for task in &mut group.task_group.tasks {
             task.resources = self.with_allocation(fw_id, role, &task.resources);
-            let res = Resources::from_proto(&task.resources).unwrap_or_default();
+            let res = bag(&task.resources).unwrap_or_default();
             self.record_task(
                 fw_id,
                 agent_id,
@@ -1689,7 +1677,7 @@ impl Master {
         wall: SystemTime,
     ) -> Result<String, Rejection> {
         let mut info = subscribe.agent_info;
-        let total = Resources::from_proto(&info.resources)
+        let total = bag(&info.resources)
             .map_err(|e| Rejection::new(400, format!("Invalid agent resources: {e}")))?;
         let now_s = epoch_secs(wall);
         let requested = info.id.as_ref().map(|i| i.value.clone()).filter(|v| !v.is_empty());
@@ -1749,7 +1737,7 @@ impl Master {
         for ex in &subscribe.executors {
             let fw = ex.framework_id.as_ref().map(|f| f.value.clone()).unwrap_or_default();
             let key = (fw, ex.executor_id.value.clone());
-            let res = Resources::from_proto(&ex.resources).unwrap_or_default();
+            let res = bag(&ex.resources).unwrap_or_default();
             if let Some(a) = self.agents.get_mut(&id)
                 && !a.executors.contains_key(&key)
             {
@@ -1763,7 +1751,7 @@ impl Master {
             if self.tasks.contains_key(&key) || is_terminal(t.state()) {
                 continue;
             }
-            let res = Resources::from_proto(&t.resources).unwrap_or_default();
+            let res = bag(&t.resources).unwrap_or_default();
             if let Some(a) = self.agents.get_mut(&id) {
                 a.used.add(&res);
             }
@@ -2241,7 +2229,7 @@ impl Master {
     fn agent_view(&self, id: &str) -> Option<op::response::get_agents::Agent> {
         let a = self.agents.get(id)?;
         let mut info = a.info.clone();
-        info.resources = a.total.to_proto(Format::Endpoint);
+        info.resources = resources_to_proto(&a.total, Format::Endpoint);
         Some(op::response::get_agents::Agent {
             agent_info: info,
             active: a.conn.is_some(),
@@ -2251,9 +2239,9 @@ impl Master {
             reregistered_time: a
                 .reregistered_time
                 .map(|t| v1::TimeInfo { nanoseconds: (t * 1e9) as i64 }),
-            total_resources: a.total.to_proto(Format::Endpoint),
-            allocated_resources: a.used.to_proto(Format::Endpoint),
-            offered_resources: a.offered.to_proto(Format::Endpoint),
+            total_resources: resources_to_proto(&a.total, Format::Endpoint),
+            allocated_resources: resources_to_proto(&a.used, Format::Endpoint),
+            offered_resources: resources_to_proto(&a.offered, Format::Endpoint),
             capabilities: a.capabilities.clone(),
             ..Default::default()
         })
@@ -2276,7 +2264,7 @@ impl Master {
             unregistered_time: f
                 .unregistered_time
                 .map(|t| v1::TimeInfo { nanoseconds: (t * 1e9) as i64 }),
-            allocated_resources: allocated.to_proto(Format::Endpoint),
+            allocated_resources: resources_to_proto(&allocated, Format::Endpoint),
             recovered: false,
             ..Default::default()
         })
@@ -2367,6 +2355,9 @@ impl Master {
             .agents
             .values()
             .map(|a| {
+                // The agent's own attributes; one that does not convert is left out.
+                let attributes: Vec<_> =
+                    a.info.attributes.iter().filter_map(|x| attribute_from_proto(x).ok()).collect();
                 json!({
                     "id": a.id(),
                     "pid": format!("slave(1)@{}:{}", a.info.hostname, a.info.port.unwrap_or(5051)),
@@ -2374,11 +2365,11 @@ impl Master {
                     "port": a.info.port.unwrap_or(5051),
                     "registered_time": a.registered_time,
                     "reregistered_time": a.reregistered_time,
-                    "resources": crate::state::resources_object(&a.total),
-                    "used_resources": crate::state::resources_object(&a.used),
-                    "offered_resources": crate::state::resources_object(&a.offered),
-                    "unreserved_resources": crate::state::resources_object(&a.total.allocatable_to("*")),
-                    "attributes": crate::state::attributes_object(&a.info.attributes),
+                    "resources": state_object(&a.total),
+                    "used_resources": state_object(&a.used),
+                    "offered_resources": state_object(&a.offered),
+                    "unreserved_resources": state_object(&a.total.allocatable_to("*")),
+                    "attributes": attributes_state_object(&attributes),
                     "active": a.conn.is_some(),
                     "deactivated": false,
                     "version": a.version,
@@ -2486,3 +2477,5 @@ fn same_executor(running: &v1::ExecutorInfo, given: &v1::ExecutorInfo, fw_id: &s
 
 #[cfg(test)]
 mod props;
+#[cfg(test)]
+mod wire;

@@ -6,10 +6,12 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use km_mesos::ContentType;
+use km_mesos::resources::{Format, resources_from_proto, resources_to_proto};
 use km_mesos::scheduler::{Config, Event, Scheduler};
 use km_mesos::v1::scheduler::event;
 use km_mesos::v1::{self, TaskState};
-use km_mesos::{ContentType, flags};
+use km_resources::Resources;
 
 /// Flags of `km mesos-execute` (Mesos's names).
 #[derive(Debug, Clone, clap::Args)]
@@ -42,11 +44,11 @@ pub async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
         format!("http://{}", args.master)
     };
     let master = master.parse().with_context(|| format!("invalid --master '{}'", args.master))?;
-    let wanted = flags::parse_resources(&args.resources)
+    let wanted = km_resources::parse_resources(&args.resources)
         .map_err(|e| anyhow::anyhow!("invalid --resources {e}"))?;
-    if !flags::valid_role(&args.role) {
-        bail!("invalid --role '{}'", args.role);
-    }
+    let wanted_bag: Resources = wanted.iter().cloned().collect();
+    let wanted = resources_to_proto(&wanted, Format::PostRefinement);
+    km_resources::validate_role(&args.role).context("invalid --role")?;
     let info = v1::FrameworkInfo {
         user: std::env::var("USER").unwrap_or_else(|_| "root".into()),
         name: format!("km mesos-execute ({})", args.name),
@@ -88,7 +90,7 @@ pub async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
                 event::Type::Offers if !launched => {
                     let offers = e.offers.map(|o| o.offers).unwrap_or_default();
                     let (fit, rest): (Vec<_>, Vec<_>) =
-                        offers.into_iter().partition(|o| fits(&wanted, o));
+                        offers.into_iter().partition(|o| fits(&wanted_bag, o));
                     let ids: Vec<v1::OfferId> = rest.into_iter().map(|o| o.id).collect();
                     if !ids.is_empty() {
                         sched.decline(ids, None).await.context("DECLINE failed")?;
@@ -150,18 +152,11 @@ pub async fn execute(args: ExecuteArgs) -> anyhow::Result<()> {
     }
 }
 
-fn fits(wanted: &[v1::Resource], offer: &v1::Offer) -> bool {
-    wanted.iter().all(|w| {
-        let need = w.scalar.as_ref().map(|s| s.value).unwrap_or(0.0);
-        let have: f64 = offer
-            .resources
-            .iter()
-            .filter(|r| r.name == w.name)
-            .filter_map(|r| r.scalar.as_ref())
-            .map(|s| s.value)
-            .sum();
-        w.scalar.is_none() || have + 1e-9 >= need
-    })
+/// Whether the offer holds what the task asks for, reservation by reservation
+/// (the master refuses a task asking unreserved resources from reserved ones).
+/// An offer that does not convert fits nothing.
+fn fits(wanted: &Resources, offer: &v1::Offer) -> bool {
+    resources_from_proto(&offer.resources).is_ok_and(|have| have.unallocated().contains(wanted))
 }
 
 /// What happens to the task is this command's output: plain lines on stdout.

@@ -8,19 +8,18 @@
 //! [`execute`] is `km mesos-execute`, a one-task framework for trying it out.
 //!
 //! Layout: [`core`] is the state machine (no IO, time as input),
-//! [`allocator`] the DRF order and decline filters, [`resources`] Mesos's
-//! resource arithmetic, [`server`] the HTTP endpoints and the event loop,
-//! [`sim`] the simulated agents.
+//! [`allocator`] the DRF order and decline filters, [`server`] the HTTP
+//! endpoints and the event loop, [`sim`] the simulated agents. Resources are
+//! km's shared model (`km_resources`), read and written with
+//! `km_mesos::resources`.
 
 mod allocator;
 mod core;
 mod execute;
 mod leader;
 mod registry;
-mod resources;
 mod server;
 mod sim;
-mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};

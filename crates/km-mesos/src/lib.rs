@@ -5,6 +5,9 @@
 //! - [`codec`] and [`json`]: both encodings Mesos uses on the wire, content
 //!   negotiation as Mesos does it, and checks for `required` fields.
 //! - [`recordio`]: the framing of event streams.
+//! - [`resources`]: the only conversions between Mesos resources and
+//!   attributes on the wire and km's model of them (`km_resources`).
+//! - [`flags`]: the agent flags' text syntax, producing wire types.
 //! - [`scheduler`], [`executor`], [`operator`]: HTTP clients for frameworks,
 //!   executors and operators, built on the above.
 //!
@@ -21,6 +24,7 @@ pub mod json;
 pub mod operator;
 mod proto;
 pub mod recordio;
+pub mod resources;
 pub mod scheduler;
 
 pub use codec::{ContentType, DecodeError};

@@ -136,6 +136,9 @@ pub enum ConfigError {
     /// An empty or duplicated role name.
     #[error("invalid role list {0:?}: empty or duplicate role")]
     BadRole(Vec<String>),
+    /// A role that breaks Mesos's role name rules.
+    #[error("invalid role: {0}")]
+    InvalidRole(#[from] km_resources::RoleError),
     /// A default pod role the framework does not have.
     #[error("default pod role {role:?} is not a framework role (framework roles: {framework:?})")]
     DefaultRoleNotFramework {
@@ -171,6 +174,9 @@ impl Config {
             if seen.len() != list.len() || list.iter().any(|r| r.trim().is_empty() || r.trim() != r)
             {
                 return Err(ConfigError::BadRole(list.clone()));
+            }
+            for role in list {
+                km_resources::validate_role(role)?;
             }
         }
         if self.default_pod_roles.is_empty() {
@@ -221,6 +227,14 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::DefaultRoleNotFramework { .. })));
         let c = Config { default_pod_roles: vec![], ..Config::default() };
         assert_eq!(c.validate(), Err(ConfigError::NoDefaultPodRoles));
+        let c =
+            Config { framework_roles: vec!["*".into(), "eng/../x".into()], ..Config::default() };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "invalid role: role 'eng/../x' has '..' as a component"
+        );
+        let c = Config { default_pod_roles: vec!["-x".into()], ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::InvalidRole(_))));
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! Architecture invariants:
 //! - **Pure.** No IO, no clock (`now` is an argument), no async runtime, no threads. The same
 //!   input gives the same [`Plan`], byte for byte.
-//! - **Own model.** [`Offer`], [`Resource`], [`KnownAgent`] are plain structs; the scheduler
-//!   converts Mesos protobufs into them. Pods come in as `k8s_openapi` [`Pod`]s and are reduced
+//! - **Own model.** [`Offer`] and [`KnownAgent`] are plain structs over km's shared resource
+//!   model (`km_resources`, re-exported as [`resources`]); the scheduler converts Mesos
+//!   protobufs into them. Pods come in as `k8s_openapi` [`Pod`]s and are reduced
 //!   to a [`PodDemand`] by [`Matcher::demand`].
 //! - **Explanations are data.** A pod that does not fit is an [`Outcome::Unplaced`] with
 //!   counted [`Reason`]s and an optional [`NeverFits`] verdict; an unusable pod spec is an

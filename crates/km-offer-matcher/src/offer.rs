@@ -1,15 +1,15 @@
 //! Offers and agents: the matcher's own plain model of what Mesos offers.
 //!
-//! The scheduler converts `mesos.v1.Offer` protobufs into [`Offer`]; this crate knows
-//! nothing of protobuf. [`KnownAgent`] carries what the scheduler knows about an agent
+//! The scheduler converts `mesos.v1.Offer` protobufs into [`Offer`] (resources and attributes
+//! with `km_mesos::resources`); this crate knows nothing of protobuf. [`KnownAgent`] carries what the scheduler knows about an agent
 //! beyond the current offers (its total capacity, its running executors); it is used for the
 //! "can never fit any known agent" verdicts and for executor compatibility.
 
-use std::collections::BTreeSet;
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use crate::resources::{Ranges, Resource, Scalar};
+pub use km_resources::{Attribute, AttributeValue};
+
+use crate::resources::Resource;
 
 /// Node label carrying the agent's hostname.
 pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
@@ -83,70 +83,6 @@ impl Unavailability {
     }
 }
 
-/// A Mesos agent attribute.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Attribute {
-    /// Attribute name.
-    pub name: String,
-    /// Attribute value.
-    pub value: AttributeValue,
-}
-
-impl Attribute {
-    /// A text attribute.
-    pub fn text(name: impl Into<String>, value: impl Into<String>) -> Attribute {
-        Attribute { name: name.into(), value: AttributeValue::Text(value.into()) }
-    }
-}
-
-/// The value of an attribute.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum AttributeValue {
-    /// Text.
-    Text(String),
-    /// Scalar.
-    Scalar(Scalar),
-    /// Ranges.
-    Ranges(Ranges),
-    /// Set.
-    Set(BTreeSet<String>),
-}
-
-impl fmt::Display for AttributeValue {
-    /// The node-label form: text as is, scalars in shortest decimal form, ranges as
-    /// `[a-b,c]`, sets as `{a,b}`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AttributeValue::Text(t) => f.write_str(t),
-            AttributeValue::Scalar(s) => write!(f, "{s}"),
-            AttributeValue::Ranges(r) => {
-                f.write_str("[")?;
-                for (i, x) in r.ranges().iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    if x.begin == x.end {
-                        write!(f, "{}", x.begin)?;
-                    } else {
-                        write!(f, "{}-{}", x.begin, x.end)?;
-                    }
-                }
-                f.write_str("]")
-            }
-            AttributeValue::Set(s) => {
-                f.write_str("{")?;
-                for (i, x) in s.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(",")?;
-                    }
-                    f.write_str(x)?;
-                }
-                f.write_str("}")
-            }
-        }
-    }
-}
-
 /// What the scheduler knows about an agent besides its current offers.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct KnownAgent {
@@ -178,6 +114,7 @@ pub fn agent_labels(hostname: &str, attributes: &[Attribute]) -> Vec<(String, St
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resources::{Ranges, Scalar};
 
     #[test]
     fn labels_from_attributes() {

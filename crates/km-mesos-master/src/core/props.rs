@@ -85,9 +85,9 @@ fn check_no_overcommit(m: &Master) -> Result<(), TestCaseError> {
         let mut sum = Resources::default();
         for o in m.offers.values().filter(|o| &o.agent_id == id) {
             for r in o.resources.iter() {
-                if let crate::resources::Val::Ranges(ports) = &r.value {
+                if let km_resources::Value::Ranges(ports) = &r.value {
                     for b in sum.iter() {
-                        if let crate::resources::Val::Ranges(other) = &b.value {
+                        if let km_resources::Value::Ranges(other) = &b.value {
                             prop_assert!(!ports.intersects(other), "port offered twice on {}", id);
                         }
                     }
