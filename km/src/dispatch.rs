@@ -5,8 +5,15 @@ use std::path::Path;
 
 /// Subcommands that may be reached through a symlink. Kept in step with
 /// `Command` in main.rs by the `every_subcommand_is_dispatchable` test.
-pub(crate) const SUBCOMMANDS: &[&str] =
-    &["podmaster", "mesos-master", "mesos-execute", "mesos-agent", "apiserver", "kubelet"];
+pub(crate) const SUBCOMMANDS: &[&str] = &[
+    "podmaster",
+    "mesos-master",
+    "mesos-execute",
+    "mesos-agent",
+    "apiserver",
+    "kubelet",
+    "scheduler",
+];
 
 /// Rewrites `[/usr/bin/km-podmaster, --flag]` (or `podmaster`) into
 /// `[km, podmaster, --flag]`. Any other program name is left alone, so `km`

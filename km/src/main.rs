@@ -44,6 +44,8 @@ enum Command {
     Apiserver(km_apiserver::Args),
     /// Run the static pods of a manifest directory (Docker and native runtimes).
     Kubelet(km_kubelet::Args),
+    /// The Mesos framework that runs Kubernetes pods as Mesos tasks.
+    Scheduler(km_scheduler::Args),
 }
 
 impl Command {
@@ -55,6 +57,7 @@ impl Command {
             Command::MesosAgent(args) => rt::block_on(km_mesos_agent::run(args)),
             Command::Apiserver(args) => rt::block_on(km_apiserver::run(args)),
             Command::Kubelet(args) => rt::block_on(km_kubelet::run(args)),
+            Command::Scheduler(args) => rt::block_on(km_scheduler::run(args)),
         }
     }
 }

@@ -9,4 +9,5 @@ mod kubelet_api;
 mod mesos_agent;
 mod mesos_master;
 mod podmaster;
+mod scheduler;
 mod support;

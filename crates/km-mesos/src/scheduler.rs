@@ -53,6 +53,9 @@ impl std::fmt::Debug for Credentials {
 pub struct Config {
     /// Any master, as `http://host:port`; non-leaders redirect to the leader.
     pub master: Url,
+    /// More masters of the same cluster, tried in turn (after `master`) when the one in use
+    /// cannot be reached.
+    pub other_masters: Vec<Url>,
     /// The framework to subscribe. Set `id` to fail over an existing framework.
     pub framework: v1::FrameworkInfo,
     /// Roles to start suppressed.
@@ -77,6 +80,7 @@ impl Config {
     pub fn new(master: Url, framework: v1::FrameworkInfo) -> Self {
         Self {
             master,
+            other_masters: Vec::new(),
             framework,
             suppressed_roles: Vec::new(),
             content_type: ContentType::Protobuf,
@@ -127,6 +131,11 @@ impl Events {
     /// The next event.
     pub async fn recv(&mut self) -> Option<Event> {
         self.rx.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
     }
 }
 
@@ -340,12 +349,18 @@ enum Ended {
     Lost(String),
     /// It never became live.
     Failed(String),
+    /// The master could not be reached (or did not answer) at all.
+    Unreachable(String),
     /// The master sent ERROR, or we tore down, or nobody listens: stop.
     Stop,
 }
 
 async fn drive(inner: Arc<Inner>, stream_client: reqwest::Client, tx: mpsc::Sender<Event>) {
     let mut framework_id = inner.config.framework.id.clone().filter(|id| !id.value.is_empty());
+    let masters: Vec<Url> = std::iter::once(inner.config.master.clone())
+        .chain(inner.config.other_masters.iter().cloned())
+        .collect();
+    let mut next_master = 0usize;
     let mut master = inner.config.master.clone();
     let mut backoff = new_backoff(&inner.config);
     loop {
@@ -360,6 +375,12 @@ async fn drive(inner: Arc<Inner>, stream_client: reqwest::Client, tx: mpsc::Send
             Ended::Stop => break,
             Ended::Lost(reason) => {
                 backoff = new_backoff(&inner.config);
+                reason
+            }
+            Ended::Unreachable(reason) => {
+                // Try the next master of the list.
+                next_master = (next_master + 1) % masters.len();
+                master = masters[next_master].clone();
                 reason
             }
             Ended::Failed(reason) => reason,
@@ -412,14 +433,9 @@ async fn subscribe_once(
         http_util::post(client, url, ct, Some(ct), ct.encode(&c), |r| with_auth(r, config));
     let (url, resp) = match tokio::time::timeout(config.call_timeout, posted).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(e)) => {
-            // The leader we were sent to may be gone: start over where we were told to.
-            *master = config.master.clone();
-            return Ended::Failed(e.to_string());
-        }
+        Ok(Err(e)) => return Ended::Unreachable(e.to_string()),
         Err(_) => {
-            *master = config.master.clone();
-            return Ended::Failed(format!(
+            return Ended::Unreachable(format!(
                 "SUBSCRIBE got no answer within {:?}",
                 config.call_timeout
             ));

@@ -874,6 +874,10 @@ impl Core {
             self.settle_offers();
             return false;
         }
+        if self.offers.is_empty() && self.agents.is_empty() {
+            // No agent has ever offered anything: nothing to place on and nothing to explain.
+            return false;
+        }
         let demands: Vec<&PodDemand> = candidates
             .iter()
             .filter_map(|uid| self.pods.get(uid).and_then(|p| p.demand.as_ref().ok()))

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod apiserver;
+pub mod cluster;
 pub mod etcd;
 pub mod mesos;
 pub mod process;

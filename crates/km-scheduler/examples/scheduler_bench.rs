@@ -1,0 +1,536 @@
+//! Scheduler benchmarks S1 and S3 (docs/benchmarks.md): a whole control plane on this machine —
+//! etcd, `km apiserver`, `km mesos-master` with simulated agents — and `km scheduler`, all
+//! real processes from a release build of `km`.
+//!
+//! ```text
+//! cargo build --release -p km && \
+//!   cargo run --release -p km-scheduler --example scheduler_bench -- [s1|s3|all] [--pods N] [--agents N] [--no-baseline]
+//! ```
+//!
+//! The pods are in the API before the scheduler starts; the clock starts when the scheduler is
+//! spawned. Printed per run: time until every pod is bound and Running, pods bound per second,
+//! offers used per pod, p50/p99 of scheduler start → bound and → Running, and the scheduler's
+//! peak RSS. Each scenario also runs with the original's policy (one pod per offer, 5 s refuse)
+//! as a baseline, side by side.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
+use serde_json::{Value, json};
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn km() -> PathBuf {
+    std::env::var_os("KM_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+        root.join("target/release/km")
+    })
+}
+
+fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
+    let out = std::fs::File::create(&log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {name}: {e}"));
+    Proc(child)
+}
+
+async fn wait_http(url: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = client.get(url).send().await
+            && r.status().is_success()
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} did not come up ({url})");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct Plane {
+    _etcd: Proc,
+    _api: Proc,
+    master: Proc,
+    api_url: String,
+    master_port: u16,
+    etcd_url: String,
+    dir: tempfile::TempDir,
+}
+
+async fn plane(agents: usize, agent_resources: &str) -> Plane {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ec, ep) = (free_port(), free_port());
+    let etcd_url = format!("http://127.0.0.1:{ec}");
+    let peer = format!("http://127.0.0.1:{ep}");
+    let etcd = spawn(
+        "etcd",
+        Command::new("etcd")
+            .arg(format!("--data-dir={}", dir.path().join("etcd").display()))
+            .arg(format!("--listen-client-urls={etcd_url}"))
+            .arg(format!("--advertise-client-urls={etcd_url}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=default={peer}"))
+            .args(["--log-level=error", "--logger=zap"]),
+        dir.path().join("etcd.log"),
+    );
+    wait_http(&format!("{etcd_url}/health"), "etcd").await;
+    let ap = free_port();
+    let api = spawn(
+        "km apiserver",
+        Command::new(km())
+            .arg("apiserver")
+            .arg("--insecure-bind-address=127.0.0.1")
+            .arg(format!("--insecure-port={ap}"))
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .arg("--service-cluster-ip-range=10.10.0.0/16")
+            .env("KM_LOG", "warn"),
+        dir.path().join("apiserver.log"),
+    );
+    let api_url = format!("http://127.0.0.1:{ap}");
+    wait_http(&format!("{api_url}/healthz"), "km apiserver").await;
+    let mp = free_port();
+    let master = spawn(
+        "km mesos-master",
+        Command::new(km())
+            .arg("mesos-master")
+            .arg("--ip=127.0.0.1")
+            .arg(format!("--port={mp}"))
+            .arg(format!("--simulate-agents={agents}"))
+            .arg(format!("--simulate-agent-resources={agent_resources}"))
+            .arg("--simulate-agent-attributes=rack:r{i%10};zone:z{i%3}")
+            .arg("--allocation_interval=1secs")
+            .env("KM_LOG", "warn"),
+        dir.path().join("master.log"),
+    );
+    wait_http(&format!("http://127.0.0.1:{mp}/health"), "km mesos-master").await;
+    Plane { _etcd: etcd, _api: api, master, api_url, master_port: mp, etcd_url, dir }
+}
+
+/// Creates the pods concurrently; returns how long it took.
+async fn create_pods(client: &kube::Client, pods: Vec<Value>) -> Duration {
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let t0 = Instant::now();
+    futures::stream::iter(pods)
+        .map(|p| {
+            let api = api.clone();
+            async move {
+                let pod: Pod = serde_json::from_value(p).expect("pod");
+                api.create(&PostParams::default(), &pod).await.expect("create pod");
+            }
+        })
+        .buffer_unordered(128)
+        .collect::<Vec<()>>()
+        .await;
+    t0.elapsed()
+}
+
+fn pod(name: &str, cpu: &str, extra_spec: Value, annotations: Value) -> Value {
+    let mut spec = json!({
+        "containers": [{ "name": "c", "image": "busybox",
+            "resources": { "requests": { "cpu": cpu, "memory": "128Mi" } } }],
+    });
+    if let (Some(s), Some(e)) = (spec.as_object_mut(), extra_spec.as_object()) {
+        for (k, v) in e {
+            s.insert(k.clone(), v.clone());
+        }
+    }
+    json!({ "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "default", "annotations": annotations }, "spec": spec })
+}
+
+#[derive(Default)]
+struct Seen {
+    bound: HashMap<String, Duration>,
+    running: HashMap<String, Duration>,
+    unschedulable: HashMap<String, Duration>,
+}
+
+struct Report {
+    pods: usize,
+    all_bound: Option<Duration>,
+    all_running: Option<Duration>,
+    bound_p50: Duration,
+    bound_p99: Duration,
+    running_p50: Duration,
+    running_p99: Duration,
+    offers_used: f64,
+    rss_mib: f64,
+    seen: Arc<Mutex<Seen>>,
+}
+
+fn pct(mut v: Vec<Duration>, p: f64) -> Duration {
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v.sort();
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+async fn metric(port: u16, name: &str) -> f64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await.ok();
+    let Some(r) = text else { return 0.0 };
+    let text = r.text().await.unwrap_or_default();
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Starts a scheduler over pods already in the API and measures until all are bound and
+/// Running (or `limit` passes).
+async fn measure(
+    p: &Plane,
+    total: usize,
+    expect_unschedulable: usize,
+    extra: &[&str],
+    limit: Duration,
+) -> Report {
+    let client =
+        kube::Client::try_from(kube::Config::new(p.api_url.parse().expect("url"))).expect("client");
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let rv = api
+        .list(&ListParams::default().limit(1))
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let port = free_port();
+    let t0 = Instant::now();
+    let sched = spawn(
+        "km scheduler",
+        Command::new(km())
+            .arg("scheduler")
+            .arg(format!("--api-servers={}", p.api_url))
+            .arg(format!("--mesos-master=127.0.0.1:{}", p.master_port))
+            .arg(format!("--etcd-servers={}", p.etcd_url))
+            .arg(format!("--port={port}"))
+            .arg("--executor-path=file:///usr/local/bin/km")
+            .args(extra)
+            .env("KM_LOG", "warn"),
+        p.dir.path().join(format!("scheduler-{}.log", extra.join("_").replace(['/', '='], "-"))),
+    );
+    let watcher = {
+        let seen = seen.clone();
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut rv = rv;
+            loop {
+                let wp = WatchParams::default().timeout(290);
+                let Ok(stream) = api.watch(&wp, &rv).await else { continue };
+                let mut stream = std::pin::pin!(stream);
+                while let Ok(Some(ev)) = stream.try_next().await {
+                    let (WatchEvent::Added(pod) | WatchEvent::Modified(pod)) = ev else { continue };
+                    if let Some(v) = pod.metadata.resource_version.clone() {
+                        rv = v;
+                    }
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    let at = t0.elapsed();
+                    let mut s = seen.lock().expect("lock");
+                    if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+                        s.bound.entry(name.clone()).or_insert(at);
+                    }
+                    let status = pod.status.as_ref();
+                    if status.and_then(|st| st.phase.as_deref()) == Some("Running") {
+                        s.running.entry(name.clone()).or_insert(at);
+                    }
+                    let unsched = status.and_then(|st| st.conditions.as_ref()).is_some_and(|c| {
+                        c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False")
+                    });
+                    if unsched {
+                        s.unschedulable.entry(name).or_insert(at);
+                    }
+                }
+            }
+        })
+    };
+    let want = total - expect_unschedulable;
+    loop {
+        let done = {
+            let s = seen.lock().expect("lock");
+            s.bound.len() >= want
+                && s.running.len() >= want
+                && s.unschedulable.len() >= expect_unschedulable
+        };
+        if done || t0.elapsed() > limit {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let offers_used = metric(port, "km_scheduler_offers_used_total").await;
+    let rss_mib = peak_rss_mib(sched.0.id());
+    drop(sched);
+    watcher.abort();
+    let s = seen.lock().expect("lock");
+    let bound: Vec<Duration> = s.bound.values().copied().collect();
+    let running: Vec<Duration> = s.running.values().copied().collect();
+    Report {
+        pods: want,
+        all_bound: (bound.len() >= want).then(|| bound.iter().copied().max().unwrap_or_default()),
+        all_running: (running.len() >= want)
+            .then(|| running.iter().copied().max().unwrap_or_default()),
+        bound_p50: pct(bound.clone(), 0.5),
+        bound_p99: pct(bound, 0.99),
+        running_p50: pct(running.clone(), 0.5),
+        running_p99: pct(running, 0.99),
+        offers_used,
+        rss_mib,
+        seen: seen.clone(),
+    }
+}
+
+fn print(label: &str, r: &Report) {
+    let secs = |d: Option<Duration>| {
+        d.map_or("not all".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
+    };
+    let rate = r.all_bound.map_or(0.0, |d| r.pods as f64 / d.as_secs_f64());
+    println!(
+        "{label:<28} pods {:>6}  all bound {:>9}  all Running {:>9}  {:>7.0} pods/s  offers/pod {:.3}  start→bound p50 {:.2}s p99 {:.2}s  start→Running p50 {:.2}s p99 {:.2}s  peak RSS {:.0} MiB",
+        r.pods,
+        secs(r.all_bound),
+        secs(r.all_running),
+        rate,
+        r.offers_used / r.pods.max(1) as f64,
+        r.bound_p50.as_secs_f64(),
+        r.bound_p99.as_secs_f64(),
+        r.running_p50.as_secs_f64(),
+        r.running_p99.as_secs_f64(),
+        r.rss_mib,
+    );
+}
+
+const AGENT: &str = "cpus:4;mem:16384;disk:100000;ports:[31000-32000]";
+
+async fn s1(pods: usize, agents: usize, baseline: bool) {
+    println!("S1 burst bind: {pods} pods × 0.1 cpu / 128 MiB on {agents} simulated agents × 4 cpu");
+    for (label, extra) in [
+        ("S1 km (pack)", &[][..]),
+        ("S1 original policy", &["--launch-policy=one-pod-per-offer"][..]),
+    ] {
+        if !baseline && !extra.is_empty() {
+            continue;
+        }
+        let p = plane(agents, AGENT).await;
+        let client = kube::Client::try_from(kube::Config::new(p.api_url.parse().expect("url")))
+            .expect("client");
+        let specs =
+            (0..pods).map(|i| pod(&format!("s1-{i}"), "100m", json!({}), json!({}))).collect();
+        let created = create_pods(&client, specs).await;
+        eprintln!("  ({pods} pods created in {:.1} s)", created.as_secs_f64());
+        let r = measure(&p, pods, 0, extra, Duration::from_secs(600)).await;
+        print(label, &r);
+        drop(p.master);
+    }
+}
+
+async fn s3(pods: usize, agents: usize, baseline: bool) {
+    println!(
+        "S3 constrained: {pods} pods on {agents} agents (10 racks, 3 zones, roles * + prod, hostPort 8080, nodeSelector)"
+    );
+    let resources =
+        "cpus:2;cpus(prod):2;mem:8192;mem(prod):8192;disk:100000;ports:[8080-8080,31000-32000]";
+    let impossible = 10;
+    for (label, extra) in [
+        ("S3 km (pack)", &["--mesos-framework-roles=*,prod"][..]),
+        (
+            "S3 original policy",
+            &["--mesos-framework-roles=*,prod", "--launch-policy=one-pod-per-offer"][..],
+        ),
+    ] {
+        if !baseline && extra.len() > 1 {
+            continue;
+        }
+        let p = plane(agents, resources).await;
+        let client = kube::Client::try_from(kube::Config::new(p.api_url.parse().expect("url")))
+            .expect("client");
+        let mut specs = Vec::new();
+        for i in 0..pods {
+            let (spec, ann) = match i % 10 {
+                0..=3 => (json!({}), json!({})),
+                4 | 5 => (
+                    json!({"nodeSelector": {"k8s.mesosphere.io/attribute-rack": format!("r{}", i % 10)}}),
+                    json!({}),
+                ),
+                6 => (
+                    json!({"nodeSelector": {"k8s.mesosphere.io/attribute-zone": format!("z{}", i % 3)}}),
+                    json!({}),
+                ),
+                7 => (
+                    json!({"containers": [{"name": "c", "image": "busybox", "ports": [{"containerPort": 80, "hostPort": 8080}],
+                        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}}}]}),
+                    json!({}),
+                ),
+                _ => (json!({}), json!({"k8s.mesosphere.io/roles": "prod"})),
+            };
+            specs.push(pod(&format!("s3-{i}"), "100m", spec, ann));
+        }
+        for i in 0..impossible {
+            specs.push(pod(
+                &format!("s3-impossible-{i}"),
+                "100m",
+                json!({"nodeSelector": {"k8s.mesosphere.io/attribute-rack": "r99"}}),
+                json!({}),
+            ));
+        }
+        let total = specs.len();
+        let created = create_pods(&client, specs).await;
+        eprintln!("  ({total} pods created in {:.1} s)", created.as_secs_f64());
+        let r = measure(&p, total, impossible, extra, Duration::from_secs(600)).await;
+        print(label, &r);
+        let violations = check_s3(&client, &p).await;
+        let reasons = r
+            .seen
+            .lock()
+            .expect("lock")
+            .unschedulable
+            .iter()
+            .filter(|(n, _)| n.starts_with("s3-impossible"))
+            .map(|(_, d)| *d)
+            .max();
+        println!(
+            "{:<28} constraint violations {violations}; {impossible} impossible pods reported by {}",
+            "",
+            reasons.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
+        );
+        drop(p.master);
+    }
+}
+
+/// Counts placements breaking a constraint: a node selector not matched by the node's labels,
+/// host port 8080 twice on a node, a prod pod on unreserved resources.
+async fn check_s3(client: &kube::Client, p: &Plane) -> usize {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let nodes: BTreeMap<String, BTreeMap<String, String>> = nodes
+        .list(&ListParams::default())
+        .await
+        .expect("nodes")
+        .items
+        .into_iter()
+        .map(|n| {
+            (n.metadata.name.clone().unwrap_or_default(), n.metadata.labels.unwrap_or_default())
+        })
+        .collect();
+    let mut violations = 0;
+    let mut port_hosts: HashSet<String> = HashSet::new();
+    let mut prod_tasks: HashSet<String> = HashSet::new();
+    for p in pods.list(&ListParams::default()).await.expect("pods").items {
+        let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+        let labels = nodes.get(&node).cloned().unwrap_or_default();
+        for (k, v) in p.spec.as_ref().and_then(|s| s.node_selector.clone()).unwrap_or_default() {
+            if labels.get(&k) != Some(&v) {
+                violations += 1;
+            }
+        }
+        let fixed = p.spec.as_ref().is_some_and(|s| {
+            s.containers
+                .iter()
+                .any(|c| c.ports.iter().flatten().any(|pt| pt.host_port == Some(8080)))
+        });
+        if fixed && !port_hosts.insert(node.clone()) {
+            violations += 1;
+        }
+        let ann = p.metadata.annotations.unwrap_or_default();
+        if ann.get("k8s.mesosphere.io/roles").map(String::as_str) == Some("prod")
+            && let Some(t) = ann.get("k8s.mesosphere.io/taskId")
+        {
+            prod_tasks.insert(t.clone());
+        }
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/api/v1", p.master_port))
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json")
+        .body(json!({"type": "GET_TASKS"}).to_string())
+        .send()
+        .await
+        .expect("GET_TASKS");
+    let v: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+    for t in v["get_tasks"]["tasks"].as_array().into_iter().flatten() {
+        let id = t["task_id"]["value"].as_str().unwrap_or_default();
+        if !prod_tasks.contains(id) {
+            continue;
+        }
+        for r in t["resources"].as_array().into_iter().flatten() {
+            let role = r["role"].as_str().or_else(|| {
+                r["reservations"].as_array().and_then(|x| x.last()).and_then(|x| x["role"].as_str())
+            });
+            if matches!(r["name"].as_str(), Some("cpus" | "mem")) && role != Some("prod") {
+                violations += 1;
+            }
+        }
+    }
+    violations
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+    };
+    let which = args
+        .iter()
+        .find(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
+        .cloned()
+        .unwrap_or_else(|| "all".into());
+    let pods: usize = flag("--pods").unwrap_or(10_000);
+    let agents: usize = flag("--agents").unwrap_or(1_000);
+    let baseline = !args.iter().any(|a| a == "--no-baseline");
+    assert!(
+        km().is_file(),
+        "{} is missing: cargo build --release -p km (or set KM_BIN)",
+        km().display()
+    );
+    if which == "s1" || which == "all" {
+        s1(pods, agents, baseline).await;
+    }
+    if which == "s3" || which == "all" {
+        s3(pods.min(5_000), agents, baseline).await;
+    }
+}

@@ -1,0 +1,128 @@
+//! A whole km control plane for tests: etcd, `km apiserver`, `km mesos-master` with simulated
+//! agents, and `km scheduler`, each a real process on free loopback ports.
+
+use std::process::Command;
+use std::time::Duration;
+
+use super::apiserver::{ApiServer, http};
+use super::etcd::Etcd;
+use super::mesos::MesosMaster;
+use super::process::{Proc, wait_until};
+use super::{free_port, km_bin};
+
+/// Scheduler tuning that keeps tests short (the defaults wait 15 s before reconciling).
+pub const FAST_TUNING: &str = "[scheduler]\n\
+    offer-ttl = 2s\n\
+    initial-implicit-reconciliation-delay = 1s\n\
+    initial-pod-backoff = 200ms\n\
+    max-pod-backoff = 2s\n\
+    listener-delay = 100ms\n\
+    framework-id-refresh-interval = 1s\n";
+
+pub struct KmCluster {
+    pub etcd: Etcd,
+    pub api: ApiServer,
+    pub master: MesosMaster,
+    pub scheduler: Option<Proc>,
+    pub scheduler_port: u16,
+    scheduler_args: Vec<String>,
+    starts: u32,
+    pub dir: tempfile::TempDir,
+}
+
+impl KmCluster {
+    /// etcd, the API server, a master with `agents` simulated agents (`master_extra` flags),
+    /// and a scheduler (`scheduler_extra` flags, fast tuning).
+    pub fn start(master_extra: &[&str], scheduler_extra: &[&str]) -> KmCluster {
+        let etcd = Etcd::start();
+        let api = ApiServer::start(&etcd);
+        let mut margs = vec!["--allocation_interval=100ms"];
+        margs.extend_from_slice(master_extra);
+        let master = MesosMaster::start(&margs);
+        let dir = tempfile::Builder::new().prefix("km-cluster-").tempdir().expect("tempdir");
+        let tuning = dir.path().join("scheduler.ini");
+        std::fs::write(&tuning, FAST_TUNING).expect("write the scheduler config");
+        let scheduler_port = free_port();
+        let mut scheduler_args = vec![
+            format!("--api-servers={}", api.url()),
+            format!("--mesos-master=127.0.0.1:{}", master.port),
+            format!("--etcd-servers={}", etcd.client_url()),
+            "--address=127.0.0.1".to_owned(),
+            format!("--port={scheduler_port}"),
+            format!("--scheduler-config={}", tuning.display()),
+            "--executor-path=file:///usr/local/bin/km".to_owned(),
+        ];
+        scheduler_args.extend(scheduler_extra.iter().map(|s| (*s).to_owned()));
+        let mut cluster = KmCluster {
+            etcd,
+            api,
+            master,
+            scheduler: None,
+            scheduler_port,
+            scheduler_args,
+            starts: 0,
+            dir,
+        };
+        cluster.start_scheduler();
+        cluster
+    }
+
+    /// Starts the scheduler and waits for its `/healthz`.
+    pub fn start_scheduler(&mut self) {
+        assert!(self.scheduler.is_none(), "the scheduler runs already");
+        self.starts += 1;
+        let mut cmd = Command::new(km_bin());
+        cmd.arg("scheduler").args(&self.scheduler_args).env("KM_LOG", "info,km_scheduler=debug");
+        let log = self.dir.path().join(format!("scheduler-{}.log", self.starts));
+        let mut proc = Proc::spawn("km scheduler", cmd, &log);
+        let port = self.scheduler_port;
+        let up = wait_until(Duration::from_secs(60), || {
+            assert!(proc.is_running(), "km scheduler exited; its log:\n{}", proc.log());
+            http(port, "GET", "/healthz", None).is_some_and(|(c, _)| c == 200)
+        });
+        assert!(up, "km scheduler not healthy; its log:\n{}", proc.log());
+        self.scheduler = Some(proc);
+    }
+
+    /// kill -9 of the scheduler.
+    pub fn kill_scheduler(&mut self) {
+        if let Some(mut p) = self.scheduler.take() {
+            p.kill();
+        }
+    }
+
+    /// The scheduler's log (all starts).
+    pub fn scheduler_log(&self) -> String {
+        (1..=self.starts)
+            .map(|i| {
+                std::fs::read_to_string(self.dir.path().join(format!("scheduler-{i}.log")))
+                    .unwrap_or_default()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// GET on the scheduler's HTTP port: (status, body).
+    pub fn scheduler_get(&self, path: &str) -> (u16, String) {
+        http(self.scheduler_port, "GET", path, None).unwrap_or((0, String::new()))
+    }
+
+    /// POST on the scheduler's HTTP port.
+    pub fn scheduler_post(&self, path: &str) -> (u16, String) {
+        http(self.scheduler_port, "POST", path, Some(("application/json", "")))
+            .unwrap_or((0, String::new()))
+    }
+
+    /// A metric's value from `/metrics` (the first sample whose line starts with `name`).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, text) = self.scheduler_get("/metrics");
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.api.client()
+    }
+}
