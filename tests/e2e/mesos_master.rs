@@ -1,5 +1,6 @@
-//! `km mesos-master` against the conformance checks of the Mesos v1
-//! protocol brief (§7), over HTTP, in both encodings, with simulated agents.
+//! `km mesos-master` checked against what a real Mesos master does on the v1
+//! scheduler and operator APIs, over HTTP, in both encodings, with simulated
+//! agents.
 
 use std::time::Duration;
 

@@ -1,6 +1,6 @@
 //! The agent's HTTP endpoints: the v1 executor API (`POST /api/v1/executor`,
-//! alias `/slave(1)/api/v1/executor`) with Mesos's status codes (brief
-//! §4.5), `GET /state` (alias `/slave(1)/state`) and `GET /health`.
+//! alias `/slave(1)/api/v1/executor`) with a Mesos agent's status codes and
+//! reasons, `GET /state` (alias `/slave(1)/state`) and `GET /health`.
 
 use std::collections::HashSet;
 use std::convert::Infallible;

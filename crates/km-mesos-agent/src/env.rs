@@ -1,5 +1,6 @@
-//! The environment the agent gives an executor (Mesos `executorEnvironment`,
-//! protocol brief §4.4). It must be exactly what
+//! The environment the agent gives an executor (as Mesos's
+//! `executorEnvironment` builds it: the `MESOS_*` variables the v1 executor
+//! API documents). It must be exactly what
 //! [`km_mesos::executor::ExecutorEnv::from_lookup`] parses.
 
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! Reliable status updates (Mesos `TaskStatusUpdateManager`, brief §6.7):
+//! Reliable status updates (as the Mesos agent's `TaskStatusUpdateManager`):
 //! one ordered stream per task; only the oldest unacknowledged update is in
 //! flight, re-sent after 10 s, 20 s, 40 s … (capped at 10 min) until the
 //! framework acknowledges its uuid, then the next one goes at once.

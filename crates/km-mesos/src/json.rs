@@ -671,7 +671,7 @@ mod tests {
             }
             other => panic!("expected missing required fields, got {other:?}"),
         }
-        // The doc's exact SUBSCRIBE bytes are complete.
+        // The same call with user "u" and name "n" is complete.
         let ok = [0x10, 0x01, 0x1a, 0x08, 0x0a, 0x06, 0x0a, 0x01, b'u', 0x12, 0x01, b'n'];
         assert!(decode_protobuf_checked::<Call>(&ok).is_ok());
     }

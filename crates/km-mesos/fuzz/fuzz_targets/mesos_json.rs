@@ -4,9 +4,9 @@
 //! Checked, for every input that decodes:
 //! - nothing panics;
 //! - `to_vec` → `from_slice` gives the same message back. Mesos JSON writes
-//!   unset optional fields that declare a default (§1.2 of the protocol
-//!   brief), so the comparison is made with those defaults filled in on
-//!   both sides, and with every NaN made the same NaN (JSON has one "NaN");
+//!   unset optional fields that declare a default (with that default), so
+//!   the comparison is made with those defaults filled in on both sides, and
+//!   with every NaN made the same NaN (JSON has one "NaN");
 //! - the JSON text is a fixpoint (`to_vec` of the decoded output is the same
 //!   text) and a second round trip is exact;
 //! - the protobuf encoding round-trips too.

@@ -1,4 +1,4 @@
-//! The executor client against a fake agent (§4, §7.18).
+//! The executor client against a fake agent (the Mesos v1 executor API).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -122,7 +122,8 @@ fn assert_ids(c: &Call) {
     assert_eq!(c.framework_id.value, "F-0000");
 }
 
-// §7.18 / §4.3: SUBSCRIBE, then SUBSCRIBED and LAUNCH.
+// SUBSCRIBE (no stream id, nothing to recover the first time), then
+// SUBSCRIBED and LAUNCH.
 async fn subscribe_and_launch(ct: ContentType) {
     let mut agent = Fake::start(Api::Executor).await;
     let (exec, mut events) = Executor::start(env(&agent, false), ct).unwrap();
@@ -188,8 +189,9 @@ fn assert_update(req: &Request, ct: ContentType, task: &str, uuid: uuid::Uuid) {
     }
 }
 
-// §4.3 / §4.6: updates are kept until ACKNOWLEDGED; tasks until one of their
-// updates is; both are re-sent on re-SUBSCRIBE when checkpointing.
+// Updates are kept until ACKNOWLEDGED; tasks until one of their updates is;
+// with checkpointing both are re-sent in the re-SUBSCRIBE
+// (`unacknowledged_updates`, `unacknowledged_tasks`).
 async fn updates_are_reliable_across_reconnects(ct: ContentType) {
     let mut agent = Fake::start(Api::Executor).await;
     let (exec, mut events) = Executor::start(env(&agent, true), ct).unwrap();
@@ -248,7 +250,7 @@ async fn updates_are_reliable_across_reconnects(ct: ContentType) {
 }
 both!(updates_are_reliable_across_reconnects);
 
-// §4.6: without checkpointing there is no recovery: Disconnected, then the end.
+// Without checkpointing there is no agent recovery: Disconnected, then the end.
 async fn without_checkpoint_a_lost_agent_ends_the_driver(ct: ContentType) {
     let mut agent = Fake::start(Api::Executor).await;
     let (_exec, mut events) = Executor::start(env(&agent, false), ct).unwrap();
@@ -263,7 +265,8 @@ async fn without_checkpoint_a_lost_agent_ends_the_driver(ct: ContentType) {
 }
 both!(without_checkpoint_a_lost_agent_ends_the_driver);
 
-// §4.6: with checkpointing, retry until MESOS_RECOVERY_TIMEOUT, then give up.
+// With checkpointing, the executor retries until MESOS_RECOVERY_TIMEOUT, then
+// gives up, as the Mesos executor API specifies.
 async fn recovery_timeout_ends_the_driver(ct: ContentType) {
     let mut agent = Fake::start(Api::Executor).await;
     let (_exec, mut events) = Executor::start(env(&agent, true), ct).unwrap();
@@ -279,7 +282,7 @@ async fn recovery_timeout_ends_the_driver(ct: ContentType) {
 }
 both!(recovery_timeout_ends_the_driver);
 
-// §4.6: the recovery timer bounds the outage however the agent misbehaves,
+// The recovery timeout bounds the outage however the agent misbehaves,
 // here by accepting the re-SUBSCRIBE and never answering it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_timeout_bounds_a_hung_resubscribe() {
@@ -294,7 +297,8 @@ async fn recovery_timeout_bounds_a_hung_resubscribe() {
     expect_end(&mut events).await;
 }
 
-// §4.6: with checkpointing the executor keeps retrying while the agent answers 503.
+// With checkpointing the executor keeps retrying while the agent answers 503
+// (a recovering agent's answer).
 async fn checkpointing_retries_until_the_agent_is_back(ct: ContentType) {
     let mut agent = Fake::start(Api::Executor).await;
     let mut e = env(&agent, true);
@@ -324,7 +328,7 @@ async fn checkpointing_retries_until_the_agent_is_back(ct: ContentType) {
 }
 both!(checkpointing_retries_until_the_agent_is_back);
 
-// §4.1 / §7.18: MESSAGE data is Call field 6 → sub-field 2.
+// MESSAGE data is executor Call field 6 (`message`) → its field 2 (`data`).
 async fn message_uses_field_two(ct: ContentType) {
     let mut agent = Fake::start(Api::Executor).await;
     let (exec, mut events) = Executor::start(env(&agent, false), ct).unwrap();
@@ -344,7 +348,7 @@ async fn message_uses_field_two(ct: ContentType) {
 }
 both!(message_uses_field_two);
 
-// §4.5: an UPDATE refused by the agent is an error, yet kept for re-subscription.
+// An UPDATE refused by the agent is an error, yet kept for re-subscription.
 #[tokio::test]
 async fn refused_update_stays_pending() {
     let mut agent = Fake::start(Api::Executor).await;

@@ -305,9 +305,9 @@ impl Fake {
         self.shared.call_answers.lock().expect("lock").push_back(answer);
     }
 
-    /// Behave like a master that answers calls of a framework whose
+    /// Behave like a Mesos master, which answers calls of a framework whose
     /// subscription connection has closed with `403 Framework is not
-    /// subscribed` (§1.5): after `processing` (which gives a closing
+    /// subscribed`: after `processing` (which gives a closing
     /// connection time to be noticed), a call is refused unless some event
     /// stream is still being read by the client.
     pub(crate) fn calls_need_live_stream(&self, processing: Duration) {

@@ -1,4 +1,5 @@
-//! The operator client against a fake master (§5, §7.20).
+//! The operator client against a fake master (the Mesos v1 operator API:
+//! calls on `/api/v1`, its SUBSCRIBE stream, and the legacy `/master/state`).
 
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ fn operator(fake: &Fake, ct: ContentType) -> Operator {
     Operator::new(fake.url(), ct, Duration::from_secs(5)).unwrap()
 }
 
-/// The §7.20 GET_AGENTS answer, as a real master writes it.
+/// A GET_AGENTS answer, as a real master writes it.
 fn get_agents_json() -> serde_json::Value {
     json!({
         "type": "GET_AGENTS",
@@ -71,7 +72,8 @@ fn answer(ct: ContentType, msg: &Response) -> Answer {
     Answer::ok(ct.as_str(), ct.encode(msg))
 }
 
-// §5.1 / §7.20: GET_AGENTS in either encoding.
+// GET_AGENTS in either encoding: a POST to `/api/v1` whose Content-Type and
+// Accept are the chosen encoding.
 async fn get_agents_decodes_the_documented_shape(ct: ContentType) {
     let mut master = Fake::start(Api::Operator).await;
     match ct {
@@ -96,7 +98,7 @@ async fn get_agents_decodes_the_documented_shape(ct: ContentType) {
 }
 both!(get_agents_decodes_the_documented_shape);
 
-// §5.1: errors carry the status and Mesos's reason.
+// Refused operator calls surface the HTTP status and Mesos's reason (the body).
 async fn operator_errors_surface_status(ct: ContentType) {
     let master = Fake::start(Api::Operator).await;
     master.answer_next_call(Answer::status(503, "No leader elected"));
@@ -110,7 +112,7 @@ async fn operator_errors_surface_status(ct: ContentType) {
 }
 both!(operator_errors_surface_status);
 
-// §5.1: non-leaders redirect operator calls too.
+// Non-leading masters redirect operator calls too (scheme-relative Location).
 async fn get_agents_follows_redirect(ct: ContentType) {
     let mut follower = Fake::start(Api::Operator).await;
     let mut leader = Fake::start(Api::Operator).await;
@@ -153,7 +155,7 @@ fn agent_added(hostname: &str) -> master::Event {
     e
 }
 
-// §5.2 / §7.20: SUBSCRIBED (snapshot), HEARTBEAT, then changes.
+// Operator SUBSCRIBE: SUBSCRIBED (a state snapshot), HEARTBEAT, then changes.
 async fn subscribe_streams_snapshot_heartbeat_and_changes(ct: ContentType) {
     let mut master = Fake::start(Api::Operator).await;
     let op = operator(&master, ct);
@@ -188,7 +190,8 @@ async fn subscribe_streams_snapshot_heartbeat_and_changes(ct: ContentType) {
 }
 both!(subscribe_streams_snapshot_heartbeat_and_changes);
 
-/// A trimmed `/master/state` as a real master writes it (§5.3).
+/// A trimmed `/master/state` (the legacy JSON state endpoint) as a real
+/// master writes it.
 fn master_state() -> serde_json::Value {
     json!({
         "version": "1.12.0",
@@ -236,7 +239,7 @@ fn master_state() -> serde_json::Value {
     })
 }
 
-// §5.3 / §7.20: the legacy JSON, reached through a redirect.
+// The legacy `/master/state` JSON, reached through a redirect.
 #[tokio::test]
 async fn legacy_state_parses_slaves_and_follows_redirect() {
     let mut follower = Fake::start(Api::Operator).await;
@@ -275,7 +278,7 @@ async fn legacy_state_parses_slaves_and_follows_redirect() {
     assert_eq!(state.frameworks[0].executors[0].slave_id, "5b0c-S0");
 }
 
-// §1.5: a master without a leader answers 503 to /master/state too.
+// A master without an elected leader answers 503 to /master/state too.
 #[tokio::test]
 async fn legacy_state_reports_errors() {
     let master = Fake::start(Api::Operator).await;

@@ -1,4 +1,5 @@
-//! The scheduler client against a fake master (§1, §2 and the client side of §7).
+//! The scheduler client against a fake master (the Mesos v1 scheduler API:
+//! the RecordIO event stream, SUBSCRIBE and calls, from the client's side).
 
 use std::time::Duration;
 
@@ -132,7 +133,7 @@ fn assert_call_headers(req: &Request, ct: ContentType, stream: &EventStream) {
     assert_eq!(req.header("mesos-stream-id"), Some(id), "call carries the current stream id");
 }
 
-// §7.1 / §7.3, request side.
+// SUBSCRIBE, request side: path, headers (no Mesos-Stream-Id), exact body.
 async fn subscribe_request_is_exact(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (_sched, _events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -166,7 +167,8 @@ async fn subscribe_request_is_exact(ct: ContentType) {
 }
 both!(subscribe_request_is_exact);
 
-// §1.3 / §7.1–7.3, response side: the doc's exact records, split across chunks.
+// SUBSCRIBE, response side: exact SUBSCRIBED and HEARTBEAT RecordIO records,
+// split across chunks.
 async fn decodes_exact_subscribed_and_heartbeat_records(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (_sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -216,7 +218,8 @@ async fn decodes_exact_subscribed_and_heartbeat_records(ct: ContentType) {
 }
 both!(decodes_exact_subscribed_and_heartbeat_records);
 
-// §7.4: calls need the subscription and carry its identity.
+// Calls need the subscription and carry its identity (Mesos-Stream-Id and
+// framework_id).
 async fn calls_carry_stream_id_and_framework_id(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -262,7 +265,7 @@ async fn calls_carry_stream_id_and_framework_id(ct: ContentType) {
 }
 both!(calls_carry_stream_id_and_framework_id);
 
-// §7.5 / §8: unknown vs disconnected framework.
+// Unknown (400) vs disconnected (403) framework, with Mesos's reasons.
 async fn call_errors_surface_status_and_reason(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -285,7 +288,7 @@ async fn call_errors_surface_status_and_reason(ct: ContentType) {
 }
 both!(call_errors_surface_status_and_reason);
 
-// §7.7: SUBSCRIBE to a non-leader is redirected with a scheme-relative Location.
+// SUBSCRIBE to a non-leader is redirected with a scheme-relative Location.
 async fn subscribe_follows_redirect_to_leader(ct: ContentType) {
     let mut follower = Fake::start(Api::Scheduler).await;
     let mut leader = Fake::start(Api::Scheduler).await;
@@ -319,7 +322,7 @@ async fn subscribe_follows_redirect_to_leader(ct: ContentType) {
 }
 both!(subscribe_follows_redirect_to_leader);
 
-// §7.8 / §7.9 / §2.2: ERROR is fatal for the subscription; the driver stops.
+// An ERROR event is fatal for the subscription; the driver stops.
 async fn error_event_is_delivered_and_stops_the_driver(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -379,7 +382,7 @@ async fn resubscribe_and_check_new_stream(
     sub
 }
 
-// §1.7: no event for `missed_heartbeats` intervals = dead stream.
+// No event for `missed_heartbeats` heartbeat intervals = dead stream.
 async fn resubscribes_after_heartbeat_loss(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -399,7 +402,7 @@ async fn resubscribes_after_heartbeat_loss(ct: ContentType) {
 }
 both!(resubscribes_after_heartbeat_loss);
 
-// §1.3: end of stream = the master closed the subscription.
+// End of stream = the master closed the subscription.
 async fn resubscribes_after_eof(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -412,7 +415,7 @@ async fn resubscribes_after_eof(ct: ContentType) {
 }
 both!(resubscribes_after_eof);
 
-// §1.7: a non-200 SUBSCRIBE answer is a failed attempt, retried with backoff.
+// A non-200 SUBSCRIBE answer is a failed attempt, retried with backoff.
 async fn retries_non_200_subscribe(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     master.answer_next_subscribe(SubscribeAnswer::Plain(Answer::status(503, "No leader elected")));
@@ -448,7 +451,8 @@ fn status_update(uuid: Option<[u8; 16]>) -> v1::TaskStatus {
     s
 }
 
-// §7.14 / §7.15: ACK with the raw 16 bytes; never ACK an update without uuid.
+// ACKNOWLEDGE with the raw 16 uuid bytes; never acknowledge an update without
+// uuid (one the master generated).
 async fn acknowledge_sends_the_exact_uuid(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -480,7 +484,7 @@ async fn acknowledge_sends_the_exact_uuid(ct: ContentType) {
 }
 both!(acknowledge_sends_the_exact_uuid);
 
-// §7.16: implicit reconciliation is an empty Reconcile message.
+// Implicit reconciliation is an empty Reconcile message.
 async fn reconcile_implicit_and_explicit(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -525,7 +529,7 @@ async fn reconcile_implicit_and_explicit(ct: ContentType) {
 }
 both!(reconcile_implicit_and_explicit);
 
-// §2.1 / §8: DECLINE filters, and REVIVE's `roles` (not `role`).
+// DECLINE filters, and REVIVE's `roles` (not `role`).
 async fn decline_filters_and_revive_roles(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -600,7 +604,7 @@ async fn basic_auth_on_every_request(ct: ContentType) {
 }
 both!(basic_auth_on_every_request);
 
-// §7.17: TEARDOWN ends the framework; the driver does not come back.
+// TEARDOWN ends the framework; the driver does not come back.
 async fn teardown_stops_the_driver(ct: ContentType) {
     let mut master = Fake::start(Api::Scheduler).await;
     let (sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
@@ -621,7 +625,7 @@ async fn teardown_stops_the_driver(ct: ContentType) {
 }
 both!(teardown_stops_the_driver);
 
-// §1.5 / §6.9: TEARDOWN must reach the master while the framework is still
+// TEARDOWN must reach the master while the framework is still
 // connected. A master answers calls of a framework whose subscription
 // connection has closed with 403 (and keeps it, with its tasks, until the
 // failover timeout), so the driver must not drop the subscription before
