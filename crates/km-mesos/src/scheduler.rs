@@ -200,7 +200,7 @@ impl Scheduler {
         call.framework_id = Some(session.framework_id.clone());
         let ct = self.inner.config.content_type;
         let (url, resp) =
-            http_util::post(&self.inner.calls, session.endpoint, ct, None, ct.encode(&call), |r| {
+            http_util::post(&self.inner.calls, session.endpoint, ct, None, encode_call(ct, &call), |r| {
                 let r = r.header(MESOS_STREAM_ID, session.stream_id.as_str());
                 with_auth(r, &self.inner.config)
             })
@@ -313,6 +313,32 @@ impl Scheduler {
         }
         result
     }
+}
+
+/// Encodes a call. prost alone is exact unless a map in the call holds a value equal to its
+/// default (prost leaves such a value out, dropping its `required` fields); only calls that
+/// carry a map value at all take the slower reflective path of [`ContentType::encode`].
+fn encode_call(ct: ContentType, call: &Call) -> Vec<u8> {
+    use prost::Message;
+    if ct == ContentType::Protobuf && !has_map_values(call) {
+        return call.encode_to_vec();
+    }
+    ct.encode(call)
+}
+
+/// Whether any map of the call has an entry (task and operation limits, offer filters, offer
+/// constraints: the maps a scheduler call can carry).
+fn has_map_values(call: &Call) -> bool {
+    let task_limits = |t: &v1::TaskInfo| !t.limits.is_empty();
+    let accept = call.accept.iter().flat_map(|a| a.operations.iter()).any(|op| {
+        op.launch.iter().flat_map(|l| l.task_infos.iter()).any(task_limits)
+            || op.launch_group.iter().flat_map(|g| g.task_group.tasks.iter()).any(task_limits)
+    });
+    let subscribe = call.subscribe.as_ref().is_some_and(|s| {
+        !s.framework_info.offer_filters.is_empty()
+            || s.offer_constraints.as_ref().is_some_and(|c| !c.role_constraints.is_empty())
+    });
+    accept || subscribe
 }
 
 fn typed(ty: call::Type, fill: impl FnOnce(&mut Call)) -> Call {
@@ -522,4 +548,43 @@ async fn subscribe_once(
 
 fn lost_or_failed(live: bool, reason: String) -> Ended {
     if live { Ended::Lost(reason) } else { Ended::Failed(reason) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_without_map_values_encode_as_the_reflective_path_does() {
+        let ack = typed(call::Type::Acknowledge, |c| {
+            c.acknowledge = Some(call::Acknowledge {
+                agent_id: v1::AgentId { value: "a".into() },
+                task_id: v1::TaskId { value: "t".into() },
+                uuid: vec![1, 2],
+            })
+        });
+        assert!(!has_map_values(&ack));
+        assert_eq!(encode_call(ContentType::Protobuf, &ack), ContentType::Protobuf.encode(&ack));
+    }
+
+    #[test]
+    fn a_zero_limit_keeps_its_required_value() {
+        let task = v1::TaskInfo {
+            name: "t".into(),
+            limits: [("cpus".to_owned(), v1::value::Scalar { value: 0.0 })].into(),
+            ..Default::default()
+        };
+        let launch = v1::offer::Operation {
+            launch: Some(v1::offer::operation::Launch { task_infos: vec![task] }),
+            ..Default::default()
+        };
+        let accept = typed(call::Type::Accept, |c| {
+            c.accept = Some(call::Accept { offer_ids: vec![], operations: vec![launch], filters: None })
+        });
+        assert!(has_map_values(&accept));
+        let bytes = encode_call(ContentType::Protobuf, &accept);
+        assert_eq!(bytes, ContentType::Protobuf.encode(&accept));
+        let back: Call = ContentType::Protobuf.decode(&bytes).expect("required fields present");
+        assert_eq!(back.accept.unwrap().operations[0].launch.as_ref().unwrap().task_infos[0].limits["cpus"].value, 0.0);
+    }
 }

@@ -288,16 +288,27 @@ pub struct Core {
     resyncing: bool,
     dirty: bool,
     pods: BTreeMap<Arc<str>, PodEntry>,
+    /// Pods in `Stage::Waiting`.
     waiting: BTreeSet<Arc<str>>,
+    /// The same pods by the end of their back-off.
+    ready: BTreeSet<(Duration, Arc<str>)>,
+    /// Pods in `Stage::Invalid`.
+    invalid: BTreeSet<Arc<str>>,
     tasks: BTreeMap<Arc<str>, TaskEntry>,
     /// Adopted tasks whose agent's hostname is not known yet (their binding waits for it).
     hostless: BTreeSet<Arc<str>>,
+    /// Tasks a kill was sent for.
+    killing: BTreeSet<Arc<str>>,
+    /// Tasks without any status update yet, by when they were launched (or last asked about).
+    unreported: BTreeSet<(Duration, Arc<str>)>,
     finished: VecDeque<Arc<str>>,
     finished_set: HashSet<Arc<str>>,
     offers: BTreeMap<String, HeldOffer>,
     offer_history: OfferHistory,
     offer_gen: u64,
     last_breakout: Option<Duration>,
+    /// Offers arrived since pods in back-off were last tried.
+    breakout_due: bool,
     agents: BTreeMap<String, AgentEntry>,
     nodes: BTreeMap<String, NodeInfo>,
     suppressed: bool,
@@ -334,14 +345,19 @@ impl Core {
             dirty: false,
             pods: BTreeMap::new(),
             waiting: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            invalid: BTreeSet::new(),
             tasks: BTreeMap::new(),
             hostless: BTreeSet::new(),
+            killing: BTreeSet::new(),
+            unreported: BTreeSet::new(),
             finished: VecDeque::new(),
             finished_set: HashSet::new(),
             offers: BTreeMap::new(),
             offer_history: OfferHistory::default(),
             offer_gen: 0,
             last_breakout: None,
+            breakout_due: false,
             agents: BTreeMap::new(),
             nodes: BTreeMap::new(),
             suppressed: false,
@@ -371,7 +387,7 @@ impl Core {
     pub fn gauges(&self) -> Gauges {
         Gauges {
             queued: self.waiting.len(),
-            invalid: self.pods.values().filter(|p| p.stage == Stage::Invalid).count(),
+            invalid: self.invalid.len(),
             tasks: self.tasks.len(),
             offers: self.offers.len(),
             pods: self.pods.len(),
@@ -482,6 +498,9 @@ impl Core {
             return;
         }
         self.offer_gen += 1;
+        if self.in_backoff(now).next().is_some() {
+            self.breakout_due = true;
+        }
         self.stats.offers_received += offers.len() as u64;
         let exec_id = self.cfg.matcher.executor.id.clone();
         // Merge the offers of one agent to judge its capacity.
@@ -615,26 +634,27 @@ impl Core {
             }
             let demand = self.demand_of(&pod);
             let key = pod_key(&pod);
-            let stage = if demand.is_ok() {
-                Stage::Waiting { ready_at: now.mono, tried_gen: None }
-            } else {
-                Stage::Invalid
-            };
+            let invalid = demand.as_ref().err().cloned();
             let entry = PodEntry {
                 uid: uid.clone(),
                 key,
                 pod,
                 demand,
-                stage,
+                stage: Stage::Done,
                 failures: 0,
                 report: None,
                 seen: true,
             };
-            let invalid = entry.demand.as_ref().err().cloned();
             self.pods.insert(uid.clone(), entry);
             match invalid {
-                None => self.enqueue(&uid),
-                Some(msg) => self.report_invalid(&uid, msg, now),
+                None => {
+                    self.set_stage(&uid, Stage::Waiting { ready_at: now.mono, tried_gen: None });
+                    self.enqueue(&uid);
+                }
+                Some(msg) => {
+                    self.set_stage(&uid, Stage::Invalid);
+                    self.report_invalid(&uid, msg, now);
+                }
             }
             return;
         };
@@ -652,7 +672,7 @@ impl Core {
                 match &demand {
                     Ok(_) => {
                         entry.demand = demand;
-                        entry.stage = Stage::Waiting { ready_at: now.mono, tried_gen: None };
+                        self.set_stage(&uid, Stage::Waiting { ready_at: now.mono, tried_gen: None });
                         if was_invalid {
                             self.enqueue(&uid);
                         }
@@ -661,8 +681,7 @@ impl Core {
                     Err(msg) => {
                         let msg = msg.clone();
                         entry.demand = demand;
-                        entry.stage = Stage::Invalid;
-                        self.waiting.remove(&uid);
+                        self.set_stage(&uid, Stage::Invalid);
                         self.report_invalid(&uid, msg, now);
                     }
                 }
@@ -701,13 +720,10 @@ impl Core {
                 }
                 return;
             }
-            self.waiting.remove(&uid);
         }
         if self.finished_set.contains(&task_id) {
             // The task already ended; nothing runs for this pod.
-            if let Some(e) = self.pods.get_mut(&uid) {
-                e.stage = Stage::Done;
-            }
+            self.set_stage(&uid, Stage::Done);
             return;
         }
         // A task launched by an earlier incarnation (or another scheduler instance): recover it.
@@ -722,9 +738,12 @@ impl Core {
             report: None,
             seen: true,
         });
-        entry.stage = Stage::Task(task_id.clone());
         let pod_ref = entry.pod_ref();
+        self.set_stage(&uid, Stage::Task(task_id.clone()));
         let annotations = Vec::new();
+        if !self.tasks.contains_key(&task_id) {
+            self.unreported.insert((now.mono, task_id.clone()));
+        }
         self.tasks.entry(task_id.clone()).or_insert_with(|| TaskEntry {
             id: task_id.clone(),
             pod: pod_ref,
@@ -776,8 +795,47 @@ impl Core {
     }
 
     fn remove_pod(&mut self, uid: &str) {
-        self.waiting.remove(uid);
+        let Some((key, _)) = self.pods.get_key_value(uid) else { return };
+        let key = key.clone();
+        self.set_stage(&key, Stage::Done);
         self.pods.remove(uid);
+    }
+
+    /// Moves a pod to `stage`, keeping the waiting, ready and invalid indexes in step.
+    fn set_stage(&mut self, uid: &Arc<str>, stage: Stage) {
+        let Some(e) = self.pods.get_mut(uid) else { return };
+        match &e.stage {
+            Stage::Waiting { ready_at, .. } => {
+                self.ready.remove(&(*ready_at, uid.clone()));
+                self.waiting.remove(uid);
+            }
+            Stage::Invalid => {
+                self.invalid.remove(uid);
+            }
+            _ => {}
+        }
+        match &stage {
+            Stage::Waiting { ready_at, .. } => {
+                self.ready.insert((*ready_at, uid.clone()));
+                self.waiting.insert(uid.clone());
+            }
+            Stage::Invalid => {
+                self.invalid.insert(uid.clone());
+            }
+            _ => {}
+        }
+        e.stage = stage;
+    }
+
+    /// Removes a task and its index entries.
+    fn remove_task(&mut self, id: &str) -> Option<TaskEntry> {
+        let t = self.tasks.remove(id)?;
+        self.killing.remove(&t.id);
+        self.hostless.remove(&t.id);
+        if t.state.is_none() {
+            self.unreported.remove(&(t.last_update_at, t.id.clone()));
+        }
+        Some(t)
     }
 
     fn demand_of(&self, pod: &Pod) -> Result<PodDemand, String> {
@@ -792,8 +850,9 @@ impl Core {
         self.matcher.demand(pod).map_err(|e| e.to_string())
     }
 
+    /// A pod starts waiting: plan soon, and revive offers if they were declined or suppressed.
     fn enqueue(&mut self, uid: &Arc<str>) {
-        self.waiting.insert(uid.clone());
+        debug_assert!(self.waiting.contains(uid));
         self.dirty = true;
         if self.revive_needed || self.suppressed {
             self.revive_needed = false;
@@ -810,8 +869,8 @@ impl Core {
         let Some(entry) = self.pods.get_mut(uid) else { return Duration::ZERO };
         entry.failures = entry.failures.saturating_add(1);
         let delay = backoff::jittered(initial, max, entry.failures, &mut self.rng);
-        entry.stage =
-            Stage::Waiting { ready_at: now.mono + delay, tried_gen: Some(self.offer_gen) };
+        let stage = Stage::Waiting { ready_at: now.mono + delay, tried_gen: Some(self.offer_gen) };
+        self.set_stage(uid, stage);
         self.enqueue(uid);
         delay
     }
@@ -862,13 +921,12 @@ impl Core {
             })
             .cloned()
             .collect();
-        if breakout_allowed
-            && candidates.iter().any(|uid| {
-                matches!(self.pods.get(uid).map(|p| &p.stage),
-                    Some(Stage::Waiting { ready_at, tried_gen: Some(g) }) if *ready_at > now.mono && *g < self.offer_gen)
-            })
-        {
-            self.last_breakout = Some(now.mono);
+        if breakout_allowed && self.breakout_due {
+            // Every pod in back-off is in this round.
+            if self.in_backoff(now).next().is_some() {
+                self.last_breakout = Some(now.mono);
+            }
+            self.breakout_due = false;
         }
         if candidates.is_empty() {
             self.settle_offers();
@@ -912,10 +970,7 @@ impl Core {
                     self.unplaced(uid, why.to_string(), now);
                 }
                 Outcome::Invalid(e) => {
-                    if let Some(entry) = self.pods.get_mut(uid) {
-                        entry.stage = Stage::Invalid;
-                    }
-                    self.waiting.remove(uid);
+                    self.set_stage(uid, Stage::Invalid);
                     self.report_invalid(uid, e.to_string(), now);
                 }
             }
@@ -927,9 +982,7 @@ impl Core {
                 let uid = &candidates[t.pod_index];
                 if self.cfg.launch_policy == LaunchPolicy::OnePodPerOffer && !tasks.is_empty() {
                     // The baseline places one pod per agent and round; the rest wait (no penalty).
-                    if let Some(e) = self.pods.get_mut(uid) {
-                        e.stage = Stage::Waiting { ready_at: now.mono, tried_gen: None };
-                    }
+                    self.set_stage(uid, Stage::Waiting { ready_at: now.mono, tried_gen: None });
                     continue;
                 }
                 if let Some(lt) = self.launch_task(uid, launch, t, now) {
@@ -989,12 +1042,15 @@ impl Core {
         self.last_breakout.is_none_or(|at| now.mono >= at + self.cfg.listener_delay)
     }
 
-    /// Whether a pod in back-off has not been tried against the latest offers.
+    /// Whether pods in back-off have not been tried against the latest offers.
     fn breakout_pending(&self, now: Now) -> bool {
-        self.waiting.iter().any(|uid| {
-            matches!(self.pods.get(uid).map(|p| &p.stage),
-                Some(Stage::Waiting { ready_at, tried_gen: Some(g) }) if *ready_at > now.mono && *g < self.offer_gen)
-        })
+        self.breakout_due && self.in_backoff(now).next().is_some()
+    }
+
+    /// Waiting pods whose back-off has not run out, by when it does.
+    fn in_backoff(&self, now: Now) -> impl Iterator<Item = &(Duration, Arc<str>)> {
+        let after = (now.mono + Duration::from_nanos(1), Arc::<str>::from(""));
+        self.ready.range(after..)
     }
 
     /// Sets the resources a new executor needs (they change with the static pods).
@@ -1033,10 +1089,7 @@ impl Core {
             Ok(d) => d,
             Err(e) => {
                 let msg = format!("cannot encode the pod: {e}");
-                if let Some(entry) = self.pods.get_mut(uid) {
-                    entry.stage = Stage::Invalid;
-                }
-                self.waiting.remove(uid);
+                self.set_stage(uid, Stage::Invalid);
                 self.report_invalid(uid, msg, now);
                 return None;
             }
@@ -1069,10 +1122,8 @@ impl Core {
                 ended: None,
             },
         );
-        if let Some(entry) = self.pods.get_mut(uid) {
-            entry.stage = Stage::Task(task_id);
-        }
-        self.waiting.remove(uid);
+        self.unreported.insert((now.mono, task_id.clone()));
+        self.set_stage(uid, Stage::Task(task_id));
         Some(lt)
     }
 
@@ -1083,7 +1134,8 @@ impl Core {
         let Some(entry) = self.pods.get_mut(uid) else { return };
         entry.failures = entry.failures.saturating_add(1);
         let delay = backoff::jittered(initial, max, entry.failures, &mut self.rng);
-        entry.stage = Stage::Waiting { ready_at: now.mono + delay, tried_gen: Some(offer_gen) };
+        self.set_stage(uid, Stage::Waiting { ready_at: now.mono + delay, tried_gen: Some(offer_gen) });
+        let Some(entry) = self.pods.get_mut(uid) else { return };
         let due = match &entry.report {
             None => true,
             Some((last, at)) => {
@@ -1164,7 +1216,7 @@ impl Core {
                         // Updates arrived after all: it was launched.
                         continue;
                     }
-                    let Some(t) = self.tasks.remove(id.as_str()) else { continue };
+                    let Some(t) = self.remove_task(id.as_str()) else { continue };
                     self.remember_finished(t.id.clone());
                     self.stats.launch_failures += 1;
                     let uid = t.pod.uid.clone();
@@ -1219,7 +1271,7 @@ impl Core {
                 let id = t.id.clone();
                 let ended = t.ended.is_some();
                 if ended {
-                    self.tasks.remove(task_id);
+                    self.remove_task(task_id);
                     self.remember_finished(id);
                 } else {
                     self.kill(&id, self.cfg.default_grace, now);
@@ -1268,6 +1320,9 @@ impl Core {
 
     fn known_update(&mut self, u: TaskUpdate, now: Now) {
         let Some(t) = self.tasks.get_mut(u.task_id.as_str()) else { return };
+        if t.state.is_none() {
+            self.unreported.remove(&(t.last_update_at, t.id.clone()));
+        }
         t.last_update_at = now.mono;
         if let Some(agent) = &u.agent_id
             && t.agent_id.is_empty()
@@ -1332,7 +1387,7 @@ impl Core {
 
     /// A known task ended.
     fn task_ended(&mut self, task_id: &str, u: TaskUpdate, now: Now) {
-        let Some(t) = self.tasks.remove(task_id) else { return };
+        let Some(t) = self.remove_task(task_id) else { return };
         self.remember_finished(t.id.clone());
         let uid = t.pod.uid.clone();
         let ours = self.pods.get(&uid).is_some_and(|p| p.stage == Stage::Task(t.id.clone()));
@@ -1341,9 +1396,7 @@ impl Core {
         }
         let deleting = self.pods.get(&uid).is_some_and(PodEntry::deleting);
         if deleting {
-            if let Some(e) = self.pods.get_mut(&uid) {
-                e.stage = Stage::Done;
-            }
+            self.set_stage(&uid, Stage::Done);
             self.emit(Effect::DeletePod { pod: t.pod.clone() });
             return;
         }
@@ -1360,9 +1413,7 @@ impl Core {
             });
             return;
         }
-        if let Some(e) = self.pods.get_mut(&uid) {
-            e.stage = Stage::Done;
-        }
+        self.set_stage(&uid, Stage::Done);
         let from_executor = u.source == Some(Source::Executor);
         let executor_wrote = t.executor_reports_status && from_executor;
         match u.state {
@@ -1435,10 +1486,10 @@ impl Core {
     fn adopt(&mut self, uid: &Arc<str>, task_id: &str, agent_id: &str, now: Now) {
         let hostname = self.hostname_of(agent_id).unwrap_or_default();
         let task_id: Arc<str> = task_id.into();
-        let Some(entry) = self.pods.get_mut(uid) else { return };
-        entry.stage = Stage::Task(task_id.clone());
+        let Some(entry) = self.pods.get(uid) else { return };
         let pod = entry.pod_ref();
-        self.waiting.remove(uid);
+        self.set_stage(uid, Stage::Task(task_id.clone()));
+        self.unreported.insert((now.mono, task_id.clone()));
         let mut t = TaskEntry {
             id: task_id.clone(),
             pod,
@@ -1532,6 +1583,7 @@ impl Core {
     fn kill(&mut self, task_id: &Arc<str>, grace: Duration, now: Now) {
         let Some(t) = self.tasks.get_mut(task_id) else { return };
         t.kill = Some((grace, now.mono));
+        self.killing.insert(t.id.clone());
         let agent = (!t.agent_id.is_empty()).then(|| t.agent_id.to_string());
         self.stats.kills += 1;
         self.effects.push(Effect::Kill { task_id: task_id.to_string(), agent_id: agent, grace });
@@ -1562,23 +1614,19 @@ impl Core {
         self.offer_history.prune(now.mono);
         // Kill retries.
         let retries: Vec<(Arc<str>, Duration)> = self
-            .tasks
-            .values()
-            .filter_map(|t| {
-                let (grace, at) = t.kill?;
-                (now.mono >= at + grace + self.cfg.kill_retry).then(|| (t.id.clone(), grace))
+            .killing
+            .iter()
+            .filter_map(|id| {
+                let (grace, at) = self.tasks.get(id)?.kill?;
+                (now.mono >= at + grace + self.cfg.kill_retry).then(|| (id.clone(), grace))
             })
             .collect();
         for (id, grace) in retries {
             self.kill(&id, grace, now);
         }
         // Back-offs that ran out, or new offers for pods in back-off.
-        if (self.breakout_allowed(now) && self.breakout_pending(now))
-            || self.waiting.iter().any(|uid| {
-                matches!(self.pods.get(uid).map(|p| &p.stage),
-                Some(Stage::Waiting { ready_at, .. }) if *ready_at <= now.mono)
-            })
-        {
+        let backoff_over = self.ready.first().is_some_and(|(at, _)| *at <= now.mono);
+        if backoff_over || (self.breakout_allowed(now) && self.breakout_pending(now)) {
             self.dirty = true;
         }
         self.reconcile(now);
@@ -1597,19 +1645,23 @@ impl Core {
             _ => {}
         }
         // Launched tasks that never reported: ask about them.
-        let silent: Vec<Arc<str>> = self
-            .tasks
-            .values()
-            .filter(|t| t.state.is_none() && now.mono >= t.last_update_at + self.cfg.launch_timeout)
-            .map(|t| t.id.clone())
-            .collect();
+        let due = now.mono.saturating_sub(self.cfg.launch_timeout);
+        let silent: Vec<(Duration, Arc<str>)> =
+            self.unreported.iter().take_while(|(at, _)| *at <= due).cloned().collect();
         if !silent.is_empty() && self.recon.running.is_none() {
-            for id in &silent {
-                if let Some(t) = self.tasks.get_mut(id) {
+            let mut ids = Vec::with_capacity(silent.len());
+            for key in silent {
+                self.unreported.remove(&key);
+                if let Some(t) = self.tasks.get_mut(&key.1) {
                     t.last_update_at = now.mono;
+                    self.unreported.insert((now.mono, key.1.clone()));
                 }
+                ids.push(key.1);
             }
-            self.start_explicit(silent, now);
+            // Not a run the cooldown should count: keep it where it was.
+            let last = self.recon.last_run;
+            self.start_explicit(ids, now);
+            self.recon.last_run = last;
         }
         let cooled =
             self.recon.last_run.is_none_or(|at| now.mono >= at + self.cfg.reconcile_cooldown);
@@ -1698,54 +1750,51 @@ impl Core {
         self.emit(Effect::Reconcile { tasks });
     }
 
-    /// The next time [`Core::tick`] has something to do, if any.
-    pub fn next_wakeup(&self) -> Option<Duration> {
+    /// The next time after `now` that [`Core::tick`] has something to do, if any.
+    pub fn next_wakeup(&self, now: Now) -> Option<Duration> {
         let mut next: Option<Duration> = None;
         let mut at = |d: Duration| next = Some(next.map_or(d, |n: Duration| n.min(d)));
         if let Some(e) = self.offers.values().map(|o| o.expires).min() {
             at(e);
         }
-        for t in self.tasks.values() {
-            if let Some((grace, sent)) = t.kill {
+        for id in &self.killing {
+            if let Some((grace, sent)) = self.tasks.get(id).and_then(|t| t.kill) {
                 at(sent + grace + self.cfg.kill_retry);
             }
-            if t.state.is_none() {
-                at(t.last_update_at + self.cfg.launch_timeout);
-            }
         }
-        if self.subscribed && self.synced {
+        if let Some((launched, _)) = self.unreported.first() {
+            at(*launched + self.cfg.launch_timeout);
+        }
+        if let Some(o) = self.offer_history.order.front() {
+            at(o.0);
+        }
+        let planning = self.subscribed && self.synced;
+        if planning {
             match &self.recon.barrier {
-                Barrier::Needed => at(Duration::ZERO),
+                Barrier::Needed => at(now.mono),
                 Barrier::Pending { retry_at, .. } => at(*retry_at),
                 Barrier::Passed => {}
             }
             if self.recon.explicit_wanted && self.recon.explicit_now {
-                at(Duration::ZERO);
+                at(now.mono);
             }
             if let Some(run) = &self.recon.running {
-                at(run.next_retry);
+                at(run.next_retry.min(run.started + self.cfg.explicit_abort));
             }
             if let Some(i) = self.recon.implicit_at {
                 at(i);
             }
             if self.recon.explicit_wanted || self.recon.implicit_wanted {
-                at(self.recon.last_run.map_or(Duration::ZERO, |l| l + self.cfg.reconcile_cooldown));
+                at(self.recon.last_run.map_or(now.mono, |l| l + self.cfg.reconcile_cooldown));
             }
-        }
-        for uid in &self.waiting {
-            if let Some(Stage::Waiting { ready_at, tried_gen }) =
-                self.pods.get(uid).map(|p| &p.stage)
+            if let Some((ready, _)) = self.in_backoff(now).next() {
+                at(*ready);
+            }
+            if self.breakout_pending(now)
+                && let Some(last) = self.last_breakout
             {
-                at(*ready_at);
-                if tried_gen.is_some_and(|g| g < self.offer_gen)
-                    && let Some(last) = self.last_breakout
-                {
-                    at(last + self.cfg.listener_delay);
-                }
+                at(last + self.cfg.listener_delay);
             }
-        }
-        if let Some(o) = self.offer_history.order.front() {
-            at(o.0);
         }
         next
     }

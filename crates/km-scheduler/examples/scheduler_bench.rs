@@ -74,6 +74,17 @@ async fn wait_http(url: &str, what: &str) {
     }
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn peak_rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -85,8 +96,8 @@ fn peak_rss_mib(pid: u32) -> f64 {
 }
 
 struct Plane {
-    _etcd: Proc,
-    _api: Proc,
+    etcd: Proc,
+    api: Proc,
     master: Proc,
     api_url: String,
     master_port: u16,
@@ -141,7 +152,7 @@ async fn plane(agents: usize, agent_resources: &str) -> Plane {
         dir.path().join("master.log"),
     );
     wait_http(&format!("http://127.0.0.1:{mp}/health"), "km mesos-master").await;
-    Plane { _etcd: etcd, _api: api, master, api_url, master_port: mp, etcd_url, dir }
+    Plane { etcd, api, master, api_url, master_port: mp, etcd_url, dir }
 }
 
 /// Creates the pods concurrently; returns how long it took.
@@ -193,6 +204,8 @@ struct Report {
     running_p99: Duration,
     offers_used: f64,
     rss_mib: f64,
+    /// CPU seconds used during the run: scheduler, API server, master, etcd.
+    cpu: [f64; 4],
     seen: Arc<Mutex<Seen>>,
 }
 
@@ -237,6 +250,7 @@ async fn measure(
         .unwrap_or_default();
     let seen = Arc::new(Mutex::new(Seen::default()));
     let port = free_port();
+    let cpu0 = [cpu_secs(p.api.0.id()), cpu_secs(p.master.0.id()), cpu_secs(p.etcd.0.id())];
     let t0 = Instant::now();
     let sched = spawn(
         "km scheduler",
@@ -301,6 +315,12 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let offers_used = metric(port, "km_scheduler_offers_used_total").await;
     let rss_mib = peak_rss_mib(sched.0.id());
+    let cpu = [
+        cpu_secs(sched.0.id()),
+        cpu_secs(p.api.0.id()) - cpu0[0],
+        cpu_secs(p.master.0.id()) - cpu0[1],
+        cpu_secs(p.etcd.0.id()) - cpu0[2],
+    ];
     drop(sched);
     watcher.abort();
     let s = seen.lock().expect("lock");
@@ -317,6 +337,7 @@ async fn measure(
         running_p99: pct(running, 0.99),
         offers_used,
         rss_mib,
+        cpu,
         seen: seen.clone(),
     }
 }
@@ -338,6 +359,10 @@ fn print(label: &str, r: &Report) {
         r.running_p50.as_secs_f64(),
         r.running_p99.as_secs_f64(),
         r.rss_mib,
+    );
+    println!(
+        "{:<28} CPU seconds: scheduler {:.1}, apiserver {:.1}, master {:.1}, etcd {:.1}",
+        "", r.cpu[0], r.cpu[1], r.cpu[2], r.cpu[3]
     );
 }
 

@@ -33,8 +33,15 @@ use crate::static_pods;
 const ACCEPTS_IN_FLIGHT: usize = 32;
 /// Concurrent acknowledgements, kills and messages.
 const CALLS_IN_FLIGHT: usize = 64;
-/// Concurrent API writes (bindings, phases, nodes).
+/// Concurrent API writes (bindings, conditions, nodes).
 const WRITES_IN_FLIGHT: usize = 128;
+/// Concurrent pod phase writes: fewer than bindings, so that under a burst binding goes first.
+const PHASES_IN_FLIGHT: usize = 16;
+/// Normal events are queued only while fewer than this many events wait (warnings always are,
+/// up to the backlog).
+const NORMAL_EVENT_BACKLOG: usize = 256;
+/// How often the loop publishes its numbers for `/metrics` at most.
+const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// Events waiting to be written; more are dropped (events are best effort, as in Kubernetes).
 const EVENT_BACKLOG: usize = 2048;
 /// Concurrent event writes.
@@ -73,6 +80,9 @@ pub(crate) struct Shell {
     accepts: Arc<Semaphore>,
     calls: Arc<Semaphore>,
     writes: Arc<Semaphore>,
+    phases: Arc<Semaphore>,
+    published: Instant,
+    unpublished: bool,
     origin: Instant,
     first_seen: HashMap<Arc<str>, Instant>,
     launched: HashMap<String, Timing>,
@@ -262,6 +272,12 @@ impl Shell {
         for e in self.core.take_effects() {
             self.effect(e);
         }
+        if self.published.elapsed() < PUBLISH_EVERY {
+            self.unpublished = true;
+            return;
+        }
+        self.published = Instant::now();
+        self.unpublished = false;
         self.metrics.publish(
             Snapshot {
                 stats: self.core.stats().clone(),
@@ -378,7 +394,7 @@ impl Shell {
             }
             Effect::SetPhase { pod, change } => {
                 let client = self.kube.write.clone();
-                let permits = self.writes.clone();
+                let permits = self.phases.clone();
                 let metrics = self.metrics.clone();
                 tokio::spawn(async move {
                     let _p = permits.acquire_owned().await;
@@ -414,6 +430,11 @@ impl Shell {
     }
 
     fn queue_event(&mut self, pod: PodRef, kind: EventType, reason: &'static str, message: String) {
+        let waiting = EVENT_BACKLOG - self.events.capacity();
+        if kind == EventType::Normal && waiting >= NORMAL_EVENT_BACKLOG {
+            self.metrics.events_dropped.inc();
+            return;
+        }
         if self.events.try_send((pod, kind, reason, message)).is_err() {
             self.metrics.events_dropped.inc();
         }
@@ -720,6 +741,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         accepts: Arc::new(Semaphore::new(ACCEPTS_IN_FLIGHT)),
         calls: Arc::new(Semaphore::new(CALLS_IN_FLIGHT)),
         writes: Arc::new(Semaphore::new(WRITES_IN_FLIGHT)),
+        phases: Arc::new(Semaphore::new(PHASES_IN_FLIGHT)),
+        published: Instant::now(),
+        unpublished: true,
         origin: Instant::now(),
         first_seen: HashMap::new(),
         launched: HashMap::new(),
@@ -737,7 +761,9 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let far = Duration::from_secs(3600);
     loop {
         let wake =
-            shell.core.next_wakeup().map_or(far, |d| d.saturating_sub(shell.origin.elapsed()));
+            shell.core.next_wakeup(shell.now()).map_or(far, |d| d.saturating_sub(shell.origin.elapsed()));
+        // Numbers not yet published are, once the loop has been quiet for a moment.
+        let wake = if shell.unpublished { wake.min(PUBLISH_EVERY) } else { wake };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
