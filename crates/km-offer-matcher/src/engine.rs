@@ -4,18 +4,28 @@
 //! 1. Offers are merged per agent into *pools* (one per allocation role × reservation stack),
 //!    and the agents ordered by the strategy's rank (binpack: agents already running the
 //!    current executor first, then least free; spread: most free first).
-//! 2. Pods are taken by priority (high first), creation time, then input order.
-//! 3. Pods with equal constraints share a *constraint class* whose eligible agents (node name,
+//! 2. Pods with equal constraints share a *constraint class* whose eligible agents (node name,
 //!    selector, affinity, public, maintenance, executor, roles) are computed once; pods with
-//!    equal constraints, resources and ports share a *shape class*.
-//! 4. Binpack: a shape keeps a cursor into its class's eligible agents (first fit). Spread: a
-//!    class keeps its agents in a [`Levels`] index by pods placed (per topology domain, then per
+//!    equal constraints, resources and ports share a *shape class*. Every pod gets its class
+//!    and shape before any is placed.
+//! 3. Pods are taken by priority (high first), then, for binpack only, by the number of agents
+//!    their class may use (fewest first), then by creation time and input order. Kubernetes
+//!    priority stays the first key; among pods of one priority the most constrained go first,
+//!    so a pod that can only use one rack gets it before pods that could go anywhere fill it.
+//! 4. Binpack: each pod goes to the first agent that fits among the agents of its class opened
+//!    in this plan (in the order they were opened), else to the first fresh one in rank order,
+//!    so an agent is opened only when no opened one can take the pod. A class keeps both lists
+//!    in a [`PackIndex`] with a [`FreeTree`] each, a shape a cursor into each. Spread: a class
+//!    keeps its agents in a [`Levels`] index by pods placed (per topology domain, then per
 //!    agent); a shape walks it lowest level first, skipping agents it already failed on.
 //! 5. A shape never revisits an agent that failed it: free resources and ports only shrink
 //!    during a plan, and an executor is paid at most once per agent from the allocation group
 //!    that later pods must use too, so a failure is permanent. Cost is therefore about
 //!    O(pods + shapes × agents), not O(pods × agents).
-//! 6. For every shape left with unplaced pods, the offered agents are checked against the final
+//! 6. A wildcard host port takes the lowest free port that no pod of the batch wants as its
+//!    fixed port, falling back to the lowest free one, so a pod ordered earlier does not take
+//!    the port a later one needs exactly.
+//! 7. For every shape left with unplaced pods, the offered agents are checked against the final
 //!    state to count the reasons (static ones once per constraint class), and the known agents
 //!    are checked for a "can never fit" verdict (once per constraint class).
 
@@ -142,8 +152,8 @@ struct ConstraintClass {
     eligible: Vec<u32>,
     /// Spread strategies: the eligible agents by (domain level, agent level).
     spread: Option<SpreadIndex>,
-    /// Binpack: free capacity of the eligible agents, for skipping full ones.
-    tree: Option<FreeTree>,
+    /// Binpack: the eligible agents split into opened and fresh ones.
+    pack: Option<PackIndex>,
     /// Role bits of the class's roles.
     mask: u64,
     /// Static reasons over all offered agents, computed on first need (explanations).
@@ -242,8 +252,20 @@ fn bits(words: &[u64]) -> impl Iterator<Item = u32> + '_ {
     })
 }
 
-/// Binpack: a max-tree over a class's eligible agents (rank order) of free cpus and mem, so
-/// a shape skips agents too full for it in O(log n) instead of trying each one.
+/// Binpack: a constraint class's eligible agents in two lists, each with a [`FreeTree`] of
+/// what is free on them, so a shape skips agents too full for it in O(log n).
+struct PackIndex {
+    /// Eligible agents that took a pod in this plan, in the order they took their first one.
+    /// Only grows at the end, so a shape's cursor into it stays valid.
+    open: Vec<u32>,
+    /// Free (cpus, mem) of `open`, by position; empty slots never fit.
+    open_free: FreeTree,
+    /// Free (cpus, mem) of the eligible agents (rank order) that are still fresh, minus the
+    /// executor they would have to start; opened agents never fit here.
+    fresh_free: FreeTree,
+}
+
+/// A max-tree of free (cpus, mem) over a list of agents, for first-fit searches.
 struct FreeTree {
     size: usize,
     /// Node `i` covers its subtree; leaves start at `size`. (max free cpus, max free mem).
@@ -253,7 +275,7 @@ struct FreeTree {
 impl FreeTree {
     fn new(free: impl ExactSizeIterator<Item = (i64, i64)>) -> FreeTree {
         let size = free.len().next_power_of_two().max(1);
-        let mut max = vec![(i64::MIN, i64::MIN); 2 * size];
+        let mut max = vec![NEVER; 2 * size];
         for (i, f) in free.enumerate() {
             max[size + i] = f;
         }
@@ -279,27 +301,42 @@ impl FreeTree {
 
     /// The first leaf at or after `from` with at least `need` free.
     fn first_from(&self, from: usize, need: (i64, i64)) -> Option<usize> {
-        self.descend(1, 0, self.size, from, need)
-    }
-
-    fn descend(
-        &self,
-        node: usize,
-        lo: usize,
-        hi: usize,
-        from: usize,
-        need: (i64, i64),
-    ) -> Option<usize> {
-        let m = self.max[node];
-        if hi <= from || m.0 < need.0 || m.1 < need.1 {
+        let fits = |m: (i64, i64)| m.0 >= need.0 && m.1 >= need.1;
+        if from >= self.size {
             return None;
         }
-        if hi - lo == 1 {
-            return Some(lo);
+        let mut i = self.size + from;
+        if fits(self.max[i]) {
+            return Some(from); // the common case: the agent the last pod of the shape took
         }
-        let mid = (lo + hi) / 2;
-        self.descend(2 * node, lo, mid, from, need)
-            .or_else(|| self.descend(2 * node + 1, mid, hi, from, need))
+        loop {
+            // Next subtree to the right of `i`: climb while `i` is a right child.
+            while i & 1 == 1 {
+                i >>= 1;
+            }
+            if i == 0 {
+                return None;
+            }
+            i += 1;
+            if !fits(self.max[i]) {
+                continue;
+            }
+            // Leftmost fitting leaf below `i`. Both maxima fitting does not mean one leaf fits
+            // both, so a descent can dead-end; the search then goes on to the right of it.
+            while i < self.size {
+                let l = 2 * i;
+                if fits(self.max[l]) {
+                    i = l;
+                } else if fits(self.max[l + 1]) {
+                    i = l + 1;
+                } else {
+                    break;
+                }
+            }
+            if i >= self.size {
+                return Some(i - self.size);
+            }
+        }
     }
 }
 
@@ -322,8 +359,10 @@ struct Shape<'a> {
     order: Vec<u32>,
     fixed: Vec<u64>,
     wildcard: usize,
-    /// Binpack: position in the class's eligible list.
+    /// Binpack: position in the class's opened agents and in its eligible list (fresh agents);
+    /// the agents before them failed this shape.
     cursor: usize,
+    fresh: usize,
     /// Spread: agents that failed this shape (bitset over agent indices) and how many are left.
     dropped: Vec<u64>,
     left: usize,
@@ -381,8 +420,11 @@ struct Engine<'a> {
     shapes: Vec<Shape<'a>>,
     /// Reused buffer of pool indices (see `place`).
     scratch: Vec<usize>,
-    /// Binpack: per agent, its (class, leaf) slots in the classes' free trees.
-    tree_slots: Vec<Vec<(u32, u32)>>,
+    /// Every fixed host port some pod of the batch asks for, sorted: wildcard ports avoid them.
+    reserved_ports: Vec<u64>,
+    /// Binpack: per agent, its slots in the classes' pack indexes: (class, position among the
+    /// class's eligible agents, position among its opened agents or `u32::MAX` while fresh).
+    pack_slots: Vec<Vec<(u32, u32, u32)>>,
     /// Spread: per agent, its (class, local domain, local agent) slots.
     agent_slots: Vec<Vec<(u32, u32, u32)>>,
     /// Spread: per domain, its (class, local domain) slots.
@@ -397,33 +439,53 @@ pub(crate) fn plan(
     now: SystemTime,
 ) -> Plan {
     let mut engine = Engine::new(cfg, offers, known, now);
+    let mut reserved: Vec<u64> = entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Demand(d) => Some(d.fixed_ports()),
+            Entry::Invalid(..) => None,
+        })
+        .flatten()
+        .collect();
+    reserved.sort_unstable();
+    reserved.dedup();
+    engine.reserved_ports = reserved;
 
-    // Pods in order: priority (high first), creation time, input order.
-    let mut keys: Vec<(Reverse<i32>, SystemTime, usize)> = entries
+    // Every pod's constraint class and shape first: binpack orders by the size of the class.
+    let mut class_ids: FxMap<ClassKey<'_>, u32> = FxMap::default();
+    let mut shape_ids: FxMap<ShapeKey, u32> = FxMap::default();
+    let mut shape_of: Vec<u32> = vec![u32::MAX; entries.len()];
+    for (i, e) in entries.iter().enumerate() {
+        if let Entry::Demand(d) = e {
+            shape_of[i] = engine.shape_for(d, &mut class_ids, &mut shape_ids);
+        }
+    }
+
+    // Pods in order: priority (high first); binpack: then fewest eligible agents first;
+    // then creation time, input order.
+    let binpack = matches!(cfg.strategy, Strategy::Binpack);
+    let mut keys: Vec<(Reverse<i32>, usize, SystemTime, usize)> = entries
         .iter()
         .enumerate()
         .filter_map(|(i, e)| match e {
-            Entry::Demand(d) => Some((Reverse(d.priority), d.created.unwrap_or(now), i)),
+            Entry::Demand(d) => {
+                let eligible = if binpack {
+                    let shape = &engine.shapes[shape_of[i] as usize];
+                    engine.classes[shape.class as usize].eligible.len()
+                } else {
+                    0
+                };
+                Some((Reverse(d.priority), eligible, d.created.unwrap_or(now), i))
+            }
             Entry::Invalid(..) => None,
         })
         .collect();
     keys.sort_unstable();
-    let order: Vec<(usize, &PodDemand)> = keys
-        .into_iter()
-        .filter_map(|(_, _, i)| match &entries[i] {
-            Entry::Demand(d) => Some((i, *d)),
-            Entry::Invalid(..) => None,
-        })
-        .collect();
 
-    let mut class_ids: FxMap<ClassKey<'_>, u32> = FxMap::default();
-    let mut shape_ids: FxMap<ShapeKey, u32> = FxMap::default();
-    let mut shape_of: Vec<u32> = vec![u32::MAX; entries.len()];
     let mut placed_at: Vec<Option<(u32, usize)>> = vec![None; entries.len()];
-
-    for &(idx, d) in &order {
-        let shape = engine.shape_for(d, &mut class_ids, &mut shape_ids);
-        shape_of[idx] = shape;
+    for &(_, _, _, idx) in &keys {
+        let Entry::Demand(d) = entries[idx] else { continue };
+        let shape = shape_of[idx];
         match engine.next_agent(shape) {
             Some((agent, group)) => {
                 let task = engine.place(agent, group, shape, d, idx);
@@ -618,10 +680,11 @@ impl<'a> Engine<'a> {
         } else {
             (Vec::new(), Vec::new())
         };
-        let tree_slots = if spread { Vec::new() } else { vec![Vec::new(); agents.len()] };
+        let pack_slots = if spread { Vec::new() } else { vec![Vec::new(); agents.len()] };
         Engine {
             scratch: Vec::new(),
-            tree_slots,
+            reserved_ports: Vec::new(),
+            pack_slots,
             agent_slots,
             domain_slots,
             cfg,
@@ -696,20 +759,42 @@ impl<'a> Engine<'a> {
                     .filter(|&a| self.static_miss(&self.agents[a as usize], d, mask).is_none())
                     .collect();
                 let id = self.classes.len() as u32;
-                let (spread, tree) = match self.cfg.strategy {
+                let (spread, pack) = match self.cfg.strategy {
                     Strategy::Binpack => {
+                        let mut open = Vec::new();
+                        let mut open_at = Vec::with_capacity(eligible.len());
                         for (leaf, &a) in eligible.iter().enumerate() {
-                            self.tree_slots[a as usize].push((id, leaf as u32));
+                            let ag = &self.agents[a as usize];
+                            let pos = if ag.placed > 0 {
+                                open.push(a);
+                                (open.len() - 1) as u32
+                            } else {
+                                u32::MAX
+                            };
+                            open_at.push(pos);
+                            self.pack_slots[a as usize].push((id, leaf as u32, pos));
                         }
-                        let free = eligible.iter().map(|&a| free_key(&self.agents[a as usize]));
-                        (None, Some(FreeTree::new(free)))
+                        let exec = &self.cfg.executor.resources;
+                        let fresh = eligible.iter().zip(&open_at).map(|(&a, &pos)| {
+                            if pos == u32::MAX {
+                                pack_key(&self.agents[a as usize], exec)
+                            } else {
+                                NEVER
+                            }
+                        });
+                        let mut open_free = FreeTree::new((0..eligible.len()).map(|_| NEVER));
+                        for (i, &a) in open.iter().enumerate() {
+                            open_free.set(i, pack_key(&self.agents[a as usize], exec));
+                        }
+                        let pack = PackIndex { open, open_free, fresh_free: FreeTree::new(fresh) };
+                        (None, Some(pack))
                     }
                     Strategy::Spread { .. } => (Some(self.spread_index(id, &eligible)), None),
                 };
                 self.classes.push(ConstraintClass {
                     eligible,
                     spread,
-                    tree,
+                    pack,
                     mask,
                     static_counts: None,
                 });
@@ -734,6 +819,7 @@ impl<'a> Engine<'a> {
             fixed: skey.fixed.clone(),
             wildcard,
             cursor: 0,
+            fresh: 0,
             dropped: Vec::new(),
             left: usize::MAX,
             unplaced: false,
@@ -922,29 +1008,43 @@ impl<'a> Engine<'a> {
         let class = &self.classes[self.shapes[si].class as usize];
         match &class.spread {
             None => {
+                // Binpack: first fit over the agents opened in this plan (in opening order),
+                // then over the fresh ones (in rank order). A new agent is opened only when no
+                // opened one takes the pod.
+                let pack = class.pack.as_ref()?;
                 let shape = &self.shapes[si];
                 let need = (
                     shape.rep.resources.get(ScalarKind::Cpus).milli(),
                     shape.rep.resources.get(ScalarKind::Mem).milli(),
                 );
-                let mut pos = shape.cursor;
-                let found = loop {
-                    if let Some(tree) = &class.tree {
-                        match tree.first_from(pos, need) {
-                            Some(p) => pos = p,
-                            None => {
-                                pos = class.eligible.len();
-                                break None;
-                            }
-                        }
-                    }
-                    let Some(&a) = class.eligible.get(pos) else { break None };
+                let (mut cursor, mut fresh) = (shape.cursor, shape.fresh);
+                let mut found = None;
+                while let Some(p) = pack.open_free.first_from(cursor, need) {
+                    let a = pack.open[p];
+                    cursor = p;
                     if let Ok(g) = self.fit(&self.agents[a as usize], shape) {
-                        break Some((a, g));
+                        found = Some((a, g));
+                        break;
                     }
-                    pos += 1;
-                };
-                self.shapes[si].cursor = pos;
+                    cursor += 1;
+                }
+                if found.is_none() {
+                    cursor = pack.open.len();
+                    while let Some(p) = pack.fresh_free.first_from(fresh, need) {
+                        let a = class.eligible[p];
+                        fresh = p;
+                        if let Ok(g) = self.fit(&self.agents[a as usize], shape) {
+                            found = Some((a, g));
+                            break;
+                        }
+                        fresh += 1;
+                    }
+                    if found.is_none() {
+                        fresh = class.eligible.len();
+                    }
+                }
+                let shape = &mut self.shapes[si];
+                (shape.cursor, shape.fresh) = (cursor, fresh);
                 found
             }
             Some(index) => {
@@ -1002,6 +1102,7 @@ impl<'a> Engine<'a> {
         let shape = &self.shapes[si as usize];
         let (order, fw_order) = (&shape.order, &self.fw_order);
         let exec_res = self.cfg.executor.resources;
+        let reserved = &self.reserved_ports;
         let agent = &mut self.agents[ai as usize];
         let (start, end) = agent.groups[group];
         let pools = &mut agent.pools[start..end];
@@ -1047,14 +1148,23 @@ impl<'a> Engine<'a> {
         for p in &d.ports {
             let host = match p.host_port {
                 HostPort::Fixed(port) => Some(port),
-                HostPort::Any => pod_pools.iter().find_map(|&pi| {
-                    let port = pools[pi].ports.first()?;
-                    pools[pi].ports.remove(port);
-                    pools[pi].free_ports -= 1;
-                    pools[pi].touched = true;
-                    taken[pi].insert(port);
-                    Some(port)
-                }),
+                HostPort::Any => {
+                    // The lowest free port no pod of the batch wants as its fixed port, else
+                    // the lowest free one; pools in role order.
+                    let pick = pod_pools
+                        .iter()
+                        .find_map(|&pi| Some((pi, lowest_unreserved(&pools[pi].ports, reserved)?)))
+                        .or_else(|| {
+                            pod_pools.iter().find_map(|&pi| Some((pi, pools[pi].ports.first()?)))
+                        });
+                    pick.map(|(pi, port)| {
+                        pools[pi].ports.remove(port);
+                        pools[pi].free_ports -= 1;
+                        pools[pi].touched = true;
+                        taken[pi].insert(port);
+                        port
+                    })
+                }
             };
             if let Some(host_port) = host {
                 assigned.push(PortAssignment {
@@ -1077,11 +1187,16 @@ impl<'a> Engine<'a> {
         self.scratch = pod_pools;
         agent.placed += 1;
         let domain = agent.domain as usize;
-        let key = free_key(agent);
-        if let Some(slots) = self.tree_slots.get(ai as usize) {
-            for &(c, leaf) in slots {
-                if let Some(tree) = &mut self.classes[c as usize].tree {
-                    tree.set(leaf as usize, key);
+        let key = pack_key(agent, &exec_res);
+        if let Some(slots) = self.pack_slots.get_mut(ai as usize) {
+            for (c, leaf, pos) in slots.iter_mut() {
+                if let Some(pack) = &mut self.classes[*c as usize].pack {
+                    if *pos == u32::MAX {
+                        *pos = pack.open.len() as u32;
+                        pack.open.push(ai);
+                        pack.fresh_free.set(*leaf as usize, NEVER);
+                    }
+                    pack.open_free.set(*pos as usize, key);
                 }
             }
         }
@@ -1308,9 +1423,21 @@ fn role_mask(cfg: &Config, r: &Resource) -> u64 {
     }
 }
 
-/// An agent's free (cpus, mem) in thousandths: an upper bound of what any pod can get there.
-fn free_key(a: &Agent) -> (i64, i64) {
-    (a.free_total.get(ScalarKind::Cpus).milli(), a.free_total.get(ScalarKind::Mem).milli())
+/// A [`FreeTree`] value no demand fits.
+const NEVER: (i64, i64) = (i64::MIN, i64::MIN);
+
+/// An agent's free (cpus, mem) in thousandths, less the executor if it still has to start
+/// one: an upper bound of what any pod can get there.
+fn pack_key(a: &Agent, exec: &Scalars) -> (i64, i64) {
+    let (cpus, mem) = (a.free_total.get(ScalarKind::Cpus), a.free_total.get(ScalarKind::Mem));
+    if a.exec_paid {
+        (cpus.milli(), mem.milli())
+    } else {
+        (
+            cpus.saturating_sub(exec.get(ScalarKind::Cpus)).milli(),
+            mem.saturating_sub(exec.get(ScalarKind::Mem)).milli(),
+        )
+    }
 }
 
 fn public_by_attribute(cfg: &Config, labels: &[(String, String)]) -> bool {
@@ -1329,6 +1456,25 @@ fn sub(a: Scalars, b: &Scalars) -> Scalars {
         out.set(k, a.get(k).saturating_sub(b.get(k)));
     }
     out
+}
+
+/// The lowest port of `ports` not in `reserved` (sorted).
+fn lowest_unreserved(ports: &Ranges, reserved: &[u64]) -> Option<u64> {
+    for r in ports.ranges() {
+        let mut i = reserved.partition_point(|&x| x < r.begin);
+        let mut v = r.begin;
+        loop {
+            if reserved.get(i) != Some(&v) {
+                return Some(v);
+            }
+            if v >= r.end {
+                break;
+            }
+            v += 1;
+            i += 1;
+        }
+    }
+    None
 }
 
 /// Takes `want` from the pools in `order`, splitting across roles; the caller checked it fits.
@@ -1537,6 +1683,56 @@ mod tests {
         assert_eq!(order.len(), 200);
         assert_eq!(order[..70], (130..200).collect::<Vec<_>>()[..]);
         assert_eq!(order[70..], (0..130).collect::<Vec<_>>()[..]);
+    }
+
+    /// A deterministic stream of numbers for the table tests below.
+    fn numbers(seed: u64) -> impl Iterator<Item = u64> {
+        let mut x = seed.max(1);
+        std::iter::from_fn(move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            Some(x)
+        })
+    }
+
+    #[test]
+    fn free_tree_matches_a_scan_under_drops_and_raises() {
+        for seed in 1..40u64 {
+            let mut n = numbers(seed);
+            let len = (n.next().unwrap_or(0) % 70) as usize + 1;
+            let mut exact: Vec<(i64, i64)> = (0..len)
+                .map(|_| ((n.next().unwrap_or(0) % 9) as i64, (n.next().unwrap_or(0) % 9) as i64))
+                .collect();
+            let mut tree = FreeTree::new(exact.iter().copied());
+            for _ in 0..300 {
+                let leaf = (n.next().unwrap_or(0) % len as u64) as usize;
+                let r = n.next().unwrap_or(0);
+                exact[leaf] = if r.is_multiple_of(5) {
+                    ((r % 9) as i64, (r / 9 % 9) as i64) // a raise or a drop
+                } else {
+                    (exact[leaf].0 - (r % 2) as i64, exact[leaf].1 - (r / 2 % 2) as i64)
+                };
+                tree.set(leaf, exact[leaf]);
+                let from = (n.next().unwrap_or(0) % (len as u64 + 1)) as usize;
+                let need = ((n.next().unwrap_or(0) % 9) as i64, (n.next().unwrap_or(0) % 9) as i64);
+                let want = (from..len).find(|&i| exact[i].0 >= need.0 && exact[i].1 >= need.1);
+                assert_eq!(tree.first_from(from, need), want, "seed {seed}");
+            }
+        }
+    }
+
+    #[test]
+    fn wildcard_ports_skip_reserved_ones() {
+        let ports = Ranges::from_pairs([(10, 12), (20, 21)]);
+        assert_eq!(lowest_unreserved(&ports, &[]), Some(10));
+        assert_eq!(lowest_unreserved(&ports, &[10, 11]), Some(12));
+        assert_eq!(lowest_unreserved(&ports, &[5, 10, 11, 12, 15]), Some(20));
+        assert_eq!(lowest_unreserved(&ports, &[10, 11, 12, 20, 21]), None);
+        assert_eq!(
+            lowest_unreserved(&Ranges::from_pairs([(u64::MAX, u64::MAX)]), &[u64::MAX]),
+            None
+        );
     }
 
     #[test]
