@@ -11,7 +11,9 @@
 //!   counted [`Reason`]s and an optional [`NeverFits`] verdict; an unusable pod spec is an
 //!   [`Outcome::Invalid`]. `Err` is reserved for a bad [`Config`].
 //! - **Packing.** Many pods per agent; the offers of one agent are merged and the plan lists
-//!   the offer IDs each launch consumes.
+//!   the offer IDs each launch consumes. The default [`Strategy::Binpack`] takes the pods by
+//!   priority, then the most constrained first, and opens an agent only when none it already
+//!   opened takes the pod; [`Strategy::Spread`] balances pods over agents or an attribute.
 //!
 //! ```ignore
 //! let matcher = Matcher::new(Config::default())?;
@@ -100,20 +102,26 @@ impl Matcher {
         known: &[KnownAgent],
         now: SystemTime,
     ) -> Plan {
-        let converted: Vec<Result<PodDemand, InvalidPod>> =
-            pods.iter().map(|p| self.demand(p)).collect();
-        let entries: Vec<Entry<'_>> = converted
+        // Pods that cannot be converted, by position in `invalid`.
+        let mut invalid: Vec<(PodKey, InvalidPod)> = Vec::new();
+        let converted: Vec<Result<PodDemand, usize>> = pods
             .iter()
-            .zip(pods)
-            .map(|(c, p)| match c {
-                Ok(d) => Entry::Demand(d),
-                Err(e) => {
+            .map(|p| {
+                self.demand(p).map_err(|e| {
                     let key = PodKey::new(
                         p.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
                         p.metadata.name.clone().unwrap_or_default(),
                     );
-                    Entry::Invalid(key, e.clone())
-                }
+                    invalid.push((key, e));
+                    invalid.len() - 1
+                })
+            })
+            .collect();
+        let entries: Vec<Entry<'_>> = converted
+            .iter()
+            .map(|c| match c {
+                Ok(d) => Entry::Demand(d),
+                Err(i) => Entry::Invalid(&invalid[*i]),
             })
             .collect();
         engine::plan(&self.config, &entries, offers, known, now)
