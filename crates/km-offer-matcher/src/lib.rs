@@ -14,6 +14,9 @@
 //!   the offer IDs each launch consumes. The default [`Strategy::Binpack`] takes the pods by
 //!   priority, then the most constrained first, and opens an agent only when none it already
 //!   opened takes the pod; [`Strategy::Spread`] balances pods over agents or an attribute.
+//! - **Borrowed input.** [`Matcher::plan_refs`] plans demands the caller keeps elsewhere (one
+//!   per pending pod, say) without cloning them; [`Matcher::plan`] takes a slice of demands and
+//!   [`Matcher::plan_pods`] converts `Pod`s first.
 //!
 //! ```ignore
 //! let matcher = Matcher::new(Config::default())?;
@@ -90,6 +93,20 @@ impl Matcher {
         now: SystemTime,
     ) -> Plan {
         let entries: Vec<Entry<'_>> = pods.iter().map(Entry::Demand).collect();
+        engine::plan(&self.config, &entries, offers, known, now)
+    }
+
+    /// Like [`Matcher::plan`], for demands the caller keeps elsewhere (for instance one per
+    /// pending pod in its own records): nothing is cloned. Outcomes and `pod_index` refer to
+    /// positions in `pods`; the plan is the one [`Matcher::plan`] makes of the same demands.
+    pub fn plan_refs(
+        &self,
+        pods: &[&PodDemand],
+        offers: &[Offer],
+        known: &[KnownAgent],
+        now: SystemTime,
+    ) -> Plan {
+        let entries: Vec<Entry<'_>> = pods.iter().map(|d| Entry::Demand(d)).collect();
         engine::plan(&self.config, &entries, offers, known, now)
     }
 

@@ -1,8 +1,8 @@
 //! Property tests over random clusters and pods: never over-commit, never hand out a port
 //! twice, placed + remaining = offered, all-or-nothing per pod, every constraint honoured,
-//! the executor paid once per agent, explanations cover every agent, and input order of
-//! offers does not change the plan. Then binpack against spread on workloads shaped like
-//! scenario M (see the section below).
+//! the executor paid once per agent, explanations cover every agent, input order of offers
+//! does not change the plan, and borrowed demands plan as owned ones do. Then binpack against
+//! spread on workloads shaped like scenario M (see the section below).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
@@ -205,6 +205,10 @@ fn check_case(case: &Case) -> Result<(), TestCaseError> {
     let mut reversed = case.offers.clone();
     reversed.reverse();
     prop_assert_eq!(&plan, &matcher.plan(&case.pods, &reversed, &[], now));
+
+    // Borrowed demands give the same plan.
+    let refs: Vec<&PodDemand> = case.pods.iter().collect();
+    prop_assert_eq!(&plan, &matcher.plan_refs(&refs, &case.offers, &[], now));
 
     // Every offer is either consumed by exactly one launch or unused.
     let mut all_ids: Vec<&str> = case.offers.iter().map(|o| o.id.as_str()).collect();
