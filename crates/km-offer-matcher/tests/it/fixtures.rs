@@ -26,6 +26,7 @@ fixtures! {
     affinity,
     binpack,
     binpack_constrained,
+    binpack_overload,
     demand,
     demand_limits,
     executor_mismatch,

@@ -413,9 +413,9 @@ fn known_agents_do_not_change_placement() {
 //
 // - Placement. Under overload the counts are not comparable: spread can place ten small
 //   unconstrained pods where binpack, honouring the constrained pods first, places the two
-//   large pods that need one rack each; and first fit can lose to spread's balancing on
-//   near-perfect fits (agents of 10 cpus, pods 4, 4, 6, 6: first fit strands a 6, balancing
-//   does not). What does hold is a counting bound on binpack alone (`headroom` below): a pod
+//   large pods that need one rack each (fixture `binpack_overload`); and first fit can lose to
+//   spread's balancing on near-perfect fits (two agents of 10 cpus, pods of 4, 4, 6 and 6 cpus:
+//   first fit strands a 6, balancing does not). What does hold is a counting bound on binpack alone (`headroom` below): a pod
 //   is placed whenever the pods ordered before it cannot block all of its eligible agents.
 //   When that holds for every pod, binpack places everything, so at least as many as spread.
 //   The bound depends on the order: under the former input-order first fit, unconstrained pods
@@ -579,9 +579,9 @@ impl Workload {
     ///   no other port is free, i.e. with at least `ports - reserved` ports in use;
     /// - fewer free ports than `p` needs, i.e. more than `ports - needed` in use.
     ///
-    ///   Agents with at least `K` ports in use number at most `W / K`, `W` the ports of the earlier
-    ///   pods. If these counts add up to less than `|S|`, some agent of `S` takes `p`, whatever
-    ///   happened to the earlier pods (binpack's search never skips an agent that fits).
+    /// Agents with at least `K` ports in use number at most `W / K`, `W` the ports of the earlier
+    /// pods. If these counts add up to less than `|S|`, some agent of `S` takes `p`, whatever
+    /// happened to the earlier pods (binpack's search never skips an agent that fits).
     fn headroom(&self) -> Vec<bool> {
         let sets: Vec<u64> = self.pods.iter().map(|g| self.eligible(g)).collect();
         let mut order: Vec<usize> = (0..self.pods.len()).collect();
