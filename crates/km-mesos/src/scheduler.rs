@@ -199,12 +199,18 @@ impl Scheduler {
         let session = self.inner.session.borrow().clone().ok_or(CallError::NotSubscribed)?;
         call.framework_id = Some(session.framework_id.clone());
         let ct = self.inner.config.content_type;
-        let (url, resp) =
-            http_util::post(&self.inner.calls, session.endpoint, ct, None, encode_call(ct, &call), |r| {
+        let (url, resp) = http_util::post(
+            &self.inner.calls,
+            session.endpoint,
+            ct,
+            None,
+            encode_call(ct, &call),
+            |r| {
                 let r = r.header(MESOS_STREAM_ID, session.stream_id.as_str());
                 with_auth(r, &self.inner.config)
-            })
-            .await?;
+            },
+        )
+        .await?;
         http_util::expect_status(&url, resp, StatusCode::ACCEPTED).await.map(drop)
     }
 
@@ -579,7 +585,8 @@ mod tests {
             ..Default::default()
         };
         let accept = typed(call::Type::Accept, |c| {
-            c.accept = Some(call::Accept { offer_ids: vec![], operations: vec![launch], filters: None })
+            c.accept =
+                Some(call::Accept { offer_ids: vec![], operations: vec![launch], filters: None })
         });
         assert!(has_map_values(&accept));
         let bytes = encode_call(ContentType::Protobuf, &accept);

@@ -8,11 +8,16 @@
 //!
 //! Run: `cargo bench -p km-offer-matcher` (set `KM_BENCH_LARGE=0` to skip the large one;
 //! `KM_BENCH_SUMMARY_RUNS=N` sets how many plans the on-CPU summary line averages).
+//!
+//! Profiling: `KM_BENCH_PROFILE=binpack|spread_agents|spread_rack` (optionally
+//! `KM_BENCH_PROFILE_RUNS=N`, default 1) skips criterion and plans scenario M N times, so an
+//! instruction counter sees little besides the matcher, e.g.
+//! `valgrind --tool=callgrind --toggle-collect='*Matcher::plan*' target/release/deps/plan-…`.
 
 use std::hint::black_box;
 use std::time::{Duration, SystemTime};
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group};
 use k8s_openapi::api::core::v1::{Container, ContainerPort, Pod, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -220,6 +225,12 @@ fn summary(label: &str, m: &Matcher, d: &[PodDemand], o: &[Offer]) {
             (a - b).as_secs_f64() * 1e3 / f64::from(runs)
         );
     }
+    placement(label, m, d, o);
+}
+
+/// Placed / unplaced pods and offers used, with one example explanation.
+#[expect(clippy::print_stderr, reason = "a benchmark reports its scenario on stderr")]
+fn placement(label: &str, m: &Matcher, d: &[PodDemand], o: &[Offer]) {
     let plan = m.plan(d, o, &[], now());
     let unplaced =
         plan.outcomes.iter().filter(|x| matches!(x.outcome, Outcome::Unplaced(_))).count();
@@ -294,5 +305,37 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// `KM_BENCH_PROFILE`: scenario M without criterion (see the module docs).
+fn profile(strategy: &str) {
+    let strategy = match strategy {
+        "binpack" => Strategy::Binpack,
+        "spread_agents" => Strategy::Spread { by: None },
+        "spread_rack" => Strategy::Spread { by: Some("rack".to_owned()) },
+        other => panic!("KM_BENCH_PROFILE={other:?}: binpack, spread_agents or spread_rack"),
+    };
+    let runs: usize =
+        std::env::var("KM_BENCH_PROFILE_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let (label, n_pods, n_offers) = match std::env::var("KM_BENCH_PROFILE_SIZE").as_deref() {
+        Ok("small") => ("small_1k_x_100", 1_000, 100),
+        Ok("large") => ("large_100k_x_10k", 100_000, 10_000),
+        _ => ("M_10k_x_1k", 10_000, 1_000),
+    };
+    let d = demands(&pod_specs(n_pods, 42));
+    let o = offers(n_offers);
+    let m = matcher(strategy);
+    for _ in 0..runs {
+        black_box(m.plan(&d, &o, &[], now()));
+    }
+    placement(label, &m, &d, &o);
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(strategy) = std::env::var("KM_BENCH_PROFILE") {
+        profile(&strategy);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -31,13 +31,24 @@ pub enum PortMapping {
 /// How pods are spread over agents.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum Strategy {
-    /// Fill agents first: each pod goes to the first agent that fits, agents ordered by
-    /// (already running the current executor, least free cpus, least free mem, agent ID).
+    /// Fill agents first, on as few agents as will take the pods.
+    ///
+    /// Order: pods by priority (high first), then the most constrained first — the pods whose
+    /// constraints (node name, selector, affinity, roles, public agents) leave the fewest
+    /// offered agents —, then by creation time and input order. Placement: each pod goes to the
+    /// first agent that fits among those already given a pod in this plan, in the order they
+    /// got their first, else to the first other agent that fits, agents ranked by (already
+    /// running the current executor, least free cpus, least free mem, agent ID).
+    ///
+    /// Taking constrained pods first keeps unconstrained ones from filling the agents a
+    /// selector needs; it also means that when not everything fits, the constrained pods of a
+    /// priority level are the ones placed.
     #[default]
     Binpack,
     /// Balance: each pod goes to the topology domain with the fewest pods placed in this plan,
     /// and inside it to the agent with the fewest. Domains are agents (`by: None`) or the
-    /// values of an agent attribute such as `rack` (agents without it form one domain).
+    /// values of an agent attribute such as `rack` (agents without it form one domain). Pods
+    /// are taken by priority (high first), creation time, then input order.
     Spread {
         /// Attribute name to spread over; `None` spreads over agents.
         by: Option<String>,

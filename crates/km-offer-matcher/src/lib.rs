@@ -12,7 +12,12 @@
 //!   counted [`Reason`]s and an optional [`NeverFits`] verdict; an unusable pod spec is an
 //!   [`Outcome::Invalid`]. `Err` is reserved for a bad [`Config`].
 //! - **Packing.** Many pods per agent; the offers of one agent are merged and the plan lists
-//!   the offer IDs each launch consumes.
+//!   the offer IDs each launch consumes. The default [`Strategy::Binpack`] takes the pods by
+//!   priority, then the most constrained first, and opens an agent only when none it already
+//!   opened takes the pod; [`Strategy::Spread`] balances pods over agents or an attribute.
+//! - **Borrowed input.** [`Matcher::plan_refs`] plans demands the caller keeps elsewhere (one
+//!   per pending pod, say) without cloning them; [`Matcher::plan`] takes a slice of demands and
+//!   [`Matcher::plan_pods`] converts `Pod`s first.
 //!
 //! ```ignore
 //! let matcher = Matcher::new(Config::default())?;
@@ -92,6 +97,20 @@ impl Matcher {
         engine::plan(&self.config, &entries, offers, known, now)
     }
 
+    /// Like [`Matcher::plan`], for demands the caller keeps elsewhere (for instance one per
+    /// pending pod in its own records): nothing is cloned. Outcomes and `pod_index` refer to
+    /// positions in `pods`; the plan is the one [`Matcher::plan`] makes of the same demands.
+    pub fn plan_refs(
+        &self,
+        pods: &[&PodDemand],
+        offers: &[Offer],
+        known: &[KnownAgent],
+        now: SystemTime,
+    ) -> Plan {
+        let entries: Vec<Entry<'_>> = pods.iter().map(|d| Entry::Demand(d)).collect();
+        engine::plan(&self.config, &entries, offers, known, now)
+    }
+
     /// Like [`Matcher::plan`], converting the pods first; pods that cannot be converted get
     /// [`Outcome::Invalid`].
     pub fn plan_pods(
@@ -101,20 +120,26 @@ impl Matcher {
         known: &[KnownAgent],
         now: SystemTime,
     ) -> Plan {
-        let converted: Vec<Result<PodDemand, InvalidPod>> =
-            pods.iter().map(|p| self.demand(p)).collect();
-        let entries: Vec<Entry<'_>> = converted
+        // Pods that cannot be converted, by position in `invalid`.
+        let mut invalid: Vec<(PodKey, InvalidPod)> = Vec::new();
+        let converted: Vec<Result<PodDemand, usize>> = pods
             .iter()
-            .zip(pods)
-            .map(|(c, p)| match c {
-                Ok(d) => Entry::Demand(d),
-                Err(e) => {
+            .map(|p| {
+                self.demand(p).map_err(|e| {
                     let key = PodKey::new(
                         p.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned()),
                         p.metadata.name.clone().unwrap_or_default(),
                     );
-                    Entry::Invalid(key, e.clone())
-                }
+                    invalid.push((key, e));
+                    invalid.len() - 1
+                })
+            })
+            .collect();
+        let entries: Vec<Entry<'_>> = converted
+            .iter()
+            .map(|c| match c {
+                Ok(d) => Entry::Demand(d),
+                Err(i) => Entry::Invalid(&invalid[*i]),
             })
             .collect();
         engine::plan(&self.config, &entries, offers, known, now)

@@ -100,13 +100,21 @@ pub struct KnownAgent {
 }
 
 /// The node labels of an agent: the hostname label plus one label per attribute, sorted by key.
+/// (The engine runs this for every offered agent, hence the care with allocations.)
 pub fn agent_labels(hostname: &str, attributes: &[Attribute]) -> Vec<(String, String)> {
     let mut labels: Vec<(String, String)> = Vec::with_capacity(attributes.len() + 1);
     labels.push((HOSTNAME_LABEL.to_owned(), hostname.to_owned()));
     for a in attributes {
-        labels.push((attribute_label(&a.name), a.value.to_string()));
+        let mut key = String::with_capacity(ATTRIBUTE_LABEL_PREFIX.len() + a.name.len());
+        key.push_str(ATTRIBUTE_LABEL_PREFIX);
+        key.push_str(&a.name);
+        let value = match &a.value {
+            AttributeValue::Text(t) => t.clone(),
+            other => other.to_string(),
+        };
+        labels.push((key, value));
     }
-    labels.sort();
+    labels.sort_unstable();
     labels.dedup_by(|a, b| a.0 == b.0);
     labels
 }

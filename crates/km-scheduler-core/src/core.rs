@@ -672,7 +672,10 @@ impl Core {
                 match &demand {
                     Ok(_) => {
                         entry.demand = demand;
-                        self.set_stage(&uid, Stage::Waiting { ready_at: now.mono, tried_gen: None });
+                        self.set_stage(
+                            &uid,
+                            Stage::Waiting { ready_at: now.mono, tried_gen: None },
+                        );
                         if was_invalid {
                             self.enqueue(&uid);
                         }
@@ -956,9 +959,7 @@ impl Core {
                 executor_ids: a.executor_ids.clone(),
             })
             .collect();
-        let owned: Vec<PodDemand> = demands.into_iter().cloned().collect();
-        let plan = self.matcher.plan(&owned, &offers, &known, now.wall);
-        drop(owned);
+        let plan = self.matcher.plan_refs(&demands, &offers, &known, now.wall);
         self.stats.plans += 1;
 
         // Outcomes first: they decide whether pods still wait.
@@ -1134,7 +1135,10 @@ impl Core {
         let Some(entry) = self.pods.get_mut(uid) else { return };
         entry.failures = entry.failures.saturating_add(1);
         let delay = backoff::jittered(initial, max, entry.failures, &mut self.rng);
-        self.set_stage(uid, Stage::Waiting { ready_at: now.mono + delay, tried_gen: Some(offer_gen) });
+        self.set_stage(
+            uid,
+            Stage::Waiting { ready_at: now.mono + delay, tried_gen: Some(offer_gen) },
+        );
         let Some(entry) = self.pods.get_mut(uid) else { return };
         let due = match &entry.report {
             None => true,

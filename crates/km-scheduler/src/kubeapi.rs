@@ -370,7 +370,11 @@ fn set_condition(status: &mut k8s_openapi::api::core::v1::PodStatus, cond: PodCo
 /// Running and Succeeded are one JSON patch that tests the UID and the phase it expects
 /// (Pending, resp. Running); only when that test fails — the pod moved on meanwhile, or an
 /// executor wrote its own status — is the pod read and decided on.
-pub(crate) async fn set_phase(client: &kube::Client, pod: &PodRef, change: &PhaseChange) -> Result<bool, kube::Error> {
+pub(crate) async fn set_phase(
+    client: &kube::Client,
+    pod: &PodRef,
+    change: &PhaseChange,
+) -> Result<bool, kube::Error> {
     let quick = match change {
         PhaseChange::Running => Some(("Pending", "Running")),
         PhaseChange::Succeeded => Some(("Running", "Succeeded")),
@@ -385,11 +389,16 @@ pub(crate) async fn set_phase(client: &kube::Client, pod: &PodRef, change: &Phas
         if to == "Running" {
             ops.push(json!({"op": "add", "path": "/status/startTime", "value": now_time()}));
         }
-        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops)).map_err(kube::Error::SerdeError)?;
+        let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
+            .map_err(kube::Error::SerdeError)?;
         let api = pods(client, &pod.namespace);
         let pp = PatchParams::default();
         let patch = Patch::Json::<()>(patch);
-        match retrying(&format!("setting the phase of {pod}"), || api.patch_status(&pod.name, &pp, &patch)).await {
+        match retrying(&format!("setting the phase of {pod}"), || {
+            api.patch_status(&pod.name, &pp, &patch)
+        })
+        .await
+        {
             Ok(_) => return Ok(true),
             Err(e) if matches!(api_code(&e), Some(404)) => return Ok(false),
             Err(e) if matches!(api_code(&e), Some(409 | 422)) => {}

@@ -760,8 +760,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let mut mesos_error: Option<String> = None;
     let far = Duration::from_secs(3600);
     loop {
-        let wake =
-            shell.core.next_wakeup(shell.now()).map_or(far, |d| d.saturating_sub(shell.origin.elapsed()));
+        let wake = shell
+            .core
+            .next_wakeup(shell.now())
+            .map_or(far, |d| d.saturating_sub(shell.origin.elapsed()));
         // Numbers not yet published are, once the loop has been quiet for a moment.
         let wake = if shell.unpublished { wake.min(PUBLISH_EVERY) } else { wake };
         tokio::select! {

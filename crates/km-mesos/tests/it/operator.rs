@@ -44,7 +44,8 @@ fn get_agents_json() -> serde_json::Value {
 }
 
 fn get_agents_response() -> Response {
-    km_mesos::json::from_value(&get_agents_json()).expect("a real master's GET_AGENTS answer decodes")
+    km_mesos::json::from_value(&get_agents_json())
+        .expect("a real master's GET_AGENTS answer decodes")
 }
 
 fn check_agents(agents: &response::GetAgents) {

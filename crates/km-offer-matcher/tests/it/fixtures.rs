@@ -25,6 +25,8 @@ macro_rules! fixtures {
 fixtures! {
     affinity,
     binpack,
+    binpack_constrained,
+    binpack_overload,
     demand,
     demand_limits,
     executor_mismatch,
@@ -45,6 +47,7 @@ fixtures! {
     ports_fixed_default,
     ports_taken,
     ports_wildcard,
+    ports_wildcard_reserved,
     public_agents,
     roles,
     roles_allocation,
