@@ -168,7 +168,10 @@ async fn pods_run_through_mesos_bound_with_their_task() {
     assert!(
         node.metadata.annotations.unwrap_or_default().contains_key("k8s.mesosphere.io/agentId")
     );
-    assert_eq!(cluster.metric("km_scheduler_pods_bound_total"), Some(20.0));
+    eventually("20 bindings counted in /metrics", &cluster, || async {
+        (cluster.metric("km_scheduler_pods_bound_total") == Some(20.0)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

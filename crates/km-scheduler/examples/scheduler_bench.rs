@@ -229,6 +229,25 @@ async fn metric(port: u16, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Records when a pod is first seen bound, Running, or unschedulable.
+fn note(seen: &Mutex<Seen>, pod: &Pod, at: Duration) {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let mut s = seen.lock().expect("lock");
+    if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
+        s.bound.entry(name.clone()).or_insert(at);
+    }
+    let status = pod.status.as_ref();
+    if status.and_then(|st| st.phase.as_deref()) == Some("Running") {
+        s.running.entry(name.clone()).or_insert(at);
+    }
+    let unschedulable = status
+        .and_then(|st| st.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False"));
+    if unschedulable {
+        s.unschedulable.entry(name).or_insert(at);
+    }
+}
+
 /// Starts a scheduler over pods already in the API and measures until all are bound and
 /// Running (or `limit` passes).
 async fn measure(
@@ -272,28 +291,35 @@ async fn measure(
             let mut rv = rv;
             loop {
                 let wp = WatchParams::default().timeout(290);
-                let Ok(stream) = api.watch(&wp, &rv).await else { continue };
+                let Ok(stream) = api.watch(&wp, &rv).await else {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 let mut stream = std::pin::pin!(stream);
-                while let Ok(Some(ev)) = stream.try_next().await {
-                    let (WatchEvent::Added(pod) | WatchEvent::Modified(pod)) = ev else { continue };
-                    if let Some(v) = pod.metadata.resource_version.clone() {
-                        rv = v;
-                    }
-                    let name = pod.metadata.name.clone().unwrap_or_default();
-                    let at = t0.elapsed();
-                    let mut s = seen.lock().expect("lock");
-                    if pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() {
-                        s.bound.entry(name.clone()).or_insert(at);
-                    }
-                    let status = pod.status.as_ref();
-                    if status.and_then(|st| st.phase.as_deref()) == Some("Running") {
-                        s.running.entry(name.clone()).or_insert(at);
-                    }
-                    let unsched = status.and_then(|st| st.conditions.as_ref()).is_some_and(|c| {
-                        c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False")
-                    });
-                    if unsched {
-                        s.unschedulable.entry(name).or_insert(at);
+                loop {
+                    match stream.try_next().await {
+                        Ok(Some(WatchEvent::Added(pod) | WatchEvent::Modified(pod))) => {
+                            if let Some(v) = pod.metadata.resource_version.clone() {
+                                rv = v;
+                            }
+                            note(&seen, &pod, t0.elapsed());
+                        }
+                        Ok(Some(WatchEvent::Bookmark(b))) => rv = b.metadata.resource_version,
+                        Ok(Some(WatchEvent::Error(e))) => {
+                            // Fell behind the server's window: list, and go on from there
+                            // (pods first seen in the listing get the listing's time).
+                            eprintln!("  (watch: {}; listing again)", e.message);
+                            if let Ok(list) = api.list(&ListParams::default()).await {
+                                let at = t0.elapsed();
+                                for pod in &list.items {
+                                    note(&seen, pod, at);
+                                }
+                                rv = list.metadata.resource_version.unwrap_or_default();
+                            }
+                            break;
+                        }
+                        Ok(Some(WatchEvent::Deleted(_))) => {}
+                        Ok(None) | Err(_) => break,
                     }
                 }
             }

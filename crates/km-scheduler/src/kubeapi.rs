@@ -276,6 +276,19 @@ async fn retrying<T, Fut: Future<Output = Result<T, kube::Error>>>(
     }
 }
 
+/// PATCHes a pod's status without decoding the pod the server sends back (the scheduler has
+/// no use for it, and decoding it for every write costs more than the write).
+async fn patch_pod_status<P: serde::Serialize>(
+    client: &kube::Client,
+    pod: &PodRef,
+    patch: &Patch<P>,
+) -> Result<(), kube::Error> {
+    let request = kube::core::Request::new(format!("/api/v1/namespaces/{}/pods", pod.namespace))
+        .patch_subresource("status", &pod.name, &PatchParams::default(), patch)
+        .map_err(kube::Error::BuildRequest)?;
+    client.request_text(request).await.map(drop)
+}
+
 fn pods(client: &kube::Client, namespace: &str) -> Api<Pod> {
     Api::namespaced(client.clone(), namespace)
 }
@@ -332,9 +345,8 @@ async fn update_status(
             "metadata": { "resourceVersion": current.metadata.resource_version },
             "status": status,
         });
-        let pp = PatchParams::default();
         let patch = Patch::Merge(&patch);
-        match retrying(what, || api.patch_status(&pod.name, &pp, &patch)).await {
+        match retrying(what, || patch_pod_status(client, pod, &patch)).await {
             Ok(_) => return Ok(true),
             Err(e) if api_code(&e) == Some(409) => continue,
             Err(e) => return Err(e),
@@ -391,11 +403,9 @@ pub(crate) async fn set_phase(
         }
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
             .map_err(kube::Error::SerdeError)?;
-        let api = pods(client, &pod.namespace);
-        let pp = PatchParams::default();
         let patch = Patch::Json::<()>(patch);
         match retrying(&format!("setting the phase of {pod}"), || {
-            api.patch_status(&pod.name, &pp, &patch)
+            patch_pod_status(client, pod, &patch)
         })
         .await
         {
@@ -557,32 +567,30 @@ pub(crate) async fn ensure_node(client: &kube::Client, spec: &NodeSpec) -> Resul
         spec.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let capacity = quantities(&spec.capacity);
     let what = format!("registering node {}", spec.name);
-    let existing = retrying(&what, || api.get_opt(&spec.name)).await?;
-    if existing.is_none() {
-        let node = json!({
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": spec.name,
-                "labels": labels,
-                "annotations": { km_scheduler_core::task::NODE_AGENT_ID: spec.agent_id },
-            },
-            "spec": { "externalID": spec.name },
-        });
-        let node: Node = serde_json::from_value(node).map_err(kube::Error::SerdeError)?;
-        let pp = PostParams::default();
-        match retrying(&what, || api.create(&pp, &node)).await {
-            Ok(_) => {}
-            Err(e) if api_code(&e) == Some(409) => {}
-            Err(e) => return Err(e),
+    let node = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": spec.name,
+            "labels": labels,
+            "annotations": { km_scheduler_core::task::NODE_AGENT_ID: spec.agent_id },
+        },
+        "spec": { "externalID": spec.name },
+    });
+    let node: Node = serde_json::from_value(node).map_err(kube::Error::SerdeError)?;
+    let pp = PostParams::default();
+    match retrying(&what, || api.create(&pp, &node)).await {
+        Ok(_) => {}
+        Err(e) if api_code(&e) == Some(409) => {
+            // It exists: bring labels and the agent ID up to date, keep everything else.
+            let patch = json!({
+                "metadata": { "labels": labels, "annotations": { km_scheduler_core::task::NODE_AGENT_ID: spec.agent_id } },
+            });
+            let pp = PatchParams::default();
+            let patch = Patch::Merge(&patch);
+            retrying(&what, || api.patch(&spec.name, &pp, &patch)).await?;
         }
-    } else {
-        let patch = json!({
-            "metadata": { "labels": labels, "annotations": { km_scheduler_core::task::NODE_AGENT_ID: spec.agent_id } },
-        });
-        let pp = PatchParams::default();
-        let patch = Patch::Merge(&patch);
-        retrying(&what, || api.patch(&spec.name, &pp, &patch)).await?;
+        Err(e) => return Err(e),
     }
     let status = json!({
         "status": {

@@ -40,6 +40,8 @@ const PHASES_IN_FLIGHT: usize = 16;
 /// Normal events are queued only while fewer than this many events wait (warnings always are,
 /// up to the backlog).
 const NORMAL_EVENT_BACKLOG: usize = 256;
+/// How long a phase write waits, at most, while bindings are being written.
+const PHASES_YIELD: Duration = Duration::from_secs(1);
 /// How often the loop publishes its numbers for `/metrics` at most.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// Events waiting to be written; more are dropped (events are best effort, as in Kubernetes).
@@ -81,6 +83,7 @@ pub(crate) struct Shell {
     calls: Arc<Semaphore>,
     writes: Arc<Semaphore>,
     phases: Arc<Semaphore>,
+    binds: Arc<BindsInFlight>,
     published: Instant,
     unpublished: bool,
     origin: Instant,
@@ -361,9 +364,12 @@ impl Shell {
                 let results = self.results.clone();
                 let permits = self.writes.clone();
                 let metrics = self.metrics.clone();
+                let binds = self.binds.clone();
+                binds.start();
                 tokio::spawn(async move {
                     let _p = permits.acquire_owned().await;
                     let result = kubeapi::bind(&client, &pod, &node, &annotations).await;
+                    binds.done();
                     if let WriteResult::Rejected(why) = &result {
                         metrics.api_error("bind");
                         tracing::warn!(%pod, %node, "binding refused: {why}");
@@ -396,7 +402,10 @@ impl Shell {
                 let client = self.kube.write.clone();
                 let permits = self.phases.clone();
                 let metrics = self.metrics.clone();
+                let binds = self.binds.clone();
                 tokio::spawn(async move {
+                    // Binding is the scheduler's first job: phases wait for a burst of bindings.
+                    binds.quiet(PHASES_YIELD).await;
                     let _p = permits.acquire_owned().await;
                     if let Err(e) = kubeapi::set_phase(&client, &pod, &change).await {
                         metrics.api_error("phase");
@@ -532,6 +541,41 @@ impl Shell {
                 tracing::error!("static pods not changed: {e}");
             }
         }
+    }
+}
+
+/// Bindings being written, so that phase writes can let them go first.
+#[derive(Default)]
+struct BindsInFlight {
+    count: std::sync::atomic::AtomicUsize,
+    none: tokio::sync::Notify,
+}
+
+impl BindsInFlight {
+    fn start(&self) {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        if self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
+            self.none.notify_waiters();
+        }
+    }
+
+    /// Waits until no binding is in flight, or `limit` has passed.
+    async fn quiet(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.none.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
     }
 }
 
@@ -742,6 +786,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
         calls: Arc::new(Semaphore::new(CALLS_IN_FLIGHT)),
         writes: Arc::new(Semaphore::new(WRITES_IN_FLIGHT)),
         phases: Arc::new(Semaphore::new(PHASES_IN_FLIGHT)),
+        binds: Arc::new(BindsInFlight::default()),
         published: Instant::now(),
         unpublished: true,
         origin: Instant::now(),
