@@ -195,7 +195,7 @@ fn crud_selectors_and_errors() {
 #[test]
 fn discovery_and_meta_endpoints() {
     let etcd = Etcd::start();
-    // Seed 004's command line (the cloud flags are only recorded for now).
+    // The cold-standby recipe's command line (the cloud flags are only recorded for now).
     let server = ApiServer::start_with(
         &etcd,
         &[

@@ -38,7 +38,7 @@ use clap::ArgAction;
 use crate::api::{Api, ApiConfig};
 use crate::storage::EtcdStorage;
 
-/// Flags of `km apiserver` (the kube-apiserver names seed 004 uses).
+/// Flags of `km apiserver` (kube-apiserver's names, as the cold-standby HA manifests use them).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// etcd client URLs, comma separated.

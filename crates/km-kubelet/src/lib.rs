@@ -1,5 +1,5 @@
 //! `km kubelet`: runs the static pods of a manifest directory with the km
-//! pod runtime, as the kubelet on seed 004's master nodes does.
+//! pod runtime, as the kubelet on the master nodes of the cold-standby HA recipe does.
 //!
 //! Every `--file-check-frequency` the directory is read again
 //! ([`source::scan`]); new files start pods, removed files stop them,

@@ -1,4 +1,4 @@
-//! Scenario M of `shared/docs/benchmarks.md`: the offer-matcher core alone.
+//! Scenario M of `docs/benchmarks.md`: the offer-matcher core alone.
 //!
 //! Agents: `cpus:4; mem:16384; disk:100000; ports:[31000-32000]`, attributes `rack` (10
 //! racks) and `zone` (3 zones), one offer each; every second agent already runs the current
