@@ -12,10 +12,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's malloc: fewer arenas and less fragmentation with many threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Kubernetes on Apache Mesos.
 #[derive(Debug, Parser)]
 #[command(name = "km", version, about, long_about = None, propagate_version = true)]
