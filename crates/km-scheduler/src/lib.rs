@@ -23,6 +23,7 @@ mod metrics;
 pub mod settings;
 mod shell;
 mod static_pods;
+mod workers;
 
 pub use crate::args::Args;
 

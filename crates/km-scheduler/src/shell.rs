@@ -14,8 +14,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use km_mesos::scheduler::{self as mesos, Event as DriverEvent, MesosEvent};
 use km_mesos::v1::{self, scheduler::event};
 use km_scheduler_core::{
-    Accept, AcceptOutcome, Core, Effect, EventType, Input, NodeInfo, Now, PodRef, TaskState,
-    WriteResult,
+    Accept, Core, Effect, EventType, Input, NodeInfo, Now, PodRef, TaskState, WriteResult,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -28,20 +27,11 @@ use crate::kubeapi::{self, Kube, Watched};
 use crate::metrics::{Metrics, Snapshot};
 use crate::settings::Settings;
 use crate::static_pods;
+use crate::workers::{ApiJob, Ctx, Lanes, MesosJob};
 
-/// Concurrent ACCEPT calls.
-const ACCEPTS_IN_FLIGHT: usize = 32;
-/// Concurrent acknowledgements, kills and messages.
-const CALLS_IN_FLIGHT: usize = 64;
-/// Concurrent API writes (bindings, conditions, nodes).
-const WRITES_IN_FLIGHT: usize = 128;
-/// Concurrent pod phase writes: fewer than bindings, so that under a burst binding goes first.
-const PHASES_IN_FLIGHT: usize = 16;
 /// Normal events are queued only while fewer than this many events wait (warnings always are,
 /// up to the backlog).
 const NORMAL_EVENT_BACKLOG: usize = 256;
-/// How long a phase write waits, at most, while bindings are being written.
-const PHASES_YIELD: Duration = Duration::from_secs(1);
 /// How often the loop publishes its numbers for `/metrics` at most.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// Events waiting to be written; more are dropped (events are best effort, as in Kubernetes).
@@ -72,18 +62,11 @@ struct Timing {
 pub(crate) struct Shell {
     settings: Settings,
     core: Core,
-    sched: mesos::Scheduler,
-    kube: Kube,
+    lanes: Lanes,
     executors: Executors,
     metrics: Arc<Metrics>,
-    results: mpsc::UnboundedSender<Input>,
     ordered: mpsc::UnboundedSender<Ordered>,
     events: mpsc::Sender<(PodRef, EventType, &'static str, String)>,
-    accepts: Arc<Semaphore>,
-    calls: Arc<Semaphore>,
-    writes: Arc<Semaphore>,
-    phases: Arc<Semaphore>,
-    binds: Arc<BindsInFlight>,
     published: Instant,
     unpublished: bool,
     origin: Instant,
@@ -308,133 +291,32 @@ impl Shell {
                 let _ = self.ordered.send(Ordered::Reconcile(tasks));
             }
             Effect::Kill { task_id, agent_id, grace } => {
-                let sched = self.sched.clone();
-                let permits = self.calls.clone();
-                let metrics = self.metrics.clone();
-                tokio::spawn(async move {
-                    let _p = permits.acquire_owned().await;
-                    let policy =
-                        v1::KillPolicy { grace_period: Some(convert::duration_info(grace)) };
-                    let agent = agent_id.map(|value| v1::AgentId { value });
-                    if let Err(e) =
-                        sched.kill(v1::TaskId { value: task_id.clone() }, agent, Some(policy)).await
-                    {
-                        metrics.mesos_error("kill");
-                        tracing::warn!(task = %task_id, "KILL failed: {e}");
-                    }
-                });
+                self.lanes.mesos(MesosJob::Kill { task_id, agent_id, grace })
             }
             Effect::Acknowledge { task_id, agent_id, uuid } => {
-                let sched = self.sched.clone();
-                let permits = self.calls.clone();
-                let metrics = self.metrics.clone();
-                tokio::spawn(async move {
-                    let _p = permits.acquire_owned().await;
-                    let ack = v1::scheduler::call::Acknowledge {
-                        agent_id: v1::AgentId { value: agent_id },
-                        task_id: v1::TaskId { value: task_id.clone() },
-                        uuid,
-                    };
-                    let mut call = v1::scheduler::Call::default();
-                    call.set_type(v1::scheduler::call::Type::Acknowledge);
-                    call.acknowledge = Some(ack);
-                    if let Err(e) = sched.call(call).await {
-                        metrics.mesos_error("acknowledge");
-                        tracing::warn!(task = %task_id, "ACKNOWLEDGE failed: {e}");
-                    }
-                });
+                self.lanes.mesos(MesosJob::Ack { task_id, agent_id, uuid })
             }
             Effect::Message { agent_id, executor_id, data } => {
-                let sched = self.sched.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = sched
-                        .message(
-                            v1::AgentId { value: agent_id.clone() },
-                            v1::ExecutorId { value: executor_id },
-                            data,
-                        )
-                        .await
-                    {
-                        tracing::warn!(agent = %agent_id, "MESSAGE failed: {e}");
-                    }
-                });
+                self.lanes.mesos(MesosJob::Message { agent_id, executor_id, data })
             }
             Effect::Bind { pod, node, task_id, annotations } => {
-                let client = self.kube.write.clone();
-                let results = self.results.clone();
-                let permits = self.writes.clone();
-                let metrics = self.metrics.clone();
-                let binds = self.binds.clone();
-                binds.start();
-                tokio::spawn(async move {
-                    let _p = permits.acquire_owned().await;
-                    let result = kubeapi::bind(&client, &pod, &node, &annotations).await;
-                    binds.done();
-                    if let WriteResult::Rejected(why) = &result {
-                        metrics.api_error("bind");
-                        tracing::warn!(%pod, %node, "binding refused: {why}");
-                    }
-                    let _ = results.send(Input::BindDone { task_id, result });
-                });
+                self.lanes.api(ApiJob::Bind { pod, node, task_id, annotations })
             }
             Effect::Unschedulable { pod, message } => {
-                let client = self.kube.write.clone();
-                let permits = self.writes.clone();
-                let metrics = self.metrics.clone();
                 self.queue_event(
                     pod.clone(),
                     EventType::Warning,
                     "FailedScheduling",
                     message.clone(),
                 );
-                tokio::spawn(async move {
-                    let _p = permits.acquire_owned().await;
-                    if let Err(e) = kubeapi::unschedulable(&client, &pod, &message).await {
-                        metrics.api_error("condition");
-                        tracing::warn!(%pod, "cannot set PodScheduled=False: {e}");
-                    }
-                });
+                self.lanes.api(ApiJob::Unschedulable { pod, message });
             }
             Effect::Event { pod, kind, reason, message } => {
                 self.queue_event(pod, kind, reason, message)
             }
-            Effect::SetPhase { pod, change } => {
-                let client = self.kube.write.clone();
-                let permits = self.phases.clone();
-                let metrics = self.metrics.clone();
-                let binds = self.binds.clone();
-                tokio::spawn(async move {
-                    // Binding is the scheduler's first job: phases wait for a burst of bindings.
-                    binds.quiet(PHASES_YIELD).await;
-                    let _p = permits.acquire_owned().await;
-                    if let Err(e) = kubeapi::set_phase(&client, &pod, &change).await {
-                        metrics.api_error("phase");
-                        tracing::warn!(%pod, "cannot write the pod phase: {e}");
-                    }
-                });
-            }
-            Effect::DeletePod { pod } => {
-                let client = self.kube.write.clone();
-                let metrics = self.metrics.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = kubeapi::delete_pod(&client, &pod).await {
-                        metrics.api_error("delete");
-                        tracing::warn!(%pod, "cannot complete the deletion: {e}");
-                    }
-                });
-            }
-            Effect::EnsureNode(spec) => {
-                let client = self.kube.write.clone();
-                let permits = self.writes.clone();
-                let metrics = self.metrics.clone();
-                tokio::spawn(async move {
-                    let _p = permits.acquire_owned().await;
-                    if let Err(e) = kubeapi::ensure_node(&client, &spec).await {
-                        metrics.api_error("node");
-                        tracing::warn!(node = %spec.name, "cannot register the node: {e}");
-                    }
-                });
-            }
+            Effect::SetPhase { pod, change } => self.lanes.api(ApiJob::Phase { pod, change }),
+            Effect::DeletePod { pod } => self.lanes.api(ApiJob::Delete { pod }),
+            Effect::EnsureNode(spec) => self.lanes.api(ApiJob::Node(spec)),
         }
     }
 
@@ -452,14 +334,10 @@ impl Shell {
     fn accept(&mut self, a: Accept) {
         let (executor, new) = self.executors.for_accept(&a.agent_id, &a.executor);
         if new {
-            let client = self.kube.write.clone();
-            let node = a.hostname.clone();
-            let id = self.executors.id().to_owned();
-            let resources = executor::encode_resources(&executor.resources);
-            tokio::spawn(async move {
-                if let Err(e) = kubeapi::record_executor(&client, &node, &id, &resources).await {
-                    tracing::warn!(%node, "cannot record the executor on the node: {e}");
-                }
+            self.lanes.api(ApiJob::RecordExecutor {
+                node: a.hostname.clone(),
+                executor_id: self.executors.id().to_owned(),
+                resources: executor::encode_resources(&executor.resources),
             });
         }
         let now = Instant::now();
@@ -479,31 +357,14 @@ impl Shell {
             launch: Some(v1::offer::operation::Launch { task_infos: tasks }),
             ..Default::default()
         };
-        let offer_ids: Vec<v1::OfferId> =
+        let offer_ids =
             a.offer_ids.iter().map(|value| v1::OfferId { value: value.clone() }).collect();
-        let filters = v1::Filters { refuse_seconds: Some(a.refuse_seconds) };
-        let sched = self.sched.clone();
-        let results = self.results.clone();
-        let permits = self.accepts.clone();
-        let metrics = self.metrics.clone();
-        let agent_id = a.agent_id.clone();
-        tokio::spawn(async move {
-            let _p = permits.acquire_owned().await;
-            let outcome = match sched.accept(offer_ids, vec![launch], Some(filters)).await {
-                Ok(()) => AcceptOutcome::Accepted,
-                Err(e) => {
-                    metrics.mesos_error("accept");
-                    tracing::warn!(agent = %agent_id, "ACCEPT failed: {e}");
-                    let refused = matches!(e, mesos::Error::NotSubscribed)
-                        || e.status().is_some_and(|s| s.is_client_error());
-                    if refused {
-                        AcceptOutcome::Refused(e.to_string())
-                    } else {
-                        AcceptOutcome::Unknown(e.to_string())
-                    }
-                }
-            };
-            let _ = results.send(Input::AcceptDone { agent_id, task_ids, outcome });
+        self.lanes.mesos(MesosJob::Accept {
+            agent_id: a.agent_id,
+            offer_ids,
+            launch,
+            refuse_seconds: a.refuse_seconds,
+            task_ids,
         });
     }
 
@@ -544,48 +405,10 @@ impl Shell {
     }
 }
 
-/// Bindings being written, so that phase writes can let them go first.
-#[derive(Default)]
-struct BindsInFlight {
-    count: std::sync::atomic::AtomicUsize,
-    none: tokio::sync::Notify,
-}
-
-impl BindsInFlight {
-    fn start(&self) {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn done(&self) {
-        if self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1 {
-            self.none.notify_waiters();
-        }
-    }
-
-    /// Waits until no binding is in flight, or `limit` has passed.
-    async fn quiet(&self, limit: Duration) {
-        let wait = async {
-            loop {
-                let notified = self.none.notified();
-                let mut notified = std::pin::pin!(notified);
-                notified.as_mut().enable();
-                if self.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        let _ = tokio::time::timeout(limit, wait).await;
-    }
-}
-
 /// Carries out the ordered Mesos calls one after another.
-async fn ordered_calls(
-    sched: mesos::Scheduler,
-    mut rx: mpsc::UnboundedReceiver<Ordered>,
-    metrics: Arc<Metrics>,
-) {
+async fn ordered_calls(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Ordered>) {
     while let Some(call) = rx.recv().await {
+        let sched = ctx.sched.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let (what, result) = match call {
             Ordered::Decline(ids, refuse) => {
                 let ids = ids.into_iter().map(|value| v1::OfferId { value }).collect();
@@ -605,7 +428,7 @@ async fn ordered_calls(
             }
         };
         if let Err(e) = result {
-            metrics.mesos_error(what);
+            ctx.metrics.mesos_error(what);
             tracing::warn!("{} failed: {e}", what.to_uppercase());
         }
     }
@@ -763,8 +586,10 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     }));
 
     let (sched, mut events) = driver(&settings, framework_id.clone())?;
+    let lanes =
+        Lanes::start(Arc::new(Ctx::new(sched, kube.write.clone(), results_tx, metrics.clone())));
     let (ordered_tx, ordered_rx) = mpsc::unbounded_channel();
-    let ordered_task = tokio::spawn(ordered_calls(sched.clone(), ordered_rx, metrics.clone()));
+    let ordered_task = tokio::spawn(ordered_calls(lanes.ctx().clone(), ordered_rx));
     let (event_tx, event_rx) = mpsc::channel(EVENT_BACKLOG);
     tokio::spawn(event_writer(
         kube.write.clone(),
@@ -775,18 +600,11 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let mut shell = Shell {
         core,
-        sched,
-        kube,
+        lanes,
         executors,
         metrics: metrics.clone(),
-        results: results_tx,
         ordered: ordered_tx,
         events: event_tx,
-        accepts: Arc::new(Semaphore::new(ACCEPTS_IN_FLIGHT)),
-        calls: Arc::new(Semaphore::new(CALLS_IN_FLIGHT)),
-        writes: Arc::new(Semaphore::new(WRITES_IN_FLIGHT)),
-        phases: Arc::new(Semaphore::new(PHASES_IN_FLIGHT)),
-        binds: Arc::new(BindsInFlight::default()),
         published: Instant::now(),
         unpublished: true,
         origin: Instant::now(),
@@ -826,7 +644,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
                         }
                         shell.input(Input::Disconnected);
                         let (sched, ev) = driver(&shell.settings, None)?;
-                        shell.sched = sched;
+                        *shell.lanes.ctx().sched.write().unwrap_or_else(std::sync::PoisonError::into_inner) = sched;
                         events = ev;
                         continue;
                     }
