@@ -13,6 +13,7 @@ pub(crate) const SUBCOMMANDS: &[&str] = &[
     "apiserver",
     "kubelet",
     "scheduler",
+    "executor",
 ];
 
 /// Rewrites `[/usr/bin/km-podmaster, --flag]` (or `podmaster`) into

@@ -46,6 +46,8 @@ enum Command {
     Kubelet(km_kubelet::Args),
     /// The Mesos framework that runs Kubernetes pods as Mesos tasks.
     Scheduler(km_scheduler::Args),
+    /// The Mesos executor that runs the pods of km scheduler's tasks (started by a Mesos agent).
+    Executor(km_executor::Args),
 }
 
 impl Command {
@@ -58,6 +60,7 @@ impl Command {
             Command::Apiserver(args) => rt::block_on(km_apiserver::run(args)),
             Command::Kubelet(args) => rt::block_on(km_kubelet::run(args)),
             Command::Scheduler(args) => rt::block_on(km_scheduler::run(args)),
+            Command::Executor(args) => rt::block_on(km_executor::run(args)),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod apiserver;
 mod cli;
+mod executor;
 mod kubelet;
 mod kubelet_api;
 mod mesos_agent;

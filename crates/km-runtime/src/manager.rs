@@ -23,7 +23,7 @@ use crate::worker::run_pod;
 struct PodHandle {
     plan: PodPlan,
     status: watch::Receiver<PodSnapshot>,
-    stop: watch::Sender<bool>,
+    stop: watch::Sender<Option<std::time::Duration>>,
     task: JoinHandle<()>,
 }
 
@@ -111,7 +111,7 @@ impl PodManager {
             removed: false,
         };
         let (status_tx, status_rx) = watch::channel(initial);
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(None);
         let task = match plan.runtime {
             RuntimeClass::Native => {
                 let rt = self.native.clone().ok_or_else(|| Error::InvalidPod {
@@ -135,9 +135,19 @@ impl PodManager {
     /// Stops the pod (grace period, all containers in parallel), removes
     /// its sandbox, and forgets it.
     pub async fn stop(&self, uid: &str) -> Result<()> {
+        self.stop_with_grace(uid, None).await
+    }
+
+    /// Like [`PodManager::stop`], with another grace period than the pod's (a Mesos kill
+    /// policy, a deletion's grace period).
+    pub async fn stop_with_grace(
+        &self,
+        uid: &str,
+        grace: Option<std::time::Duration>,
+    ) -> Result<()> {
         let handle = self.lock()?.remove(uid);
         let Some(h) = handle else { return Ok(()) };
-        let _ = h.stop.send(true);
+        let _ = h.stop.send(Some(grace.unwrap_or(h.plan.grace_period)));
         h.task
             .await
             .map_err(|e| Error::Other(format!("pod worker of {}: {e}", h.plan.key.full_name())))

@@ -45,7 +45,7 @@ pub async fn run_pod<R: ContainerRuntime>(
     plan: PodPlan,
     node: NodeContext,
     status: watch::Sender<PodSnapshot>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Option<Duration>>,
 ) {
     let start_time = SystemTime::now();
     let pod = plan.key.full_name();
@@ -113,7 +113,7 @@ pub async fn run_pod<R: ContainerRuntime>(
                     publish(&lc, &ids, None, false);
                     tokio::select! {
                         _ = tokio::time::sleep(SANDBOX_RETRY) => {}
-                        _ = stop.wait_for(|s| *s) => {
+                        _ = stop.wait_for(Option::is_some) => {
                             publish(&lc, &ids, None, true);
                             return;
                         }
@@ -162,7 +162,7 @@ pub async fn run_pod<R: ContainerRuntime>(
 
         let wake = lc.next_due().map(|t| t.duration_since(SystemTime::now()).unwrap_or_default());
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait_for(Option::is_some) => break,
             Some(ev) = rx.recv() => match ev {
                 Event::Exited { index, id, exit } => {
                     if running[index].as_ref().is_some_and(|r| r.id == id) {
@@ -195,8 +195,9 @@ pub async fn run_pod<R: ContainerRuntime>(
         }
     }
 
-    // Stop: every running container in parallel, then the sandbox.
-    let grace = plan.grace_period;
+    // Stop: every running container in parallel (with the grace period the stop asked for,
+    // else the pod's), then the sandbox.
+    let grace = (*stop.borrow()).unwrap_or(plan.grace_period);
     let stops = running.iter().flatten().map(|r| {
         let rt = rt.clone();
         let id = r.id.clone();

@@ -27,6 +27,8 @@ pub struct KmCluster {
     pub scheduler_port: u16,
     scheduler_args: Vec<String>,
     starts: u32,
+    /// Other processes the test keeps running (agents).
+    extra: Vec<Proc>,
     pub dir: tempfile::TempDir,
 }
 
@@ -50,8 +52,11 @@ impl KmCluster {
             "--address=127.0.0.1".to_owned(),
             format!("--port={scheduler_port}"),
             format!("--scheduler-config={}", tuning.display()),
-            "--executor-path=file:///usr/local/bin/km".to_owned(),
         ];
+        // Simulated agents never run the executor; real agents get this km.
+        if !scheduler_extra.iter().any(|a| a.starts_with("--executor-path")) {
+            scheduler_args.push(format!("--executor-path=file://{}", km_bin().display()));
+        }
         scheduler_args.extend(scheduler_extra.iter().map(|s| (*s).to_owned()));
         let mut cluster = KmCluster {
             etcd,
@@ -61,6 +66,7 @@ impl KmCluster {
             scheduler_port,
             scheduler_args,
             starts: 0,
+            extra: Vec::new(),
             dir,
         };
         cluster.start_scheduler();
@@ -82,6 +88,58 @@ impl KmCluster {
         });
         assert!(up, "km scheduler not healthy; its log:\n{}", proc.log());
         self.scheduler = Some(proc);
+    }
+
+    /// Starts a real `km mesos-agent` (its pods run with km executor) and waits until the master
+    /// lists it.
+    pub fn start_agent(&mut self, name: &str, resources: &str) -> Proc {
+        let port = free_port();
+        let work = self.dir.path().join(format!("agent-{name}"));
+        let mut cmd = Command::new(km_bin());
+        cmd.arg("mesos-agent")
+            .arg(format!("--master=127.0.0.1:{}", self.master.port))
+            .arg("--ip=127.0.0.1")
+            .arg(format!("--port={port}"))
+            .arg(format!("--hostname={name}"))
+            .arg(format!("--work_dir={}", work.display()))
+            .arg(format!("--resources={resources}"))
+            .arg("--attributes=rack:r1")
+            .env("KM_LOG", "info");
+        let mut proc =
+            Proc::spawn("km mesos-agent", cmd, &self.dir.path().join(format!("agent-{name}.log")));
+        let up = wait_until(Duration::from_secs(60), || {
+            assert!(proc.is_running(), "km mesos-agent exited; its log:\n{}", proc.log());
+            http(port, "GET", "/state", None)
+                .is_some_and(|(c, body)| c == 200 && body.contains("\"registered\":true"))
+        });
+        assert!(up, "km mesos-agent did not register; its log:\n{}", proc.log());
+        proc
+    }
+
+    /// The logs of every executor the agents started (their sandboxes' stderr).
+    pub fn executor_logs(&self) -> String {
+        let mut out = String::new();
+        let mut stack = vec![self.dir.path().to_owned()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.file_name().is_some_and(|n| n == "stderr") {
+                    out.push_str(&format!(
+                        "--- {}\n{}\n",
+                        p.display(),
+                        std::fs::read_to_string(&p).unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Keeps a process running as long as the cluster.
+    pub fn keep(&mut self, p: Proc) {
+        self.extra.push(p);
     }
 
     /// kill -9 of the scheduler.

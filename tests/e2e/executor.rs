@@ -1,0 +1,212 @@
+//! Pods through the whole path: km scheduler → km mesos-master → a real km mesos-agent →
+//! km executor → the pod runtimes, with km apiserver on etcd. A pod created with the API runs,
+//! its executor keeps its status in the API, it finishes or fails with its task, and a deleted
+//! pod's task is killed and its process gone.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::support::cluster::KmCluster;
+use crate::support::km_bin;
+
+const WAIT: Duration = Duration::from_secs(90);
+const AGENT: &str = "cpus:4;mem:4096;disk:10000;ports:[31000-31100]";
+
+fn native_pod(name: &str, command: &[&str], restart: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "runtimeClassName": "native",
+            "restartPolicy": restart,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{ "name": "main", "image": "unused", "command": command,
+                "resources": { "requests": { "cpu": "100m", "memory": "32Mi" } } }],
+        },
+    }))
+    .expect("a pod")
+}
+
+fn cluster() -> KmCluster {
+    let km = km_bin();
+    let mut c = KmCluster::start(
+        &[],
+        &[&format!("--executor-path=file://{}", km.display()), "--executor-suicide-timeout=1m"],
+    );
+    let agent = c.start_agent("agent-x", AGENT);
+    c.keep(agent);
+    c
+}
+
+async fn eventually<T, F, Fut>(what: &str, c: &KmCluster, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\nscheduler log (tail):\n{}\nexecutor logs:\n{}",
+            tail(&c.scheduler_log(), 60),
+            tail(&c.executor_logs(), 120)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn phase(p: &Pod) -> &str {
+    p.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
+}
+
+async fn master_tasks(c: &KmCluster) -> BTreeMap<String, String> {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1", c.master.url()))
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json")
+        .body(json!({"type": "GET_TASKS"}).to_string())
+        .send()
+        .await
+        .expect("GET_TASKS");
+    let v: Value = serde_json::from_slice(&resp.bytes().await.expect("body")).expect("json");
+    let mut out = BTreeMap::new();
+    for list in ["tasks", "completed_tasks"] {
+        for t in v["get_tasks"][list].as_array().into_iter().flatten() {
+            out.insert(
+                t["task_id"]["value"].as_str().unwrap_or_default().to_owned(),
+                t["state"].as_str().unwrap_or_default().to_owned(),
+            );
+        }
+    }
+    out
+}
+
+fn task_of(p: &Pod) -> String {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("k8s.mesosphere.io/taskId"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Whether a process with this exact command line runs on the host.
+fn process_runs(needle: &str) -> bool {
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
+        std::fs::read(e.path().join("cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == needle)
+            .unwrap_or(false)
+    })
+}
+
+#[tokio::test]
+async fn a_native_pod_runs_on_a_real_agent_and_is_killed_when_deleted() {
+    let c = cluster();
+    let api: Api<Pod> = Api::namespaced(c.client(), "default");
+    // A sleep no other test runs, to find its process.
+    let marker = format!("{}", 86_400 + std::process::id() % 1000);
+    api.create(&PostParams::default(), &native_pod("sleeper", &["/bin/sleep", &marker], "Always"))
+        .await
+        .expect("create");
+    let pod =
+        eventually("the pod Running, with container statuses from the executor", &c, || async {
+            let p = api.get("sleeper").await.ok()?;
+            let by_executor = p.status.as_ref()?.container_statuses.as_ref().is_some_and(|cs| {
+                cs.iter().any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some()))
+            });
+            (phase(&p) == "Running"
+                && by_executor
+                && p.spec.as_ref()?.node_name.as_deref() == Some("agent-x"))
+            .then_some(p)
+        })
+        .await;
+    assert!(
+        process_runs(&format!("/bin/sleep {marker}")),
+        "the container's process runs on the host"
+    );
+    let task = task_of(&pod);
+    assert_eq!(master_tasks(&c).await.get(&task).map(String::as_str), Some("TASK_RUNNING"));
+    api.delete("sleeper", &DeleteParams::default()).await.expect("delete");
+    eventually("the pod object gone", &c, || async {
+        api.get_opt("sleeper").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    eventually("the task KILLED", &c, || async {
+        (master_tasks(&c).await.get(&task).map(String::as_str) == Some("TASK_KILLED")).then_some(())
+    })
+    .await;
+    eventually("the process gone", &c, || async {
+        (!process_runs(&format!("/bin/sleep {marker}"))).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn pods_that_complete_finish_or_fail_their_task_with_the_exit_code() {
+    let c = cluster();
+    let api: Api<Pod> = Api::namespaced(c.client(), "default");
+    api.create(&PostParams::default(), &native_pod("ok", &["/bin/sh", "-c", "exit 0"], "Never"))
+        .await
+        .expect("create ok");
+    api.create(&PostParams::default(), &native_pod("bad", &["/bin/sh", "-c", "exit 3"], "Never"))
+        .await
+        .expect("create bad");
+    let ok = eventually("ok Succeeded", &c, || async {
+        let p = api.get("ok").await.ok()?;
+        (phase(&p) == "Succeeded").then_some(p)
+    })
+    .await;
+    let bad = eventually("bad Failed", &c, || async {
+        let p = api.get("bad").await.ok()?;
+        (phase(&p) == "Failed").then_some(p)
+    })
+    .await;
+    let exit = bad
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs[0].state.as_ref()?.terminated.as_ref().map(|t| t.exit_code));
+    assert_eq!(exit, Some(3));
+    let (ok_task, bad_task) = (task_of(&ok), task_of(&bad));
+    eventually("FINISHED and FAILED tasks", &c, || async {
+        let tasks = master_tasks(&c).await;
+        (tasks.get(&ok_task).map(String::as_str) == Some("TASK_FINISHED")
+            && tasks.get(&bad_task).map(String::as_str) == Some("TASK_FAILED"))
+        .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_pod_that_cannot_start_is_reported_with_the_reason() {
+    let c = cluster();
+    let api: Api<Pod> = Api::namespaced(c.client(), "default");
+    api.create(&PostParams::default(), &native_pod("missing", &["/no/such/binary"], "Always"))
+        .await
+        .expect("create");
+    let message = eventually("the reason on the pod", &c, || async {
+        let p = api.get("missing").await.ok()?;
+        let cs = p.status.as_ref()?.container_statuses.as_ref()?;
+        let waiting = cs.first()?.state.as_ref()?.waiting.as_ref()?;
+        let m = format!(
+            "{} {}",
+            waiting.reason.clone().unwrap_or_default(),
+            waiting.message.clone().unwrap_or_default()
+        );
+        m.contains("/no/such/binary").then_some(m)
+    })
+    .await;
+    assert!(!message.trim().is_empty());
+}
