@@ -1,10 +1,10 @@
-//! Scheduler benchmarks S1 and S3 (docs/benchmarks.md): a whole control plane on this machine —
+//! Scheduler benchmarks S1, S2 and S3 (docs/benchmarks.md): a whole control plane on this machine —
 //! etcd, `km apiserver`, `km mesos-master` with simulated agents — and `km scheduler`, all
 //! real processes from a release build of `km`.
 //!
 //! ```text
 //! cargo build --release -p km && \
-//!   cargo run --release -p km-scheduler --example scheduler_bench -- [s1|s3|all] [--pods N] [--agents N] [--no-baseline]
+//!   cargo run --release -p km-scheduler --example scheduler_bench -- [s1|s2|s3|all] [--pods N] [--agents N] [--no-baseline]
 //! ```
 //!
 //! The pods are in the API before the scheduler starts; the clock starts when the scheduler is
@@ -42,10 +42,11 @@ fn free_port() -> u16 {
 }
 
 fn km() -> PathBuf {
-    std::env::var_os("KM_BIN").map(PathBuf::from).unwrap_or_else(|| {
+    let path = std::env::var_os("KM_BIN").map(PathBuf::from).unwrap_or_else(|| {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
         root.join("target/release/km")
-    })
+    });
+    std::fs::canonicalize(&path).unwrap_or(path)
 }
 
 fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
@@ -556,6 +557,140 @@ async fn check_s3(client: &kube::Client, p: &Plane) -> usize {
     violations
 }
 
+/// S2: one real agent (8 cpus) running km executor, the scheduler warm; 100 native pods of
+/// 0.05 cpu created at once; the clock runs from the first create to every pod Running (as the
+/// executor reports it in the API).
+async fn s2(baseline: bool) {
+    let pods = 100;
+    println!(
+        "S2 offer-starved: {pods} native pods × 0.05 cpu on one real agent × 8 cpu (km mesos-agent + km executor)"
+    );
+    for (label, extra) in [
+        ("S2 km (pack)", &[][..]),
+        ("S2 original policy", &["--launch-policy=one-pod-per-offer"][..]),
+    ] {
+        if !baseline && !extra.is_empty() {
+            continue;
+        }
+        let p = plane(0, AGENT).await;
+        let agent_port = free_port();
+        let _agent = spawn(
+            "km mesos-agent",
+            Command::new(km())
+                .arg("mesos-agent")
+                .arg(format!("--master=127.0.0.1:{}", p.master_port))
+                .arg("--ip=127.0.0.1")
+                .arg(format!("--port={agent_port}"))
+                .arg("--hostname=s2-agent")
+                .arg(format!("--work_dir={}", p.dir.path().join("agent").display()))
+                .arg("--resources=cpus:8;mem:16384;disk:100000;ports:[31000-32000]")
+                .env("KM_LOG", "warn"),
+            p.dir.path().join("agent.log"),
+        );
+        wait_http(&format!("http://127.0.0.1:{agent_port}/state"), "km mesos-agent").await;
+        let port = free_port();
+        let sched = spawn(
+            "km scheduler",
+            Command::new(km())
+                .arg("scheduler")
+                .arg(format!("--api-servers={}", p.api_url))
+                .arg(format!("--mesos-master=127.0.0.1:{}", p.master_port))
+                .arg(format!("--etcd-servers={}", p.etcd_url))
+                .arg(format!("--port={port}"))
+                .arg(format!("--executor-path=file://{}", km().display()))
+                .args(extra)
+                .env("KM_LOG", "warn"),
+            p.dir.path().join("scheduler.log"),
+        );
+        wait_http(&format!("http://127.0.0.1:{port}/healthz"), "km scheduler").await;
+        // Warm: one pod through the whole path, so the executor runs before the clock starts.
+        let client = kube::Client::try_from(kube::Config::new(p.api_url.parse().expect("url")))
+            .expect("client");
+        let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let native = |name: String| {
+            json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "default" },
+                "spec": { "runtimeClassName": "native", "terminationGracePeriodSeconds": 1,
+                    "containers": [{ "name": "c", "image": "unused", "command": ["/bin/sleep", "3600"],
+                        "resources": { "requests": { "cpu": "50m", "memory": "16Mi" } } }] } })
+        };
+        create_pods(&client, vec![native("s2-warm".into())]).await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let running = api.get("s2-warm").await.ok().and_then(|p| p.status?.phase).as_deref()
+                == Some("Running");
+            if running {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the warm-up pod did not run; see {}",
+                p.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let rv = api
+            .list(&ListParams::default().limit(1))
+            .await
+            .expect("list")
+            .metadata
+            .resource_version
+            .unwrap_or_default();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let t0 = Instant::now();
+        let watcher = {
+            let (seen, api) = (seen.clone(), api.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = api.watch(&WatchParams::default().timeout(290), &rv).await else {
+                    return;
+                };
+                let mut stream = std::pin::pin!(stream);
+                while let Ok(Some(ev)) = stream.try_next().await {
+                    if let WatchEvent::Added(pod) | WatchEvent::Modified(pod) = ev {
+                        note(&seen, &pod, t0.elapsed());
+                    }
+                }
+            })
+        };
+        create_pods(&client, (0..pods).map(|i| native(format!("s2-{i}"))).collect()).await;
+        let limit = Instant::now() + Duration::from_secs(120);
+        while seen
+            .lock()
+            .expect("lock")
+            .running
+            .keys()
+            .filter(|k| k.starts_with("s2-") && *k != "s2-warm")
+            .count()
+            < pods
+            && Instant::now() < limit
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        watcher.abort();
+        let s = seen.lock().expect("lock");
+        let running: Vec<Duration> =
+            s.running.iter().filter(|(k, _)| *k != "s2-warm").map(|(_, d)| *d).collect();
+        let bound: Vec<Duration> =
+            s.bound.iter().filter(|(k, _)| *k != "s2-warm").map(|(_, d)| *d).collect();
+        let offers = metric(port, "km_scheduler_offers_used_total").await;
+        println!(
+            "{label:<28} pods {:>4}  all Running {}  create→bound p50 {:.2}s p99 {:.2}s  create→Running p50 {:.2}s p99 {:.2}s  offers/pod {:.3}  scheduler RSS {:.0} MiB",
+            running.len(),
+            if running.len() >= pods {
+                format!("{:.2} s", running.iter().max().copied().unwrap_or_default().as_secs_f64())
+            } else {
+                "not all".into()
+            },
+            pct(bound.clone(), 0.5).as_secs_f64(),
+            pct(bound, 0.99).as_secs_f64(),
+            pct(running.clone(), 0.5).as_secs_f64(),
+            pct(running, 0.99).as_secs_f64(),
+            offers / (pods + 1) as f64,
+            peak_rss_mib(sched.0.id()),
+        );
+        drop(sched);
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -580,6 +715,9 @@ async fn main() {
     );
     if which == "s1" || which == "all" {
         s1(pods, agents, baseline).await;
+    }
+    if which == "s2" || which == "all" {
+        s2(baseline).await;
     }
     if which == "s3" || which == "all" {
         s3(pods.min(5_000), agents, baseline).await;
