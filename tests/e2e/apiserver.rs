@@ -611,3 +611,64 @@ fn other_kinds() {
         assert_eq!(rc_scale.status.map(|s| s.selector), Some(Some("app=x".into())));
     });
 }
+
+/// Writes that race on one object all land unless they named a resourceVersion: a binding and
+/// a storm of status and metadata patches (a scheduler binding while an executor reports).
+#[test]
+fn concurrent_writes_without_preconditions_all_land() {
+    let etcd = Etcd::start();
+    let server = ApiServer::start(&etcd);
+    runtime().block_on(async {
+        let client = server.client();
+        let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+        let created =
+            pods.create(&PostParams::default(), &pod("race", json!({}))).await.expect("create");
+        let binding: Binding = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Binding",
+            "metadata": { "name": "race" },
+            "target": { "apiVersion": "v1", "kind": "Node", "name": "agent-1" },
+        }))
+        .expect("binding");
+        let mut writes = Vec::new();
+        for i in 0..30 {
+            let status_pods = pods.clone();
+            writes.push(tokio::spawn(async move {
+                let status = json!({"status": {"message": format!("report {i}")}});
+                status_pods
+                    .patch_status("race", &PatchParams::default(), &Patch::Merge(&status))
+                    .await
+                    .map(drop)
+            }));
+            let pods = pods.clone();
+            writes.push(tokio::spawn(async move {
+                let meta = json!({"metadata": {"annotations": {format!("a{i}"): "x"}}});
+                pods.patch("race", &PatchParams::default(), &Patch::Merge(&meta)).await.map(drop)
+            }));
+        }
+        let bind = {
+            let pods = pods.clone();
+            tokio::spawn(async move {
+                pods.create_subresource::<Binding, serde_json::Value>(
+                    "binding",
+                    "race",
+                    &PostParams::default(),
+                    &binding,
+                )
+                .await
+                .map(drop)
+            })
+        };
+        for w in writes {
+            w.await.expect("join").expect("a patch without a precondition lands");
+        }
+        bind.await.expect("join").expect("the binding lands");
+        let p = pods.get("race").await.expect("get");
+        assert_eq!(p.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some("agent-1"));
+        assert_eq!(p.metadata.annotations.as_ref().map(|a| a.len()), Some(30));
+        // A write naming an old resourceVersion is still refused as stale.
+        let mut stale = created.clone();
+        stale.metadata.labels = Some([("late".to_owned(), "yes".to_owned())].into());
+        let err = pods.replace("race", &PostParams::default(), &stale).await.expect_err("stale");
+        assert_eq!(status(err).code, 409);
+    });
+}

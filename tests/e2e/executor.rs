@@ -210,3 +210,140 @@ async fn a_pod_that_cannot_start_is_reported_with_the_reason() {
     .await;
     assert!(!message.trim().is_empty());
 }
+
+fn build_images() {
+    let status = std::process::Command::new("bash")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/images/build.sh"))
+        .status()
+        .expect("run tests/images/build.sh (needs a Docker engine)");
+    assert!(
+        status.success(),
+        "tests/images/build.sh failed: the Docker tests need a running engine"
+    );
+}
+
+fn docker_pod(name: &str, image: &str, command: &[&str], restart: &str) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "restartPolicy": restart,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{ "name": "main", "image": image, "imagePullPolicy": "Never", "command": command,
+                "resources": { "requests": { "cpu": "100m", "memory": "32Mi" } } }],
+        },
+    }))
+    .expect("a pod")
+}
+
+/// IDs of the Docker containers of a pod (by km's ownership label).
+fn containers_of(uid: &str) -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=io.km.pod.uid={uid}")])
+        .output()
+        .expect("docker ps");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn a_docker_pod_runs_finishes_and_a_missing_image_is_reported() {
+    build_images();
+    let c = cluster();
+    let api: Api<Pod> = Api::namespaced(c.client(), "default");
+    api.create(
+        &PostParams::default(),
+        &docker_pod("once", "km-test/busybox:latest", &["sh", "-c", "echo hello; exit 0"], "Never"),
+    )
+    .await
+    .expect("create");
+    api.create(
+        &PostParams::default(),
+        &docker_pod("noimage", "km-test/absent:1", &["true"], "Never"),
+    )
+    .await
+    .expect("create");
+    let once = eventually("the Docker pod Succeeded", &c, || async {
+        let p = api.get("once").await.ok()?;
+        (phase(&p) == "Succeeded").then_some(p)
+    })
+    .await;
+    let task = task_of(&once);
+    eventually("its task FINISHED", &c, || async {
+        (master_tasks(&c).await.get(&task).map(String::as_str) == Some("TASK_FINISHED"))
+            .then_some(())
+    })
+    .await;
+    let uid = once.metadata.uid.clone().unwrap_or_default();
+    eventually("its containers removed", &c, || async {
+        containers_of(&uid).is_empty().then_some(())
+    })
+    .await;
+    let reason = eventually("the missing image reported", &c, || async {
+        let p = api.get("noimage").await.ok()?;
+        let w = p.status?.container_statuses?.first()?.state.clone()?.waiting?;
+        Some(format!("{} {}", w.reason.unwrap_or_default(), w.message.unwrap_or_default()))
+    })
+    .await;
+    assert!(reason.contains("km-test/absent:1"), "{reason}");
+}
+
+#[tokio::test]
+async fn an_executor_killed_with_kill_9_leaves_nothing_the_next_one_does_not_remove() {
+    build_images();
+    let c = cluster();
+    let api: Api<Pod> = Api::namespaced(c.client(), "default");
+    api.create(
+        &PostParams::default(),
+        &docker_pod("orphan", "km-test/busybox:latest", &["sleep", "3600"], "Always"),
+    )
+    .await
+    .expect("create");
+    let pod = eventually("the pod Running", &c, || async {
+        let p = api.get("orphan").await.ok()?;
+        (phase(&p) == "Running").then_some(p)
+    })
+    .await;
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    assert!(!containers_of(&uid).is_empty());
+    // kill -9 of the executor: its Docker containers outlive it.
+    let pids = executor_pids(&c);
+    assert!(!pids.is_empty(), "the executor runs");
+    for pid in pids {
+        let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    // The pod fails (its task is lost with the executor) and the scheduler's next executor, started
+    // for a new pod, removes what the dead one left.
+    eventually("the pod failed", &c, || async {
+        (phase(&api.get("orphan").await.ok()?) == "Failed").then_some(())
+    })
+    .await;
+    api.create(&PostParams::default(), &native_pod("next", &["/bin/sleep", "3601"], "Always"))
+        .await
+        .expect("create next");
+    eventually("the next pod Running", &c, || async {
+        (phase(&api.get("next").await.ok()?) == "Running").then_some(())
+    })
+    .await;
+    eventually("the dead executor's containers removed", &c, || async {
+        containers_of(&uid).is_empty().then_some(())
+    })
+    .await;
+}
+
+/// Pids of the km executors started by this cluster's agent (their sandbox is under its dir).
+fn executor_pids(c: &KmCluster) -> Vec<u32> {
+    let dir = c.dir.path().display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        let cwd = std::fs::read_link(e.path().join("cwd"))
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        if cmd.contains(" executor ") && cwd.starts_with(&dir) {
+            out.push(pid);
+        }
+    }
+    out
+}

@@ -344,7 +344,7 @@ impl<S: Storage> Api<S> {
                         .ok_or_else(|| ApiError::not_found(kind, name))?
                 }
             };
-            let (stored, current, mut new, precondition) =
+            let (stored, current, mut new) =
                 match plan_update(kind, name, subresource, &mut mutation, &kv) {
                     Ok(planned) => planned,
                     Err(_) if cached => continue,
@@ -364,9 +364,9 @@ impl<S: Storage> Api<S> {
             {
                 return match self.storage.delete(&key, Some(kv.mod_revision)).await {
                     Ok((rev, _)) => Ok(with_revision(new, rev)),
-                    Err(StorageError::Conflict { .. }) if precondition.is_none() || cached => {
-                        continue;
-                    }
+                    // Someone wrote first: plan again from the new value (a
+                    // stale resourceVersion in the request then fails there).
+                    Err(StorageError::Conflict { .. }) => continue,
                     Err(e) => Err(ApiError::storage(kind, name, e)),
                 };
             }
@@ -388,14 +388,15 @@ impl<S: Storage> Api<S> {
             }
             match result {
                 Ok(rev) => return Ok(with_revision(new, rev)),
-                Err(StorageError::Conflict { current, .. }) if precondition.is_none() => {
+                // Someone wrote first: plan again from the winner's value. A
+                // request that named a resourceVersion then fails as stale in
+                // `plan_update`; one that did not lands on top.
+                Err(StorageError::Conflict { current, .. }) => {
                     known = current;
                     cached = false;
                     continue;
                 }
-                Err(StorageError::Conflict { .. } | StorageError::NotFound(_)) if cached => {
-                    continue;
-                }
+                Err(StorageError::NotFound(_)) if cached => continue,
                 Err(e) => return Err(ApiError::storage(kind, name, e)),
             }
         }
@@ -604,15 +605,16 @@ impl<S: Storage> Api<S> {
     }
 }
 
-/// One step of an update: the stored object, it with its
-/// resourceVersion, the object to write, and the client's precondition.
+/// One step of an update: the stored object, it with its resourceVersion,
+/// and the object to write. A request naming a resourceVersion other than
+/// the stored one is refused as stale.
 fn plan_update(
     kind: &'static Kind,
     name: &str,
     subresource: Option<&str>,
     mutation: &mut Mutation<'_>,
     kv: &crate::storage::Kv,
-) -> ApiResult<(Value, Value, Value, Option<i64>)> {
+) -> ApiResult<(Value, Value, Value)> {
     let stored = decode(&kv.value)?;
     let current = with_revision(stored.clone(), kv.mod_revision);
     let desired = match mutation {
@@ -655,7 +657,7 @@ fn plan_update(
         object::validate(kind, &new)?;
         object::validate_update(kind, &stored, &new)?;
     }
-    Ok((stored, current, new, precondition))
+    Ok((stored, current, new))
 }
 
 fn strip_paging(query: &Query) -> Query {

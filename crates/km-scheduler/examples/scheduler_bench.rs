@@ -49,7 +49,13 @@ fn km() -> PathBuf {
     std::fs::canonicalize(&path).unwrap_or(path)
 }
 
+/// Log filter of the processes under test (`KM_BENCH_LOG`, default warn).
+fn log_filter() -> String {
+    std::env::var("KM_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned())
+}
+
 fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
+    cmd.env("KM_LOG", log_filter());
     let out = std::fs::File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
     let child = cmd
@@ -96,6 +102,16 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Keeps the plane's directory when `KM_BENCH_KEEP` is set.
+impl Drop for Plane {
+    fn drop(&mut self) {
+        if std::env::var_os("KM_BENCH_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            let _ = dir.keep();
+        }
+    }
+}
+
 struct Plane {
     etcd: Proc,
     api: Proc,
@@ -108,6 +124,9 @@ struct Plane {
 
 async fn plane(agents: usize, agent_resources: &str) -> Plane {
     let dir = tempfile::tempdir().expect("tempdir");
+    if std::env::var_os("KM_BENCH_KEEP").is_some() {
+        eprintln!("  (logs in {})", dir.path().display());
+    }
     let (ec, ep) = (free_port(), free_port());
     let etcd_url = format!("http://127.0.0.1:{ec}");
     let peer = format!("http://127.0.0.1:{ep}");
@@ -132,8 +151,7 @@ async fn plane(agents: usize, agent_resources: &str) -> Plane {
             .arg("--insecure-bind-address=127.0.0.1")
             .arg(format!("--insecure-port={ap}"))
             .arg(format!("--etcd-servers={etcd_url}"))
-            .arg("--service-cluster-ip-range=10.10.0.0/16")
-            .env("KM_LOG", "warn"),
+            .arg("--service-cluster-ip-range=10.10.0.0/16"),
         dir.path().join("apiserver.log"),
     );
     let api_url = format!("http://127.0.0.1:{ap}");
@@ -148,8 +166,7 @@ async fn plane(agents: usize, agent_resources: &str) -> Plane {
             .arg(format!("--simulate-agents={agents}"))
             .arg(format!("--simulate-agent-resources={agent_resources}"))
             .arg("--simulate-agent-attributes=rack:r{i%10};zone:z{i%3}")
-            .arg("--allocation_interval=1secs")
-            .env("KM_LOG", "warn"),
+            .arg("--allocation_interval=1secs"),
         dir.path().join("master.log"),
     );
     wait_http(&format!("http://127.0.0.1:{mp}/health"), "km mesos-master").await;
@@ -281,8 +298,7 @@ async fn measure(
             .arg(format!("--etcd-servers={}", p.etcd_url))
             .arg(format!("--port={port}"))
             .arg("--executor-path=file:///usr/local/bin/km")
-            .args(extra)
-            .env("KM_LOG", "warn"),
+            .args(extra),
         p.dir.path().join(format!("scheduler-{}.log", extra.join("_").replace(['/', '='], "-"))),
     );
     let watcher = {
@@ -413,7 +429,7 @@ async fn s1(pods: usize, agents: usize, baseline: bool) {
         eprintln!("  ({pods} pods created in {:.1} s)", created.as_secs_f64());
         let r = measure(&p, pods, 0, extra, Duration::from_secs(600)).await;
         print(label, &r);
-        drop(p.master);
+        drop(p);
     }
 }
 
@@ -486,7 +502,7 @@ async fn s3(pods: usize, agents: usize, baseline: bool) {
             "",
             reasons.map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64()))
         );
-        drop(p.master);
+        drop(p);
     }
 }
 
@@ -583,8 +599,7 @@ async fn s2(baseline: bool) {
                 .arg(format!("--port={agent_port}"))
                 .arg("--hostname=s2-agent")
                 .arg(format!("--work_dir={}", p.dir.path().join("agent").display()))
-                .arg("--resources=cpus:8;mem:16384;disk:100000;ports:[31000-32000]")
-                .env("KM_LOG", "warn"),
+                .arg("--resources=cpus:8;mem:16384;disk:100000;ports:[31000-32000]"),
             p.dir.path().join("agent.log"),
         );
         wait_http(&format!("http://127.0.0.1:{agent_port}/state"), "km mesos-agent").await;
@@ -598,8 +613,7 @@ async fn s2(baseline: bool) {
                 .arg(format!("--etcd-servers={}", p.etcd_url))
                 .arg(format!("--port={port}"))
                 .arg(format!("--executor-path=file://{}", km().display()))
-                .args(extra)
-                .env("KM_LOG", "warn"),
+                .args(extra),
             p.dir.path().join("scheduler.log"),
         );
         wait_http(&format!("http://127.0.0.1:{port}/healthz"), "km scheduler").await;
@@ -666,11 +680,13 @@ async fn s2(baseline: bool) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         watcher.abort();
-        let s = seen.lock().expect("lock");
-        let running: Vec<Duration> =
-            s.running.iter().filter(|(k, _)| *k != "s2-warm").map(|(_, d)| *d).collect();
-        let bound: Vec<Duration> =
-            s.bound.iter().filter(|(k, _)| *k != "s2-warm").map(|(_, d)| *d).collect();
+        let (running, bound): (Vec<Duration>, Vec<Duration>) = {
+            let s = seen.lock().expect("lock");
+            (
+                s.running.iter().filter(|(k, _)| *k != "s2-warm").map(|(_, d)| *d).collect(),
+                s.bound.iter().filter(|(k, _)| *k != "s2-warm").map(|(_, d)| *d).collect(),
+            )
+        };
         let offers = metric(port, "km_scheduler_offers_used_total").await;
         println!(
             "{label:<28} pods {:>4}  all Running {}  create→bound p50 {:.2}s p99 {:.2}s  create→Running p50 {:.2}s p99 {:.2}s  offers/pod {:.3}  scheduler RSS {:.0} MiB",
