@@ -1276,7 +1276,7 @@ impl Core {
                 let ended = t.ended.is_some();
                 if ended {
                     self.remove_task(task_id);
-                    self.remember_finished(id);
+                    self.remember_finished(id.clone());
                 } else {
                     self.kill(&id, self.cfg.default_grace, now);
                 }
@@ -1286,7 +1286,12 @@ impl Core {
                 {
                     self.remove_pod(&pod.uid.clone());
                 }
-                let _ = why;
+                self.emit(Effect::Event {
+                    pod,
+                    kind: EventType::Warning,
+                    reason: "FailedBinding",
+                    message: format!("binding refused ({why}); task {id} stopped"),
+                });
             }
         }
     }

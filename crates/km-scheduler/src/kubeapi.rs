@@ -317,6 +317,17 @@ pub(crate) async fn bind(
     .await;
     match result {
         Ok(_) => WriteResult::Ok,
+        // A retried binding whose first attempt landed (its answer lost) is
+        // refused as a conflict: the pod is already where it should be.
+        Err(e) if api_code(&e) == Some(409) => match api.get_opt(&pod.name).await {
+            Ok(Some(p))
+                if p.metadata.uid.as_deref() == Some(&*pod.uid)
+                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node) =>
+            {
+                WriteResult::Ok
+            }
+            _ => WriteResult::Rejected(e.to_string()),
+        },
         Err(e) => WriteResult::Rejected(e.to_string()),
     }
 }
