@@ -347,3 +347,97 @@ fn executor_pids(c: &KmCluster) -> Vec<u32> {
     }
     out
 }
+
+/// The kubectl binaries on this machine: 1.20 (Debian's, unpacked by scripts/install-deps.sh),
+/// the one on PATH, and the versioned ones beside it.
+fn kubectls() -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let old = std::path::PathBuf::from("/opt/km-tools/kubernetes-client/usr/bin/kubectl");
+    if old.is_file() {
+        found.push(old);
+    }
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.is_file()));
+    if let Some(k) = on_path {
+        for v in ["", ".1.27", ".1.33"] {
+            let candidate = std::path::PathBuf::from(format!("{}{v}", k.display()));
+            if candidate.is_file() && !found.contains(&candidate) {
+                found.push(candidate);
+            }
+        }
+    }
+    found
+}
+
+fn kubectl(bin: &std::path::Path, server: &str, args: &[&str]) -> (bool, String) {
+    let home = tempfile::tempdir().expect("kubectl home");
+    let out = std::process::Command::new(bin)
+        .env("HOME", home.path())
+        .arg(format!("--server={server}"))
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn kubectl_logs_reach_the_container_through_the_api_server_and_the_executor() {
+    let c = cluster();
+    let api: Api<Pod> = Api::namespaced(c.client(), "default");
+    let script = "echo one; echo two; echo three; while true; do sleep 0.2; echo tick; done";
+    api.create(&PostParams::default(), &native_pod("talker", &["/bin/sh", "-c", script], "Always"))
+        .await
+        .expect("create");
+    eventually("the pod Running", &c, || async {
+        let p = api.get("talker").await.ok()?;
+        (phase(&p) == "Running").then_some(())
+    })
+    .await;
+    let server = c.api.url();
+    let kubectls = kubectls();
+    assert!(!kubectls.is_empty(), "no kubectl on this machine");
+    for k in &kubectls {
+        let (ok, out) = kubectl(k, &server, &["logs", "talker", "--tail=-1"]);
+        assert!(ok && out.starts_with("one\ntwo\nthree\n"), "{}: {out}", k.display());
+        let (ok, out) = kubectl(k, &server, &["logs", "talker", "-c", "main", "--tail=1"]);
+        assert!(ok && out.lines().count() == 1, "{}: {out}", k.display());
+        let (ok, out) = kubectl(k, &server, &["logs", "talker", "-c", "nope"]);
+        assert!(!ok && out.contains("container nope is not valid for pod talker"), "{out}");
+        let (ok, out) = kubectl(k, &server, &["logs", "talker", "--previous"]);
+        assert!(!ok && out.contains("previous"), "{}: {out}", k.display());
+    }
+    // -f follows what the container writes later, until the client leaves.
+    let mut follow = std::process::Command::new(&kubectls[0])
+        .env("HOME", c.dir.path())
+        .arg(format!("--server={server}"))
+        .args(["logs", "-f", "talker", "--tail=1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("kubectl logs -f");
+    let stdout = follow.stdout.take().expect("stdout");
+    let lines = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout).lines().take(5).collect::<Result<Vec<_>, _>>()
+    });
+    let lines = tokio::time::timeout(WAIT, lines).await.expect("follow streams").expect("join");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(lines.expect("lines"), vec!["tick"; 5]);
+
+    // The executor's endpoint answers only the API server's token.
+    let node: k8s_openapi::api::core::v1::Node =
+        Api::all(c.client()).get("agent-x").await.expect("node");
+    let port = node
+        .status
+        .and_then(|s| s.daemon_endpoints)
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port)
+        .expect("the executor publishes its endpoint");
+    let url = format!("http://127.0.0.1:{port}/containerLogs/default/talker/main");
+    let anonymous = reqwest::get(&url).await.expect("reach the executor");
+    assert_eq!(anonymous.status(), 401);
+    let wrong = reqwest::Client::new().get(&url).bearer_auth("guess").send().await.expect("reach");
+    assert_eq!(wrong.status(), 401);
+}

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::alloc::Ranges;
 use crate::error::{ApiError, ApiResult, Cause};
+use crate::nodeproxy::NodeProxy;
 use crate::object::{self, child, name_of, unix_now, with_revision};
 use crate::patch;
 use crate::registry::{self, Kind};
@@ -27,11 +28,17 @@ pub struct ApiConfig {
     pub bookmark_interval: Duration,
     /// Service ClusterIP and NodePort ranges.
     pub ranges: Ranges,
+    /// How `pods/log` reaches the nodes.
+    pub nodes: NodeProxy,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { bookmark_interval: Duration::from_secs(10), ranges: Ranges::default() }
+        ApiConfig {
+            bookmark_interval: Duration::from_secs(10),
+            ranges: Ranges::default(),
+            nodes: NodeProxy::default(),
+        }
     }
 }
 
@@ -217,6 +224,25 @@ impl<S: Storage> Api<S> {
             .map_err(|e| ApiError::storage(kind, name, e))?
             .ok_or_else(|| ApiError::not_found(kind, name))?;
         Ok(with_revision(decode(&kv.value)?, kv.mod_revision))
+    }
+
+    /// `pods/log`: the container's log, streamed from the pod's node.
+    pub async fn pod_log(
+        &self,
+        namespace: &str,
+        name: &str,
+        query: &Query,
+    ) -> ApiResult<reqwest::Response> {
+        let pod = self.get(pod_kind(), Some(namespace), name).await?;
+        let node = match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+            Some(node) => match self.get(node_kind(), None, node).await {
+                Ok(n) => Some(n),
+                Err(ApiError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        self.config.nodes.pod_log(&pod, node.as_ref(), query).await
     }
 
     pub async fn list(
@@ -713,6 +739,10 @@ fn join_labels(map: &serde_json::Map<String, Value>) -> String {
 
 fn ns_kind() -> &'static Kind {
     registry::lookup("", "v1", "namespaces").unwrap_or(&registry::KINDS[0])
+}
+
+fn node_kind() -> &'static Kind {
+    registry::lookup("", "v1", "nodes").unwrap_or(&registry::KINDS[0])
 }
 
 fn pod_kind() -> &'static Kind {

@@ -16,6 +16,7 @@
 pub mod alloc;
 pub mod api;
 pub mod error;
+pub mod nodeproxy;
 pub mod object;
 pub mod openapi;
 pub mod patch;
@@ -87,6 +88,13 @@ pub struct Args {
     /// How often watchers that allow bookmarks receive one.
     #[arg(long, default_value = "10s", value_parser = humantime_duration)]
     pub watch_bookmark_interval: Duration,
+    /// File holding the bearer token presented to nodes (km executors) when proxying
+    /// `pods/log`; they refuse requests without it.
+    #[arg(long)]
+    pub kubelet_token_file: Option<PathBuf>,
+    /// How long to wait for a node's endpoint to accept a connection.
+    #[arg(long, default_value = "5s", value_parser = humantime_duration)]
+    pub kubelet_timeout: Duration,
     /// glog verbosity, accepted for compatibility (use --log).
     #[arg(long = "v", default_value_t = 0)]
     pub verbosity: u8,
@@ -121,7 +129,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--service-node-port-range: {e}"))?,
     };
     let storage = connect(&args).await?;
-    let config = ApiConfig { bookmark_interval: args.watch_bookmark_interval, ranges };
+    let token = match &args.kubelet_token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--kubelet-token-file {}", path.display()))?;
+            let token = text.trim().to_owned();
+            anyhow::ensure!(!token.is_empty(), "--kubelet-token-file {} is empty", path.display());
+            Some(token)
+        }
+        None => None,
+    };
+    let nodes = nodeproxy::NodeProxy::new(token, args.kubelet_timeout);
+    let config = ApiConfig { bookmark_interval: args.watch_bookmark_interval, ranges, nodes };
     let api = Arc::new(Api::new(Arc::new(storage), config));
     api.bootstrap().await.context("creating the system namespaces")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -121,6 +121,7 @@ fn resource_list(group: &str, version: &str) -> Value {
         for sub in kind.subresources {
             let (sub_kind, verbs, group_version): (&str, Value, Option<(&str, &str)>) = match *sub {
                 "binding" => ("Binding", json!(["create"]), None),
+                "log" => ("Pod", json!(["get"]), None),
                 "scale" => {
                     ("Scale", json!(["get", "patch", "update"]), Some(("autoscaling", "v1")))
                 }
@@ -267,7 +268,7 @@ async fn handle<S: Storage>(
         (None, _) => collection(api, kind, ns, method, &query, headers, body).await,
         (Some(name), None) => item(api, kind, ns, name, method, &query, headers, body).await,
         (Some(name), Some(sub)) if kind.subresources.contains(&sub) => {
-            subresource(api, kind, ns, name, sub, method, headers, body).await
+            subresource(api, kind, ns, name, sub, method, &query, headers, body).await
         }
         (Some(_), Some(_)) => Err(not_found()),
     }
@@ -414,10 +415,16 @@ async fn subresource<S: Storage>(
     name: &str,
     sub: &str,
     method: &Method,
+    query: &Query,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> ApiResult<Response> {
     match (sub, method.clone()) {
+        ("log", Method::GET) => {
+            let upstream = api.pod_log(ns.unwrap_or("default"), name, query).await?;
+            let body = Body::from_stream(upstream.bytes_stream());
+            Ok(([(header::CONTENT_TYPE, "text/plain")], body).into_response())
+        }
         ("binding", Method::POST) => {
             let ns = ns.unwrap_or("default");
             let status = api.bind(ns, name, &decode_body(headers, body)?).await?;

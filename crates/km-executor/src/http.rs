@@ -1,13 +1,22 @@
-//! The executor's HTTP endpoint: `/healthz` and `/metrics` (Prometheus text).
+//! The executor's HTTP endpoint: `/healthz`, `/metrics` (Prometheus text), and the logs of its
+//! pods' containers at `/containerLogs/{namespace}/{pod}/{container}` (the kubelet's path), which
+//! the API server proxies `pods/log` to. Logs are served only to requests that carry the bearer
+//! token of `--proxy-token-file`; without that flag they are not served at all.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
+use km_runtime::manager::PodManager;
+use km_runtime::runtime::LogOptions;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -75,27 +84,191 @@ impl Metrics {
     }
 }
 
+/// What the logs endpoint reads from, and the token a caller must present.
+pub(crate) struct Pods {
+    pub(crate) manager: Arc<PodManager>,
+    pub(crate) token: Option<String>,
+}
+
 /// Serves the endpoint; returns the address it listens on.
-pub(crate) async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+pub(crate) async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    pods: Pods,
+) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let app = Router::new().route("/healthz", get(|| async { "ok" })).route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                    metrics.encode(),
-                )
-                    .into_response()
-            }
-        }),
-    );
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        metrics.encode(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .with_state(Arc::new(pods));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("the executor's HTTP endpoint stopped: {e}");
         }
     });
     Ok(bound)
+}
+
+fn refuse(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], message.into()).into_response()
+}
+
+/// Whether the request carries the configured bearer token.
+fn authorized(pods: &Pods, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let Some(token) = &pods.token else {
+        return Err(Box::new(refuse(
+            StatusCode::FORBIDDEN,
+            "this executor was started without --proxy-token-file: it serves no logs",
+        )));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.as_bytes()) => Ok(()),
+        _ => Err(Box::new(refuse(StatusCode::UNAUTHORIZED, "a valid bearer token is required"))),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// How a log request is to be answered, from the kubelet's query parameters.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct LogQuery {
+    pub(crate) opts: LogOptions,
+    pub(crate) limit_bytes: Option<usize>,
+}
+
+/// Parses the query of a log request; options this endpoint cannot honour are refused by name
+/// rather than ignored.
+pub(crate) fn log_query(q: &HashMap<String, String>) -> Result<LogQuery, String> {
+    let flag = |k: &str| -> Result<bool, String> {
+        match q.get(k).map(String::as_str) {
+            None | Some("" | "false" | "0") => Ok(false),
+            Some("true" | "1") => Ok(true),
+            Some(v) => Err(format!("{k}: {v:?} is not a boolean")),
+        }
+    };
+    for unsupported in ["previous", "timestamps"] {
+        if flag(unsupported)? {
+            return Err(format!("{unsupported}=true is not supported by km executor"));
+        }
+    }
+    for unsupported in ["sinceSeconds", "sinceTime"] {
+        if q.contains_key(unsupported) {
+            return Err(format!("{unsupported} is not supported by km executor"));
+        }
+    }
+    let number = |k: &str| -> Result<Option<i64>, String> {
+        q.get(k)
+            .map(|v| v.parse::<i64>().map_err(|_| format!("{k}: {v:?} is not an integer")))
+            .transpose()
+    };
+    let tail = match number("tailLines")? {
+        None => None,
+        Some(n) if n < 0 => None,
+        Some(n) => Some(usize::try_from(n).map_err(|_| format!("tailLines: {n} is too large"))?),
+    };
+    let limit_bytes = match number("limitBytes")? {
+        None => None,
+        Some(n) if n <= 0 => return Err(format!("limitBytes: must be positive, got {n}")),
+        Some(n) => Some(usize::try_from(n).map_err(|_| format!("limitBytes: {n} is too large"))?),
+    };
+    Ok(LogQuery { opts: LogOptions { tail, follow: flag("follow")? }, limit_bytes })
+}
+
+async fn container_logs(
+    State(pods): State<Arc<Pods>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(refused) = authorized(&pods, &headers) {
+        return *refused;
+    }
+    let q = match log_query(&query) {
+        Ok(q) => q,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
+    };
+    let Some(uid) = pods.manager.find(&namespace, &pod) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} does not run on this executor"),
+        );
+    };
+    let stream = match pods.manager.logs(&uid, &container, q.opts).await {
+        Ok(s) => s,
+        Err(km_runtime::Error::NotFound(what)) => {
+            return refuse(StatusCode::NOT_FOUND, format!("{what} not found"));
+        }
+        Err(e) => return refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    // limitBytes: the stream ends once that many bytes went out.
+    let mut left = q.limit_bytes.unwrap_or(usize::MAX);
+    let body = stream.scan((), move |_, chunk| {
+        if left == 0 {
+            return futures::future::ready(None);
+        }
+        let chunk = chunk
+            .map(|mut c| {
+                c.truncate(left);
+                left -= c.len();
+                c
+            })
+            .map_err(std::io::Error::other);
+        futures::future::ready(Some(chunk))
+    });
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn log_queries_are_parsed_and_unsupported_options_named() {
+        let all = log_query(&q(&[])).expect("plain");
+        assert_eq!(all.opts, LogOptions { tail: None, follow: false });
+        let t = log_query(&q(&[("tailLines", "5"), ("follow", "true"), ("limitBytes", "10")]))
+            .expect("tail");
+        assert_eq!(t.opts, LogOptions { tail: Some(5), follow: true });
+        assert_eq!(t.limit_bytes, Some(10));
+        assert_eq!(log_query(&q(&[("tailLines", "-1")])).expect("all").opts.tail, None);
+        let err = log_query(&q(&[("previous", "true")])).expect_err("previous");
+        assert!(err.contains("previous"), "{err}");
+        assert!(
+            log_query(&q(&[("sinceSeconds", "10")])).expect_err("since").contains("sinceSeconds")
+        );
+        assert!(log_query(&q(&[("tailLines", "x")])).expect_err("bad").contains("tailLines"));
+        assert!(log_query(&q(&[("limitBytes", "0")])).expect_err("zero").contains("limitBytes"));
+        assert!(log_query(&q(&[("follow", "maybe")])).expect_err("bool").contains("follow"));
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
 }

@@ -58,13 +58,20 @@ pub struct Args {
     #[arg(long = "allow-privileged", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub allow_privileged: bool,
 
-    /// IP of the executor's HTTP endpoint (`/healthz`, `/metrics`); default: the agent's IP.
+    /// IP of the executor's HTTP endpoint (`/healthz`, `/metrics`, container logs); default: the
+    /// agent's IP.
     #[arg(long)]
     pub address: Option<IpAddr>,
 
     /// Port of the HTTP endpoint (0: any free port).
     #[arg(long, default_value_t = 0)]
     pub port: u16,
+
+    /// File holding the bearer token the API server presents when it proxies `pods/log` here
+    /// (a path on the agent's host; the token itself never travels in the task). Without it the
+    /// executor serves no logs.
+    #[arg(long = "proxy-token-file")]
+    pub proxy_token_file: Option<PathBuf>,
 
     /// Host-wide directory where executors register the scope of their pods.
     #[arg(long = "state-dir", default_value = "/run/km/executors")]

@@ -357,7 +357,12 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         args.address.unwrap_or_else(|| host_ip.parse().unwrap_or(IpAddr::from([127, 0, 0, 1]))),
         args.port,
     );
-    let http = crate::http::serve(listen, metrics.clone()).await?;
+    let token = match &args.proxy_token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    let pods = crate::http::Pods { manager: manager.clone(), token };
+    let http = crate::http::serve(listen, metrics.clone(), pods).await?;
     tracing::info!(node = node_name, addr = %http, "subscribed to the agent");
 
     // Static pods, mirrored with the Node's heartbeat.
@@ -373,6 +378,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             api.clone(),
             node_name.clone(),
             host_ip.clone(),
+            http.port(),
             mirror_rx,
         ))
     });
@@ -851,4 +857,13 @@ fn privileged(pod: &k8s::Pod) -> bool {
             .chain(s.init_containers.iter().flatten())
             .any(|c| c.security_context.as_ref().and_then(|sc| sc.privileged) == Some(true))
     })
+}
+
+/// The bearer token in `path` (surrounding whitespace trimmed); an empty file is an error.
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--proxy-token-file {}", path.display()))?;
+    let token = text.trim();
+    anyhow::ensure!(!token.is_empty(), "--proxy-token-file {} is empty", path.display());
+    Ok(token.to_owned())
 }

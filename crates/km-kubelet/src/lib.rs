@@ -170,6 +170,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             api_clients,
             node_name.clone(),
             manager.node().host_ip.clone(),
+            0,
             mirror_rx,
         )))
     };

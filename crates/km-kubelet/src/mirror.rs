@@ -128,7 +128,7 @@ pub fn mirror_hash(pod: &k8s::Pod) -> Option<&str> {
 }
 
 /// The Node object of this kubelet, Ready, with its address.
-pub fn node_object(node: &str, host_ip: &str, now: Time) -> k8s::Node {
+pub fn node_object(node: &str, host_ip: &str, port: u16, now: Time) -> k8s::Node {
     k8s::Node {
         metadata: kube::api::ObjectMeta {
             name: Some(node.to_owned()),
@@ -139,13 +139,18 @@ pub fn node_object(node: &str, host_ip: &str, now: Time) -> k8s::Node {
             ..Default::default()
         },
         spec: Some(k8s::NodeSpec::default()),
-        status: Some(node_status(node, host_ip, now)),
+        status: Some(node_status(node, host_ip, port, now)),
     }
 }
 
-/// The Node's status: Ready with `now` as heartbeat.
-pub fn node_status(node: &str, host_ip: &str, now: Time) -> k8s::NodeStatus {
+/// The Node's status: Ready with `now` as heartbeat. A non-zero `port` is
+/// published as the node's kubelet endpoint, where the API server reaches it
+/// for pods' logs.
+pub fn node_status(node: &str, host_ip: &str, port: u16, now: Time) -> k8s::NodeStatus {
     k8s::NodeStatus {
+        daemon_endpoints: (port != 0).then(|| k8s::NodeDaemonEndpoints {
+            kubelet_endpoint: Some(k8s::DaemonEndpoint { port: i32::from(port) }),
+        }),
         addresses: Some(vec![
             k8s::NodeAddress { type_: "InternalIP".into(), address: host_ip.to_owned() },
             k8s::NodeAddress { type_: "Hostname".into(), address: node.to_owned() },
@@ -219,6 +224,7 @@ pub async fn run(
     clients: Vec<kube::Client>,
     node: String,
     host_ip: String,
+    port: u16,
     mut pods: watch::Receiver<Vec<k8s::Pod>>,
 ) {
     let Some(mut client) = clients.first().cloned() else { return };
@@ -239,7 +245,7 @@ pub async fn run(
         let heartbeat_due = last_heartbeat.is_none_or(|t| t.elapsed() >= HEARTBEAT) || !node_ok;
         let mut failed = false;
         if heartbeat_due {
-            let r = sync_node(&client, &node, &host_ip).await;
+            let r = sync_node(&client, &node, &host_ip, port).await;
             failed |= r.is_err();
             node_ok = node_rep.result("registering node", r).is_some();
             if node_ok {
@@ -259,17 +265,22 @@ pub async fn run(
     }
 }
 
-async fn sync_node(client: &kube::Client, node: &str, host_ip: &str) -> Result<(), MirrorError> {
+async fn sync_node(
+    client: &kube::Client,
+    node: &str,
+    host_ip: &str,
+    port: u16,
+) -> Result<(), MirrorError> {
     let nodes: Api<k8s::Node> = Api::all(client.clone());
     let existing = nodes.get_opt(node).await.map_err(api_err(format!("getting node {node}")))?;
     if existing.is_none() {
-        match nodes.create(&PostParams::default(), &node_object(node, host_ip, now())).await {
+        match nodes.create(&PostParams::default(), &node_object(node, host_ip, port, now())).await {
             Ok(_) => tracing::info!(node, "registered node"),
             Err(e) if is_conflict(&e) => {}
             Err(e) => return Err(api_err(format!("creating node {node}"))(e)),
         }
     }
-    let status = node_status(node, host_ip, now());
+    let status = node_status(node, host_ip, port, now());
     let patch = serde_json::json!({ "status": status });
     nodes
         .patch_status(node, &PatchParams::default(), &Patch::Merge(&patch))
@@ -440,7 +451,7 @@ mod tests {
 
     #[test]
     fn node_is_ready_with_its_addresses() {
-        let n = node_object("node1", "10.0.0.5", now());
+        let n = node_object("node1", "10.0.0.5", 10250, now());
         assert_eq!(n.metadata.name.as_deref(), Some("node1"));
         let st = n.status.expect("status");
         let ready = st.conditions.iter().flatten().find(|c| c.type_ == "Ready").expect("Ready");
@@ -448,6 +459,10 @@ mod tests {
         assert!(ready.last_heartbeat_time.is_some());
         let addrs = st.addresses.expect("addresses");
         assert!(addrs.iter().any(|a| a.type_ == "InternalIP" && a.address == "10.0.0.5"));
+        let endpoint = st.daemon_endpoints.and_then(|d| d.kubelet_endpoint).expect("endpoint");
+        assert_eq!(endpoint.port, 10250);
+        let quiet = node_status("node1", "10.0.0.5", 0, now());
+        assert!(quiet.daemon_endpoints.is_none());
     }
 
     #[test]

@@ -170,6 +170,14 @@ impl PodManager {
         self.lock().map(|p| p.keys().cloned().collect()).unwrap_or_default()
     }
 
+    /// The uid of the pod `namespace/name` being run, if one is.
+    pub fn find(&self, namespace: &str, name: &str) -> Option<String> {
+        let pods = self.lock().ok()?;
+        pods.iter()
+            .find(|(_, h)| h.plan.key.namespace == namespace && h.plan.key.name == name)
+            .map(|(uid, _)| uid.clone())
+    }
+
     /// The latest snapshot of a pod.
     pub fn snapshot(&self, uid: &str) -> Option<PodSnapshot> {
         self.lock().ok()?.get(uid).map(|h| h.status.borrow().clone())

@@ -174,6 +174,13 @@ pub struct Args {
     #[arg(long = "executor-bindall", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub executor_bindall: bool,
 
+    /// Path, on every agent's host, of the file holding the bearer token the API server presents
+    /// to executors when it proxies `kubectl logs` (passed on as the executor's
+    /// `--proxy-token-file`; the token itself never travels in a task). Without it executors
+    /// serve no logs.
+    #[arg(long = "executor-proxy-token-file")]
+    pub executor_proxy_token_file: Option<String>,
+
     /// Log filter of the executors (tracing env-filter syntax).
     #[arg(long = "executor-log", default_value = "info")]
     pub executor_log: String,

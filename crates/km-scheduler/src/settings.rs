@@ -280,13 +280,22 @@ impl Settings {
         let suicide = dur("executor-suicide-timeout", &args.executor_suicide_timeout)?;
         let grace = dur("mesos-launch-grace-period", &args.mesos_launch_grace_period)?;
         let mut exec_args = vec![
-            format!("--suicide-timeout={}", duration::format(suicide)),
-            format!("--launch-grace-period={}", duration::format(grace)),
+            format!("--suicide-timeout={}", executor_duration(suicide)),
+            format!("--launch-grace-period={}", executor_duration(grace)),
             format!("--log={}", args.executor_log),
             format!("--allow-privileged={}", args.allow_privileged),
         ];
         if !executor_api_servers.is_empty() {
             exec_args.push(format!("--api-servers={}", executor_api_servers.join(",")));
+        }
+        if let Some(path) = &args.executor_proxy_token_file {
+            if !path.starts_with('/') {
+                return Err(flag(
+                    "executor-proxy-token-file",
+                    format!("{path:?} must be an absolute path on the agents' hosts"),
+                ));
+            }
+            exec_args.push(format!("--proxy-token-file={path}"));
         }
         if args.executor_bindall {
             exec_args.push("--address=0.0.0.0".to_owned());
@@ -423,11 +432,30 @@ impl Settings {
     }
 }
 
+/// A duration as an executor flag: whole seconds as `20m` or `1h30m`, anything finer in whole
+/// milliseconds (`1500ms`), forms that Go's and the executor's duration parsers both read.
+fn executor_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 { duration::format(d) } else { format!("{}ms", d.as_millis()) }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
 
     use super::*;
+
+    #[test]
+    fn executor_durations_read_back_with_humantime() {
+        for (d, text) in [
+            (Duration::from_secs(1200), "20m"),
+            (Duration::from_secs(5400), "1h30m"),
+            (Duration::from_millis(1500), "1500ms"),
+            (Duration::from_millis(250), "250ms"),
+        ] {
+            assert_eq!(executor_duration(d), text);
+            assert_eq!(humantime::parse_duration(text).ok(), Some(d), "{text}");
+        }
+    }
 
     fn settings(extra: &[&str]) -> Result<Settings, SettingsError> {
         let mut argv = vec!["scheduler", "--api-servers=http://127.0.0.1:8080"];

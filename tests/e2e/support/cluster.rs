@@ -36,12 +36,20 @@ impl KmCluster {
     /// etcd, the API server, a master with `agents` simulated agents (`master_extra` flags),
     /// and a scheduler (`scheduler_extra` flags, fast tuning).
     pub fn start(master_extra: &[&str], scheduler_extra: &[&str]) -> KmCluster {
+        let dir = tempfile::Builder::new().prefix("km-cluster-").tempdir().expect("tempdir");
+        // The token the API server presents to executors for `kubectl logs`.
+        let token = dir.path().join("proxy-token");
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        std::fs::write(&token, format!("km-e2e-{}-{nanos}\n", std::process::id()))
+            .expect("write the proxy token");
         let etcd = Etcd::start();
-        let api = ApiServer::start(&etcd);
+        let api =
+            ApiServer::start_with(&etcd, &[&format!("--kubelet-token-file={}", token.display())]);
         let mut margs = vec!["--allocation_interval=100ms"];
         margs.extend_from_slice(master_extra);
         let master = MesosMaster::start(&margs);
-        let dir = tempfile::Builder::new().prefix("km-cluster-").tempdir().expect("tempdir");
         let tuning = dir.path().join("scheduler.ini");
         std::fs::write(&tuning, FAST_TUNING).expect("write the scheduler config");
         let scheduler_port = free_port();
@@ -57,6 +65,7 @@ impl KmCluster {
         if !scheduler_extra.iter().any(|a| a.starts_with("--executor-path")) {
             scheduler_args.push(format!("--executor-path=file://{}", km_bin().display()));
         }
+        scheduler_args.push(format!("--executor-proxy-token-file={}", token.display()));
         scheduler_args.extend(scheduler_extra.iter().map(|s| (*s).to_owned()));
         let mut cluster = KmCluster {
             etcd,
