@@ -73,6 +73,8 @@ enum Stage {
         ready_at: Duration,
         /// …unless offers arrived after the attempt made at this offer generation.
         tried_gen: Option<u64>,
+        /// The last attempt found no offers at all: no back-off, the next offer is tried.
+        starved: bool,
     },
     /// The spec cannot be turned into a task; waits for an update.
     Invalid,
@@ -648,7 +650,10 @@ impl Core {
             self.pods.insert(uid.clone(), entry);
             match invalid {
                 None => {
-                    self.set_stage(&uid, Stage::Waiting { ready_at: now.mono, tried_gen: None });
+                    self.set_stage(
+                        &uid,
+                        Stage::Waiting { ready_at: now.mono, tried_gen: None, starved: false },
+                    );
                     self.enqueue(&uid);
                 }
                 Some(msg) => {
@@ -674,7 +679,7 @@ impl Core {
                         entry.demand = demand;
                         self.set_stage(
                             &uid,
-                            Stage::Waiting { ready_at: now.mono, tried_gen: None },
+                            Stage::Waiting { ready_at: now.mono, tried_gen: None, starved: false },
                         );
                         if was_invalid {
                             self.enqueue(&uid);
@@ -872,7 +877,11 @@ impl Core {
         let Some(entry) = self.pods.get_mut(uid) else { return Duration::ZERO };
         entry.failures = entry.failures.saturating_add(1);
         let delay = backoff::jittered(initial, max, entry.failures, &mut self.rng);
-        let stage = Stage::Waiting { ready_at: now.mono + delay, tried_gen: Some(self.offer_gen) };
+        let stage = Stage::Waiting {
+            ready_at: now.mono + delay,
+            tried_gen: Some(self.offer_gen),
+            starved: false,
+        };
         self.set_stage(uid, stage);
         self.enqueue(uid);
         delay
@@ -915,16 +924,22 @@ impl Core {
             .waiting
             .iter()
             .filter(|uid| match self.pods.get(*uid).map(|p| &p.stage) {
-                Some(Stage::Waiting { ready_at, tried_gen }) => {
-                    let breakout =
-                        tried_gen.is_some_and(|g| g < self.offer_gen) && breakout_allowed;
-                    *ready_at <= now.mono || tried_gen.is_none() || breakout
+                Some(Stage::Waiting { ready_at, tried_gen, starved }) => {
+                    let newer_offers = tried_gen.is_some_and(|g| g < self.offer_gen);
+                    if *starved {
+                        newer_offers
+                    } else {
+                        *ready_at <= now.mono
+                            || tried_gen.is_none()
+                            || (newer_offers && breakout_allowed)
+                    }
                 }
                 _ => false,
             })
             .cloned()
             .collect();
-        if breakout_allowed && self.breakout_due {
+        // A round without offers tries nothing in back-off: the breakout waits for offers.
+        if breakout_allowed && self.breakout_due && !self.offers.is_empty() {
             // Every pod in back-off is in this round.
             if self.in_backoff(now).next().is_some() {
                 self.last_breakout = Some(now.mono);
@@ -967,6 +982,16 @@ impl Core {
             let uid = &candidates[i];
             match &o.outcome {
                 Outcome::Placed { .. } => {}
+                // Nothing was offered: unless it can never fit, the pod waits for the next
+                // offer without a back-off (it did not fail; there was nothing to try).
+                Outcome::Unplaced(why) if offers.is_empty() && why.never_fits.is_none() => {
+                    let stage = Stage::Waiting {
+                        ready_at: now.mono,
+                        tried_gen: Some(self.offer_gen),
+                        starved: true,
+                    };
+                    self.set_stage(uid, stage);
+                }
                 Outcome::Unplaced(why) => {
                     self.unplaced(uid, why.to_string(), now);
                 }
@@ -983,7 +1008,10 @@ impl Core {
                 let uid = &candidates[t.pod_index];
                 if self.cfg.launch_policy == LaunchPolicy::OnePodPerOffer && !tasks.is_empty() {
                     // The baseline places one pod per agent and round; the rest wait (no penalty).
-                    self.set_stage(uid, Stage::Waiting { ready_at: now.mono, tried_gen: None });
+                    self.set_stage(
+                        uid,
+                        Stage::Waiting { ready_at: now.mono, tried_gen: None, starved: false },
+                    );
                     continue;
                 }
                 if let Some(lt) = self.launch_task(uid, launch, t, now) {
@@ -1137,7 +1165,11 @@ impl Core {
         let delay = backoff::jittered(initial, max, entry.failures, &mut self.rng);
         self.set_stage(
             uid,
-            Stage::Waiting { ready_at: now.mono + delay, tried_gen: Some(offer_gen) },
+            Stage::Waiting {
+                ready_at: now.mono + delay,
+                tried_gen: Some(offer_gen),
+                starved: false,
+            },
         );
         let Some(entry) = self.pods.get_mut(uid) else { return };
         let due = match &entry.report {

@@ -153,6 +153,7 @@ impl Shell {
         match e.r#type() {
             event::Type::Offers => {
                 let offers = e.offers.map(|o| o.offers).unwrap_or_default();
+                tracing::debug!(offers = offers.len(), "offers");
                 for o in &offers {
                     self.agents.insert(o.agent_id.value.clone(), o.hostname.clone());
                 }
@@ -332,6 +333,7 @@ impl Shell {
     }
 
     fn accept(&mut self, a: Accept) {
+        tracing::debug!(agent = %a.hostname, offers = a.offer_ids.len(), tasks = a.tasks.len(), "accept");
         let (executor, new) = self.executors.for_accept(&a.agent_id, &a.executor);
         if new {
             self.lanes.api(ApiJob::RecordExecutor {

@@ -785,3 +785,45 @@ fn an_explicit_reconciliation_without_answers_is_abandoned() {
     d.tick(t(120.0));
     assert_eq!(explicit(&d.take()), 0, "abandoned after 30 s");
 }
+
+#[test]
+fn pods_that_arrive_while_no_offer_is_held_take_the_next_offer_without_back_off() {
+    // The agent's one offer goes to the first pod; the rest arrive in a stream while the
+    // master holds the remainder back until its next allocation.
+    let (mut d, first) = placed(&[pod("p0", 50)], 8.0);
+    assert_eq!(task_ids(&first).len(), 1);
+    for i in 1..100 {
+        let at = 0.1 + f64::from(i) * 0.007;
+        d.feed(Input::PodApplied(Arc::new(pod(&format!("p{i}"), 50))), t(at));
+        d.plan(t(at));
+    }
+    let e = d.take();
+    assert!(accepts(&e).is_empty());
+    assert!(
+        !has(&e, |x| matches!(x, Effect::Unschedulable { .. })),
+        "waiting for an offer is not a failure to report"
+    );
+    // The next offer, well within the listener delay and the initial back-off, takes them all.
+    d.feed(Input::Offers(vec![offer("o2", "a1", 7.9)]), t(0.9));
+    d.plan(t(0.9));
+    assert_eq!(task_ids(&d.take()).len(), 99);
+}
+
+#[test]
+fn a_pod_that_does_not_fit_the_offers_held_still_backs_off() {
+    let (mut d, _) = placed(&[pod("p0", 100)], 1.0);
+    d.feed(Input::Offers(vec![offer("o2", "a2", 0.5)]), t(0.2));
+    d.feed(Input::PodApplied(Arc::new(pod("big", 900))), t(0.2));
+    d.plan(t(0.2));
+    let e = d.take();
+    assert!(accepts(&e).is_empty());
+    assert!(has(&e, |x| matches!(x, Effect::Unschedulable { .. })), "the reason is reported");
+    // A bigger offer at once breaks the back-off (first breakout)…
+    d.feed(Input::Offers(vec![offer("o3", "a3", 0.6)]), t(0.3));
+    d.plan(t(0.3));
+    d.take();
+    // …but a third one within the listener delay waits for it.
+    d.feed(Input::Offers(vec![offer("o4", "a4", 4.0)]), t(0.5));
+    d.plan(t(0.5));
+    assert!(accepts(&d.take()).is_empty());
+}
