@@ -436,9 +436,9 @@ async fn ordered_calls(ctx: Arc<Ctx>, mut rx: mpsc::UnboundedReceiver<Ordered>) 
     }
 }
 
-/// Writes queued events.
+/// Writes queued events; like phases, they let queued bindings go first.
 async fn event_writer(
-    client: kube::Client,
+    ctx: Arc<Ctx>,
     component: String,
     mut rx: mpsc::Receiver<(PodRef, EventType, &'static str, String)>,
     metrics: Arc<Metrics>,
@@ -446,7 +446,8 @@ async fn event_writer(
     let permits = Arc::new(Semaphore::new(EVENTS_IN_FLIGHT));
     while let Some((pod, kind, reason, message)) = rx.recv().await {
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let client = client.clone();
+        ctx.binds_quiet().await;
+        let client = ctx.client.clone();
         let component = component.clone();
         let metrics = metrics.clone();
         tokio::spawn(async move {
@@ -594,7 +595,7 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     let ordered_task = tokio::spawn(ordered_calls(lanes.ctx().clone(), ordered_rx));
     let (event_tx, event_rx) = mpsc::channel(EVENT_BACKLOG);
     tokio::spawn(event_writer(
-        kube.write.clone(),
+        lanes.ctx().clone(),
         settings.core.scheduler_name.clone(),
         event_rx,
         metrics.clone(),

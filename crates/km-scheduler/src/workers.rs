@@ -3,8 +3,9 @@
 //! requests in flight, not ten thousand suspended requests.
 //!
 //! Lanes: ACCEPTs; other Mesos calls (acknowledgements, kills, messages); bindings; pod phases
-//! (which wait, up to a second, while bindings are queued: binding is the scheduler's first job);
-//! other API writes (conditions, deletions, nodes). Results that the core needs come back to the
+//! (which wait, up to a second, while bindings are queued: binding is the scheduler's first job,
+//! and the shell's event writer waits the same way); other API writes (conditions, deletions,
+//! nodes). Results that the core needs come back to the
 //! loop as inputs.
 
 use std::future::Future;
@@ -61,6 +62,11 @@ impl Ctx {
             metrics,
             binds: BindsQueued::default(),
         }
+    }
+
+    /// Waits, at most a second, until no binding is queued (for writes that can wait).
+    pub(crate) async fn binds_quiet(&self) {
+        self.binds.quiet(PHASES_YIELD).await;
     }
 
     fn sched(&self) -> mesos::Scheduler {
