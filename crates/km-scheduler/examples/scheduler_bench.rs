@@ -1,11 +1,16 @@
-//! Scheduler benchmarks S1, S2 and S3 (docs/benchmarks.md): a whole control plane on this machine —
-//! etcd, `km apiserver`, `km mesos-master` with simulated agents — and `km scheduler`, all
-//! real processes from a release build of `km`.
+//! Scheduler benchmarks S1, S2, S3 and P through Mesos (docs/benchmarks.md): a whole control
+//! plane on this machine — etcd, `km apiserver`, `km mesos-master` with simulated agents or a real
+//! `km mesos-agent` running `km executor` — and `km scheduler`, all real processes from a release
+//! build of `km`.
 //!
 //! ```text
 //! cargo build --release -p km && \
-//!   cargo run --release -p km-scheduler --example scheduler_bench -- [s1|s2|s3|all] [--pods N] [--agents N] [--no-baseline]
+//!   cargo run --release -p km-scheduler --example scheduler_bench -- [s1|s2|s3|p|all] \
+//!     [--pods N] [--agents N] [--no-baseline] [--native N] [--docker N]
 //! ```
+//!
+//! `p` needs the Docker image `km-test/busybox:latest` (`tests/images/build.sh`) unless
+//! `--docker 0`.
 //!
 //! The pods are in the API before the scheduler starts; the clock starts when the scheduler is
 //! spawned. Printed per run: time until every pod is bound and Running, pods bound per second,
@@ -589,34 +594,7 @@ async fn s2(baseline: bool) {
             continue;
         }
         let p = plane(0, AGENT).await;
-        let agent_port = free_port();
-        let _agent = spawn(
-            "km mesos-agent",
-            Command::new(km())
-                .arg("mesos-agent")
-                .arg(format!("--master=127.0.0.1:{}", p.master_port))
-                .arg("--ip=127.0.0.1")
-                .arg(format!("--port={agent_port}"))
-                .arg("--hostname=s2-agent")
-                .arg(format!("--work_dir={}", p.dir.path().join("agent").display()))
-                .arg("--resources=cpus:8;mem:16384;disk:100000;ports:[31000-32000]"),
-            p.dir.path().join("agent.log"),
-        );
-        wait_http(&format!("http://127.0.0.1:{agent_port}/state"), "km mesos-agent").await;
-        let port = free_port();
-        let sched = spawn(
-            "km scheduler",
-            Command::new(km())
-                .arg("scheduler")
-                .arg(format!("--api-servers={}", p.api_url))
-                .arg(format!("--mesos-master=127.0.0.1:{}", p.master_port))
-                .arg(format!("--etcd-servers={}", p.etcd_url))
-                .arg(format!("--port={port}"))
-                .arg(format!("--executor-path=file://{}", km().display()))
-                .args(extra),
-            p.dir.path().join("scheduler.log"),
-        );
-        wait_http(&format!("http://127.0.0.1:{port}/healthz"), "km scheduler").await;
+        let (_agent, sched, port) = real_agent_stack(&p, "s2-agent", extra).await;
         // Warm: one pod through the whole path, so the executor runs before the clock starts.
         let client = kube::Client::try_from(kube::Config::new(p.api_url.parse().expect("url")))
             .expect("client");
@@ -628,20 +606,7 @@ async fn s2(baseline: bool) {
                         "resources": { "requests": { "cpu": "50m", "memory": "16Mi" } } }] } })
         };
         create_pods(&client, vec![native("s2-warm".into())]).await;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let running = api.get("s2-warm").await.ok().and_then(|p| p.status?.phase).as_deref()
-                == Some("Running");
-            if running {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the warm-up pod did not run; see {}",
-                p.dir.path().display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_running(&api, "s2-warm", &p).await;
         let rv = api
             .list(&ListParams::default().limit(1))
             .await
@@ -704,7 +669,153 @@ async fn s2(baseline: bool) {
             peak_rss_mib(sched.0.id()),
         );
         drop(sched);
+        stop_executors(&p.api_url);
     }
+}
+
+/// A real km mesos-agent (8 cpus) on the plane's master and a scheduler whose executors it
+/// runs; returns them and the scheduler's HTTP port.
+async fn real_agent_stack(p: &Plane, hostname: &str, extra: &[&str]) -> (Proc, Proc, u16) {
+    let agent_port = free_port();
+    let agent = spawn(
+        "km mesos-agent",
+        Command::new(km())
+            .arg("mesos-agent")
+            .arg(format!("--master=127.0.0.1:{}", p.master_port))
+            .arg("--ip=127.0.0.1")
+            .arg(format!("--port={agent_port}"))
+            .arg(format!("--hostname={hostname}"))
+            .arg(format!("--work_dir={}", p.dir.path().join("agent").display()))
+            .arg("--resources=cpus:8;mem:16384;disk:100000;ports:[31000-32000]"),
+        p.dir.path().join("agent.log"),
+    );
+    wait_http(&format!("http://127.0.0.1:{agent_port}/state"), "km mesos-agent").await;
+    let port = free_port();
+    let sched = spawn(
+        "km scheduler",
+        Command::new(km())
+            .arg("scheduler")
+            .arg(format!("--api-servers={}", p.api_url))
+            .arg(format!("--mesos-master=127.0.0.1:{}", p.master_port))
+            .arg(format!("--etcd-servers={}", p.etcd_url))
+            .arg(format!("--port={port}"))
+            .arg(format!("--executor-path=file://{}", km().display()))
+            .args(extra),
+        p.dir.path().join("scheduler.log"),
+    );
+    wait_http(&format!("http://127.0.0.1:{port}/healthz"), "km scheduler").await;
+    (agent, sched, port)
+}
+
+/// Waits until the pod is Running (two minutes at most).
+async fn wait_running(api: &Api<Pod>, name: &str, p: &Plane) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let running =
+            api.get(name).await.ok().and_then(|p| p.status?.phase).as_deref() == Some("Running");
+        if running {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} did not run; see {}", p.dir.path().display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// PIDs of the km executors that report to `api_url`.
+fn executors_of(api_url: &str) -> Vec<u32> {
+    let needle = format!("--api-servers={api_url}");
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_executor = args.get(1).is_some_and(|a| *a == b"executor")
+            && args.iter().any(|a| *a == needle.as_bytes());
+        if is_executor {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Asks the plane's executors to stop their pods and exit (the agent was killed, and they
+/// would otherwise wait for it for their recovery timeout).
+fn stop_executors(api_url: &str) {
+    for pid in executors_of(api_url) {
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+    }
+}
+
+/// P through Mesos: pods created one after another (each once the previous one runs) on one
+/// real agent, timed from create to Running as the executor reports it; then the executor's RSS.
+async fn p_mesos(native_pods: usize, docker_pods: usize) {
+    println!(
+        "P through Mesos: pods created one after another, km scheduler → km mesos-agent → km executor"
+    );
+    let p = plane(0, AGENT).await;
+    let (_agent, _sched, _port) = real_agent_stack(&p, "p-agent", &[]).await;
+    let client =
+        kube::Client::try_from(kube::Config::new(p.api_url.parse().expect("url"))).expect("client");
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let pod = |name: String, docker: bool| {
+        let (runtime, image) = if docker {
+            (Value::Null, "km-test/busybox:latest")
+        } else {
+            (json!("native"), "unused")
+        };
+        json!({ "apiVersion": "v1", "kind": "Pod", "metadata": { "name": name, "namespace": "default" },
+            "spec": { "runtimeClassName": runtime, "terminationGracePeriodSeconds": 1,
+                "containers": [{ "name": "c", "image": image, "imagePullPolicy": "Never",
+                    "command": ["/bin/sleep", "3600"],
+                    "resources": { "requests": { "cpu": "20m", "memory": "16Mi" } } }] } })
+    };
+    create_pods(&client, vec![pod("p-warm".into(), false)]).await;
+    wait_running(&api, "p-warm", &p).await;
+    for (runtime, n, docker) in [("native", native_pods, false), ("docker", docker_pods, true)] {
+        if n == 0 {
+            continue;
+        }
+        let mut took = Vec::with_capacity(n);
+        for i in 0..n {
+            let name = format!("p-{runtime}-{i}");
+            let t0 = Instant::now();
+            create_pods(&client, vec![pod(name.clone(), docker)]).await;
+            wait_running(&api, &name, &p).await;
+            took.push(t0.elapsed());
+        }
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "P {runtime:<7} pods {n:>4}  create→Running p50 {:.0} ms  p90 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
+            ms(pct(took.clone(), 0.5)),
+            ms(pct(took.clone(), 0.9)),
+            ms(pct(took.clone(), 0.99)),
+            ms(took.iter().max().copied().unwrap_or_default()),
+        );
+    }
+    let execs = executors_of(&p.api_url);
+    let rss: Vec<String> = execs
+        .iter()
+        .map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let kb = |key: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            format!("{:.0} MiB (peak {:.0} MiB)", kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+        })
+        .collect();
+    println!(
+        "  executor RSS with {} pods running: {}",
+        native_pods + docker_pods + 1,
+        rss.join(", ")
+    );
+    stop_executors(&p.api_url);
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -737,5 +848,8 @@ async fn main() {
     }
     if which == "s3" || which == "all" {
         s3(pods.min(5_000), agents, baseline).await;
+    }
+    if which == "p" || which == "all" {
+        p_mesos(flag("--native").unwrap_or(200), flag("--docker").unwrap_or(50)).await;
     }
 }
