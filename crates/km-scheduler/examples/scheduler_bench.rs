@@ -731,8 +731,8 @@ fn executors_of(api_url: &str) -> Vec<u32> {
         };
         let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_executor = args.get(1).is_some_and(|a| *a == b"executor")
-            && args.iter().any(|a| *a == needle.as_bytes());
+        let is_executor =
+            args.get(1).is_some_and(|a| *a == b"executor") && args.contains(&needle.as_bytes());
         if is_executor {
             pids.push(pid);
         }

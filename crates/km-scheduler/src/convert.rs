@@ -90,22 +90,22 @@ pub(crate) fn update(s: &v1::TaskStatus) -> TaskUpdate {
 
 /// The TaskInfo of a launch.
 pub(crate) fn task_info(
-    t: &LaunchTask,
+    t: LaunchTask,
     agent_id: &str,
     executor: &v1::ExecutorInfo,
 ) -> v1::TaskInfo {
     v1::TaskInfo {
-        name: t.name.clone(),
-        task_id: v1::TaskId { value: t.task_id.clone() },
-        agent_id: v1::AgentId { value: agent_id.to_owned() },
         resources: mesos_resources::resources_to_proto(&t.resources, Format::PreRefinement),
+        name: t.name,
+        task_id: v1::TaskId { value: t.task_id },
+        agent_id: v1::AgentId { value: agent_id.to_owned() },
         executor: Some(executor.clone()),
-        data: Some(t.data.clone()),
+        data: Some(t.data),
         labels: Some(v1::Labels {
             labels: t
                 .labels
-                .iter()
-                .map(|(k, v)| v1::Label { key: k.clone(), value: Some(v.clone()) })
+                .into_iter()
+                .map(|(key, v)| v1::Label { key, value: Some(v) })
                 .collect(),
         }),
         kill_policy: Some(v1::KillPolicy { grace_period: Some(duration_info(t.kill_grace)) }),

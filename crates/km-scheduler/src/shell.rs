@@ -343,7 +343,6 @@ impl Shell {
             });
         }
         let now = Instant::now();
-        let mut tasks = Vec::with_capacity(a.tasks.len());
         let mut task_ids = Vec::with_capacity(a.tasks.len());
         for t in &a.tasks {
             if let Some(seen) = self.first_seen.remove(&t.pod.uid) {
@@ -351,20 +350,18 @@ impl Shell {
             }
             self.launched
                 .insert(t.task_id.clone(), Timing { at: now, bound: false, running: false });
-            tasks.push(convert::task_info(t, &a.agent_id, &executor));
             task_ids.push(t.task_id.clone());
         }
-        let launch = v1::offer::Operation {
-            r#type: Some(v1::offer::operation::Type::Launch as i32),
-            launch: Some(v1::offer::operation::Launch { task_infos: tasks }),
-            ..Default::default()
-        };
         let offer_ids =
             a.offer_ids.iter().map(|value| v1::OfferId { value: value.clone() }).collect();
+        // The TaskInfos are built by the worker that sends the ACCEPT, so a burst of queued
+        // ACCEPTs holds each pod's data once, not also as protobufs with a copy of the
+        // ExecutorInfo per task.
         self.lanes.mesos(MesosJob::Accept {
             agent_id: a.agent_id,
             offer_ids,
-            launch,
+            tasks: a.tasks,
+            executor: Arc::new(executor),
             refuse_seconds: a.refuse_seconds,
             task_ids,
         });

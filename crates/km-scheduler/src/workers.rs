@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use km_mesos::scheduler as mesos;
 use km_mesos::v1;
-use km_scheduler_core::{AcceptOutcome, Input, NodeSpec, PhaseChange, PodRef, WriteResult};
+use km_scheduler_core::{
+    AcceptOutcome, Input, LaunchTask, NodeSpec, PhaseChange, PodRef, WriteResult,
+};
 use tokio::sync::{Mutex, Notify, mpsc};
 
 use crate::convert;
@@ -82,8 +84,10 @@ pub(crate) enum MesosJob {
         agent_id: String,
         /// Offers.
         offer_ids: Vec<v1::OfferId>,
-        /// The LAUNCH.
-        launch: v1::offer::Operation,
+        /// The tasks to LAUNCH, turned into TaskInfos when the call is sent.
+        tasks: Vec<LaunchTask>,
+        /// Their executor.
+        executor: Arc<v1::ExecutorInfo>,
         /// Filter for what is left over.
         refuse_seconds: f64,
         /// Tasks launched (reported back with the outcome).
@@ -240,7 +244,14 @@ impl Lanes {
 async fn mesos_job(ctx: Arc<Ctx>, job: MesosJob) {
     let sched = ctx.sched();
     match job {
-        MesosJob::Accept { agent_id, offer_ids, launch, refuse_seconds, task_ids } => {
+        MesosJob::Accept { agent_id, offer_ids, tasks, executor, refuse_seconds, task_ids } => {
+            let task_infos =
+                tasks.into_iter().map(|t| convert::task_info(t, &agent_id, &executor)).collect();
+            let launch = v1::offer::Operation {
+                r#type: Some(v1::offer::operation::Type::Launch as i32),
+                launch: Some(v1::offer::operation::Launch { task_infos }),
+                ..Default::default()
+            };
             let filters = v1::Filters { refuse_seconds: Some(refuse_seconds) };
             let outcome = match sched.accept(offer_ids, vec![launch], Some(filters)).await {
                 Ok(()) => AcceptOutcome::Accepted,
