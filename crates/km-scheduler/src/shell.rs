@@ -458,6 +458,17 @@ async fn event_writer(
     }
 }
 
+/// What the scheduler keeps of a pod: everything but its managed fields and its status beyond
+/// the phase (ten thousand pods' container statuses and conditions add up).
+fn slim(mut pod: Pod) -> Pod {
+    pod.metadata.managed_fields = None;
+    if let Some(status) = pod.status.take() {
+        pod.status =
+            Some(k8s_openapi::api::core::v1::PodStatus { phase: status.phase, ..Default::default() });
+    }
+    pod
+}
+
 fn node_info(n: &Node) -> Option<NodeInfo> {
     let name = n.metadata.name.clone()?;
     let ann = n.metadata.annotations.as_ref();
@@ -569,8 +580,8 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     tokio::spawn(kubeapi::list_watch(pods_api, "pods", async move |w: Watched<Pod>| {
         let input = match w {
             Watched::ResyncStarted => Input::PodResyncStarted,
-            Watched::Applied(p) => Input::PodApplied(Arc::new(p)),
-            Watched::Deleted(p) => Input::PodDeleted(Arc::new(p)),
+            Watched::Applied(p) => Input::PodApplied(Arc::new(slim(p))),
+            Watched::Deleted(p) => Input::PodDeleted(Arc::new(slim(p))),
             Watched::ResyncDone => Input::PodResyncDone,
         };
         pod_tx.send(input).await.is_ok()
