@@ -306,7 +306,7 @@ async fn an_executor_killed_with_kill_9_leaves_nothing_the_next_one_does_not_rem
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     assert!(!containers_of(&uid).is_empty());
     // kill -9 of the executor: its Docker containers outlive it.
-    let pids = executor_pids(&c);
+    let pids = c.executor_pids();
     assert!(!pids.is_empty(), "the executor runs");
     for pid in pids {
         let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
@@ -331,23 +331,6 @@ async fn an_executor_killed_with_kill_9_leaves_nothing_the_next_one_does_not_rem
 }
 
 /// Pids of the km executors started by this cluster's agent (their sandbox is under its dir).
-fn executor_pids(c: &KmCluster) -> Vec<u32> {
-    let dir = c.dir.path().display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        let cwd = std::fs::read_link(e.path().join("cwd"))
-            .map(|p| p.display().to_string())
-            .unwrap_or_default();
-        if cmd.contains(" executor ") && cwd.starts_with(&dir) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 /// The kubectl binaries on this machine: 1.20 (Debian's, unpacked by scripts/install-deps.sh),
 /// the one on PATH, and the versioned ones beside it.
 fn kubectls() -> Vec<std::path::PathBuf> {

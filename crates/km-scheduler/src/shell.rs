@@ -463,8 +463,10 @@ async fn event_writer(
 fn slim(mut pod: Pod) -> Pod {
     pod.metadata.managed_fields = None;
     if let Some(status) = pod.status.take() {
-        pod.status =
-            Some(k8s_openapi::api::core::v1::PodStatus { phase: status.phase, ..Default::default() });
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            phase: status.phase,
+            ..Default::default()
+        });
     }
     pod
 }

@@ -192,4 +192,32 @@ impl KmCluster {
     pub fn client(&self) -> kube::Client {
         self.api.client()
     }
+
+    /// PIDs of the executors the cluster's agents started (their sandboxes are in its directory).
+    pub fn executor_pids(&self) -> Vec<u32> {
+        let dir = self.dir.path().display().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let cwd = std::fs::read_link(e.path().join("cwd"))
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            if cmd.contains(" executor ") && cwd.starts_with(&dir) {
+                out.push(pid);
+            }
+        }
+        out
+    }
+}
+
+impl Drop for KmCluster {
+    /// The agents are killed with the cluster, and their executors would wait for them for
+    /// their recovery timeout: tell them to stop their pods and go now.
+    fn drop(&mut self) {
+        for pid in self.executor_pids() {
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+    }
 }
