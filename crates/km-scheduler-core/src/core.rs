@@ -88,7 +88,7 @@ enum Stage {
 struct PodEntry {
     uid: Arc<str>,
     key: PodKey,
-    pod: Arc<Pod>,
+    pod: Kept,
     demand: Result<PodDemand, String>,
     stage: Stage,
     /// Failed placement or launch attempts (drives the back-off).
@@ -109,8 +109,66 @@ impl PodEntry {
     }
 
     fn deleting(&self) -> bool {
-        self.pod.metadata.deletion_timestamp.is_some()
+        self.pod.deleting
     }
+}
+
+/// What the core keeps of a pod object. Ten thousand decoded `Pod`s would be most of the
+/// scheduler's memory (about 5.5 KB each), so it keeps the pod's JSON until the pod is bound (its
+/// task's data is made from it, again if a launch fails) and then only the facts still needed.
+#[derive(Debug)]
+struct Kept {
+    /// The pod as v1 JSON, until it is bound.
+    json: Option<Box<[u8]>>,
+    /// Fingerprint of the spec, labels and annotations: an edit of a waiting pod is planned anew.
+    shape: u64,
+    /// It has a deletion timestamp.
+    deleting: bool,
+    /// `spec.terminationGracePeriodSeconds`.
+    grace: Option<i64>,
+    /// `metadata.deletionGracePeriodSeconds`.
+    deletion_grace: Option<i64>,
+}
+
+impl Kept {
+    /// Keeps `pod`, with its JSON when `unbound`.
+    fn of(pod: &Pod, unbound: bool) -> Kept {
+        Kept {
+            json: if unbound {
+                serde_json::to_vec(pod).ok().map(Vec::into_boxed_slice)
+            } else {
+                None
+            },
+            shape: shape_of(pod),
+            deleting: pod.metadata.deletion_timestamp.is_some(),
+            grace: pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds),
+            deletion_grace: pod.metadata.deletion_grace_period_seconds,
+        }
+    }
+
+    /// The pod's kill grace period (`terminationGracePeriodSeconds`, else `default`).
+    fn grace(&self, default: Duration) -> Duration {
+        self.grace.and_then(|s| u64::try_from(s).ok()).map_or(default, Duration::from_secs)
+    }
+
+    /// The grace period of its deletion: `deletionGracePeriodSeconds`, else its kill grace.
+    fn deletion_grace(&self, default: Duration) -> Duration {
+        self.deletion_grace
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or_else(|| self.grace(default), Duration::from_secs)
+    }
+}
+
+/// A fingerprint of what placement depends on: the spec, labels and annotations.
+fn shape_of(pod: &Pod) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let parts = (&pod.spec, &pod.metadata.labels, &pod.metadata.annotations);
+    match serde_json::to_vec(&parts) {
+        Ok(bytes) => bytes.hash(&mut h),
+        Err(_) => format!("{parts:?}").hash(&mut h),
+    }
+    h.finish()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -584,7 +642,7 @@ impl Core {
             Class::Ignore => {
                 let drop_it = match self.pods.get_mut(&uid) {
                     Some(e) => {
-                        e.pod = pod;
+                        e.pod = Kept::of(&pod, false);
                         matches!(e.stage, Stage::Waiting { .. } | Stage::Invalid | Stage::Done)
                     }
                     None => false,
@@ -640,7 +698,7 @@ impl Core {
             let entry = PodEntry {
                 uid: uid.clone(),
                 key,
-                pod,
+                pod: Kept::of(&pod, true),
                 demand,
                 stage: Stage::Done,
                 failures: 0,
@@ -663,14 +721,14 @@ impl Core {
             }
             return;
         };
-        let spec_changed = entry.pod.spec != pod.spec
-            || entry.pod.metadata.labels != pod.metadata.labels
-            || entry.pod.metadata.annotations != pod.metadata.annotations;
-        entry.pod = pod;
+        // An unbound pod keeps its JSON even with a task: a launch that fails requeues it.
+        let kept = Kept::of(&pod, true);
+        let spec_changed = kept.shape != entry.pod.shape;
+        entry.pod = kept;
         match entry.stage.clone() {
             Stage::Waiting { .. } | Stage::Invalid if deleting => self.remove_pod(&uid),
             Stage::Waiting { .. } | Stage::Invalid if spec_changed => {
-                let demand = self.demand_of(&self.pods[&uid].pod);
+                let demand = self.demand_of(&pod);
                 let entry = self.pods.get_mut(&uid).expect("present");
                 let was_invalid = entry.stage == Stage::Invalid;
                 entry.failures = 0;
@@ -715,7 +773,7 @@ impl Core {
             None => task_id.into(),
         };
         if let Some(entry) = self.pods.get_mut(&uid) {
-            entry.pod = pod.clone();
+            entry.pod = Kept::of(&pod, false);
             if entry.stage == Stage::Task(task_id.clone()) {
                 if let Some(t) = self.tasks.get_mut(&task_id)
                     && t.bind != BindState::Done
@@ -739,7 +797,7 @@ impl Core {
         let entry = self.pods.entry(uid.clone()).or_insert_with(|| PodEntry {
             uid: uid.clone(),
             key: key.clone(),
-            pod: pod.clone(),
+            pod: Kept::of(&pod, false),
             demand: Err("recovered".into()),
             stage: Stage::Done,
             failures: 0,
@@ -1113,8 +1171,14 @@ impl Core {
             hostname: &launch.hostname,
             ports: &t.ports,
         });
-        let task_pod = task::task_pod(&entry.pod, &launch.hostname, &annotations, &t.ports);
-        let data = match serde_json::to_vec(&task_pod) {
+        let pod: Result<Pod, String> = match entry.pod.json.as_deref() {
+            Some(json) => serde_json::from_slice(json).map_err(|e| e.to_string()),
+            None => Err("the pod object is not kept".to_owned()),
+        };
+        let data = pod
+            .map(|pod| task::task_pod(&pod, &launch.hostname, &annotations, &t.ports))
+            .and_then(|task_pod| serde_json::to_vec(&task_pod).map_err(|e| e.to_string()));
+        let data = match data {
             Ok(d) => d,
             Err(e) => {
                 let msg = format!("cannot encode the pod: {e}");
@@ -1131,7 +1195,7 @@ impl Core {
             resources: t.resources.clone(),
             data,
             labels: task::task_labels(&entry.key.namespace, &entry.key.name, uid),
-            kill_grace: task::grace_of(&entry.pod, self.cfg.default_grace),
+            kill_grace: entry.pod.grace(self.cfg.default_grace),
         };
         self.tasks.insert(
             task_id.clone(),
@@ -1613,9 +1677,7 @@ impl Core {
             .tasks
             .get(task_id)
             .and_then(|t| self.pods.get(&t.pod.uid))
-            .map_or(self.cfg.default_grace, |p| {
-                task::deletion_grace_of(&p.pod, self.cfg.default_grace)
-            });
+            .map_or(self.cfg.default_grace, |p| p.pod.deletion_grace(self.cfg.default_grace));
         if self.tasks.get(task_id).is_some_and(|t| t.kill.is_none()) {
             self.kill(task_id, grace, now);
         }
