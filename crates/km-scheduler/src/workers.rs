@@ -3,9 +3,9 @@
 //! requests in flight, not ten thousand suspended requests.
 //!
 //! Lanes: ACCEPTs; other Mesos calls (acknowledgements, kills, messages); bindings; pod phases
-//! (which wait, up to a second, while bindings are queued: binding is the scheduler's first job,
-//! and the shell's event writer waits the same way); other API writes (conditions, deletions,
-//! nodes). Results that the core needs come back to the
+//! (which wait, up to five seconds, while bindings are queued: binding is the scheduler's first
+//! job, and the shell's event writer waits the same way); other API writes (conditions,
+//! deletions, nodes). Results that the core needs come back to the
 //! loop as inputs.
 
 use std::future::Future;
@@ -35,7 +35,7 @@ const PHASE_WORKERS: usize = 16;
 /// Workers for the other API writes.
 const WRITE_WORKERS: usize = 32;
 /// How long a phase write waits, at most, while bindings are queued.
-const PHASES_YIELD: Duration = Duration::from_secs(1);
+const PHASES_YIELD: Duration = Duration::from_secs(5);
 
 /// What every worker needs.
 pub(crate) struct Ctx {
@@ -66,7 +66,7 @@ impl Ctx {
         }
     }
 
-    /// Waits, at most a second, until no binding is queued (for writes that can wait).
+    /// Waits, at most five seconds, until no binding is queued (for writes that can wait).
     pub(crate) async fn binds_quiet(&self) {
         self.binds.quiet(PHASES_YIELD).await;
     }
