@@ -294,17 +294,13 @@ async fn measure(
     let port = free_port();
     let cpu0 = [cpu_secs(p.api.0.id()), cpu_secs(p.master.0.id()), cpu_secs(p.etcd.0.id())];
     let t0 = Instant::now();
-    let sched = spawn(
-        "km scheduler",
-        Command::new(km())
-            .arg("scheduler")
-            .arg(format!("--api-servers={}", p.api_url))
-            .arg(format!("--mesos-master=127.0.0.1:{}", p.master_port))
-            .arg(format!("--etcd-servers={}", p.etcd_url))
-            .arg(format!("--port={port}"))
-            .arg("--executor-path=file:///usr/local/bin/km")
-            .args(extra),
-        p.dir.path().join(format!("scheduler-{}.log", extra.join("_").replace(['/', '='], "-"))),
+    // Simulated agents never start the executor.
+    let sched = scheduler(
+        p,
+        port,
+        "file:///usr/local/bin/km",
+        extra,
+        &format!("scheduler-{}.log", extra.join("_").replace(['/', '='], "-")),
     );
     let watcher = {
         let seen = seen.clone();
@@ -691,7 +687,14 @@ async fn real_agent_stack(p: &Plane, hostname: &str, extra: &[&str]) -> (Proc, P
     );
     wait_http(&format!("http://127.0.0.1:{agent_port}/state"), "km mesos-agent").await;
     let port = free_port();
-    let sched = spawn(
+    let sched = scheduler(p, port, &format!("file://{}", km().display()), extra, "scheduler.log");
+    wait_http(&format!("http://127.0.0.1:{port}/healthz"), "km scheduler").await;
+    (agent, sched, port)
+}
+
+/// Spawns `km scheduler` on the plane with its HTTP endpoint on `port`.
+fn scheduler(p: &Plane, port: u16, executor: &str, extra: &[&str], log: &str) -> Proc {
+    spawn(
         "km scheduler",
         Command::new(km())
             .arg("scheduler")
@@ -699,12 +702,10 @@ async fn real_agent_stack(p: &Plane, hostname: &str, extra: &[&str]) -> (Proc, P
             .arg(format!("--mesos-master=127.0.0.1:{}", p.master_port))
             .arg(format!("--etcd-servers={}", p.etcd_url))
             .arg(format!("--port={port}"))
-            .arg(format!("--executor-path=file://{}", km().display()))
+            .arg(format!("--executor-path={executor}"))
             .args(extra),
-        p.dir.path().join("scheduler.log"),
-    );
-    wait_http(&format!("http://127.0.0.1:{port}/healthz"), "km scheduler").await;
-    (agent, sched, port)
+        p.dir.path().join(log),
+    )
 }
 
 /// Waits until the pod is Running (two minutes at most).
