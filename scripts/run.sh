@@ -5,13 +5,16 @@
 #   - etcd and `km apiserver` (kubectl works against it),
 #   - a local Mesos: `km mesos-master` and one `km mesos-agent`, and runs an
 #     example task on it with `km mesos-execute`,
+#   - `km scheduler`, then creates a pod with kubectl
+#     (manifests/examples/hello-mesos.yaml) that runs through Mesos: the
+#     scheduler launches it on the agent, where `km executor` runs it; the
+#     script waits until it is Running and shows its `kubectl logs`,
 #   - the cold-standby recipe of the original k8sm in small: two `km podmaster`s
 #     elect which node's kubelet gets the example pod manifest
 #     (manifests/examples/hello-pod.yaml), and that node's `km kubelet` runs it
 #     and publishes it (a mirror pod) and its node to the API server.
-# Once `km scheduler` and `km executor` exist, pods will go through Mesos.
-#
-# Stop with Ctrl-C. With KM_RUN_ONCE=1 it shows everything and exits.
+# It exits non-zero when a step fails. Stop with Ctrl-C. With KM_RUN_ONCE=1 it
+# shows everything and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -26,6 +29,11 @@ pids=()
 cleanup() {
   echo
   echo "== stopping"
+  # The agent's executors stop their pods and exit on SIGTERM (left alone, they
+  # would wait for the killed agent for their recovery timeout).
+  if [ -n "${api_port:-}" ]; then
+    pkill -TERM -f "km executor .*--api-servers=http://127.0.0.1:$api_port" 2>/dev/null || true
+  fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$state"
@@ -50,7 +58,9 @@ wait_http() { # url, what
 }
 
 etcd_port=$(free_port); etcd_peer=$(free_port); api_port=$(free_port)
-master_port=$(free_port); agent_port=$(free_port)
+master_port=$(free_port); agent_port=$(free_port); scheduler_port=$(free_port)
+# The token km apiserver presents to executors for `kubectl logs`.
+head -c 24 /dev/urandom | base64 >"$state/proxy-token"
 
 echo "== etcd and km apiserver"
 start etcd etcd --name km-local --data-dir "$state/etcd" \
@@ -59,7 +69,8 @@ start etcd etcd --name km-local --data-dir "$state/etcd" \
   --initial-cluster "km-local=http://127.0.0.1:$etcd_peer"
 wait_http "http://127.0.0.1:$etcd_port/health" etcd etcd
 start apiserver "$km" apiserver --insecure-bind-address=127.0.0.1 --insecure-port="$api_port" \
-  --etcd-servers="http://127.0.0.1:$etcd_port" --service-cluster-ip-range=10.10.10.0/24
+  --etcd-servers="http://127.0.0.1:$etcd_port" --service-cluster-ip-range=10.10.10.0/24 \
+  --kubelet-token-file="$state/proxy-token"
 wait_http "http://127.0.0.1:$api_port/healthz" "km apiserver" apiserver
 export KUBECONFIG="$state/kubeconfig"
 kubectl config set-cluster km --server="http://127.0.0.1:$api_port" >/dev/null
@@ -70,7 +81,7 @@ echo "== local Mesos: km mesos-master and km mesos-agent"
 start mesos-master "$km" mesos-master --ip=127.0.0.1 --port="$master_port" --work_dir="$state/master"
 wait_http "http://127.0.0.1:$master_port/health" "km mesos-master" mesos-master
 start mesos-agent "$km" mesos-agent --master="127.0.0.1:$master_port" --ip=127.0.0.1 --port="$agent_port" \
-  --work_dir="$state/agent" --hostname=node-1 --resources="cpus:2;mem:2048;disk:4096;ports:[31000-31099]" \
+  --work_dir="$state/agent" --hostname=mesos-agent-1 --resources="cpus:2;mem:2048;disk:4096;ports:[31000-31099]" \
   --attributes="rack:r1;zone:a"
 wait_http "http://127.0.0.1:$agent_port/health" "km mesos-agent" mesos-agent
 echo "== an example task on the local Mesos (km mesos-execute)"
@@ -78,7 +89,36 @@ echo "== an example task on the local Mesos (km mesos-execute)"
   --command='echo "hello from a Mesos task in $(pwd)"' 2>&1 | sed 's/^/   /'
 find "$state/agent" -path '*hello-mesos*' -name stdout -exec sed 's/^/   task stdout: /' {} \; 2>/dev/null | head -3
 
-echo "== seed-004 recipe in small: podmasters elect the node whose km kubelet runs the example pod"
+echo "== km scheduler, and a pod created with kubectl that runs through Mesos"
+start scheduler "$km" scheduler --api-servers="http://127.0.0.1:$api_port" \
+  --mesos-master="127.0.0.1:$master_port" --etcd-servers="http://127.0.0.1:$etcd_port" \
+  --address=127.0.0.1 --port="$scheduler_port" --executor-path="file://$km" \
+  --executor-proxy-token-file="$state/proxy-token"
+wait_http "http://127.0.0.1:$scheduler_port/healthz" "km scheduler" scheduler
+kubectl apply -f manifests/examples/hello-mesos.yaml | sed 's/^/   /'
+phase=""
+for _ in $(seq 1 300); do
+  phase=$(kubectl get pod hello-mesos -o jsonpath='{.status.phase}' 2>/dev/null || true)
+  [ "$phase" = "Running" ] && break
+  sleep 0.2
+done
+if [ "$phase" != "Running" ]; then
+  echo "hello-mesos is not Running (phase: ${phase:-none}); kubectl describe and the scheduler's log:" >&2
+  kubectl describe pod hello-mesos >&2 || true
+  tail -30 "$state/scheduler.log" >&2
+  exit 1
+fi
+echo "   hello-mesos runs on $(kubectl get pod hello-mesos -o jsonpath='{.spec.nodeName}') as Mesos task $(kubectl get pod hello-mesos -o jsonpath="{.metadata.annotations['k8s\.mesosphere\.io/taskId']}")"
+logs=""
+for _ in $(seq 1 50); do
+  logs=$(kubectl logs hello-mesos --tail=2 2>/dev/null || true)
+  [ -n "$logs" ] && break
+  sleep 0.2
+done
+[ -n "$logs" ] || { echo "kubectl logs hello-mesos printed nothing" >&2; kubectl logs hello-mesos >&2 || true; exit 1; }
+echo "$logs" | sed 's/^/   kubectl logs: /'
+
+echo "== the cold-standby recipe in small: podmasters elect the node whose km kubelet runs the example pod"
 mkdir -p "$state/manifests-src" "$state/node-1/manifests" "$state/node-2/manifests"
 cp manifests/examples/hello-pod.yaml "$state/manifests-src/"
 for node in node-1 node-2; do
@@ -116,6 +156,7 @@ echo "km is running (state in $state):"
 echo "  kubectl:      KUBECONFIG=$KUBECONFIG kubectl get nodes,pods -o wide"
 echo "  Mesos master: http://127.0.0.1:$master_port/master/state"
 echo "  Mesos agent:  http://127.0.0.1:$agent_port/state"
+echo "  scheduler:    http://127.0.0.1:$scheduler_port/metrics, /debug/registry/tasks"
 echo "  logs:         $state/*.log"
 echo "  kubectl get nodes,pods -o wide:"
 kubectl get nodes,pods -o wide 2>&1 | sed 's/^/    /' || true
