@@ -330,7 +330,6 @@ async fn an_executor_killed_with_kill_9_leaves_nothing_the_next_one_does_not_rem
     .await;
 }
 
-/// Pids of the km executors started by this cluster's agent (their sandbox is under its dir).
 /// The kubectl binaries on this machine: 1.20 (Debian's, unpacked by scripts/install-deps.sh),
 /// the one on PATH, and the versioned ones beside it.
 fn kubectls() -> Vec<std::path::PathBuf> {
@@ -423,4 +422,131 @@ async fn kubectl_logs_reach_the_container_through_the_api_server_and_the_executo
     assert_eq!(anonymous.status(), 401);
     let wrong = reqwest::Client::new().get(&url).bearer_auth("guess").send().await.expect("reach");
     assert_eq!(wrong.status(), 401);
+}
+
+/// How many processes run exactly `needle` (a command line), by /proc.
+fn processes_running(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == needle)
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// Chaos on one agent: 100 running pods, kill -9 of their executor, then of the agent. The pods of
+/// the killed executor fail (so that controllers would replace them) and the next executor removes
+/// every process they left; a pod of the next executor outlives the agent's kill -9 and restart,
+/// still running exactly once, under the same task.
+#[tokio::test]
+async fn kill_9_of_the_executor_then_of_the_agent_leaves_no_orphan_and_runs_nothing_twice() {
+    let km = km_bin();
+    let mut c = KmCluster::start(
+        &[],
+        &[&format!("--executor-path=file://{}", km.display()), "--executor-suicide-timeout=1m"],
+    );
+    let mut agent = c.start_agent("agent-x", AGENT);
+    let api: Api<Pod> = Api::namespaced(c.client(), "default");
+    // One sleep duration per test run, to count this test's processes only.
+    let marker = format!("/bin/sleep {}", 90_000 + std::process::id() % 1000);
+    let argv: Vec<&str> = marker.split(' ').collect();
+    let many = 100;
+    let mut pod = native_pod("x", &argv, "Always");
+    if let Some(c) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+        c.resources =
+            serde_json::from_value(json!({ "requests": { "cpu": "10m", "memory": "8Mi" } }))
+                .expect("resources");
+    }
+    for i in 0..many {
+        let mut p = pod.clone();
+        p.metadata.name = Some(format!("chaos-{i}"));
+        api.create(&PostParams::default(), &p).await.expect("create");
+    }
+    let running = || async {
+        let list = api.list(&Default::default()).await.ok()?;
+        Some(list.items.iter().filter(|p| phase(p) == "Running").count())
+    };
+    eventually("100 pods Running", &c, || async { (running().await? == many).then_some(()) }).await;
+    assert_eq!(processes_running(&marker), many, "one process per pod");
+
+    // kill -9 of the executor: its pods' processes outlive it, its tasks are lost.
+    let pids = c.executor_pids();
+    assert_eq!(pids.len(), 1, "one executor runs the 100 pods");
+    let _ = std::process::Command::new("kill").args(["-9", &pids[0].to_string()]).status();
+    // Every pod's task is lost with the executor. A bound pod fails (a controller would replace
+    // it); a pod whose first update had not reached the scheduler yet was never bound, and is
+    // launched again. Either way: Failed, or Running under a new task.
+    let before: BTreeMap<String, String> = api
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|p| (p.metadata.name.clone().unwrap_or_default(), task_of(p)))
+        .collect();
+    let deadline = Instant::now() + WAIT;
+    let relaunched = loop {
+        let list = api.list(&Default::default()).await.expect("list");
+        let mut phases: BTreeMap<String, usize> = BTreeMap::new();
+        let mut relaunched = 0;
+        for p in &list.items {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            let settled = match phase(p) {
+                "Failed" => true,
+                "Running" => {
+                    let new_task = task_of(p) != before.get(&name).cloned().unwrap_or_default();
+                    relaunched += usize::from(new_task);
+                    new_task
+                }
+                _ => false,
+            };
+            *phases
+                .entry(format!("{}{}", phase(p), if settled { "" } else { " (old task)" }))
+                .or_default() += 1;
+        }
+        if phases.get("Failed").copied().unwrap_or(0) + relaunched == many {
+            break relaunched;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pods of the dead executor not settled: {phases:?}\nscheduler log:\n{}",
+            tail(&c.scheduler_log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The next executor, started for a new pod, removes every process the dead one left.
+    let survivor = format!("/bin/sleep {}", 91_000 + std::process::id() % 1000);
+    let survivor_argv: Vec<&str> = survivor.split(' ').collect();
+    api.create(&PostParams::default(), &native_pod("survivor", &survivor_argv, "Always"))
+        .await
+        .expect("create survivor");
+    let task = eventually("the new pod Running", &c, || async {
+        let p = api.get("survivor").await.ok()?;
+        (phase(&p) == "Running").then(|| task_of(&p))
+    })
+    .await;
+    eventually("no orphan process left: one process per relaunched pod", &c, || async {
+        (processes_running(&marker) == relaunched).then_some(())
+    })
+    .await;
+
+    // kill -9 of the agent, then the agent again on the same work directory: the checkpointed
+    // executor is recovered with its pod, which keeps running once, under the same task.
+    agent.kill();
+    let agent = c.start_agent("agent-x", AGENT);
+    c.keep(agent);
+    eventually("the survivor's task RUNNING after the agent's restart", &c, || async {
+        (master_tasks(&c).await.get(&task).map(String::as_str) == Some("TASK_RUNNING"))
+            .then_some(())
+    })
+    .await;
+    let p = api.get("survivor").await.expect("survivor");
+    assert_eq!(phase(&p), "Running");
+    assert_eq!(task_of(&p), task, "the same task, not a relaunch");
+    assert_eq!(processes_running(&survivor), 1, "the survivor runs exactly once");
+    assert_eq!(processes_running(&marker), relaunched, "the relaunched pods run exactly once");
 }

@@ -318,16 +318,27 @@ pub(crate) async fn bind(
     match result {
         Ok(_) => WriteResult::Ok,
         // A retried binding whose first attempt landed (its answer lost) is
-        // refused as a conflict: the pod is already where it should be.
-        Err(e) if api_code(&e) == Some(409) => match api.get_opt(&pod.name).await {
-            Ok(Some(p))
-                if p.metadata.uid.as_deref() == Some(&*pod.uid)
-                    && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node) =>
-            {
-                WriteResult::Ok
+        // refused as a conflict: the pod is already where it should be, with
+        // this binding's task.
+        Err(e) if api_code(&e) == Some(409) => {
+            let task = annotations.get(km_scheduler_core::task::TASK_ID).copied();
+            match api.get_opt(&pod.name).await {
+                Ok(Some(p))
+                    if p.metadata.uid.as_deref() == Some(&*pod.uid)
+                        && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node)
+                        && task.is_some()
+                        && p.metadata
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(km_scheduler_core::task::TASK_ID))
+                            .map(String::as_str)
+                            == task =>
+                {
+                    WriteResult::Ok
+                }
+                _ => WriteResult::Rejected(e.to_string()),
             }
-            _ => WriteResult::Rejected(e.to_string()),
-        },
+        }
         Err(e) => WriteResult::Rejected(e.to_string()),
     }
 }
