@@ -104,11 +104,7 @@ fn task_of(p: &Pod) -> String {
 
 /// Whether a process with this exact command line runs on the host.
 fn process_runs(needle: &str) -> bool {
-    std::fs::read_dir("/proc").into_iter().flatten().flatten().any(|e| {
-        std::fs::read(e.path().join("cmdline"))
-            .map(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == needle)
-            .unwrap_or(false)
-    })
+    processes_running(needle) > 0
 }
 
 #[tokio::test]
