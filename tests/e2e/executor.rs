@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::support::cluster::KmCluster;
+use crate::support::cluster::{KmCluster, tail};
 use crate::support::km_bin;
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -40,31 +40,6 @@ fn cluster() -> KmCluster {
     let agent = c.start_agent("agent-x", AGENT);
     c.keep(agent);
     c
-}
-
-async fn eventually<T, F, Fut>(what: &str, c: &KmCluster, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\nscheduler log (tail):\n{}\nexecutor logs:\n{}",
-            tail(&c.scheduler_log(), 60),
-            tail(&c.executor_logs(), 120)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn phase(p: &Pod) -> &str {
@@ -116,8 +91,8 @@ async fn a_native_pod_runs_on_a_real_agent_and_is_killed_when_deleted() {
     api.create(&PostParams::default(), &native_pod("sleeper", &["/bin/sleep", &marker], "Always"))
         .await
         .expect("create");
-    let pod =
-        eventually("the pod Running, with container statuses from the executor", &c, || async {
+    let pod = c
+        .eventually("the pod Running, with container statuses from the executor", WAIT, || async {
             let p = api.get("sleeper").await.ok()?;
             let by_executor = p.status.as_ref()?.container_statuses.as_ref().is_some_and(|cs| {
                 cs.iter().any(|s| s.state.as_ref().is_some_and(|st| st.running.is_some()))
@@ -135,15 +110,15 @@ async fn a_native_pod_runs_on_a_real_agent_and_is_killed_when_deleted() {
     let task = task_of(&pod);
     assert_eq!(master_tasks(&c).await.get(&task).map(String::as_str), Some("TASK_RUNNING"));
     api.delete("sleeper", &DeleteParams::default()).await.expect("delete");
-    eventually("the pod object gone", &c, || async {
+    c.eventually("the pod object gone", WAIT, || async {
         api.get_opt("sleeper").await.ok()?.is_none().then_some(())
     })
     .await;
-    eventually("the task KILLED", &c, || async {
+    c.eventually("the task KILLED", WAIT, || async {
         (master_tasks(&c).await.get(&task).map(String::as_str) == Some("TASK_KILLED")).then_some(())
     })
     .await;
-    eventually("the process gone", &c, || async {
+    c.eventually("the process gone", WAIT, || async {
         (!process_runs(&format!("/bin/sleep {marker}"))).then_some(())
     })
     .await;
@@ -159,16 +134,18 @@ async fn pods_that_complete_finish_or_fail_their_task_with_the_exit_code() {
     api.create(&PostParams::default(), &native_pod("bad", &["/bin/sh", "-c", "exit 3"], "Never"))
         .await
         .expect("create bad");
-    let ok = eventually("ok Succeeded", &c, || async {
-        let p = api.get("ok").await.ok()?;
-        (phase(&p) == "Succeeded").then_some(p)
-    })
-    .await;
-    let bad = eventually("bad Failed", &c, || async {
-        let p = api.get("bad").await.ok()?;
-        (phase(&p) == "Failed").then_some(p)
-    })
-    .await;
+    let ok = c
+        .eventually("ok Succeeded", WAIT, || async {
+            let p = api.get("ok").await.ok()?;
+            (phase(&p) == "Succeeded").then_some(p)
+        })
+        .await;
+    let bad = c
+        .eventually("bad Failed", WAIT, || async {
+            let p = api.get("bad").await.ok()?;
+            (phase(&p) == "Failed").then_some(p)
+        })
+        .await;
     let exit = bad
         .status
         .as_ref()
@@ -176,7 +153,7 @@ async fn pods_that_complete_finish_or_fail_their_task_with_the_exit_code() {
         .and_then(|cs| cs[0].state.as_ref()?.terminated.as_ref().map(|t| t.exit_code));
     assert_eq!(exit, Some(3));
     let (ok_task, bad_task) = (task_of(&ok), task_of(&bad));
-    eventually("FINISHED and FAILED tasks", &c, || async {
+    c.eventually("FINISHED and FAILED tasks", WAIT, || async {
         let tasks = master_tasks(&c).await;
         (tasks.get(&ok_task).map(String::as_str) == Some("TASK_FINISHED")
             && tasks.get(&bad_task).map(String::as_str) == Some("TASK_FAILED"))
@@ -192,18 +169,19 @@ async fn a_pod_that_cannot_start_is_reported_with_the_reason() {
     api.create(&PostParams::default(), &native_pod("missing", &["/no/such/binary"], "Always"))
         .await
         .expect("create");
-    let message = eventually("the reason on the pod", &c, || async {
-        let p = api.get("missing").await.ok()?;
-        let cs = p.status.as_ref()?.container_statuses.as_ref()?;
-        let waiting = cs.first()?.state.as_ref()?.waiting.as_ref()?;
-        let m = format!(
-            "{} {}",
-            waiting.reason.clone().unwrap_or_default(),
-            waiting.message.clone().unwrap_or_default()
-        );
-        m.contains("/no/such/binary").then_some(m)
-    })
-    .await;
+    let message = c
+        .eventually("the reason on the pod", WAIT, || async {
+            let p = api.get("missing").await.ok()?;
+            let cs = p.status.as_ref()?.container_statuses.as_ref()?;
+            let waiting = cs.first()?.state.as_ref()?.waiting.as_ref()?;
+            let m = format!(
+                "{} {}",
+                waiting.reason.clone().unwrap_or_default(),
+                waiting.message.clone().unwrap_or_default()
+            );
+            m.contains("/no/such/binary").then_some(m)
+        })
+        .await;
     assert!(!message.trim().is_empty());
 }
 
@@ -258,28 +236,30 @@ async fn a_docker_pod_runs_finishes_and_a_missing_image_is_reported() {
     )
     .await
     .expect("create");
-    let once = eventually("the Docker pod Succeeded", &c, || async {
-        let p = api.get("once").await.ok()?;
-        (phase(&p) == "Succeeded").then_some(p)
-    })
-    .await;
+    let once = c
+        .eventually("the Docker pod Succeeded", WAIT, || async {
+            let p = api.get("once").await.ok()?;
+            (phase(&p) == "Succeeded").then_some(p)
+        })
+        .await;
     let task = task_of(&once);
-    eventually("its task FINISHED", &c, || async {
+    c.eventually("its task FINISHED", WAIT, || async {
         (master_tasks(&c).await.get(&task).map(String::as_str) == Some("TASK_FINISHED"))
             .then_some(())
     })
     .await;
     let uid = once.metadata.uid.clone().unwrap_or_default();
-    eventually("its containers removed", &c, || async {
+    c.eventually("its containers removed", WAIT, || async {
         containers_of(&uid).is_empty().then_some(())
     })
     .await;
-    let reason = eventually("the missing image reported", &c, || async {
-        let p = api.get("noimage").await.ok()?;
-        let w = p.status?.container_statuses?.first()?.state.clone()?.waiting?;
-        Some(format!("{} {}", w.reason.unwrap_or_default(), w.message.unwrap_or_default()))
-    })
-    .await;
+    let reason = c
+        .eventually("the missing image reported", WAIT, || async {
+            let p = api.get("noimage").await.ok()?;
+            let w = p.status?.container_statuses?.first()?.state.clone()?.waiting?;
+            Some(format!("{} {}", w.reason.unwrap_or_default(), w.message.unwrap_or_default()))
+        })
+        .await;
     assert!(reason.contains("km-test/absent:1"), "{reason}");
 }
 
@@ -294,11 +274,12 @@ async fn an_executor_killed_with_kill_9_leaves_nothing_the_next_one_does_not_rem
     )
     .await
     .expect("create");
-    let pod = eventually("the pod Running", &c, || async {
-        let p = api.get("orphan").await.ok()?;
-        (phase(&p) == "Running").then_some(p)
-    })
-    .await;
+    let pod = c
+        .eventually("the pod Running", WAIT, || async {
+            let p = api.get("orphan").await.ok()?;
+            (phase(&p) == "Running").then_some(p)
+        })
+        .await;
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     assert!(!containers_of(&uid).is_empty());
     // kill -9 of the executor: its Docker containers outlive it.
@@ -309,18 +290,18 @@ async fn an_executor_killed_with_kill_9_leaves_nothing_the_next_one_does_not_rem
     }
     // The pod fails (its task is lost with the executor) and the scheduler's next executor, started
     // for a new pod, removes what the dead one left.
-    eventually("the pod failed", &c, || async {
+    c.eventually("the pod failed", WAIT, || async {
         (phase(&api.get("orphan").await.ok()?) == "Failed").then_some(())
     })
     .await;
     api.create(&PostParams::default(), &native_pod("next", &["/bin/sleep", "3601"], "Always"))
         .await
         .expect("create next");
-    eventually("the next pod Running", &c, || async {
+    c.eventually("the next pod Running", WAIT, || async {
         (phase(&api.get("next").await.ok()?) == "Running").then_some(())
     })
     .await;
-    eventually("the dead executor's containers removed", &c, || async {
+    c.eventually("the dead executor's containers removed", WAIT, || async {
         containers_of(&uid).is_empty().then_some(())
     })
     .await;
@@ -368,7 +349,7 @@ async fn kubectl_logs_reach_the_container_through_the_api_server_and_the_executo
     api.create(&PostParams::default(), &native_pod("talker", &["/bin/sh", "-c", script], "Always"))
         .await
         .expect("create");
-    eventually("the pod Running", &c, || async {
+    c.eventually("the pod Running", WAIT, || async {
         let p = api.get("talker").await.ok()?;
         (phase(&p) == "Running").then_some(())
     })
@@ -466,7 +447,8 @@ async fn kill_9_of_the_executor_then_of_the_agent_leaves_no_orphan_and_runs_noth
         let list = api.list(&Default::default()).await.ok()?;
         Some(list.items.iter().filter(|p| phase(p) == "Running").count())
     };
-    eventually("100 pods Running", &c, || async { (running().await? == many).then_some(()) }).await;
+    c.eventually("100 pods Running", WAIT, || async { (running().await? == many).then_some(()) })
+        .await;
     assert_eq!(processes_running(&marker), many, "one process per pod");
 
     // kill -9 of the executor: its pods' processes outlive it, its tasks are lost.
@@ -520,12 +502,13 @@ async fn kill_9_of_the_executor_then_of_the_agent_leaves_no_orphan_and_runs_noth
     api.create(&PostParams::default(), &native_pod("survivor", &survivor_argv, "Always"))
         .await
         .expect("create survivor");
-    let task = eventually("the new pod Running", &c, || async {
-        let p = api.get("survivor").await.ok()?;
-        (phase(&p) == "Running").then(|| task_of(&p))
-    })
-    .await;
-    eventually("no orphan process left: one process per relaunched pod", &c, || async {
+    let task = c
+        .eventually("the new pod Running", WAIT, || async {
+            let p = api.get("survivor").await.ok()?;
+            (phase(&p) == "Running").then(|| task_of(&p))
+        })
+        .await;
+    c.eventually("no orphan process left: one process per relaunched pod", WAIT, || async {
         (processes_running(&marker) == relaunched).then_some(())
     })
     .await;
@@ -535,7 +518,7 @@ async fn kill_9_of_the_executor_then_of_the_agent_leaves_no_orphan_and_runs_noth
     agent.kill();
     let agent = c.start_agent("agent-x", AGENT);
     c.keep(agent);
-    eventually("the survivor's task RUNNING after the agent's restart", &c, || async {
+    c.eventually("the survivor's task RUNNING after the agent's restart", WAIT, || async {
         (master_tasks(&c).await.get(&task).map(String::as_str) == Some("TASK_RUNNING"))
             .then_some(())
     })

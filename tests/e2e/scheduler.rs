@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -37,31 +37,6 @@ fn pod(name: &str, cpu: &str, extra: Value) -> Pod {
 
 async fn create(api: &Api<Pod>, p: Pod) {
     api.create(&PostParams::default(), &p).await.expect("create pod");
-}
-
-/// Polls `f` until it returns `Some`, or panics with `what` after `WAIT`.
-async fn eventually<T, F, Fut>(what: &str, cluster: &KmCluster, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; scheduler log:\n{}",
-            tail(&cluster.scheduler_log())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(80)..].join("\n")
 }
 
 fn phase(p: &Pod) -> &str {
@@ -131,11 +106,12 @@ async fn pods_run_through_mesos_bound_with_their_task() {
     for i in 0..20 {
         create(&api, pod(&format!("web-{i}"), "100m", json!({}))).await;
     }
-    let pods = eventually("20 pods Running", &cluster, || async {
-        let r = running(&api).await;
-        (r.len() == 20).then_some(r)
-    })
-    .await;
+    let pods = cluster
+        .eventually("20 pods Running", WAIT, || async {
+            let r = running(&api).await;
+            (r.len() == 20).then_some(r)
+        })
+        .await;
     let tasks = master_tasks(&cluster.master).await;
     for p in &pods {
         let task = annotation(p, "k8s.mesosphere.io/taskId").expect("task annotation");
@@ -168,10 +144,11 @@ async fn pods_run_through_mesos_bound_with_their_task() {
     assert!(
         node.metadata.annotations.unwrap_or_default().contains_key("k8s.mesosphere.io/agentId")
     );
-    eventually("20 bindings counted in /metrics", &cluster, || async {
-        (cluster.metric("km_scheduler_pods_bound_total") == Some(20.0)).then_some(())
-    })
-    .await;
+    cluster
+        .eventually("20 bindings counted in /metrics", WAIT, || async {
+            (cluster.metric("km_scheduler_pods_bound_total") == Some(20.0)).then_some(())
+        })
+        .await;
 }
 
 #[tokio::test]
@@ -179,16 +156,16 @@ async fn deleting_a_pod_kills_its_task_and_completes_the_deletion() {
     let cluster = KmCluster::start(&["--simulate-agents=1"], &[]);
     let api: Api<Pod> = Api::namespaced(cluster.client(), "default");
     create(&api, pod("doomed", "100m", json!({}))).await;
-    let p = eventually("the pod Running", &cluster, || async {
-        running(&api).await.into_iter().next()
-    })
-    .await;
+    let p = cluster
+        .eventually("the pod Running", WAIT, || async { running(&api).await.into_iter().next() })
+        .await;
     let task = annotation(&p, "k8s.mesosphere.io/taskId").unwrap().to_owned();
     api.delete("doomed", &DeleteParams::default()).await.expect("delete");
-    eventually("the pod object gone", &cluster, || async {
-        api.get_opt("doomed").await.expect("get").is_none().then_some(())
-    })
-    .await;
+    cluster
+        .eventually("the pod object gone", WAIT, || async {
+            api.get_opt("doomed").await.expect("get").is_none().then_some(())
+        })
+        .await;
     let state = master_tasks(&cluster.master).await.get(&task).cloned();
     assert_eq!(state.as_deref(), Some("TASK_KILLED"));
 }
@@ -198,10 +175,9 @@ async fn a_pod_whose_agent_is_gone_fails_with_the_reason() {
     let cluster = KmCluster::start(&["--simulate-agents=1"], &[]);
     let api: Api<Pod> = Api::namespaced(cluster.client(), "default");
     create(&api, pod("victim", "100m", json!({}))).await;
-    let p = eventually("the pod Running", &cluster, || async {
-        running(&api).await.into_iter().next()
-    })
-    .await;
+    let p = cluster
+        .eventually("the pod Running", WAIT, || async { running(&api).await.into_iter().next() })
+        .await;
     let agent = annotation(&p, "k8s.mesosphere.io/slaveId").unwrap().to_owned();
     let gone =
         json!({"type": "MARK_AGENT_GONE", "mark_agent_gone": {"agent_id": {"value": agent}}});
@@ -213,11 +189,12 @@ async fn a_pod_whose_agent_is_gone_fails_with_the_reason() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 202);
-    let failed = eventually("the pod Failed", &cluster, || async {
-        let p = api.get("victim").await.ok()?;
-        (phase(&p) == "Failed").then_some(p)
-    })
-    .await;
+    let failed = cluster
+        .eventually("the pod Failed", WAIT, || async {
+            let p = api.get("victim").await.ok()?;
+            (phase(&p) == "Failed").then_some(p)
+        })
+        .await;
     let status = failed.status.unwrap();
     assert_eq!(status.reason.as_deref(), Some("AgentGoneByOperator"));
     assert!(status.message.unwrap_or_default().contains("TASK_GONE_BY_OPERATOR"));
@@ -230,11 +207,12 @@ async fn a_scheduler_killed_and_restarted_kills_and_launches_nothing_twice() {
     for i in 0..30 {
         create(&api, pod(&format!("keep-{i}"), "100m", json!({}))).await;
     }
-    let before = eventually("30 pods Running", &cluster, || async {
-        let r = running(&api).await;
-        (r.len() == 30).then_some(r)
-    })
-    .await;
+    let before = cluster
+        .eventually("30 pods Running", WAIT, || async {
+            let r = running(&api).await;
+            (r.len() == 30).then_some(r)
+        })
+        .await;
     let framework = frameworks(&cluster.master).await;
     assert_eq!(framework.len(), 1);
     cluster.kill_scheduler();
@@ -243,11 +221,12 @@ async fn a_scheduler_killed_and_restarted_kills_and_launches_nothing_twice() {
         create(&api, pod(&format!("late-{i}"), "100m", json!({}))).await;
     }
     cluster.start_scheduler();
-    let after = eventually("35 pods Running", &cluster, || async {
-        let r = running(&api).await;
-        (r.len() == 35).then_some(r)
-    })
-    .await;
+    let after = cluster
+        .eventually("35 pods Running", WAIT, || async {
+            let r = running(&api).await;
+            (r.len() == 35).then_some(r)
+        })
+        .await;
     let task_of = |p: &Pod| annotation(p, "k8s.mesosphere.io/taskId").unwrap().to_owned();
     for p in &before {
         let now = after.iter().find(|a| a.metadata.name == p.metadata.name).expect("still there");
@@ -284,26 +263,28 @@ async fn pods_that_cannot_fit_say_why_and_kubectl_describe_shows_it() {
             c.message
         }
     };
-    let m80 = eventually("port80 reported", &cluster, || reason_of("port80")).await;
+    let m80 = cluster.eventually("port80 reported", WAIT, || reason_of("port80")).await;
     assert!(m80.contains("host port 80") && m80.contains("can never fit"), "{m80}");
-    let huge = eventually("huge reported", &cluster, || reason_of("huge")).await;
+    let huge = cluster.eventually("huge reported", WAIT, || reason_of("huge")).await;
     assert!(huge.contains("asks cpus 64, the largest matching agent has 4"), "{huge}");
-    let kata = eventually("kata reported", &cluster, || reason_of("kata")).await;
+    let kata = cluster.eventually("kata reported", WAIT, || reason_of("kata")).await;
     assert!(kata.contains("unknown runtime class \"kata\""), "{kata}");
-    eventually("the valid pod Running", &cluster, || async {
-        running(&api).await.into_iter().find(|p| p.metadata.name.as_deref() == Some("fine"))
-    })
-    .await;
+    cluster
+        .eventually("the valid pod Running", WAIT, || async {
+            running(&api).await.into_iter().find(|p| p.metadata.name.as_deref() == Some("fine"))
+        })
+        .await;
     // What a user sees.
-    let describe = eventually("kubectl describe shows the event", &cluster, || async {
-        let out = Command::new("kubectl")
-            .args(["--server", &cluster.api.url(), "describe", "pod", "port80"])
-            .output()
-            .ok()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        text.contains("FailedScheduling").then_some(text)
-    })
-    .await;
+    let describe = cluster
+        .eventually("kubectl describe shows the event", WAIT, || async {
+            let out = Command::new("kubectl")
+                .args(["--server", &cluster.api.url(), "describe", "pod", "port80"])
+                .output()
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("FailedScheduling").then_some(text)
+        })
+        .await;
     assert!(describe.contains("host port 80"), "{describe}");
 }
 
@@ -312,14 +293,16 @@ async fn declined_offers_stay_away_until_a_pod_revives_them() {
     let cluster = KmCluster::start(&["--simulate-agents=1"], &[]);
     let api: Api<Pod> = Api::namespaced(cluster.client(), "default");
     // Nothing to run: the offer is declined and offers suppressed.
-    eventually("the first decline", &cluster, || async {
-        (cluster.metric("km_scheduler_offers_declined_total")? >= 1.0).then_some(())
-    })
-    .await;
+    cluster
+        .eventually("the first decline", WAIT, || async {
+            (cluster.metric("km_scheduler_offers_declined_total")? >= 1.0).then_some(())
+        })
+        .await;
     let received = cluster.metric("km_scheduler_offers_received_total").unwrap();
     // A pod: REVIVE brings the offer back at once (the 5 s filter would otherwise hold it).
     create(&api, pod("revived", "100m", json!({}))).await;
-    eventually("the pod Running", &cluster, || async { running(&api).await.into_iter().next() })
+    cluster
+        .eventually("the pod Running", WAIT, || async { running(&api).await.into_iter().next() })
         .await;
     let after = cluster.metric("km_scheduler_offers_received_total").unwrap();
     assert!(after - received <= 2.0, "offers kept coming while refused: {received} → {after}");
@@ -330,12 +313,13 @@ async fn debug_endpoints_and_metrics() {
     let cluster = KmCluster::start(&["--simulate-agents=1"], &[]);
     let api: Api<Pod> = Api::namespaced(cluster.client(), "default");
     create(&api, pod("toolarge", "16", json!({}))).await;
-    let queue = eventually("the pod in the queue view", &cluster, || async {
-        let (code, body) = cluster.scheduler_get("/debug/scheduler/podqueue");
-        (code == 200 && body.contains("default/toolarge") && body.contains("insufficient cpus"))
-            .then_some(body)
-    })
-    .await;
+    let queue = cluster
+        .eventually("the pod in the queue view", WAIT, || async {
+            let (code, body) = cluster.scheduler_get("/debug/scheduler/podqueue");
+            (code == 200 && body.contains("default/toolarge") && body.contains("insufficient cpus"))
+                .then_some(body)
+        })
+        .await;
     assert!(queue.contains("failures"), "{queue}");
     let (code, store) = cluster.scheduler_get("/debug/scheduler/podstore");
     assert_eq!(code, 200);
@@ -346,11 +330,12 @@ async fn debug_endpoints_and_metrics() {
     let (code, body) = cluster.scheduler_post("/debug/actions/kamikaze");
     assert_eq!(code, 404, "{body}");
     // /metrics lags the loop by a fraction of a second.
-    let metrics = eventually("the queue in /metrics", &cluster, || async {
-        let (code, text) = cluster.scheduler_get("/metrics");
-        (code == 200 && text.contains("km_scheduler_queue_pods 1")).then_some(text)
-    })
-    .await;
+    let metrics = cluster
+        .eventually("the queue in /metrics", WAIT, || async {
+            let (code, text) = cluster.scheduler_get("/metrics");
+            (code == 200 && text.contains("km_scheduler_queue_pods 1")).then_some(text)
+        })
+        .await;
     for name in [
         "km_scheduler_queue_pods 1",
         "km_scheduler_offers_received_total",

@@ -27,16 +27,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// When to use the Docker engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum DockerMode {
-    /// Use it if it answers; Docker pods fail with a clear reason otherwise.
-    Auto,
-    /// Fail at start if it does not answer.
-    Required,
-    /// Never use it: native pods only.
-    Disabled,
-}
+pub use km_kubelet::DockerMode;
 
 /// Flags of `km executor` (the scheduler passes them; see its `--executor-*` flags).
 #[derive(Debug, Clone, clap::Args)]

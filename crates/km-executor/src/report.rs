@@ -97,16 +97,20 @@ pub fn worth_sending(last: Option<&Report>, next: &Report) -> bool {
     }
 }
 
-/// Containers that are waiting for a reason other than a normal start, or restart after a
-/// failure: `container "web": CrashLoopBackOff (last exit code 1)`.
-fn problems(status: &k8s::PodStatus) -> Vec<String> {
-    let mut out = Vec::new();
-    for c in status
+/// The statuses of the init containers, then of the containers.
+fn all_statuses(status: &k8s::PodStatus) -> impl Iterator<Item = &k8s::ContainerStatus> {
+    status
         .init_container_statuses
         .iter()
         .flatten()
         .chain(status.container_statuses.iter().flatten())
-    {
+}
+
+/// Containers that are waiting for a reason other than a normal start, or restart after a
+/// failure: `container "web": CrashLoopBackOff (last exit code 1)`.
+fn problems(status: &k8s::PodStatus) -> Vec<String> {
+    let mut out = Vec::new();
+    for c in all_statuses(status) {
         let Some(waiting) = c.state.as_ref().and_then(|s| s.waiting.as_ref()) else { continue };
         let reason = waiting.reason.as_deref().unwrap_or("Waiting");
         if matches!(reason, "ContainerCreating" | "PodInitializing") {
@@ -131,12 +135,7 @@ fn problems(status: &k8s::PodStatus) -> Vec<String> {
 /// How the containers of a failed pod ended: `container "job": exit code 3 (Error)`.
 fn terminations(status: &k8s::PodStatus) -> Vec<String> {
     let mut out = Vec::new();
-    for c in status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
-    {
+    for c in all_statuses(status) {
         let Some(t) = c.state.as_ref().and_then(|s| s.terminated.as_ref()) else { continue };
         if t.exit_code == 0 {
             continue;

@@ -14,17 +14,17 @@ use km_mesos::ContentType;
 use km_mesos::executor::{Event, Executor, ExecutorEnv, MesosEvent};
 use km_mesos::v1::{self, executor::event};
 use km_runtime::PodManager;
-use km_runtime::docker::{DockerConfig, DockerRuntime};
-use km_runtime::native::{NativeConfig, NativeRuntime};
+use km_runtime::docker::DockerRuntime;
+use km_runtime::native::NativeRuntime;
 use km_runtime::pod::NodeContext;
 use km_runtime::status::PodSnapshot;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+use crate::Args;
 use crate::http::Metrics;
 use crate::registry::{self, Scope};
 use crate::report::{self, Report, State};
-use crate::{Args, DockerMode};
 
 /// How often deadlines (launch grace, suicide) and static pod statuses are looked at.
 const TICK: Duration = Duration::from_secs(1);
@@ -70,34 +70,14 @@ async fn runtimes(
     scope: &Scope,
     args: &Args,
 ) -> anyhow::Result<(Option<Arc<NativeRuntime>>, Option<Arc<DockerRuntime>>)> {
-    let native = match NativeRuntime::new(NativeConfig {
-        root_dir: scope.root.join("native"),
-        cgroup_parent: scope.cgroup_parent.clone(),
-    }) {
-        Ok(rt) => Some(Arc::new(rt)),
-        Err(e) => {
-            tracing::warn!("the native runtime is not available: {e}");
-            None
-        }
-    };
-    let docker = match args.docker {
-        DockerMode::Disabled => None,
-        mode => {
-            let mut cfg = DockerConfig::new(scope.root.join("docker"), scope.docker_owner.clone());
-            cfg.sandbox_image = args.pod_infra_container_image.clone();
-            match DockerRuntime::connect(cfg).await {
-                Ok(rt) => Some(Arc::new(rt)),
-                Err(e) if mode == DockerMode::Required => {
-                    return Err(e).context("--docker=required");
-                }
-                Err(e) => {
-                    tracing::warn!("the Docker runtime is not available: {e}");
-                    None
-                }
-            }
-        }
-    };
-    Ok((native, docker))
+    km_kubelet::open_runtimes(
+        &scope.root,
+        &scope.cgroup_parent,
+        scope.docker_owner.clone(),
+        &args.pod_infra_container_image,
+        args.docker,
+    )
+    .await
 }
 
 /// Removes what executors that died on this host left behind.

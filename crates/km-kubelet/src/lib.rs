@@ -46,6 +46,46 @@ pub enum DockerMode {
     Disabled,
 }
 
+/// The pod runtimes under `root_dir`: the native one (cgroups under `cgroup_parent`) when this
+/// host allows it, and Docker as `docker` says, its containers labelled with `docker_owner`.
+/// Shared by `km kubelet` and `km executor`.
+pub async fn open_runtimes(
+    root_dir: &std::path::Path,
+    cgroup_parent: &str,
+    docker_owner: String,
+    sandbox_image: &str,
+    docker: DockerMode,
+) -> anyhow::Result<(Option<Arc<NativeRuntime>>, Option<Arc<DockerRuntime>>)> {
+    let native = match NativeRuntime::new(NativeConfig {
+        root_dir: root_dir.join("native"),
+        cgroup_parent: cgroup_parent.to_owned(),
+    }) {
+        Ok(rt) => Some(Arc::new(rt)),
+        Err(e) => {
+            tracing::warn!("the native runtime is not available: {e}");
+            None
+        }
+    };
+    let docker = match docker {
+        DockerMode::Disabled => None,
+        mode => {
+            let mut cfg = DockerConfig::new(root_dir.join("docker"), docker_owner);
+            cfg.sandbox_image = sandbox_image.to_owned();
+            match DockerRuntime::connect(cfg).await {
+                Ok(rt) => Some(Arc::new(rt)),
+                Err(e) if mode == DockerMode::Required => {
+                    return Err(e).context("--docker=required");
+                }
+                Err(e) => {
+                    tracing::warn!("the Docker runtime is not available: {e}");
+                    None
+                }
+            }
+        }
+    };
+    Ok((native, docker))
+}
+
 /// Flags of `km kubelet`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -105,34 +145,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&status_dir)
         .with_context(|| format!("creating {}", status_dir.display()))?;
 
-    let native = match NativeRuntime::new(NativeConfig {
-        root_dir: args.root_dir.join("native"),
-        cgroup_parent: args.cgroup_root.clone(),
-    }) {
-        Ok(rt) => Some(Arc::new(rt)),
-        Err(e) => {
-            tracing::warn!("the native runtime is not available: {e}");
-            None
-        }
-    };
-    let docker = match args.docker {
-        DockerMode::Disabled => None,
-        mode => {
-            let mut cfg =
-                DockerConfig::new(args.root_dir.join("docker"), owner_label(&args.root_dir));
-            cfg.sandbox_image = args.pod_infra_container_image.clone();
-            match DockerRuntime::connect(cfg).await {
-                Ok(rt) => Some(Arc::new(rt)),
-                Err(e) if mode == DockerMode::Required => {
-                    return Err(e).context("--docker=required");
-                }
-                Err(e) => {
-                    tracing::warn!("the Docker runtime is not available: {e}");
-                    None
-                }
-            }
-        }
-    };
+    let (native, docker) = open_runtimes(
+        &args.root_dir,
+        &args.cgroup_root,
+        owner_label(&args.root_dir),
+        &args.pod_infra_container_image,
+        args.docker,
+    )
+    .await?;
     let manager =
         PodManager::new(native, docker, NodeContext { node_name: node_name.clone(), host_ip });
     tracing::info!(dir = %args.manifest_dir.display(), node = node_name, every = ?args.file_check_frequency, "km kubelet running");

@@ -283,13 +283,7 @@ async fn measure(
     let client =
         kube::Client::try_from(kube::Config::new(p.api_url.parse().expect("url"))).expect("client");
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");
-    let rv = api
-        .list(&ListParams::default().limit(1))
-        .await
-        .expect("list")
-        .metadata
-        .resource_version
-        .unwrap_or_default();
+    let rv = current_version(&api).await;
     let seen = Arc::new(Mutex::new(Seen::default()));
     let port = free_port();
     let cpu0 = [cpu_secs(p.api.0.id()), cpu_secs(p.master.0.id()), cpu_secs(p.etcd.0.id())];
@@ -603,13 +597,7 @@ async fn s2(baseline: bool) {
         };
         create_pods(&client, vec![native("s2-warm".into())]).await;
         wait_running(&api, "s2-warm", &p).await;
-        let rv = api
-            .list(&ListParams::default().limit(1))
-            .await
-            .expect("list")
-            .metadata
-            .resource_version
-            .unwrap_or_default();
+        let rv = current_version(&api).await;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let t0 = Instant::now();
         let watcher = {
@@ -690,6 +678,12 @@ async fn real_agent_stack(p: &Plane, hostname: &str, extra: &[&str]) -> (Proc, P
     let sched = scheduler(p, port, &format!("file://{}", km().display()), extra, "scheduler.log");
     wait_http(&format!("http://127.0.0.1:{port}/healthz"), "km scheduler").await;
     (agent, sched, port)
+}
+
+/// The pods' current resourceVersion, to watch from.
+async fn current_version(api: &Api<Pod>) -> String {
+    let list = api.list(&ListParams::default().limit(1)).await.expect("list");
+    list.metadata.resource_version.unwrap_or_default()
 }
 
 /// Spawns `km scheduler` on the plane with its HTTP endpoint on `port`.

@@ -212,6 +212,36 @@ impl KmCluster {
     }
 }
 
+impl KmCluster {
+    /// Polls `f` until it returns `Some`; after `wait`, panics with `what` and the tails of the
+    /// scheduler's and the executors' logs.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, wait: Duration, mut f: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}\nscheduler log (tail):\n{}\nexecutor logs (tail):\n{}",
+                tail(&self.scheduler_log(), 80),
+                tail(&self.executor_logs(), 120)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 impl Drop for KmCluster {
     /// The agents are killed with the cluster, and their executors would wait for them for
     /// their recovery timeout: tell them to stop their pods and go now.
