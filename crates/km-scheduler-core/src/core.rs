@@ -120,7 +120,8 @@ impl PodEntry {
 struct Kept {
     /// The pod as v1 JSON, until it is bound.
     json: Option<Box<[u8]>>,
-    /// Fingerprint of the spec, labels and annotations: an edit of a waiting pod is planned anew.
+    /// Fingerprint of the spec, labels and annotations while unbound (an edit of a waiting pod is
+    /// planned anew); 0 once bound.
     shape: u64,
     /// It has a deletion timestamp.
     deleting: bool,
@@ -139,7 +140,7 @@ impl Kept {
             } else {
                 None
             },
-            shape: shape_of(pod),
+            shape: if unbound { shape_of(pod) } else { 0 },
             deleting: pod.metadata.deletion_timestamp.is_some(),
             grace: pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds),
             deletion_grace: pod.metadata.deletion_grace_period_seconds,
