@@ -310,19 +310,32 @@ async fn an_executor_killed_with_kill_9_leaves_nothing_the_next_one_does_not_rem
 /// The kubectl binaries on this machine: 1.20 (Debian's, unpacked by scripts/install-deps.sh),
 /// the one on PATH, and the versioned ones beside it.
 fn kubectls() -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let old = std::path::PathBuf::from("/opt/km-tools/kubernetes-client/usr/bin/kubectl");
-    if old.is_file() {
-        found.push(old);
-    }
+    let mut found: Vec<std::path::PathBuf> = Vec::new();
+    let mut add = |k: std::path::PathBuf| {
+        let same = |f: &std::path::PathBuf| {
+            std::fs::canonicalize(f).ok() == std::fs::canonicalize(&k).ok()
+        };
+        if k.is_file() && !found.iter().any(same) {
+            found.push(k);
+        }
+    };
+    add(std::path::PathBuf::from("/opt/km-tools/kubernetes-client/usr/bin/kubectl"));
     let on_path = std::env::var_os("PATH")
         .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.is_file()));
     if let Some(k) = on_path {
-        for v in ["", ".1.27", ".1.33"] {
-            let candidate = std::path::PathBuf::from(format!("{}{v}", k.display()));
-            if candidate.is_file() && !found.contains(&candidate) {
-                found.push(candidate);
+        // The versioned kubectls sit beside the real file of the one on PATH: the oldest, the
+        // first whose exec speaks WebSocket (1.30), the default and the newest.
+        let dir = std::fs::canonicalize(&k)
+            .ok()
+            .and_then(|r| r.parent().map(std::path::Path::to_path_buf));
+        for v in ["1.27", "1.30"] {
+            if let Some(dir) = &dir {
+                add(dir.join(format!("kubectl.{v}")));
             }
+        }
+        add(k);
+        if let Some(dir) = &dir {
+            add(dir.join("kubectl.1.33"));
         }
     }
     found
@@ -399,6 +412,99 @@ async fn kubectl_logs_reach_the_container_through_the_api_server_and_the_executo
     assert_eq!(anonymous.status(), 401);
     let wrong = reqwest::Client::new().get(&url).bearer_auth("guess").send().await.expect("reach");
     assert_eq!(wrong.status(), 401);
+}
+
+/// `kubectl exec` with `input` on its stdin: (exit code, stdout, stderr).
+fn kubectl_exec(
+    bin: &std::path::Path,
+    server: &str,
+    args: &[&str],
+    input: &str,
+) -> (i32, String, String) {
+    use std::io::Write as _;
+    let home = tempfile::tempdir().expect("kubectl home");
+    let mut child = std::process::Command::new(bin)
+        .env("HOME", home.path())
+        .arg(format!("--server={server}"))
+        .arg("exec")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kubectl exec");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().expect("kubectl exec output");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kubectl exec` of every kubectl on the machine (WebSocket for the newer ones, SPDY for the
+/// older), through km apiserver to the executor: output, exit codes, stdin, and the container's
+/// namespaces and environment — for a native and a Docker pod.
+#[tokio::test]
+async fn kubectl_exec_runs_commands_in_the_pods_containers_for_every_kubectl() {
+    build_images();
+    let c = cluster();
+    let api: Api<Pod> = Api::namespaced(c.client(), "default");
+    let mut native = native_pod("shell", &["/bin/sh", "-c", "echo started; sleep 3600"], "Always");
+    native.spec.as_mut().expect("spec").containers[0].env = Some(vec![
+        serde_json::from_value(json!({ "name": "GREETING", "value": "hello from the pod" }))
+            .expect("env"),
+    ]);
+    api.create(&PostParams::default(), &native).await.expect("create native");
+    api.create(
+        &PostParams::default(),
+        &docker_pod("boxed", "km-test/busybox:latest", &["sleep", "3600"], "Always"),
+    )
+    .await
+    .expect("create docker");
+    for name in ["shell", "boxed"] {
+        c.eventually(&format!("{name} Running"), WAIT, || async {
+            (phase(&api.get(name).await.ok()?) == "Running").then_some(())
+        })
+        .await;
+    }
+    let server = c.api.url();
+    for k in &kubectls() {
+        let who = k.display().to_string();
+        for pod in ["shell", "boxed"] {
+            let (code, out, err) = kubectl_exec(
+                k,
+                &server,
+                &[pod, "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"],
+                "",
+            );
+            assert_eq!((code, out.as_str()), (3, "to-stdout\n"), "{who} {pod}: {err}");
+            assert!(err.contains("to-stderr"), "{who} {pod}: {err}");
+            let (code, out, err) =
+                kubectl_exec(k, &server, &["-i", pod, "--", "cat"], "piped\ninput\n");
+            assert_eq!((code, out.as_str()), (0, "piped\ninput\n"), "{who} {pod}: {err}");
+        }
+        // The native container's own namespaces and environment: its init is pid 1, its
+        // hostname is the pod's name.
+        let (code, out, err) = kubectl_exec(
+            k,
+            &server,
+            &["shell", "--", "sh", "-c", "echo $GREETING; hostname; tr '\\0' ' ' </proc/1/cmdline"],
+            "",
+        );
+        assert_eq!(code, 0, "{who}: {err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[..2], ["hello from the pod", "shell"], "{who}: {out}");
+        assert!(lines.get(2).is_some_and(|l| l.contains("sleep 3600")), "{who}: {out}");
+        let (code, _, err) = kubectl_exec(k, &server, &["shell", "--", "/no/such/binary"], "");
+        assert_ne!(code, 0, "{who}");
+        assert!(err.contains("/no/such/binary"), "{who}: {err}");
+        let (code, _, err) = kubectl_exec(k, &server, &["shell", "-c", "nope", "--", "true"], "");
+        assert_ne!(code, 0, "{who}");
+        assert!(err.contains("container nope is not valid for pod shell"), "{who}: {err}");
+    }
 }
 
 /// How many processes run exactly `needle` (a command line), by /proc.

@@ -226,13 +226,8 @@ impl<S: Storage> Api<S> {
         Ok(with_revision(decode(&kv.value)?, kv.mod_revision))
     }
 
-    /// `pods/log`: the container's log, streamed from the pod's node.
-    pub async fn pod_log(
-        &self,
-        namespace: &str,
-        name: &str,
-        query: &Query,
-    ) -> ApiResult<reqwest::Response> {
+    /// A pod and the node it is bound to (when that node exists).
+    async fn pod_and_node(&self, namespace: &str, name: &str) -> ApiResult<(Value, Option<Value>)> {
         let pod = self.get(pod_kind(), Some(namespace), name).await?;
         let node = match pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
             Some(node) => match self.get(node_kind(), None, node).await {
@@ -242,7 +237,30 @@ impl<S: Storage> Api<S> {
             },
             None => None,
         };
+        Ok((pod, node))
+    }
+
+    /// `pods/log`: the container's log, streamed from the pod's node.
+    pub async fn pod_log(
+        &self,
+        namespace: &str,
+        name: &str,
+        query: &Query,
+    ) -> ApiResult<reqwest::Response> {
+        let (pod, node) = self.pod_and_node(namespace, name).await?;
         self.config.nodes.pod_log(&pod, node.as_ref(), query).await
+    }
+
+    /// `pods/exec`: the upgraded connection, handed through to the pod's node.
+    pub async fn pod_exec(
+        &self,
+        namespace: &str,
+        name: &str,
+        query: &Query,
+        request: axum::extract::Request,
+    ) -> ApiResult<axum::response::Response> {
+        let (pod, node) = self.pod_and_node(namespace, name).await?;
+        self.config.nodes.pod_exec(&pod, node.as_ref(), query, request).await
     }
 
     pub async fn list(

@@ -1,8 +1,10 @@
-//! `pods/log`: the API server finds the node a pod runs on, and streams the container's log
-//! from the endpoint that node publishes (`status.daemonEndpoints.kubeletEndpoint.port` at its
-//! InternalIP, else its Hostname) — km executor's, or any kubelet's. The request carries the
-//! bearer token of `--kubelet-token-file`, which is how the node tells the API server from
-//! anybody else.
+//! `pods/log` and `pods/exec`: the API server finds the node a pod runs on, and reaches the
+//! endpoint that node publishes (`status.daemonEndpoints.kubeletEndpoint.port` at its
+//! InternalIP, else its Hostname) — km executor's, or any kubelet's. A log is streamed back; an
+//! exec is an upgraded connection (WebSocket or SPDY) that the API server hands through in both
+//! directions once the node has accepted it, without reading what flows. Every request to a node
+//! carries the bearer token of `--kubelet-token-file`, which is how the node tells the API server
+//! from anybody else.
 
 use std::time::Duration;
 
@@ -16,6 +18,7 @@ use crate::error::{ApiError, ApiResult};
 pub struct NodeProxy {
     client: reqwest::Client,
     token: Option<String>,
+    connect_timeout: Duration,
 }
 
 impl Default for NodeProxy {
@@ -35,7 +38,7 @@ impl NodeProxy {
             .connect_timeout(connect_timeout)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        NodeProxy { client, token }
+        NodeProxy { client, token, connect_timeout }
     }
 
     /// The log of `container` of `pod` (already read from the store) from the pod's node.
@@ -45,21 +48,8 @@ impl NodeProxy {
         node: Option<&Value>,
         query: &Query,
     ) -> ApiResult<reqwest::Response> {
-        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default");
-        let container = log_container(pod, query.get("container").map(String::as_str))?;
-        let node_name =
-            pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()).ok_or_else(|| {
-                ApiError::BadRequest(format!("pod {name} does not have a host assigned"))
-            })?;
-        let node = node.ok_or_else(|| {
-            ApiError::Internal(format!("node {node_name:?} of pod {name} does not exist"))
-        })?;
-        let base = node_endpoint(node).ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "node {node_name:?} publishes no endpoint for logs (status.daemonEndpoints.kubeletEndpoint and an address)"
-            ))
-        })?;
+        let Target { namespace, name, container, node_name, base } =
+            target(pod, node, query.get("container").map(String::as_str))?;
         let mut url = format!("http://{base}/containerLogs/{namespace}/{name}/{container}");
         let params = {
             let mut params = form_urlencoded::Serializer::new(String::new());
@@ -85,15 +75,152 @@ impl NodeProxy {
             return Ok(response);
         }
         let body = response.text().await.unwrap_or_default();
-        let message = format!("node {node_name:?}: {}", body.trim());
-        Err(match status.as_u16() {
-            400 | 404 => ApiError::BadRequest(message),
-            401 | 403 => ApiError::Forbidden(format!(
-                "{message} (does the node's token file match the API server's --kubelet-token-file?)"
-            )),
-            _ => ApiError::Internal(message),
-        })
+        Err(node_refused(&node_name, status.as_u16(), &body))
     }
+
+    /// `pods/exec`: sends the client's upgrade request on to the pod's node and, once the node
+    /// switches protocols, joins the two connections.
+    pub async fn pod_exec(
+        &self,
+        pod: &Value,
+        node: Option<&Value>,
+        query: &Query,
+        mut request: axum::extract::Request,
+    ) -> ApiResult<axum::response::Response> {
+        let Target { namespace, name, container, node_name, base } =
+            target(pod, node, query.get("container").map(String::as_str))?;
+        if pod["status"]["phase"].as_str().is_some_and(|p| p == "Succeeded" || p == "Failed") {
+            return Err(ApiError::BadRequest(format!(
+                "cannot exec into a container in a completed pod; current phase is {}",
+                pod["status"]["phase"].as_str().unwrap_or_default()
+            )));
+        }
+        let path = match request.uri().query() {
+            Some(q) => format!("/exec/{namespace}/{name}/{container}?{q}"),
+            None => format!("/exec/{namespace}/{name}/{container}"),
+        };
+        let unreachable = |e: &dyn std::fmt::Display| {
+            ApiError::Internal(format!("cannot reach node {node_name:?} at {base}: {e}"))
+        };
+        let stream =
+            tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(&base))
+                .await
+                .map_err(|_| unreachable(&"timed out"))?
+                .map_err(|e| unreachable(&e))?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| unreachable(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!("exec proxy: node connection: {e}");
+            }
+        });
+        let mut upstream = http::Request::builder()
+            .method(request.method().clone())
+            .uri(path)
+            .header(http::header::HOST, &base);
+        for (k, v) in request.headers() {
+            if UPGRADE_HEADERS.contains(&k.as_str()) {
+                upstream = upstream.header(k, v);
+            }
+        }
+        if let Some(token) = &self.token {
+            upstream = upstream.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let upstream = upstream
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| ApiError::Internal(format!("exec request to the node: {e}")))?;
+        let mut response = sender.send_request(upstream).await.map_err(|e| unreachable(&e))?;
+        let status = response.status();
+        if status != http::StatusCode::SWITCHING_PROTOCOLS {
+            let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(
+                response.into_body(),
+                64 << 10,
+            ))
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+            .unwrap_or_default();
+            if status.is_success() {
+                return Err(ApiError::BadRequest(format!(
+                    "node {node_name:?} did not upgrade the connection (exec needs a WebSocket or SPDY/3.1 upgrade)"
+                )));
+            }
+            return Err(node_refused(&node_name, status.as_u16(), &body));
+        }
+        let node_side = hyper::upgrade::on(&mut response);
+        let client_side = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            match tokio::try_join!(node_side, client_side) {
+                Ok((node_io, client_io)) => {
+                    let mut node_io = hyper_util::rt::TokioIo::new(node_io);
+                    let mut client_io = hyper_util::rt::TokioIo::new(client_io);
+                    let _ = tokio::io::copy_bidirectional(&mut client_io, &mut node_io).await;
+                }
+                Err(e) => tracing::debug!("exec proxy: upgrade: {e}"),
+            }
+        });
+        let mut answer = axum::response::Response::new(axum::body::Body::empty());
+        *answer.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        for (k, v) in response.headers() {
+            if UPGRADE_HEADERS.contains(&k.as_str()) || k.as_str() == "sec-websocket-accept" {
+                answer.headers_mut().append(k, v.clone());
+            }
+        }
+        Ok(answer)
+    }
+}
+
+/// Headers of an upgrade that travel between the client and the node.
+const UPGRADE_HEADERS: [&str; 6] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "x-stream-protocol-version",
+];
+
+/// A node's refusal, as the API server's answer.
+fn node_refused(node_name: &str, status: u16, body: &str) -> ApiError {
+    let message = format!("node {node_name:?}: {}", body.trim());
+    match status {
+        400 | 404 => ApiError::BadRequest(message),
+        401 | 403 => ApiError::Forbidden(format!(
+            "{message} (does the node's token file match the API server's --kubelet-token-file?)"
+        )),
+        _ => ApiError::Internal(message),
+    }
+}
+
+/// Where a request for a pod's container goes.
+struct Target {
+    namespace: String,
+    name: String,
+    container: String,
+    node_name: String,
+    /// `host:port` of the node's endpoint.
+    base: String,
+}
+
+fn target(pod: &Value, node: Option<&Value>, container: Option<&str>) -> ApiResult<Target> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
+    let container = log_container(pod, container)?;
+    let node_name = pod["spec"]["nodeName"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?
+        .to_owned();
+    let node = node.ok_or_else(|| {
+        ApiError::Internal(format!("node {node_name:?} of pod {name} does not exist"))
+    })?;
+    let base = node_endpoint(node).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "node {node_name:?} publishes no endpoint for logs and exec (status.daemonEndpoints.kubeletEndpoint and an address)"
+        ))
+    })?;
+    Ok(Target { namespace, name, container, node_name, base })
 }
 
 /// The container whose log is asked for: the named one, else the pod's only container or its

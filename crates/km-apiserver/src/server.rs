@@ -31,6 +31,7 @@ pub fn router<S: Storage>(api: Arc<Api<S>>) -> Router {
         .route("/api", get(api_versions))
         .route("/apis", get(api_groups))
         .route("/openapi/v2", get(crate::openapi::serve))
+        .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", any(pod_exec::<S>))
         .route("/api/{*rest}", any(resource::<S>))
         .route("/apis/{*rest}", any(resource::<S>))
         .fallback(not_found)
@@ -122,6 +123,7 @@ fn resource_list(group: &str, version: &str) -> Value {
             let (sub_kind, verbs, group_version): (&str, Value, Option<(&str, &str)>) = match *sub {
                 "binding" => ("Binding", json!(["create"]), None),
                 "log" => ("Pod", json!(["get"]), None),
+                "exec" => ("PodExecOptions", json!(["create", "get"]), None),
                 "scale" => {
                     ("Scale", json!(["get", "patch", "update"]), Some(("autoscaling", "v1")))
                 }
@@ -221,6 +223,22 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("as=Table"))
+}
+
+/// `pods/exec`: an upgrade request, so it gets the whole request rather than a read body.
+async fn pod_exec<S: Storage>(
+    State(api): State<Arc<Api<S>>>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+    request: axum::extract::Request,
+) -> Response {
+    if request.method() != Method::GET && request.method() != Method::POST {
+        return method_not_allowed(request.method()).into_response();
+    }
+    let query = parse_query(request.uri().query());
+    match api.pod_exec(&namespace, &name, &query, request).await {
+        Ok(response) => response,
+        Err(err) => err.into_response(),
+    }
 }
 
 async fn resource<S: Storage>(

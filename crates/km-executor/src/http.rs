@@ -1,6 +1,7 @@
-//! The executor's HTTP endpoint: `/healthz`, `/metrics` (Prometheus text), and the logs of its
-//! pods' containers at `/containerLogs/{namespace}/{pod}/{container}` (the kubelet's path), which
-//! the API server proxies `pods/log` to. Logs are served only to requests that carry the bearer
+//! The executor's HTTP endpoint: `/healthz`, `/metrics` (Prometheus text), the logs of its
+//! pods' containers at `/containerLogs/{namespace}/{pod}/{container}` and commands run in them at
+//! `/exec/{namespace}/{pod}/{container}` (the kubelet's paths), which the API server proxies
+//! `pods/log` and `pods/exec` to. Logs and exec are served only to requests that carry the bearer
 //! token of `--proxy-token-file`; without that flag they are not served at all.
 
 use std::collections::HashMap;
@@ -114,6 +115,7 @@ pub(crate) async fn serve(
             }),
         )
         .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route("/exec/{namespace}/{pod}/{container}", get(exec).post(exec))
         .with_state(Arc::new(pods));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -132,7 +134,7 @@ fn authorized(pods: &Pods, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &pods.token else {
         return Err(Box::new(refuse(
             StatusCode::FORBIDDEN,
-            "this executor was started without --proxy-token-file: it serves no logs",
+            "this executor was started without --proxy-token-file: it serves no logs and no exec",
         )));
     };
     let given = headers
@@ -236,6 +238,73 @@ async fn container_logs(
         futures::future::ready(Some(chunk))
     });
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Body::from_stream(body)).into_response()
+}
+
+/// How an exec session reaches the client.
+enum Transport {
+    WebSocket(crate::exec::WebSocket),
+    Spdy(crate::exec::Spdy),
+}
+
+async fn exec(
+    State(pods): State<Arc<Pods>>,
+    Path((namespace, pod, container)): Path<(String, String, String)>,
+    mut request: axum::extract::Request,
+) -> Response {
+    if let Err(refused) = authorized(&pods, request.headers()) {
+        return *refused;
+    }
+    let query = match crate::exec::ExecQuery::parse(request.uri().query().unwrap_or_default()) {
+        Ok(q) => q,
+        Err(why) => return refuse(StatusCode::BAD_REQUEST, why),
+    };
+    let headers = request.headers();
+    let transport = match (
+        crate::exec::WebSocket::negotiate(headers),
+        crate::exec::Spdy::negotiate(headers),
+    ) {
+        (Some(Ok(ws)), _) => Transport::WebSocket(ws),
+        (None, Some(Ok(spdy))) => Transport::Spdy(spdy),
+        (Some(Err(why)), _) | (_, Some(Err(why))) => return refuse(StatusCode::BAD_REQUEST, why),
+        (None, None) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "exec needs the connection upgraded to a WebSocket (v5.channel.k8s.io) or to SPDY/3.1",
+            );
+        }
+    };
+    let Some(uid) = pods.manager.find(&namespace, &pod) else {
+        return refuse(
+            StatusCode::NOT_FOUND,
+            format!("pod {namespace}/{pod} does not run on this executor"),
+        );
+    };
+    if let Err(e) = pods.manager.check_container(&uid, &container) {
+        let code = match e {
+            km_runtime::Error::NotFound(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        return refuse(code, e.to_string());
+    }
+    let target = crate::exec::Target { manager: pods.manager.clone(), uid, container, query };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let response_headers = match &transport {
+        Transport::WebSocket(ws) => ws.response_headers(),
+        Transport::Spdy(spdy) => spdy.response_headers(),
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => match transport {
+                Transport::WebSocket(ws) => ws.serve(upgraded, target).await,
+                Transport::Spdy(spdy) => spdy.serve(upgraded, target).await,
+            },
+            Err(e) => tracing::debug!("exec: the connection was not upgraded: {e}"),
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    response.headers_mut().extend(response_headers);
+    response
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 //! - **Static pods** from `ExecutorInfo.data` run beside the tasks and are published as mirror
 //!   pods, with the Node's heartbeat, as `km kubelet` does.
 
+mod exec;
 mod http;
 pub mod registry;
 pub mod report;

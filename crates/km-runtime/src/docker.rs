@@ -39,8 +39,8 @@ use crate::pod::{
     PodPlan, PullPolicy,
 };
 use crate::runtime::{
-    Adopted, ContainerRuntime, Exit, LogOptions, LogStream, OwnedContainer, OwnedPod, Sandbox,
-    Started,
+    Adopted, ContainerRuntime, ExecOutput, ExecRequest, ExecSession, Exit, LogOptions, LogStream,
+    OwnedContainer, OwnedPod, Sandbox, Started,
 };
 
 /// Name of the sandbox in the `io.km.container.name` label.
@@ -486,6 +486,63 @@ impl ContainerRuntime for DockerRuntime {
         tokio::time::timeout(timeout, run).await.map_err(|_| {
             Error::Other(format!("exec {cmd:?} in {id}: timed out after {timeout:?}"))
         })?
+    }
+
+    async fn exec_session(&self, id: &str, req: &ExecRequest) -> Result<ExecSession> {
+        use bollard::container::LogOutput;
+        use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
+        let what = || format!("exec {:?} in {id}", req.command);
+        let opts = CreateExecOptions::<String> {
+            cmd: Some(req.command.clone()),
+            attach_stdin: Some(req.stdin),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(req.tty),
+            ..Default::default()
+        };
+        let exec = self.docker.create_exec(id, opts).await.map_err(derr(what()))?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions { detach: false, tty: req.tty, ..Default::default() }),
+            )
+            .await
+            .map_err(derr(what()))?;
+        let StartExecResults::Attached { output, input } = started else {
+            return Err(Error::Other(format!("{}: the engine detached the command", what())));
+        };
+        let output = output.filter_map(move |item| {
+            futures::future::ready(match item {
+                Ok(LogOutput::StdOut { message } | LogOutput::Console { message }) => {
+                    Some(Ok(ExecOutput::Stdout(message)))
+                }
+                Ok(LogOutput::StdErr { message }) => Some(Ok(ExecOutput::Stderr(message))),
+                Ok(LogOutput::StdIn { .. }) => None,
+                Err(e) => Some(Err(Error::Docker { what: "exec output".into(), source: e })),
+            })
+        });
+        let docker = self.docker.clone();
+        let exec_id = exec.id;
+        let exit = async move {
+            // The engine may report the command as running for a moment after its output ended.
+            for _ in 0..100 {
+                let info = docker
+                    .inspect_exec(&exec_id)
+                    .await
+                    .map_err(derr(format!("inspecting exec {exec_id}")))?;
+                if info.running != Some(true) {
+                    return Ok(info.exit_code.and_then(|c| i32::try_from(c).ok()).unwrap_or(126));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(Error::Other(format!("exec {exec_id} still runs after its output ended")))
+        };
+        Ok(ExecSession {
+            stdin: req.stdin.then_some(input),
+            output: Box::pin(output),
+            exit: Box::pin(exit),
+        })
     }
 
     async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream> {

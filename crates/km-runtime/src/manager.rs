@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::lifecycle::Phase;
 use crate::native::NativeRuntime;
 use crate::pod::{NodeContext, PodKey, PodPlan, RuntimeClass};
-use crate::runtime::{ContainerRuntime, LogOptions, LogStream};
+use crate::runtime::{ContainerRuntime, ExecRequest, ExecSession, LogOptions, LogStream};
 use crate::status::PodSnapshot;
 use crate::worker::run_pod;
 
@@ -197,36 +197,52 @@ impl PodManager {
         Some(pod)
     }
 
+    /// The runtime and container id of `container` of pod `uid`, once it has started.
+    fn container_id(&self, uid: &str, container: &str) -> Result<(RuntimeClass, String)> {
+        let pods = self.lock()?;
+        let h = pods.get(uid).ok_or_else(|| Error::NotFound(format!("pod {uid}")))?;
+        let idx = h.plan.containers.iter().position(|c| c.name == container).ok_or_else(|| {
+            Error::NotFound(format!("container {container} in pod {}", h.plan.key.full_name()))
+        })?;
+        let id = h.status.borrow().container_ids.get(idx).cloned().flatten().ok_or_else(|| {
+            Error::NotFound(format!(
+                "container {container} of {} has not started",
+                h.plan.key.full_name()
+            ))
+        })?;
+        Ok((h.plan.runtime, id))
+    }
+
+    /// Whether `container` of pod `uid` has started (and so can be exec'd into).
+    pub fn check_container(&self, uid: &str, container: &str) -> Result<()> {
+        self.container_id(uid, container).map(|_| ())
+    }
+
+    fn native(&self) -> Result<&Arc<NativeRuntime>> {
+        self.native
+            .as_ref()
+            .ok_or_else(|| Error::Other("the native runtime is not available".into()))
+    }
+
+    fn docker(&self) -> Result<&Arc<DockerRuntime>> {
+        self.docker
+            .as_ref()
+            .ok_or_else(|| Error::Other("the Docker runtime is not available".into()))
+    }
+
     /// Logs of a container of a running pod.
     pub async fn logs(&self, uid: &str, container: &str, opts: LogOptions) -> Result<LogStream> {
-        let (runtime, id) = {
-            let pods = self.lock()?;
-            let h = pods.get(uid).ok_or_else(|| Error::NotFound(format!("pod {uid}")))?;
-            let idx =
-                h.plan.containers.iter().position(|c| c.name == container).ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "container {container} in pod {}",
-                        h.plan.key.full_name()
-                    ))
-                })?;
-            let id =
-                h.status.borrow().container_ids.get(idx).cloned().flatten().ok_or_else(|| {
-                    Error::NotFound(format!(
-                        "container {container} of {} has not started",
-                        h.plan.key.full_name()
-                    ))
-                })?;
-            (h.plan.runtime, id)
-        };
-        match runtime {
-            RuntimeClass::Native => match &self.native {
-                Some(rt) => rt.logs(&id, opts).await,
-                None => Err(Error::Other("the native runtime is not available".into())),
-            },
-            RuntimeClass::Docker => match &self.docker {
-                Some(rt) => rt.logs(&id, opts).await,
-                None => Err(Error::Other("the Docker runtime is not available".into())),
-            },
+        match self.container_id(uid, container)? {
+            (RuntimeClass::Native, id) => self.native()?.logs(&id, opts).await,
+            (RuntimeClass::Docker, id) => self.docker()?.logs(&id, opts).await,
+        }
+    }
+
+    /// Runs a command in a container of a running pod (`kubectl exec`).
+    pub async fn exec(&self, uid: &str, container: &str, req: &ExecRequest) -> Result<ExecSession> {
+        match self.container_id(uid, container)? {
+            (RuntimeClass::Native, id) => self.native()?.exec_session(&id, req).await,
+            (RuntimeClass::Docker, id) => self.docker()?.exec_session(&id, req).await,
         }
     }
 }

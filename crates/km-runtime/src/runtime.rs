@@ -85,6 +85,39 @@ pub struct LogOptions {
 /// Chunks of a container's log, in order.
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<Vec<u8>>> + Send>>;
 
+/// A command to run in a running container on a user's behalf (`kubectl exec`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    /// Whether the caller sends input; without it the command's stdin is empty.
+    pub stdin: bool,
+    /// Whether the command gets a terminal (its stderr then goes to stdout).
+    pub tty: bool,
+}
+
+/// A piece of an exec'd command's output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExecOutput {
+    Stdout(bytes::Bytes),
+    Stderr(bytes::Bytes),
+}
+
+/// A command started by [`ContainerRuntime::exec_session`]. Its output stream ends when the
+/// command has closed its output; `exit` then gives the exit status (128 + signal number when
+/// a signal ended it). Dropping the session kills a command that still runs.
+pub struct ExecSession {
+    /// The command's stdin, when [`ExecRequest::stdin`] asked for it; dropping it closes stdin.
+    pub stdin: Option<Pin<Box<dyn tokio::io::AsyncWrite + Send>>>,
+    pub output: Pin<Box<dyn Stream<Item = Result<ExecOutput>> + Send>>,
+    pub exit: Pin<Box<dyn Future<Output = Result<i32>> + Send>>,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession").field("stdin", &self.stdin.is_some()).finish_non_exhaustive()
+    }
+}
+
 /// A container runtime. Every container and sandbox it creates carries the
 /// pod's ownership labels (`io.km.pod.*`), so nothing it starts can be left
 /// running without a pod noticing.
@@ -122,6 +155,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         cmd: &[String],
         timeout: Duration,
     ) -> impl Future<Output = Result<i32>> + Send;
+
+    /// Starts `req.command` in the container's namespaces, cgroup and environment, with its
+    /// input and output connected to the caller.
+    fn exec_session(
+        &self,
+        id: &str,
+        req: &ExecRequest,
+    ) -> impl Future<Output = Result<ExecSession>> + Send;
 
     /// The container's log.
     fn logs(&self, id: &str, opts: LogOptions) -> impl Future<Output = Result<LogStream>> + Send;

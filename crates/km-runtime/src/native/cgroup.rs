@@ -67,6 +67,14 @@ impl Cgroups {
         }
     }
 
+    /// The `cgroup.procs` files of the container cgroup `sandbox/container`.
+    pub(crate) fn procs(&self, sandbox: &str, container: &str) -> Vec<PathBuf> {
+        self.dirs(&format!("{sandbox}/{container}"))
+            .into_iter()
+            .map(|d| d.join("cgroup.procs"))
+            .collect()
+    }
+
     /// Creates the container cgroup `sandbox/container` with `limits`;
     /// returns the `cgroup.procs` files to write the process into.
     pub(crate) fn create(

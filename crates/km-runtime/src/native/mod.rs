@@ -32,6 +32,7 @@ pub use fetch::{ANNOTATION_SHA256_PREFIX, ANNOTATION_URL_PREFIX};
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -47,8 +48,8 @@ use crate::pod::{
     ANNOTATION_NATIVE_NETWORK, LABEL_POD_NAME, LABEL_POD_NAMESPACE, LABEL_POD_UID, PodKey, PodPlan,
 };
 use crate::runtime::{
-    Adopted, ContainerRuntime, Exit, LogOptions, LogStream, OwnedContainer, OwnedPod, Sandbox,
-    Started,
+    Adopted, ContainerRuntime, ExecOutput, ExecRequest, ExecSession, Exit, LogOptions, LogStream,
+    OwnedContainer, OwnedPod, Sandbox, Started,
 };
 
 /// Where the native runtime keeps its state.
@@ -503,30 +504,118 @@ impl ContainerRuntime for NativeRuntime {
     }
 
     async fn exec(&self, id: &str, cmd: &[String], timeout: Duration) -> Result<i32> {
-        // Exec probes of native containers run the command on the host, in
-        // the pod's working directory (entering the container's namespaces
-        // is future work).
+        use futures::StreamExt as _;
+        // Exec probes run as `kubectl exec` does: inside the container, output discarded.
+        let run = async {
+            let req = ExecRequest { command: cmd.to_vec(), stdin: false, tty: false };
+            let mut session = self.exec_session(id, &req).await?;
+            while session.output.next().await.is_some() {}
+            session.exit.await
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| Error::Other(format!("exec {cmd:?}: timed out after {timeout:?}")))?
+    }
+
+    async fn exec_session(&self, id: &str, req: &ExecRequest) -> Result<ExecSession> {
+        use futures::StreamExt as _;
         let c = self.container(id)?;
+        if req.tty {
+            return Err(Error::Other(format!(
+                "container {:?} is a native container: a terminal (-t) is not supported, run the command without one",
+                c.name
+            )));
+        }
+        if c.exit.borrow().is_some() {
+            return Err(Error::Other(format!("container {:?} is not running", c.name)));
+        }
         let (bin, args) =
-            cmd.split_first().ok_or_else(|| Error::Other("empty exec command".into()))?;
+            req.command.split_first().ok_or_else(|| Error::Other("exec needs a command".into()))?;
+        let proc_dir = PathBuf::from(format!("/proc/{}", c.pid));
+        let open = |name: &str| -> Result<std::os::fd::OwnedFd> {
+            let path = proc_dir.join("ns").join(name);
+            std::fs::File::open(&path).map(Into::into).map_err(|e| Error::io(path, e))
+        };
+        let environ_path = proc_dir.join("environ");
+        let environ = std::fs::read(&environ_path).map_err(|e| Error::io(environ_path, e))?;
+        let cwd_path = proc_dir.join("cwd");
+        let cwd = std::fs::read_link(&cwd_path).map_err(|e| Error::io(cwd_path, e))?;
+        let mut cgroup_procs = Vec::new();
+        for path in self.cgroups.procs(&c.sandbox, &c.name) {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            cgroup_procs.push(file.into());
+        }
+        let inside = spawn::Inside {
+            pid: open("pid")?,
+            namespaces: vec![
+                (open("ipc")?, libc::CLONE_NEWIPC),
+                (open("uts")?, libc::CLONE_NEWUTS),
+                (open("net")?, libc::CLONE_NEWNET),
+                (open("mnt")?, libc::CLONE_NEWNS),
+            ],
+            cgroup_procs,
+            cwd: CString::new(cwd.into_os_string().into_encoded_bytes())
+                .map_err(|_| Error::Other("the container's working directory has a NUL".into()))?,
+        };
         let mut command = tokio::process::Command::new(bin);
         command
             .args(args)
-            .current_dir(self.sandbox_dir(&c.sandbox).join("work"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .env_clear()
+            .stdin(if req.stdin {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        let mut child = command.spawn().map_err(|e| Error::Exec {
-            container: c.name.clone(),
-            binary: bin.clone(),
-            message: e.to_string(),
-        })?;
-        match tokio::time::timeout(timeout, child.wait()).await {
-            Ok(Ok(status)) => Ok(status.code().unwrap_or(128)),
-            Ok(Err(e)) => Err(Error::Other(format!("exec {bin}: {e}"))),
-            Err(_) => Err(Error::Other(format!("exec {bin}: timed out after {timeout:?}"))),
+        for pair in environ.split(|b| *b == 0).filter(|p| !p.is_empty()) {
+            let text = String::from_utf8_lossy(pair);
+            if let Some((k, v)) = text.split_once('=') {
+                command.env(k, v);
+            }
         }
+        let handle = tokio::runtime::Handle::current();
+        let mut child =
+            tokio::task::spawn_blocking(move || spawn::spawn_inside(command, inside, handle))
+                .await
+                .map_err(|e| Error::Other(format!("exec thread: {e}")))?
+                .map_err(|e| Error::Exec {
+                    container: c.name.clone(),
+                    binary: bin.clone(),
+                    message: e.to_string(),
+                })?;
+        let stdin =
+            child.stdin.take().map(|s| Box::pin(s) as Pin<Box<dyn tokio::io::AsyncWrite + Send>>);
+        let stdout = child.stdout.take().map(|s| {
+            tokio_util::io::ReaderStream::new(s)
+                .map(|r| {
+                    r.map(ExecOutput::Stdout).map_err(|e| Error::Other(format!("stdout: {e}")))
+                })
+                .boxed()
+        });
+        let stderr = child.stderr.take().map(|s| {
+            tokio_util::io::ReaderStream::new(s)
+                .map(|r| {
+                    r.map(ExecOutput::Stderr).map_err(|e| Error::Other(format!("stderr: {e}")))
+                })
+                .boxed()
+        });
+        let output = futures::stream::select(
+            futures::stream::iter(stdout).flatten(),
+            futures::stream::iter(stderr).flatten(),
+        );
+        let name = bin.clone();
+        let exit = async move {
+            use std::os::unix::process::ExitStatusExt as _;
+            let status =
+                child.wait().await.map_err(|e| Error::Other(format!("waiting for {name}: {e}")))?;
+            Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        };
+        Ok(ExecSession { stdin, output: Box::pin(output), exit: Box::pin(exit) })
     }
 
     async fn logs(&self, id: &str, opts: LogOptions) -> Result<LogStream> {

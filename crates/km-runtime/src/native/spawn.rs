@@ -1,6 +1,7 @@
 //! Starting a native container's process: `clone(2)` into new pid, mount,
 //! uts and ipc namespaces (and optionally network), join the cgroups, set
 //! up mounts, hostname, stdio and working directory, then `execve(2)`.
+//! And starting a command inside a running container ([`spawn_inside`]).
 //!
 //! This is the only module of the crate with `unsafe` code. Everything the
 //! child needs (paths, argv, envp, pointer arrays, file descriptors) is
@@ -313,4 +314,70 @@ pub(crate) fn new_network_namespace() -> std::io::Result<OwnedFd> {
         })?
         .join()
         .map_err(|_| std::io::Error::other("the network namespace thread panicked"))?
+}
+
+/// What a command started inside a running container joins: the container's namespaces and
+/// cgroups, and its working directory.
+#[derive(Debug)]
+pub(crate) struct Inside {
+    /// The container's pid namespace, for the children of the spawning thread.
+    pub(crate) pid: OwnedFd,
+    /// Its ipc, uts, network and mount namespaces, with their `CLONE_NEW*` flags, joined in
+    /// this order (the mount namespace last, as it changes how paths resolve).
+    pub(crate) namespaces: Vec<(OwnedFd, libc::c_int)>,
+    /// Its `cgroup.procs` files, opened for writing.
+    pub(crate) cgroup_procs: Vec<OwnedFd>,
+    pub(crate) cwd: CString,
+}
+
+/// Starts `command` inside a running container. A short-lived thread enters the container's
+/// pid namespace for the processes it creates (the setting is per thread, so no other spawn
+/// is affected), and the forked child joins the other namespaces and the cgroups before it
+/// execs. `runtime` registers the child with tokio's process driver.
+pub(crate) fn spawn_inside(
+    mut command: tokio::process::Command,
+    inside: Inside,
+    runtime: tokio::runtime::Handle,
+) -> std::io::Result<tokio::process::Child> {
+    std::thread::Builder::new()
+        .name("km-exec".into())
+        .spawn(move || -> std::io::Result<tokio::process::Child> {
+            // SAFETY: setns on a descriptor we own; CLONE_NEWPID changes only which pid
+            // namespace this thread's future children are created in.
+            if unsafe { libc::setns(inside.pid.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let namespaces: Vec<(libc::c_int, libc::c_int)> =
+                inside.namespaces.iter().map(|(fd, flag)| (fd.as_raw_fd(), *flag)).collect();
+            let procs: Vec<libc::c_int> =
+                inside.cgroup_procs.iter().map(AsRawFd::as_raw_fd).collect();
+            let cwd = inside.cwd.clone();
+            // SAFETY: the closure runs in the forked child before exec and makes only
+            // syscalls (setns, write, chdir) on descriptors and memory prepared before the
+            // fork; the descriptors stay open until `spawn` has returned.
+            unsafe {
+                command.pre_exec(move || {
+                    for (fd, flag) in &namespaces {
+                        if libc::setns(*fd, *flag) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    for fd in &procs {
+                        if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    if libc::chdir(cwd.as_ptr()) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let _entered = runtime.enter();
+            let child = command.spawn();
+            drop(inside);
+            child
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("the exec thread panicked"))?
 }

@@ -51,6 +51,88 @@ async fn runs_to_success_with_env_namespaces_and_logs() {
     m.stop(&uid).await.expect("stop");
 }
 
+/// Runs `command` in a container of a running pod; (exit code, stdout, stderr).
+async fn exec(
+    m: &km_runtime::manager::PodManager,
+    uid: &str,
+    container: &str,
+    command: &[&str],
+    input: Option<&[u8]>,
+) -> (i32, String, String) {
+    use futures::StreamExt as _;
+    use km_runtime::runtime::{ExecOutput, ExecRequest};
+    use tokio::io::AsyncWriteExt as _;
+    let req = ExecRequest {
+        command: command.iter().map(|s| (*s).to_owned()).collect(),
+        stdin: input.is_some(),
+        tty: false,
+    };
+    let mut session = m.exec(uid, container, &req).await.expect("exec");
+    if let (Some(mut stdin), Some(input)) = (session.stdin.take(), input) {
+        stdin.write_all(input).await.expect("write stdin");
+        stdin.shutdown().await.expect("close stdin");
+    }
+    let (mut out, mut err) = (String::new(), String::new());
+    while let Some(chunk) = session.output.next().await {
+        match chunk.expect("output") {
+            ExecOutput::Stdout(b) => out.push_str(&String::from_utf8_lossy(&b)),
+            ExecOutput::Stderr(b) => err.push_str(&String::from_utf8_lossy(&b)),
+        }
+    }
+    (session.exit.await.expect("exit"), out, err)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_enters_the_containers_namespaces_cgroup_and_environment() {
+    let env = NativeEnv::new();
+    let m = env.manager();
+    let p = pod(native_pod(
+        "shell",
+        "Always",
+        json!([{ "name": "main", "command": ["/bin/sh", "-c", "sleep 100"],
+                 "env": [{"name": "GREETING", "value": "hi"}] }]),
+    ));
+    let uid = m.run(&p).expect("run").uid;
+    wait_pod(&m, &uid, Duration::from_secs(10), "Running", |s| s.phase == Phase::Running).await;
+    let (code, out, err) = exec(
+        &m,
+        &uid,
+        "main",
+        &["/bin/sh", "-c", "echo $GREETING; hostname; echo pids $(ls /proc | grep -c '^[0-9]'); cat /proc/self/cgroup; echo oops >&2; exit 7"],
+        None,
+    )
+    .await;
+    assert_eq!(code, 7, "{out}{err}");
+    assert_eq!(err, "oops\n");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[..2], ["hi", "shell"], "the container's environment and hostname: {out}");
+    // In the container's pid namespace only its own processes are seen: sh and sleep, and the
+    // exec'd shell with its children (a subshell, ls, grep).
+    let pids: usize = lines[2].trim_start_matches("pids ").parse().expect("a count");
+    assert!(pids <= 8, "a pid namespace of its own: {out}");
+    assert!(lines[3..].iter().any(|l| l.contains("/main")), "the container's cgroup: {out}");
+    let (code, out, _) = exec(&m, &uid, "main", &["cat"], Some(b"through stdin")).await;
+    assert_eq!((code, out.as_str()), (0, "through stdin"));
+    let tty =
+        km_runtime::runtime::ExecRequest { command: vec!["sh".into()], stdin: true, tty: true };
+    let refused = m.exec(&uid, "main", &tty).await.expect_err("no terminal for native");
+    assert!(refused.to_string().contains("terminal"), "{refused}");
+    let missing = m
+        .exec(
+            &uid,
+            "main",
+            &km_runtime::runtime::ExecRequest {
+                command: vec!["/no/such".into()],
+                stdin: false,
+                tty: false,
+            },
+        )
+        .await
+        .expect_err("a missing binary");
+    assert!(missing.to_string().contains("/no/such"), "{missing}");
+    m.stop(&uid).await.expect("stop");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_code_fails_the_pod_under_never() {
     let env = NativeEnv::new();
