@@ -403,6 +403,7 @@ async fn kubectl_logs_reach_the_container_through_the_api_server_and_the_executo
         Api::all(c.client()).get("agent-x").await.expect("node");
     let port = node
         .status
+        .clone()
         .and_then(|s| s.daemon_endpoints)
         .and_then(|d| d.kubelet_endpoint)
         .map(|e| e.port)
@@ -412,6 +413,44 @@ async fn kubectl_logs_reach_the_container_through_the_api_server_and_the_executo
     assert_eq!(anonymous.status(), 401);
     let wrong = reqwest::Client::new().get(&url).bearer_auth("guess").send().await.expect("reach");
     assert_eq!(wrong.status(), 401);
+    let exec = format!("http://127.0.0.1:{port}/exec/default/talker/main?command=true&stdout=1");
+    let anonymous = reqwest::Client::new().post(&exec).send().await.expect("reach the executor");
+    assert_eq!(anonymous.status(), 401);
+
+    // The executor publishes its ID (the pod's executor) and resources on its Node, and puts
+    // them back when someone removes them.
+    let pod = api.get("talker").await.expect("pod");
+    let executor_of_pod = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("k8s.mesosphere.io/executorId"))
+        .cloned()
+        .expect("the pod names its executor");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(c.client());
+    let published = |n: &k8s_openapi::api::core::v1::Node| {
+        let a = n.metadata.annotations.clone().unwrap_or_default();
+        (
+            a.get("k8s.mesosphere.io/executorId").cloned(),
+            a.get("k8s.mesosphere.io/executorResources").cloned(),
+        )
+    };
+    let (id, resources) = published(&node);
+    assert_eq!(id.as_deref(), Some(executor_of_pod.as_str()));
+    let resources = km_mesos::resources::decode_node_annotation(&resources.unwrap_or_default())
+        .expect("the resources decode");
+    assert!(resources.iter().any(|r| r.name == "cpus"), "{resources:?}");
+    let clear = json!({ "metadata": { "annotations": {
+        "k8s.mesosphere.io/executorId": null, "k8s.mesosphere.io/executorResources": null } } });
+    nodes
+        .patch("agent-x", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&clear))
+        .await
+        .expect("clear the annotations");
+    c.eventually("the executor publishes its ID again", WAIT, || async {
+        let n = nodes.get("agent-x").await.ok()?;
+        (published(&n).0.as_deref() == Some(executor_of_pod.as_str())).then_some(())
+    })
+    .await;
 }
 
 /// `kubectl exec` with `input` on its stdin: (exit code, stdout, stderr).

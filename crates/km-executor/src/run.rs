@@ -18,6 +18,7 @@ use km_runtime::docker::DockerRuntime;
 use km_runtime::native::NativeRuntime;
 use km_runtime::pod::NodeContext;
 use km_runtime::status::PodSnapshot;
+use km_scheduler_core::task::{NODE_EXECUTOR_ID, NODE_EXECUTOR_RESOURCES};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -353,15 +354,24 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let (mirror_tx, mirror_rx) = watch::channel(Vec::new());
-    let mirror = (!api.is_empty()).then(|| {
-        tokio::spawn(km_kubelet::mirror::run(
-            api.clone(),
-            node_name.clone(),
-            host_ip.clone(),
-            http.port(),
-            mirror_rx,
-        ))
-    });
+    // The Node carries this executor's ID and resources (as k8sm's executor did), so that a
+    // restarted scheduler rebuilds the same ExecutorInfo for this agent.
+    let executor_info = &subscribed.executor_info;
+    let node_spec = km_kubelet::mirror::NodeSpec {
+        name: node_name.clone(),
+        host_ip: host_ip.clone(),
+        port: http.port(),
+        annotations: [
+            (NODE_EXECUTOR_ID.to_owned(), executor_info.executor_id.value.clone()),
+            (
+                NODE_EXECUTOR_RESOURCES.to_owned(),
+                km_mesos::resources::encode_node_annotation(&executor_info.resources),
+            ),
+        ]
+        .into(),
+    };
+    let mirror = (!api.is_empty())
+        .then(|| tokio::spawn(km_kubelet::mirror::run(api.clone(), node_spec, mirror_rx)));
 
     let mut state = Loop {
         exec,

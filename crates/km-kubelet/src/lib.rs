@@ -186,13 +186,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // The pods already started, so no mirror pod is taken for stale.
         sync.write_status(&manager);
         tracing::info!(api_servers = ?args.api_servers, "publishing mirror pods and the node");
-        Some(tokio::spawn(mirror::run(
-            api_clients,
-            node_name.clone(),
-            manager.node().host_ip.clone(),
-            0,
-            mirror_rx,
-        )))
+        let node = mirror::NodeSpec {
+            name: node_name.clone(),
+            host_ip: manager.node().host_ip.clone(),
+            ..Default::default()
+        };
+        Some(tokio::spawn(mirror::run(api_clients, node, mirror_rx)))
     };
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

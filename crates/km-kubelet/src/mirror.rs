@@ -218,15 +218,24 @@ fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
+/// The Node a kubelet (or an executor) keeps: its name, address, the port of its endpoint, and
+/// annotations it publishes (km executor: its executor ID and resources).
+#[derive(Clone, Debug, Default)]
+pub struct NodeSpec {
+    pub name: String,
+    pub host_ip: String,
+    pub port: u16,
+    pub annotations: BTreeMap<String, String>,
+}
+
 /// Keeps mirror pods and the Node in sync until `pods` closes. `pods` holds
 /// the static pods being run, each with its current status.
 pub async fn run(
     clients: Vec<kube::Client>,
-    node: String,
-    host_ip: String,
-    port: u16,
+    spec: NodeSpec,
     mut pods: watch::Receiver<Vec<k8s::Pod>>,
 ) {
+    let node = spec.name.clone();
     let Some(mut client) = clients.first().cloned() else { return };
     let mut which = 0;
     let mut node_rep = Reporter::default();
@@ -245,7 +254,7 @@ pub async fn run(
         let heartbeat_due = last_heartbeat.is_none_or(|t| t.elapsed() >= HEARTBEAT) || !node_ok;
         let mut failed = false;
         if heartbeat_due {
-            let r = sync_node(&client, &node, &host_ip, port).await;
+            let r = sync_node(&client, &spec).await;
             failed |= r.is_err();
             node_ok = node_rep.result("registering node", r).is_some();
             if node_ok {
@@ -265,20 +274,26 @@ pub async fn run(
     }
 }
 
-async fn sync_node(
-    client: &kube::Client,
-    node: &str,
-    host_ip: &str,
-    port: u16,
-) -> Result<(), MirrorError> {
+async fn sync_node(client: &kube::Client, spec: &NodeSpec) -> Result<(), MirrorError> {
+    let NodeSpec { name: node, host_ip, port, annotations } = spec;
+    let (node, port) = (node.as_str(), *port);
     let nodes: Api<k8s::Node> = Api::all(client.clone());
     let existing = nodes.get_opt(node).await.map_err(api_err(format!("getting node {node}")))?;
+    let current =
+        existing.as_ref().and_then(|n| n.metadata.annotations.clone()).unwrap_or_default();
     if existing.is_none() {
         match nodes.create(&PostParams::default(), &node_object(node, host_ip, port, now())).await {
             Ok(_) => tracing::info!(node, "registered node"),
             Err(e) if is_conflict(&e) => {}
             Err(e) => return Err(api_err(format!("creating node {node}"))(e)),
         }
+    }
+    if annotations.iter().any(|(k, v)| current.get(k) != Some(v)) {
+        let patch = serde_json::json!({ "metadata": { "annotations": annotations } });
+        nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(api_err(format!("annotating node {node}")))?;
     }
     let status = node_status(node, host_ip, port, now());
     let patch = serde_json::json!({ "status": status });

@@ -607,3 +607,24 @@ pub fn attributes_state_object<'a>(
 
 #[cfg(test)]
 mod tests;
+
+/// The k8sm codec of an executor's resources on its Node (annotation
+/// `k8s.mesosphere.io/executorResources`): each protobuf `mesos.Resource`,
+/// standard-base64 encoded, joined with commas.
+pub fn encode_node_annotation(resources: &[crate::v1::Resource]) -> String {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    resources.iter().map(|r| b64.encode(r.encode_to_vec())).collect::<Vec<_>>().join(",")
+}
+
+/// Decodes [`encode_node_annotation`]; `None` if any part is not a resource.
+pub fn decode_node_annotation(text: &str) -> Option<Vec<crate::v1::Resource>> {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    text.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| crate::v1::Resource::decode(b64.decode(p.trim()).ok()?.as_slice()).ok())
+        .collect()
+}

@@ -13,8 +13,6 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use km_mesos::resources::{self as mesos_resources, Format};
 use km_mesos::v1;
 use km_offer_matcher::{Resource, Scalars};
@@ -22,7 +20,6 @@ use km_scheduler_core::ExecutorChoice;
 use km_scheduler_core::executor_id::{
     self, CommandSpec, EXECUTOR_NAME, EXECUTOR_SOURCE, ExecutorSpec, UriSpec,
 };
-use prost::Message;
 
 use crate::settings::{ExecutorSettings, ExecutorSource};
 
@@ -186,21 +183,12 @@ pub(crate) fn scalars_to_resources(s: &Scalars) -> Vec<Resource> {
         .collect()
 }
 
-/// The original's codec of executor resources on a Node: the protobuf `mesos.Resource`s,
-/// each standard-base64 encoded, joined with commas.
-pub(crate) fn encode_resources(resources: &[v1::Resource]) -> String {
-    resources.iter().map(|r| STANDARD.encode(r.encode_to_vec())).collect::<Vec<_>>().join(",")
-}
-
-/// Decodes [`encode_resources`]; `None` if any part is not a resource.
+/// The executor resources recorded on a Node (see
+/// [`km_mesos::resources::encode_node_annotation`]); `None` if any part is not a resource.
 pub(crate) fn decode_resources(text: &str) -> Option<Vec<Resource>> {
-    text.split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let bytes = STANDARD.decode(p.trim()).ok()?;
-            let r = v1::Resource::decode(bytes.as_slice()).ok()?;
-            mesos_resources::from_proto(&r).ok()
-        })
+    km_mesos::resources::decode_node_annotation(text)?
+        .iter()
+        .map(|r| mesos_resources::from_proto(r).ok())
         .collect()
 }
 
@@ -294,7 +282,7 @@ mod tests {
     fn node_codec_round_trips() {
         let e = Executors::new(&settings(ExecutorSource::AgentLocal("/km".into())), "http://s:1");
         let info = e.build(&scalars_to_resources(&e.resources()));
-        let text = encode_resources(&info.resources);
+        let text = km_mesos::resources::encode_node_annotation(&info.resources);
         assert_eq!(text.split(',').count(), 2);
         let back = decode_resources(&text).unwrap();
         assert_eq!(back, scalars_to_resources(&e.resources()));

@@ -339,7 +339,7 @@ impl Shell {
             self.lanes.api(ApiJob::RecordExecutor {
                 node: a.hostname.clone(),
                 executor_id: self.executors.id().to_owned(),
-                resources: executor::encode_resources(&executor.resources),
+                resources: km_mesos::resources::encode_node_annotation(&executor.resources),
             });
         }
         let now = Instant::now();
