@@ -14,6 +14,7 @@ pub(crate) const SUBCOMMANDS: &[&str] = &[
     "kubelet",
     "scheduler",
     "executor",
+    "controller-manager",
 ];
 
 /// Rewrites `[/usr/bin/km-podmaster, --flag]` (or `podmaster`) into

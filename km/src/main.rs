@@ -48,6 +48,10 @@ enum Command {
     Scheduler(km_scheduler::Args),
     /// The Mesos executor that runs the pods of km scheduler's tasks (started by a Mesos agent).
     Executor(km_executor::Args),
+    /// Workload controllers (Deployments, ReplicaSets, ReplicationControllers), the garbage
+    /// collector and endpoints.
+    #[command(name = "controller-manager")]
+    ControllerManager(km_controller_manager::Args),
 }
 
 impl Command {
@@ -61,6 +65,7 @@ impl Command {
             Command::Kubelet(args) => rt::block_on(km_kubelet::run(args)),
             Command::Scheduler(args) => rt::block_on(km_scheduler::run(args)),
             Command::Executor(args) => rt::block_on(km_executor::run(args)),
+            Command::ControllerManager(args) => rt::block_on(km_controller_manager::run(args)),
         }
     }
 }

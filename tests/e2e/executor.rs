@@ -11,7 +11,7 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::support::cluster::{KmCluster, tail};
-use crate::support::km_bin;
+use crate::support::{km_bin, kubectl, kubectls};
 
 const WAIT: Duration = Duration::from_secs(90);
 const AGENT: &str = "cpus:4;mem:4096;disk:10000;ports:[31000-31100]";
@@ -309,51 +309,6 @@ async fn an_executor_killed_with_kill_9_leaves_nothing_the_next_one_does_not_rem
 
 /// The kubectl binaries on this machine: 1.20 (Debian's, unpacked by scripts/install-deps.sh),
 /// the one on PATH, and the versioned ones beside it.
-fn kubectls() -> Vec<std::path::PathBuf> {
-    let mut found: Vec<std::path::PathBuf> = Vec::new();
-    let mut add = |k: std::path::PathBuf| {
-        let same = |f: &std::path::PathBuf| {
-            std::fs::canonicalize(f).ok() == std::fs::canonicalize(&k).ok()
-        };
-        if k.is_file() && !found.iter().any(same) {
-            found.push(k);
-        }
-    };
-    add(std::path::PathBuf::from("/opt/km-tools/kubernetes-client/usr/bin/kubectl"));
-    let on_path = std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.is_file()));
-    if let Some(k) = on_path {
-        // The versioned kubectls sit beside the real file of the one on PATH: the oldest, the
-        // first whose exec speaks WebSocket (1.30), the default and the newest.
-        let dir = std::fs::canonicalize(&k)
-            .ok()
-            .and_then(|r| r.parent().map(std::path::Path::to_path_buf));
-        for v in ["1.27", "1.30"] {
-            if let Some(dir) = &dir {
-                add(dir.join(format!("kubectl.{v}")));
-            }
-        }
-        add(k);
-        if let Some(dir) = &dir {
-            add(dir.join("kubectl.1.33"));
-        }
-    }
-    found
-}
-
-fn kubectl(bin: &std::path::Path, server: &str, args: &[&str]) -> (bool, String) {
-    let home = tempfile::tempdir().expect("kubectl home");
-    let out = std::process::Command::new(bin)
-        .env("HOME", home.path())
-        .arg(format!("--server={server}"))
-        .args(args)
-        .output()
-        .expect("run kubectl");
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
-}
-
 #[tokio::test]
 async fn kubectl_logs_reach_the_container_through_the_api_server_and_the_executor() {
     let c = cluster();

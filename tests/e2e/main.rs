@@ -4,6 +4,7 @@
 
 mod apiserver;
 mod cli;
+mod controller_manager;
 mod executor;
 mod kubelet;
 mod kubelet_api;

@@ -126,7 +126,27 @@ impl DeleteOptions {
             propagation: body["propagationPolicy"]
                 .as_str()
                 .map(str::to_owned)
-                .or_else(|| query.get("propagationPolicy").cloned()),
+                .or_else(|| query.get("propagationPolicy").cloned())
+                .or_else(|| {
+                    // The older form of `propagationPolicy: Orphan`.
+                    let orphan = body["orphanDependents"]
+                        .as_bool()
+                        .or_else(|| query.get("orphanDependents").map(|v| v == "true" || v == "1"));
+                    orphan.map(|o| if o { "Orphan" } else { "Background" }.to_owned())
+                }),
+        }
+    }
+
+    /// The finalizer that makes the garbage collector handle the dependents first
+    /// (`foregroundDeletion`, `orphan`); an unknown policy is a 400.
+    pub fn finalizer(&self) -> ApiResult<Option<&'static str>> {
+        match self.propagation.as_deref() {
+            None | Some("Background") => Ok(None),
+            Some("Foreground") => Ok(Some("foregroundDeletion")),
+            Some("Orphan") => Ok(Some("orphan")),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "propagationPolicy: Unsupported value: {other:?}: supported values: \"Orphan\", \"Background\", \"Foreground\""
+            ))),
         }
     }
 }
@@ -566,6 +586,20 @@ impl<S: Storage> Api<S> {
                 ));
             }
             let now = unix_now();
+            // Foreground and orphan deletion: the garbage collector deals with the dependents
+            // first, then removes the finalizer, which completes the deletion.
+            if let Some(f) = options.finalizer()? {
+                let meta = child(&mut obj, "metadata");
+                let list = child(meta, "finalizers");
+                if !list.is_array() {
+                    *list = json!([]);
+                }
+                if let Some(items) = list.as_array_mut()
+                    && !items.iter().any(|x| x == f)
+                {
+                    items.push(json!(f));
+                }
+            }
             let has_finalizers =
                 obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
             let graceful = if kind.is("Pod") { pod_grace(&obj, options) } else { 0 };
@@ -577,10 +611,6 @@ impl<S: Storage> Api<S> {
                 }
                 meta["deletionTimestamp"] = json!(object::rfc3339(now + graceful));
                 meta["deletionGracePeriodSeconds"] = json!(graceful);
-                if let Some(policy) = &options.propagation {
-                    let annotations = child(meta, "annotations");
-                    annotations["km.io/propagation-policy"] = json!(policy);
-                }
                 match self.storage.update(&key, encode(&obj), kv.mod_revision).await {
                     Ok(rev) => return Ok(with_revision(obj, rev)),
                     Err(StorageError::Conflict { .. }) => continue,

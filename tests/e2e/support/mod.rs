@@ -32,3 +32,51 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("runtime")
 }
+
+/// The kubectls to try a flow with: Debian's 1.20 (SPDY exec) when installed, and beside the
+/// kubectl on PATH the oldest (1.27), the first whose exec speaks WebSocket (1.30), the default
+/// and the newest (1.33).
+pub fn kubectls() -> Vec<std::path::PathBuf> {
+    let mut found: Vec<std::path::PathBuf> = Vec::new();
+    let mut add = |k: std::path::PathBuf| {
+        let same = |f: &std::path::PathBuf| {
+            std::fs::canonicalize(f).ok() == std::fs::canonicalize(&k).ok()
+        };
+        if k.is_file() && !found.iter().any(same) {
+            found.push(k);
+        }
+    };
+    add(std::path::PathBuf::from("/opt/km-tools/kubernetes-client/usr/bin/kubectl"));
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.is_file()));
+    if let Some(k) = on_path {
+        // The versioned kubectls sit beside the real file of the one on PATH: the oldest, the
+        // first whose exec speaks WebSocket (1.30), the default and the newest.
+        let dir = std::fs::canonicalize(&k)
+            .ok()
+            .and_then(|r| r.parent().map(std::path::Path::to_path_buf));
+        for v in ["1.27", "1.30"] {
+            if let Some(dir) = &dir {
+                add(dir.join(format!("kubectl.{v}")));
+            }
+        }
+        add(k);
+        if let Some(dir) = &dir {
+            add(dir.join("kubectl.1.33"));
+        }
+    }
+    found
+}
+
+pub fn kubectl(bin: &std::path::Path, server: &str, args: &[&str]) -> (bool, String) {
+    let home = tempfile::tempdir().expect("kubectl home");
+    let out = std::process::Command::new(bin)
+        .env("HOME", home.path())
+        .arg(format!("--server={server}"))
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}

@@ -1,0 +1,370 @@
+//! km controller-manager against km apiserver on etcd: Deployments roll out, restart, undo and
+//! scale with kubectl; the garbage collector removes what a deleted owner leaves (or orphans it
+//! when asked); a standby takes over from a killed leader; and, with km scheduler, a Mesos agent
+//! and km executor, a Deployment's pods run through Mesos.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::support::apiserver::{ApiServer, http};
+use crate::support::cluster::KmCluster;
+use crate::support::etcd::Etcd;
+use crate::support::process::{Proc, wait_until};
+use crate::support::{free_port, km_bin, kubectl, kubectls};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// `km controller-manager` for `api`, healthy.
+fn controller_manager(api: &str, dir: &std::path::Path, name: &str, extra: &[&str]) -> (Proc, u16) {
+    let port = free_port();
+    let mut cmd = Command::new(km_bin());
+    cmd.arg("controller-manager")
+        .arg(format!("--master={api}"))
+        .arg(format!("--port={port}"))
+        .args(extra)
+        .env("KM_LOG", "info,km_controller_manager=debug");
+    let mut proc = Proc::spawn("km controller-manager", cmd, &dir.join(format!("{name}.log")));
+    let up = wait_until(Duration::from_secs(30), || {
+        assert!(proc.is_running(), "km controller-manager exited; its log:\n{}", proc.log());
+        http(port, "GET", "/healthz", None).is_some_and(|(c, _)| c == 200)
+    });
+    assert!(up, "km controller-manager not healthy; its log:\n{}", proc.log());
+    (proc, port)
+}
+
+/// Plays the kubelet for pods that no node runs: every pod is marked Running and Ready (and
+/// gracefully deleted pods are removed), until the returned guard is dropped.
+fn fake_kubelet(client: kube::Client) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let api: Api<Pod> = Api::all(client.clone());
+        loop {
+            if let Ok(list) = api.list(&ListParams::default()).await {
+                for p in list.items {
+                    let ns = p.metadata.namespace.clone().unwrap_or_default();
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                    if p.metadata.deletion_timestamp.is_some() {
+                        let _ = pods
+                            .delete(&name, &kube::api::DeleteParams::default().grace_period(0))
+                            .await;
+                        continue;
+                    }
+                    let ready =
+                        p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    if !ready {
+                        let status = json!({ "status": { "phase": "Running", "podIP": "10.1.0.1",
+                            "conditions": [{ "type": "Ready", "status": "True",
+                                "lastTransitionTime": "2026-01-01T00:00:00Z" }] } });
+                        let _ = pods
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                            .await;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+async fn eventually<T, F, Fut>(what: &str, logs: &dyn Fn() -> String, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn deployment(name: &str, replicas: i32) -> Deployment {
+    serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "strategy": { "type": "RollingUpdate", "rollingUpdate": { "maxSurge": 1, "maxUnavailable": 1 } },
+            "template": { "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [{ "name": "main", "image": "km-test/busybox:latest",
+                    "command": ["sleep", "3600"] }] } },
+        },
+    }))
+    .expect("deployment")
+}
+
+/// Pods not being deleted, by their pod-template-hash.
+async fn live_pods(api: &Api<Pod>, app: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let list = api
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for p in list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+        let hash = p
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("pod-template-hash"))
+            .cloned()
+            .unwrap_or_default();
+        *out.entry(hash).or_default() += 1;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployments_roll_out_restart_undo_scale_and_are_collected_with_kubectl() {
+    let etcd = Etcd::start();
+    let api_server = ApiServer::start(&etcd);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cm, _) = controller_manager(&api_server.url(), dir.path(), "cm", &[]);
+    let logs = || cm.log();
+    let client = api_server.client();
+    let kubelet = fake_kubelet(client.clone());
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    deployments.create(&PostParams::default(), &deployment("web", 4)).await.expect("create");
+    let first = eventually("4 pods of one template", &logs, || async {
+        let live = live_pods(&pods, "web").await;
+        (live.len() == 1 && live.values().sum::<usize>() == 4)
+            .then(|| live.keys().next().cloned().unwrap_or_default())
+    })
+    .await;
+    let server = api_server.url();
+    let ks = kubectls();
+    let newest = ks.last().expect("a kubectl").clone();
+    for k in &ks {
+        let (ok, out) =
+            kubectl(k, &server, &["rollout", "status", "deployment/web", "--timeout=60s"]);
+        assert!(
+            ok && out.contains("successfully rolled out"),
+            "{}: {out}\n{}",
+            k.display(),
+            logs()
+        );
+    }
+
+    // A rolling restart: never more than replicas + maxSurge pods, never fewer than
+    // replicas − maxUnavailable.
+    let (ok, out) = kubectl(&newest, &server, &["rollout", "restart", "deployment/web"]);
+    assert!(ok, "{out}");
+    let second = eventually("every pod replaced", &logs, || async {
+        let live = live_pods(&pods, "web").await;
+        let total: usize = live.values().sum();
+        assert!(total <= 5, "{total} pods: more than the surge allows ({live:?})");
+        assert!(total >= 3, "{total} pods: fewer than maxUnavailable allows ({live:?})");
+        (live.len() == 1 && total == 4 && !live.contains_key(&first))
+            .then(|| live.keys().next().cloned().unwrap_or_default())
+    })
+    .await;
+    let (ok, out) =
+        kubectl(&newest, &server, &["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(&newest, &server, &["rollout", "history", "deployment/web"]);
+    assert!(ok && out.contains('1') && out.contains('2'), "{out}");
+
+    // Undo goes back to the first template (the ReplicaSet of revision 1, as revision 3).
+    let (ok, out) = kubectl(&newest, &server, &["rollout", "undo", "deployment/web"]);
+    assert!(ok, "{out}\n{}", logs());
+    eventually("the first template back", &logs, || async {
+        let live = live_pods(&pods, "web").await;
+        (live.len() == 1 && live.get(&first) == Some(&4)).then_some(())
+    })
+    .await;
+    let d = deployments.get("web").await.expect("deployment");
+    let revision = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("deployment.kubernetes.io/revision"))
+        .cloned();
+    assert_eq!(revision.as_deref(), Some("3"));
+    assert!(!second.is_empty());
+
+    let (ok, out) = kubectl(&newest, &server, &["scale", "deployment/web", "--replicas=2"]);
+    assert!(ok, "{out}");
+    eventually("2 pods", &logs, || async {
+        (live_pods(&pods, "web").await.get(&first) == Some(&2)).then_some(())
+    })
+    .await;
+    let status = deployments.get_status("web").await.expect("status").status.expect("status");
+    assert_eq!(
+        (status.replicas, status.available_replicas, status.updated_replicas),
+        (Some(2), Some(2), Some(2))
+    );
+
+    // kubectl delete: the ReplicaSets and their pods follow (background propagation).
+    let (ok, out) = kubectl(&newest, &server, &["delete", "deployment", "web"]);
+    assert!(ok, "{out}");
+    eventually("the ReplicaSets and pods collected", &logs, || async {
+        let rs = sets.list(&ListParams::default()).await.ok()?.items;
+        (rs.is_empty() && live_pods(&pods, "web").await.is_empty()).then_some(())
+    })
+    .await;
+
+    // Orphaning: a ReplicationController deleted with --cascade=orphan leaves its pods, freed.
+    let rc: ReplicationController = serde_json::from_value(json!({
+        "metadata": { "name": "legacy", "namespace": "default" },
+        "spec": { "replicas": 2, "selector": { "app": "legacy" },
+            "template": { "metadata": { "labels": { "app": "legacy" } },
+                "spec": { "containers": [{ "name": "main", "image": "km-test/busybox:latest" }] } } },
+    }))
+    .expect("rc");
+    let rcs: Api<ReplicationController> = Api::namespaced(client.clone(), "default");
+    rcs.create(&PostParams::default(), &rc).await.expect("create rc");
+    eventually("2 pods of the RC", &logs, || async {
+        (live_pods(&pods, "legacy").await.values().sum::<usize>() == 2).then_some(())
+    })
+    .await;
+    let (ok, out) = kubectl(&newest, &server, &["delete", "rc", "legacy", "--cascade=orphan"]);
+    assert!(ok, "{out}");
+    eventually("the RC gone, its pods freed", &logs, || async {
+        let gone = rcs.get_opt("legacy").await.ok()?.is_none();
+        let list = pods.list(&ListParams::default().labels("app=legacy")).await.ok()?.items;
+        let freed = list.len() == 2
+            && list.iter().all(|p| p.metadata.owner_references.as_ref().is_none_or(Vec::is_empty));
+        (gone && freed).then_some(())
+    })
+    .await;
+    kubelet.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_from_a_killed_leader_without_duplicate_pods() {
+    let etcd = Etcd::start();
+    let api_server = ApiServer::start(&etcd);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fast = [
+        "--leader-elect-lease-duration=3s",
+        "--leader-elect-renew-deadline=2s",
+        "--leader-elect-retry-period=500ms",
+    ];
+    let (mut leader, leader_port) =
+        controller_manager(&api_server.url(), dir.path(), "cm-1", &fast);
+    let leads = |port: u16| {
+        http(port, "GET", "/metrics", None)
+            .is_some_and(|(_, m)| m.lines().any(|l| l == "km_controller_manager_leader 1"))
+    };
+    assert!(wait_until(WAIT, || leads(leader_port)), "the first one leads\n{}", leader.log());
+    let (standby, standby_port) = controller_manager(&api_server.url(), dir.path(), "cm-2", &fast);
+    let (leader_log, standby_log) = (leader.log_path().to_owned(), standby.log_path().to_owned());
+    let logs = || {
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("--- cm-1\n{}\n--- cm-2\n{}", read(&leader_log), read(&standby_log))
+    };
+    assert!(!leads(standby_port), "only one leads");
+    let client = api_server.client();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    deployments.create(&PostParams::default(), &deployment("ha", 5)).await.expect("create");
+    eventually("5 pods", &logs, || async {
+        (live_pods(&pods, "ha").await.values().sum::<usize>() == 5).then_some(())
+    })
+    .await;
+    leader.kill();
+    assert!(wait_until(WAIT, || leads(standby_port)), "the standby takes over\n{}", logs());
+    // The new leader manages the same Deployment: a scale-up lands, and no pod is duplicated.
+    deployments
+        .patch("ha", &PatchParams::default(), &Patch::Merge(&json!({ "spec": { "replicas": 7 } })))
+        .await
+        .expect("scale");
+    eventually("7 pods", &logs, || async {
+        (live_pods(&pods, "ha").await.values().sum::<usize>() == 7).then_some(())
+    })
+    .await;
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle {
+        assert_eq!(live_pods(&pods, "ha").await.values().sum::<usize>(), 7, "{}", logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(standby);
+}
+
+/// The whole path of issue "km executor": a Deployment's pods run through km scheduler, a Mesos
+/// agent and km executor; `kubectl logs` shows their output; deleting the Deployment kills
+/// their tasks and ends their processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployments_pods_run_through_mesos_and_go_with_it() {
+    let km = km_bin();
+    let mut c = KmCluster::start(
+        &[],
+        &[&format!("--executor-path=file://{}", km.display()), "--executor-suicide-timeout=1m"],
+    );
+    let agent = c.start_agent("agent-d", "cpus:4;mem:4096;disk:10000;ports:[31000-31100]");
+    c.keep(agent);
+    let (cm, _) = controller_manager(&c.api.url(), c.dir.path(), "cm", &[]);
+    let logs = || {
+        format!(
+            "--- controller-manager\n{}\n--- scheduler\n{}",
+            cm.log(),
+            crate::support::cluster::tail(&c.scheduler_log(), 40)
+        )
+    };
+    let client = c.client();
+    let marker = format!("hello-from-deployment-{}", std::process::id());
+    // One sleep duration per test run, to count this test's processes only.
+    let sleep = format!("sleep {}", 80_000 + std::process::id() % 1000);
+    let mut d = deployment("hello", 2);
+    let spec = d.spec.template.spec.as_mut().expect("pod spec");
+    spec.runtime_class_name = Some("native".into());
+    spec.termination_grace_period_seconds = Some(1);
+    spec.containers[0].command =
+        Some(vec!["/bin/sh".into(), "-c".into(), format!("echo {marker}; exec {sleep}")]);
+    spec.containers[0].resources = Some(
+        serde_json::from_value(json!({ "requests": { "cpu": "100m", "memory": "32Mi" } }))
+            .expect("resources"),
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deployments.create(&PostParams::default(), &d).await.expect("create");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running = eventually("2 pods Running through Mesos", &logs, || async {
+        let list = pods.list(&ListParams::default().labels("app=hello")).await.ok()?.items;
+        let running: Vec<String> = list
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        (running.len() == 2).then_some(running)
+    })
+    .await;
+    let server = c.api.url();
+    let k = kubectls().last().cloned().expect("a kubectl");
+    for name in &running {
+        let (ok, out) = kubectl(&k, &server, &["logs", name]);
+        assert!(ok && out.contains(&marker), "{name}: {out}");
+    }
+    let (ok, out) =
+        kubectl(&k, &server, &["rollout", "status", "deployment/hello", "--timeout=60s"]);
+    assert!(ok, "{out}\n{}", logs());
+    let (ok, out) = kubectl(&k, &server, &["delete", "deployment", "hello"]);
+    assert!(ok, "{out}");
+    eventually("the pods gone and their processes ended", &logs, || async {
+        let left = pods.list(&ListParams::default().labels("app=hello")).await.ok()?.items;
+        let processes = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                std::fs::read(e.path().join("cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == sleep)
+            })
+            .count();
+        (left.is_empty() && processes == 0).then_some(())
+    })
+    .await;
+}
