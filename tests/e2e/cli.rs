@@ -43,3 +43,40 @@ fn symlink_dispatches_on_its_name() {
     assert!(ok);
     assert!(stdout.contains("Usage: km podmaster"), "symlink did not reach podmaster: {stdout}");
 }
+
+/// Cloud-provider flags are used or refused, never accepted and ignored: an unknown provider, a
+/// config without a provider and a config with an unknown key stop km apiserver and km
+/// controller-manager at start-up with the reason.
+#[test]
+fn cloud_provider_flags_are_checked_at_start_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad_key = dir.path().join("mesos-cloud.conf");
+    std::fs::write(&bad_key, "[mesos-cloud]\nmesos-master = 127.0.0.1:5050\nzone = a\n")
+        .expect("write");
+    let cases: [(&[String], &str); 3] = [
+        (&["--cloud-provider=aws".to_owned()], "aws"),
+        (&[format!("--cloud-config={}", bad_key.display())], "cloud-provider"),
+        (
+            &["--cloud-provider=mesos".to_owned(), format!("--cloud-config={}", bad_key.display())],
+            "zone",
+        ),
+    ];
+    for (flags, needle) in cases {
+        for sub in [
+            vec![
+                "apiserver".to_owned(),
+                "--etcd-servers=http://127.0.0.1:1".to_owned(),
+                "--insecure-port=0".to_owned(),
+            ],
+            vec![
+                "controller-manager".to_owned(),
+                "--master=http://127.0.0.1:1".to_owned(),
+                "--port=0".to_owned(),
+            ],
+        ] {
+            let (ok, _, stderr) = run(Command::new(km_bin()).args(&sub).args(flags));
+            assert!(!ok, "{sub:?} {flags:?} started");
+            assert!(stderr.contains(needle), "{sub:?} {flags:?}: {stderr}");
+        }
+    }
+}

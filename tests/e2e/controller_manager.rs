@@ -368,3 +368,123 @@ async fn a_deployments_pods_run_through_mesos_and_go_with_it() {
     })
     .await;
 }
+
+/// Node lifecycle with `--cloud-provider=mesos`: when the host of an agent dies (agent and
+/// executor killed), its Node turns NotReady with the reason; once the master forgets the agent
+/// (marked gone), the Node goes and the Deployment's pod is replaced on the other agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_follow_their_agents_and_pods_of_a_lost_agent_are_replaced() {
+    let km = km_bin();
+    let mut c = KmCluster::start(
+        &[],
+        &[&format!("--executor-path=file://{}", km.display()), "--executor-suicide-timeout=1m"],
+    );
+    let resources = "cpus:2;mem:2048;disk:10000;ports:[31000-31100]";
+    let mut agents = BTreeMap::new();
+    for name in ["agent-a", "agent-b"] {
+        agents.insert(name.to_owned(), c.start_agent(name, resources));
+    }
+    let conf = c.dir.path().join("mesos-cloud.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[mesos-cloud]\nmesos-master = 127.0.0.1:{}\nstate-cache-ttl = 200ms\n",
+            c.master.port
+        ),
+    )
+    .expect("write mesos-cloud.conf");
+    let (cm, _) = controller_manager(
+        &c.api.url(),
+        c.dir.path(),
+        "cm",
+        &[
+            "--cloud-provider=mesos",
+            &format!("--cloud-config={}", conf.display()),
+            "--node-monitor-grace-period=2s",
+        ],
+    );
+    let logs = || {
+        format!(
+            "--- controller-manager\n{}\n--- scheduler\n{}",
+            cm.log(),
+            crate::support::cluster::tail(&c.scheduler_log(), 40)
+        )
+    };
+    let client = c.client();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let ready = |n: &k8s_openapi::api::core::v1::Node| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| (c.status.clone(), c.reason.clone().unwrap_or_default()))
+    };
+    eventually("both agents' Nodes Ready", &logs, || async {
+        let mut all = Vec::new();
+        for name in ["agent-a", "agent-b"] {
+            all.push(ready(&nodes.get_opt(name).await.ok()??)?.0 == "True");
+        }
+        all.iter().all(|r| *r).then_some(())
+    })
+    .await;
+    let mut d = deployment("survivor", 1);
+    let spec = d.spec.template.spec.as_mut().expect("pod spec");
+    spec.runtime_class_name = Some("native".into());
+    spec.termination_grace_period_seconds = Some(1);
+    spec.containers[0].command = Some(vec!["/bin/sleep".into(), "3600".into()]);
+    spec.containers[0].resources = Some(
+        serde_json::from_value(json!({ "requests": { "cpu": "100m", "memory": "32Mi" } }))
+            .expect("resources"),
+    );
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let running_on = || async {
+        let list = pods.list(&ListParams::default().labels("app=survivor")).await.ok()?.items;
+        list.iter()
+            .find(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .and_then(|p| Some((p.metadata.name.clone()?, p.spec.as_ref()?.node_name.clone()?)))
+    };
+    let (first, host) = eventually("the pod Running", &logs, running_on).await;
+    let other = if host == "agent-a" { "agent-b" } else { "agent-a" };
+
+    // The host dies: its agent and its executors.
+    let sandboxes = c.dir.path().join(format!("agent-{host}"));
+    for pid in c.executor_pids() {
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        if cwd.starts_with(&sandboxes) {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+    agents.get_mut(&host).expect("agent").kill();
+    eventually("its Node NotReady", &logs, || async {
+        let (status, reason) = ready(&nodes.get_opt(&host).await.ok()??)?;
+        (status == "False" && reason == "AgentDisconnected").then_some(())
+    })
+    .await;
+
+    // The master forgets the agent: the Node goes, the pod is replaced on the other agent.
+    let node = nodes.get(&host).await.expect("node");
+    let agent_id = node
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("k8s.mesosphere.io/agentId"))
+        .cloned()
+        .expect("agent id");
+    let body = json!({ "type": "MARK_AGENT_GONE", "mark_agent_gone": { "agent_id": { "value": agent_id } } }).to_string();
+    let (code, out) = http(c.master.port, "POST", "/api/v1", Some(("application/json", &body)))
+        .unwrap_or_default();
+    assert!((200..300).contains(&code), "MARK_AGENT_GONE: {code} {out}");
+    eventually("the Node deleted", &logs, || async {
+        nodes.get_opt(&host).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let (second, on) = eventually("a replacement Running on the other agent", &logs, || async {
+        running_on().await.filter(|(name, _)| *name != first)
+    })
+    .await;
+    assert_eq!(on, other, "{second} runs on {on}");
+}

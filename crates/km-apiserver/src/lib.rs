@@ -73,10 +73,11 @@ pub struct Args {
     /// Port range from which NodePort Services get their node port.
     #[arg(long, default_value = "30000-32767")]
     pub service_node_port_range: String,
-    /// Recorded until the Mesos cloud provider exists.
+    /// The cloud provider (`mesos`): the addresses of nodes that publish none are asked of it
+    /// when proxying `pods/log` and `pods/exec`.
     #[arg(long)]
     pub cloud_provider: Option<String>,
-    /// Recorded until the Mesos cloud provider exists.
+    /// The cloud provider's configuration file (mesos-cloud.conf).
     #[arg(long)]
     pub cloud_config: Option<PathBuf>,
     /// Address advertised to clients and cluster members.
@@ -119,9 +120,10 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    if args.cloud_provider.is_some() || args.cloud_config.is_some() {
-        tracing::info!(provider = ?args.cloud_provider, config = ?args.cloud_config, "cloud provider recorded (not used yet)");
-    }
+    let cloud = km_cloud_provider::from_flags(
+        args.cloud_provider.as_deref(),
+        args.cloud_config.as_deref(),
+    )?;
     let ranges = alloc::Ranges {
         cluster_ips: alloc::IpRange::parse(&args.service_cluster_ip_range)
             .map_err(|e| anyhow::anyhow!("--service-cluster-ip-range: {e}"))?,
@@ -139,7 +141,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let nodes = nodeproxy::NodeProxy::new(token, args.kubelet_timeout);
+    let nodes = nodeproxy::NodeProxy::new(token, args.kubelet_timeout).with_cloud(cloud);
     let config = ApiConfig { bookmark_interval: args.watch_bookmark_interval, ranges, nodes };
     let api = Arc::new(Api::new(Arc::new(storage), config));
     api.bootstrap().await.context("creating the system namespaces")?;

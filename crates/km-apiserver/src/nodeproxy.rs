@@ -19,6 +19,8 @@ pub struct NodeProxy {
     client: reqwest::Client,
     token: Option<String>,
     connect_timeout: Duration,
+    /// Where a node that publishes no address is looked up (`--cloud-provider`).
+    cloud: Option<std::sync::Arc<dyn km_cloud_provider::CloudProvider>>,
 }
 
 impl Default for NodeProxy {
@@ -38,7 +40,31 @@ impl NodeProxy {
             .connect_timeout(connect_timeout)
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
-        NodeProxy { client, token, connect_timeout }
+        NodeProxy { client, token, connect_timeout, cloud: None }
+    }
+
+    /// Nodes whose objects carry no address are looked up with `cloud` (the Mesos agents'
+    /// addresses, from the master).
+    pub fn with_cloud(
+        mut self,
+        cloud: Option<std::sync::Arc<dyn km_cloud_provider::CloudProvider>>,
+    ) -> NodeProxy {
+        self.cloud = cloud;
+        self
+    }
+
+    /// `host:port` of the node's endpoint: its published port at its published address, else at
+    /// the address the cloud provider knows for it.
+    async fn endpoint(&self, node: &Value, node_name: &str) -> Option<String> {
+        if let Some(e) = node_endpoint(node) {
+            return Some(e);
+        }
+        let port = endpoint_port(node)?;
+        let addresses = self.cloud.as_ref()?.node_addresses(node_name).await.ok()?;
+        let address = ["InternalIP", "Hostname"].iter().find_map(|t| {
+            addresses.iter().find(|a| a.type_.as_str() == *t).map(|a| a.address.clone())
+        })?;
+        Some(host_port(&address, port))
     }
 
     /// The log of `container` of `pod` (already read from the store) from the pod's node.
@@ -49,7 +75,7 @@ impl NodeProxy {
         query: &Query,
     ) -> ApiResult<reqwest::Response> {
         let Target { namespace, name, container, node_name, base } =
-            target(pod, node, query.get("container").map(String::as_str))?;
+            self.target(pod, node, query.get("container").map(String::as_str)).await?;
         let mut url = format!("http://{base}/containerLogs/{namespace}/{name}/{container}");
         let params = {
             let mut params = form_urlencoded::Serializer::new(String::new());
@@ -78,6 +104,34 @@ impl NodeProxy {
         Err(node_refused(&node_name, status.as_u16(), &body))
     }
 
+    /// Where a request for a pod's container goes.
+    async fn target(
+        &self,
+        pod: &Value,
+        node: Option<&Value>,
+        container: Option<&str>,
+    ) -> ApiResult<Target> {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
+        let container = log_container(pod, container)?;
+        let node_name = pod["spec"]["nodeName"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("pod {name} does not have a host assigned"))
+            })?
+            .to_owned();
+        let node = node.ok_or_else(|| {
+            ApiError::Internal(format!("node {node_name:?} of pod {name} does not exist"))
+        })?;
+        let base = self.endpoint(node, &node_name).await.ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "node {node_name:?} publishes no endpoint for logs and exec (status.daemonEndpoints.kubeletEndpoint and an address)"
+        ))
+    })?;
+        Ok(Target { namespace, name, container, node_name, base })
+    }
+
     /// `pods/exec`: sends the client's upgrade request on to the pod's node and, once the node
     /// switches protocols, joins the two connections.
     pub async fn pod_exec(
@@ -88,7 +142,7 @@ impl NodeProxy {
         mut request: axum::extract::Request,
     ) -> ApiResult<axum::response::Response> {
         let Target { namespace, name, container, node_name, base } =
-            target(pod, node, query.get("container").map(String::as_str))?;
+            self.target(pod, node, query.get("container").map(String::as_str)).await?;
         if pod["status"]["phase"].as_str().is_some_and(|p| p == "Succeeded" || p == "Failed") {
             return Err(ApiError::BadRequest(format!(
                 "cannot exec into a container in a completed pod; current phase is {}",
@@ -203,26 +257,6 @@ struct Target {
     base: String,
 }
 
-fn target(pod: &Value, node: Option<&Value>, container: Option<&str>) -> ApiResult<Target> {
-    let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-    let namespace = pod["metadata"]["namespace"].as_str().unwrap_or("default").to_owned();
-    let container = log_container(pod, container)?;
-    let node_name = pod["spec"]["nodeName"]
-        .as_str()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::BadRequest(format!("pod {name} does not have a host assigned")))?
-        .to_owned();
-    let node = node.ok_or_else(|| {
-        ApiError::Internal(format!("node {node_name:?} of pod {name} does not exist"))
-    })?;
-    let base = node_endpoint(node).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "node {node_name:?} publishes no endpoint for logs and exec (status.daemonEndpoints.kubeletEndpoint and an address)"
-        ))
-    })?;
-    Ok(Target { namespace, name, container, node_name, base })
-}
-
 /// The container whose log is asked for: the named one, else the pod's only container or its
 /// `kubectl.kubernetes.io/default-container`.
 fn log_container(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
@@ -257,21 +291,24 @@ fn log_container(pod: &Value, asked: Option<&str>) -> ApiResult<String> {
     }
 }
 
+/// The port a node publishes for its endpoint.
+fn endpoint_port(node: &Value) -> Option<u16> {
+    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64()?;
+    u16::try_from(port).ok().filter(|p| *p != 0)
+}
+
+fn host_port(address: &str, port: u16) -> String {
+    if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") }
+}
+
 /// `host:port` of a node's published endpoint.
 fn node_endpoint(node: &Value) -> Option<String> {
-    let port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"].as_u64()?;
-    if port == 0 || port > u64::from(u16::MAX) {
-        return None;
-    }
+    let port = endpoint_port(node)?;
     let addresses = node["status"]["addresses"].as_array()?;
     let address = ["InternalIP", "Hostname", "ExternalIP"].iter().find_map(|t| {
         addresses.iter().find(|a| a["type"] == *t).and_then(|a| a["address"].as_str())
     })?;
-    Some(if address.contains(':') {
-        format!("[{address}]:{port}")
-    } else {
-        format!("{address}:{port}")
-    })
+    Some(host_port(address, port))
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //!   `--host-port-endpoints` the HostIP:HostPort endpoints of k8sm, for pods reached through the
 //!   host ports km scheduler maps.
 //! - **Pod GC** ([`podgc`]): finished pods beyond a threshold, pods bound to vanished nodes.
+//! - **Node lifecycle** ([`nodes`], with `--cloud-provider=mesos`): the Nodes of Mesos agents
+//!   follow the agents the master reports (through the `km-cloud-provider` crate).
 //!
 //! Each controller is a reconciler: a work queue of object keys ([`queue`]) fed by one watch
 //! cache ([`cache`]), and a sync that reads the cache, asks a pure decision function (desired
@@ -22,6 +24,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod leader;
+pub mod nodes;
 pub mod podgc;
 pub mod pods;
 pub mod queue;
@@ -68,7 +71,7 @@ pub struct Args {
     /// Port of /healthz and /metrics (0: not served).
     #[arg(long, default_value_t = 10252)]
     pub port: u16,
-    /// The cloud provider (km knows `mesos`; empty: none).
+    /// The cloud provider (km knows `mesos`: Nodes follow the Mesos agents; empty: none).
     #[arg(long = "cloud-provider", default_value = "")]
     pub cloud_provider: String,
     /// The cloud provider's configuration file (mesos-cloud.conf).
@@ -81,16 +84,25 @@ pub struct Args {
     /// Run the controllers only while holding the leader Lease.
     #[arg(long = "leader-elect", default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub leader_elect: bool,
+    /// How long a Lease holds without renewal before a standby may take it.
     #[arg(long = "leader-elect-lease-duration", default_value = "15s", value_parser = humantime::parse_duration)]
     pub lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it gives up (and exits).
     #[arg(long = "leader-elect-renew-deadline", default_value = "10s", value_parser = humantime::parse_duration)]
     pub renew_deadline: Duration,
+    /// How often candidates try, and the leader renews.
     #[arg(long = "leader-elect-retry-period", default_value = "2s", value_parser = humantime::parse_duration)]
     pub retry_period: Duration,
+    /// Namespace of the leader Lease.
     #[arg(long = "leader-elect-resource-namespace", default_value = "kube-system")]
     pub lease_namespace: String,
+    /// Name of the leader Lease.
     #[arg(long = "leader-elect-resource-name", default_value = "kube-controller-manager")]
     pub lease_name: String,
+    /// How long a Mesos agent may be unknown to the master before its Node is deleted and its
+    /// pods marked Failed (with --cloud-provider=mesos).
+    #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = humantime::parse_duration)]
+    pub node_grace: Duration,
     /// Finished pods kept before the oldest are deleted (0: never).
     #[arg(long = "terminated-pod-gc-threshold", default_value_t = 12500)]
     pub terminated_pod_gc_threshold: usize,
@@ -103,21 +115,18 @@ pub struct Args {
 }
 
 impl Args {
+    /// The cloud provider the flags name, if any.
+    fn cloud(&self) -> anyhow::Result<Option<Arc<dyn km_cloud_provider::CloudProvider>>> {
+        let provider = Some(self.cloud_provider.as_str()).filter(|p| !p.is_empty());
+        Ok(km_cloud_provider::from_flags(provider, self.cloud_config.as_deref())?)
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         if self.master.is_none() && self.kubeconfig.is_none() {
             anyhow::bail!("give the API server with --master URL or --kubeconfig FILE");
         }
-        match self.cloud_provider.as_str() {
-            "" if self.cloud_config.is_some() => {
-                anyhow::bail!(
-                    "--cloud-config is given without --cloud-provider: name the provider (mesos) or drop the file"
-                )
-            }
-            "" => {}
-            other => anyhow::bail!(
-                "--cloud-provider={other:?}: the Mesos cloud provider (node lifecycle) is not part of this km build yet; run without --cloud-provider"
-            ),
-        }
+        // Both flags are checked (and the file read) before anything starts.
+        self.cloud()?;
         if self.leader_elect && self.renew_deadline >= self.lease_duration {
             anyhow::bail!(
                 "--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration"
@@ -565,6 +574,32 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 tick.tick().await;
                 if let Err(e) = podgc::collect(&ctx, &mut missing).await {
                     tracing::warn!("pod GC: {e}");
+                }
+            }
+        });
+    }
+    if let Some(cloud) = args.cloud()? {
+        let (ctx, grace) = (ctx.clone(), args.node_grace);
+        tokio::spawn(async move {
+            let mut missing = HashMap::new();
+            let mut changes = cloud.watch();
+            let mut tick =
+                tokio::time::interval(Duration::from_secs(nodes::HEARTBEAT_SECONDS.unsigned_abs()));
+            loop {
+                // The agents' changes (when the master streams them) or the heartbeat period.
+                match changes.as_mut() {
+                    Some(w) => {
+                        tokio::select! {
+                            _ = tick.tick() => {}
+                            change = w.next_change() => if change.is_none() { changes = None },
+                        }
+                    }
+                    None => {
+                        tick.tick().await;
+                    }
+                }
+                if let Err(e) = nodes::sync(&ctx, &cloud, &mut missing, grace).await {
+                    tracing::warn!("node lifecycle: {e}");
                 }
             }
         });

@@ -369,6 +369,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
             ),
         ]
         .into(),
+        create: false,
     };
     let mirror = (!api.is_empty())
         .then(|| tokio::spawn(km_kubelet::mirror::run(api.clone(), node_spec, mirror_rx)));

@@ -189,6 +189,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let node = mirror::NodeSpec {
             name: node_name.clone(),
             host_ip: manager.node().host_ip.clone(),
+            create: true,
             ..Default::default()
         };
         Some(tokio::spawn(mirror::run(api_clients, node, mirror_rx)))

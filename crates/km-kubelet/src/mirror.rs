@@ -44,6 +44,9 @@ pub enum MirrorError {
         #[source]
         source: kube::Error,
     },
+    /// The Node does not exist and this process does not create it.
+    #[error("node {0} does not exist (it is registered by km scheduler or km controller-manager)")]
+    NoNode(String),
 }
 
 /// A kube-rs client per `--api-servers` URL (short timeouts). Must be
@@ -226,6 +229,10 @@ pub struct NodeSpec {
     pub host_ip: String,
     pub port: u16,
     pub annotations: BTreeMap<String, String>,
+    /// Create the Node when it does not exist (km kubelet). km executor leaves that to the
+    /// scheduler and the controller-manager: a Node deleted because its agent is gone must not
+    /// come back from an executor that outlived the agent.
+    pub create: bool,
 }
 
 /// Keeps mirror pods and the Node in sync until `pods` closes. `pods` holds
@@ -275,7 +282,7 @@ pub async fn run(
 }
 
 async fn sync_node(client: &kube::Client, spec: &NodeSpec) -> Result<(), MirrorError> {
-    let NodeSpec { name: node, host_ip, port, annotations } = spec;
+    let NodeSpec { name: node, host_ip, port, annotations, .. } = spec;
     let (node, port) = (node.as_str(), *port);
     let nodes: Api<k8s::Node> = Api::all(client.clone());
     let existing = nodes.get_opt(node).await.map_err(api_err(format!("getting node {node}")))?;
