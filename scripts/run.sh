@@ -9,6 +9,9 @@
 #     (manifests/examples/hello-mesos.yaml) that runs through Mesos: the
 #     scheduler launches it on the agent, where `km executor` runs it; the
 #     script waits until it is Running and shows its `kubectl logs`,
+#   - `km controller-manager`, then a Deployment of 3 behind a Service
+#     (manifests/examples/web.yaml): the script waits for the rollout and
+#     reaches every replica at the HostIP:HostPort its Endpoints list,
 #   - the cold-standby recipe of the original k8sm in small: two `km podmaster`s
 #     elect which node's kubelet gets the example pod manifest
 #     (manifests/examples/hello-pod.yaml), and that node's `km kubelet` runs it
@@ -118,6 +121,37 @@ done
 [ -n "$logs" ] || { echo "kubectl logs hello-mesos printed nothing" >&2; kubectl logs hello-mesos >&2 || true; exit 1; }
 echo "$logs" | sed 's/^/   kubectl logs: /'
 
+echo "== km controller-manager, and a Deployment of 3 behind a Service, reached at HostIP:HostPort"
+cm_port=$(free_port)
+start controller-manager "$km" controller-manager --master="http://127.0.0.1:$api_port" \
+  --address=127.0.0.1 --port="$cm_port" --host-port-endpoints=true
+wait_http "http://127.0.0.1:$cm_port/healthz" "km controller-manager" controller-manager
+kubectl apply -f manifests/examples/web.yaml | sed 's/^/   /'
+if ! kubectl rollout status deployment/web --timeout=120s | sed 's/^/   /'; then
+  echo "deployment web did not roll out; kubectl describe and the logs:" >&2
+  kubectl describe deployment web >&2 || true
+  kubectl get pods -o wide >&2 || true
+  tail -20 "$state/controller-manager.log" "$state/scheduler.log" >&2
+  exit 1
+fi
+endpoints=""
+for _ in $(seq 1 100); do
+  endpoints=$(kubectl get endpoints web -o jsonpath='{range .subsets[*]}{range .addresses[*]}{.ip}{" "}{end}{"|"}{range .ports[*]}{.port}{end}{end}' 2>/dev/null || true)
+  [ "$(echo "${endpoints%%|*}" | wc -w)" -ge 3 ] && break
+  sleep 0.3
+done
+echo "   kubectl get endpoints web: $(kubectl get endpoints web --no-headers 2>/dev/null | awk '{print $2}')"
+reached=0
+for ep in $(kubectl get endpoints web -o jsonpath='{range .subsets[*]}{range .addresses[*]}{.ip}{"\n"}{end}{end}' | sort -u); do
+  for port in $(kubectl get pods -l app=web -o jsonpath="{range .items[?(@.status.hostIP=='$ep')]}{.metadata.annotations['k8s\.mesosphere\.io/port_TCP_8080']}{\"\n\"}{end}"); do
+    if out=$(curl -sf --max-time 5 "http://$ep:$port/index.html"); then
+      echo "   curl http://$ep:$port/ -> $out"
+      reached=$((reached + 1))
+    fi
+  done
+done
+[ "$reached" -ge 3 ] || { echo "reached $reached of 3 replicas through their endpoints" >&2; kubectl get endpoints web -o yaml >&2; exit 1; }
+
 echo "== the cold-standby recipe in small: podmasters elect the node whose km kubelet runs the example pod"
 mkdir -p "$state/manifests-src" "$state/node-1/manifests" "$state/node-2/manifests"
 cp manifests/examples/hello-pod.yaml "$state/manifests-src/"
@@ -157,9 +191,10 @@ echo "  kubectl:      KUBECONFIG=$KUBECONFIG kubectl get nodes,pods -o wide"
 echo "  Mesos master: http://127.0.0.1:$master_port/master/state"
 echo "  Mesos agent:  http://127.0.0.1:$agent_port/state"
 echo "  scheduler:    http://127.0.0.1:$scheduler_port/metrics, /debug/registry/tasks"
+echo "  controller-manager: http://127.0.0.1:$cm_port/metrics"
 echo "  logs:         $state/*.log"
-echo "  kubectl get nodes,pods -o wide:"
-kubectl get nodes,pods -o wide 2>&1 | sed 's/^/    /' || true
+echo "  kubectl get nodes,pods,svc,endpoints -o wide:"
+kubectl get nodes,pods,svc,endpoints -o wide 2>&1 | sed 's/^/    /' || true
 if [ "${KM_RUN_ONCE:-0}" = "1" ]; then exit 0; fi
 echo "Ctrl-C to stop."
 wait
