@@ -317,20 +317,43 @@ async fn a_deployments_pods_run_through_mesos_and_go_with_it() {
     };
     let client = c.client();
     let marker = format!("hello-from-deployment-{}", std::process::id());
-    // One sleep duration per test run, to count this test's processes only.
-    let sleep = format!("sleep {}", 80_000 + std::process::id() % 1000);
+    // Each replica serves its name on the host port mapped to its container port 8080 (read
+    // from the pod's annotation); its document root's name is this run's own, to count its
+    // processes by.
+    let conf = format!("www-km-e2e-{}", std::process::id());
     let mut d = deployment("hello", 2);
     let spec = d.spec.template.spec.as_mut().expect("pod spec");
     spec.runtime_class_name = Some("native".into());
     spec.termination_grace_period_seconds = Some(1);
-    spec.containers[0].command =
-        Some(vec!["/bin/sh".into(), "-c".into(), format!("echo {marker}; exec {sleep}")]);
+    let script = format!(
+        "echo {marker}; mkdir -p {conf} && echo $POD_NAME > {conf}/index.html && exec busybox httpd -f -p $PORT -h {conf}"
+    );
+    spec.containers[0].command = Some(vec!["/bin/sh".into(), "-c".into(), script]);
+    spec.containers[0].env = Some(
+        serde_json::from_value(json!([
+            { "name": "PORT", "valueFrom": { "fieldRef": { "fieldPath": "metadata.annotations['k8s.mesosphere.io/port_TCP_8080']" } } },
+            { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+        ]))
+        .expect("env"),
+    );
+    spec.containers[0].ports = Some(
+        serde_json::from_value(json!([{ "name": "http", "containerPort": 8080 }])).expect("ports"),
+    );
     spec.containers[0].resources = Some(
         serde_json::from_value(json!({ "requests": { "cpu": "100m", "memory": "32Mi" } }))
             .expect("resources"),
     );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     deployments.create(&PostParams::default(), &d).await.expect("create");
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": { "name": "hello", "namespace": "default" },
+        "spec": { "selector": { "app": "hello" }, "ports": [{ "name": "http", "port": 80, "targetPort": "http" }] },
+    }))
+    .expect("service");
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create the service");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let running = eventually("2 pods Running through Mesos", &logs, || async {
         let list = pods.list(&ListParams::default().labels("app=hello")).await.ok()?.items;
@@ -351,6 +374,31 @@ async fn a_deployments_pods_run_through_mesos_and_go_with_it() {
     let (ok, out) =
         kubectl(&k, &server, &["rollout", "status", "deployment/hello", "--timeout=60s"]);
     assert!(ok, "{out}\n{}", logs());
+    // The Service's endpoints are the replicas' HostIP:HostPort, and answer on the host.
+    let endpoints: Api<k8s_openapi::api::core::v1::Endpoints> =
+        Api::namespaced(client.clone(), "default");
+    let addresses = eventually("2 endpoints", &logs, || async {
+        let e = endpoints.get_opt("hello").await.ok()??;
+        let mut out = Vec::new();
+        for s in e.subsets.unwrap_or_default() {
+            let port = s.ports.as_ref()?.first()?.port;
+            out.extend(s.addresses.unwrap_or_default().into_iter().map(|a| (a.ip, port)));
+        }
+        (out.len() == 2).then_some(out)
+    })
+    .await;
+    let mut answered = Vec::new();
+    for (host, port) in &addresses {
+        assert_eq!(host, "127.0.0.1");
+        let port = u16::try_from(*port).expect("a port");
+        let (code, body) = http(port, "GET", "/index.html", None).unwrap_or_default();
+        assert_eq!(code, 200, "{host}:{port}: {body}");
+        answered.push(body.trim().to_owned());
+    }
+    answered.sort();
+    let mut names = running.clone();
+    names.sort();
+    assert_eq!(answered, names, "each endpoint is one replica");
     let (ok, out) = kubectl(&k, &server, &["delete", "deployment", "hello"]);
     assert!(ok, "{out}");
     eventually("the pods gone and their processes ended", &logs, || async {
@@ -360,8 +408,9 @@ async fn a_deployments_pods_run_through_mesos_and_go_with_it() {
             .flatten()
             .flatten()
             .filter(|e| {
-                std::fs::read(e.path().join("cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").trim() == sleep)
+                std::fs::read(e.path().join("cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).replace('\0', " ").trim().ends_with(&conf)
+                })
             })
             .count();
         (left.is_empty() && processes == 0).then_some(())
@@ -487,4 +536,77 @@ async fn nodes_follow_their_agents_and_pods_of_a_lost_agent_are_replaced() {
     })
     .await;
     assert_eq!(on, other, "{second} runs on {on}");
+}
+
+/// A Deployment of 50 on simulated Mesos agents through km scheduler: all 50 Running, then a
+/// `kubectl rollout restart` that never leaves more than maxUnavailable (25%: 12) missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_replicas_run_on_simulated_agents_and_restart_within_max_unavailable() {
+    let c = KmCluster::start(
+        &["--simulate-agents=5", "--simulate-agent-resources=cpus:8;mem:16384;ports:[31000-32000]"],
+        &[],
+    );
+    let (cm, _) = controller_manager(&c.api.url(), c.dir.path(), "cm", &[]);
+    let logs = || {
+        format!(
+            "--- controller-manager\n{}\n--- scheduler\n{}",
+            cm.log(),
+            crate::support::cluster::tail(&c.scheduler_log(), 40)
+        )
+    };
+    let client = c.client();
+    let mut d = deployment("fifty", 50);
+    d.spec.strategy =
+        Some(serde_json::from_value(json!({ "type": "RollingUpdate" })).expect("strategy"));
+    d.spec.template.spec.as_mut().expect("pod spec").containers[0].resources = Some(
+        serde_json::from_value(json!({ "requests": { "cpu": "100m", "memory": "64Mi" } }))
+            .expect("resources"),
+    );
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let ready_by_hash = || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=fifty"))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let mut out: BTreeMap<String, usize> = BTreeMap::new();
+        for p in list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready {
+                let hash = p
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("pod-template-hash"))
+                    .cloned()
+                    .unwrap_or_default();
+                *out.entry(hash).or_default() += 1;
+            }
+        }
+        out
+    };
+    let first = eventually("50 pods Running and Ready", &logs, || async {
+        let r = ready_by_hash().await;
+        (r.len() == 1 && r.values().sum::<usize>() == 50)
+            .then(|| r.keys().next().cloned().unwrap_or_default())
+    })
+    .await;
+    let k = kubectls().last().cloned().expect("a kubectl");
+    let (ok, out) = kubectl(&k, &c.api.url(), &["rollout", "restart", "deployment/fifty"]);
+    assert!(ok, "{out}");
+    eventually("every pod replaced", &logs, || async {
+        let r = ready_by_hash().await;
+        let ready: usize = r.values().sum();
+        assert!(ready >= 50 - 12, "only {ready} pods Ready during the restart ({r:?})\n{}", logs());
+        (ready == 50 && r.len() == 1 && !r.contains_key(&first)).then_some(())
+    })
+    .await;
 }

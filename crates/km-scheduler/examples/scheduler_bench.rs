@@ -1,12 +1,12 @@
-//! Scheduler benchmarks S1, S2, S3 and P through Mesos (docs/benchmarks.md): a whole control
+//! Scheduler benchmarks S1, S2, S3, P and D through Mesos (docs/benchmarks.md): a whole control
 //! plane on this machine — etcd, `km apiserver`, `km mesos-master` with simulated agents or a real
 //! `km mesos-agent` running `km executor` — and `km scheduler`, all real processes from a release
 //! build of `km`.
 //!
 //! ```text
 //! cargo build --release -p km && \
-//!   cargo run --release -p km-scheduler --example scheduler_bench -- [s1|s2|s3|p|all] \
-//!     [--pods N] [--agents N] [--no-baseline] [--native N] [--docker N]
+//!   cargo run --release -p km-scheduler --example scheduler_bench -- [s1|s2|s3|p|d|all] \
+//!     [--pods N] [--agents N] [--no-baseline] [--native N] [--docker N] [--replicas N]
 //! ```
 //!
 //! `p` needs the Docker image `km-test/busybox:latest` (`tests/images/build.sh`) unless
@@ -17,6 +17,11 @@
 //! offers used per pod, p50/p99 of scheduler start → bound and → Running, and the scheduler's
 //! peak RSS. Each scenario also runs with the original's policy (one pod per offer, 5 s refuse)
 //! as a baseline, side by side.
+//!
+//! `d` adds `km controller-manager`: a Deployment of `--replicas` (1,000) pods on simulated agents,
+//! timed from its creation until every pod exists, is bound and is available, then a rolling
+//! restart (25% surge and unavailability) until every pod is replaced; the controller-manager's
+//! peak RSS and CPU time.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -813,6 +818,128 @@ async fn p_mesos(native_pods: usize, docker_pods: usize) {
     stop_executors(&p.api_url);
 }
 
+async fn d_deployment(replicas: usize, agents: usize) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    println!(
+        "D deployment: {replicas} replicas × 0.1 cpu / 128 MiB on {agents} simulated agents; then a rolling restart (maxSurge 25%, maxUnavailable 25%)"
+    );
+    let p = plane(agents, AGENT).await;
+    let sp = free_port();
+    let _sched = scheduler(&p, sp, "file:///usr/local/bin/km", &[], "scheduler.log");
+    wait_http(&format!("http://127.0.0.1:{sp}/healthz"), "km scheduler").await;
+    let cp = free_port();
+    let cm = spawn(
+        "km controller-manager",
+        Command::new(km())
+            .arg("controller-manager")
+            .arg(format!("--master={}", p.api_url))
+            .arg(format!("--port={cp}"))
+            .arg("--address=127.0.0.1"),
+        p.dir.path().join("controller-manager.log"),
+    );
+    wait_http(&format!("http://127.0.0.1:{cp}/healthz"), "km controller-manager").await;
+    let client =
+        kube::Client::try_from(kube::Config::new(p.api_url.parse().expect("url"))).expect("client");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "d", "namespace": "default" },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": "d" } },
+            "template": { "metadata": { "labels": { "app": "d" } },
+                "spec": { "containers": [{ "name": "c", "image": "unused",
+                    "resources": { "requests": { "cpu": "100m", "memory": "128Mi" } } }] } },
+        },
+    }))
+    .expect("deployment");
+    let t0 = Instant::now();
+    deployments.create(&PostParams::default(), &d).await.expect("create the deployment");
+    let (mut created, mut bound) = (None, None);
+    let available = loop {
+        let list = pods.list(&ListParams::default().labels("app=d")).await.expect("list").items;
+        let live: Vec<&Pod> =
+            list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+        if created.is_none() && live.len() >= replicas {
+            created = Some(t0.elapsed());
+        }
+        let on_node = live
+            .iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some())
+            .count();
+        if bound.is_none() && on_node >= replicas {
+            bound = Some(t0.elapsed());
+        }
+        let status = deployments.get_status("d").await.ok().and_then(|d| d.status);
+        if status.and_then(|s| s.available_replicas)
+            == Some(i32::try_from(replicas).unwrap_or(i32::MAX))
+        {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(600),
+            "the deployment did not become available; see {}",
+            p.dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+    println!(
+        "  D create   {replicas} pods created {:.2} s, all bound {:.2} s, all available {:.2} s",
+        secs(created),
+        secs(bound),
+        available.as_secs_f64()
+    );
+    let generation = deployments.get("d").await.expect("d").metadata.generation.unwrap_or(0) + 1;
+    let patch = json!({ "spec": { "template": { "metadata": { "annotations": { "kubectl.kubernetes.io/restartedAt": "bench" } } } } });
+    let t1 = Instant::now();
+    deployments
+        .patch("d", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("restart");
+    let (mut fewest, mut most) = (usize::MAX, 0usize);
+    let restarted = loop {
+        let list = pods.list(&ListParams::default().labels("app=d")).await.expect("list").items;
+        let live = list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).count();
+        let ready = list
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        fewest = fewest.min(ready);
+        most = most.max(live);
+        let s = deployments.get_status("d").await.ok().and_then(|d| d.status).unwrap_or_default();
+        let n = Some(i32::try_from(replicas).unwrap_or(i32::MAX));
+        if s.observed_generation >= Some(generation)
+            && s.updated_replicas == n
+            && s.available_replicas == n
+            && s.replicas == n
+        {
+            break t1.elapsed();
+        }
+        assert!(
+            t1.elapsed() < Duration::from_secs(900),
+            "the restart did not finish; see {}",
+            p.dir.path().display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    println!(
+        "  D restart  every pod replaced in {:.2} s; fewest Ready pods seen {fewest}, most pods seen {most}",
+        restarted.as_secs_f64()
+    );
+    println!(
+        "  controller-manager: peak RSS {:.1} MiB, CPU {:.1} s",
+        peak_rss_mib(cm.0.id()),
+        cpu_secs(cm.0.id())
+    );
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -846,5 +973,8 @@ async fn main() {
     }
     if which == "p" || which == "all" {
         p_mesos(flag("--native").unwrap_or(200), flag("--docker").unwrap_or(50)).await;
+    }
+    if which == "d" || which == "all" {
+        d_deployment(flag("--replicas").unwrap_or(1_000), agents.min(100)).await;
     }
 }

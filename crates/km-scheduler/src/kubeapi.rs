@@ -422,6 +422,13 @@ pub(crate) async fn set_phase(
         ];
         if to == "Running" {
             ops.push(json!({"op": "add", "path": "/status/startTime", "value": now_time()}));
+            // Nothing else reports on these pods (no executor writes their status): bound and
+            // running without probes, they are scheduled and Ready, as a kubelet would say.
+            let now = now_time();
+            ops.push(json!({"op": "add", "path": "/status/conditions", "value": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+            ]}));
         }
         let patch: json_patch::Patch = serde_json::from_value(serde_json::Value::Array(ops))
             .map_err(kube::Error::SerdeError)?;
@@ -445,6 +452,17 @@ pub(crate) async fn set_phase(
             PhaseChange::Running if phase == "Pending" => {
                 status.phase = Some("Running".into());
                 status.start_time.get_or_insert_with(now_time);
+                // Nothing reports readiness for these tasks (no executor writes their status):
+                // a running pod without probes is Ready, as a kubelet would say.
+                set_condition(
+                    status,
+                    PodCondition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        last_transition_time: Some(now_time()),
+                        ..Default::default()
+                    },
+                );
                 true
             }
             PhaseChange::Succeeded if !ended => {
