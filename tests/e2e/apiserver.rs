@@ -195,12 +195,16 @@ fn crud_selectors_and_errors() {
 #[test]
 fn discovery_and_meta_endpoints() {
     let etcd = Etcd::start();
-    // The cold-standby recipe's command line (the cloud flags are only recorded for now).
+    // The cold-standby recipe's command line, with its mesos-cloud.conf.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("mesos-cloud.conf");
+    std::fs::write(&conf, "[mesos-cloud]\n  mesos-master = 127.0.0.1:5050\n")
+        .expect("write the config");
     let server = ApiServer::start_with(
         &etcd,
         &[
             "--cloud-provider=mesos",
-            "--cloud-config=/etc/mesos-cloud.conf",
+            &format!("--cloud-config={}", conf.display()),
             "--advertise-address=127.0.0.1",
         ],
     );
@@ -514,6 +518,11 @@ openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -
             kube::Client::try_from(config).expect("client")
         }
     };
+    // The secure listener starts beside the insecure one that answered the health check.
+    let listening = crate::support::process::wait_until(std::time::Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(listening, "the secure port does not listen; the log:\n{}", server.proc.log());
     runtime().block_on(async {
         let good: Api<Namespace> = Api::all(client_for("s3cret").await);
         let list = good.list(&ListParams::default()).await.expect("list over https with a token");

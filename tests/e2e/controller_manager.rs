@@ -202,11 +202,12 @@ async fn deployments_roll_out_restart_undo_scale_and_are_collected_with_kubectl(
         (live_pods(&pods, "web").await.get(&first) == Some(&2)).then_some(())
     })
     .await;
-    let status = deployments.get_status("web").await.expect("status").status.expect("status");
-    assert_eq!(
-        (status.replicas, status.available_replicas, status.updated_replicas),
-        (Some(2), Some(2), Some(2))
-    );
+    eventually("the status says 2", &logs, || async {
+        let s = deployments.get_status("web").await.ok()?.status?;
+        ((s.replicas, s.available_replicas, s.updated_replicas) == (Some(2), Some(2), Some(2)))
+            .then_some(())
+    })
+    .await;
 
     // kubectl delete: the ReplicaSets and their pods follow (background propagation).
     let (ok, out) = kubectl(&newest, &server, &["delete", "deployment", "web"]);
@@ -239,6 +240,43 @@ async fn deployments_roll_out_restart_undo_scale_and_are_collected_with_kubectl(
         let freed = list.len() == 2
             && list.iter().all(|p| p.metadata.owner_references.as_ref().is_none_or(Vec::is_empty));
         (gone && freed).then_some(())
+    })
+    .await;
+
+    // Deleting a namespace deletes what is in it, then the namespace.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let ns =
+        serde_json::from_value(json!({ "metadata": { "name": "scratch" } })).expect("namespace");
+    namespaces.create(&PostParams::default(), &ns).await.expect("create the namespace");
+    let mut scratch = deployment("tmp", 2);
+    scratch.metadata.namespace = Some("scratch".into());
+    Api::<Deployment>::namespaced(client.clone(), "scratch")
+        .create(&PostParams::default(), &scratch)
+        .await
+        .expect("create in scratch");
+    let cm = serde_json::from_value(json!({ "metadata": { "name": "cm" }, "data": { "a": "b" } }))
+        .expect("configmap");
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), "scratch")
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create a configmap");
+    let scratch_pods: Api<Pod> = Api::namespaced(client.clone(), "scratch");
+    eventually("2 pods in scratch", &logs, || async {
+        (live_pods(&scratch_pods, "tmp").await.values().sum::<usize>() == 2).then_some(())
+    })
+    .await;
+    let (ok, out) = kubectl(&newest, &server, &["delete", "namespace", "scratch", "--wait=false"]);
+    assert!(ok, "{out}");
+    eventually("the namespace and its contents gone", &logs, || async {
+        let gone = namespaces.get_opt("scratch").await.ok()?.is_none();
+        let left = scratch_pods.list(&ListParams::default()).await.ok()?.items.len()
+            + Api::<Deployment>::namespaced(client.clone(), "scratch")
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .len();
+        (gone && left == 0).then_some(())
     })
     .await;
     kubelet.abort();

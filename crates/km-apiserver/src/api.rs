@@ -207,6 +207,16 @@ impl<S: Storage> Api<S> {
         let ns = obj["metadata"]["namespace"].as_str().map(str::to_owned);
         let key = kind.key(ns.as_deref(), &name);
         let parent = ns.as_deref().map(|ns| ns_kind().key(None, ns));
+        // Nothing new in a namespace being deleted (as far as the watch cache tells).
+        if let (Some(ns), Some(parent)) = (ns.as_deref(), parent.as_deref())
+            && let Some(kv) = self.watches.cached(ns_kind(), parent)
+            && decode(&kv.value).is_ok_and(|n| !n["metadata"]["deletionTimestamp"].is_null())
+        {
+            return Err(ApiError::Forbidden(format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                kind.plural
+            )));
+        }
         let claimed = if kind.is("Service") {
             self.config.ranges.allocate(&*self.storage, kind, &mut obj, None).await?
         } else {
@@ -420,8 +430,7 @@ impl<S: Storage> Api<S> {
                 Default::default()
             };
             // The last finalizer of an object being deleted is gone: delete it.
-            let finalizers_done =
-                |o: &Value| o["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+            let finalizers_done = |o: &Value| finalizers_done(kind, o);
             if !new["metadata"]["deletionTimestamp"].is_null()
                 && finalizers_done(&new)
                 && !finalizers_done(&stored)
@@ -600,10 +609,14 @@ impl<S: Storage> Api<S> {
                     items.push(json!(f));
                 }
             }
-            let has_finalizers =
-                obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+            let has_finalizers = !finalizers_done(kind, &obj);
             let graceful = if kind.is("Pod") { pod_grace(&obj, options) } else { 0 };
             if has_finalizers || graceful > 0 {
+                if kind.is("Namespace") {
+                    // Its contents go first (km controller-manager's namespace controller),
+                    // then the `kubernetes` finalizer is removed through `finalize`.
+                    child(&mut obj, "status")["phase"] = json!("Terminating");
+                }
                 let meta = child(&mut obj, "metadata");
                 let existing = meta["deletionGracePeriodSeconds"].as_i64();
                 if !meta["deletionTimestamp"].is_null() && existing.is_some_and(|g| g <= graceful) {
@@ -783,6 +796,14 @@ fn join_labels(map: &serde_json::Map<String, Value>) -> String {
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// Whether nothing holds the deletion of `o` back: no `metadata.finalizers`, and for a
+/// namespace no `spec.finalizers` either.
+fn finalizers_done(kind: &Kind, o: &Value) -> bool {
+    let empty = |v: &Value| v.as_array().is_none_or(|f| f.is_empty());
+    empty(&o["metadata"]["finalizers"])
+        && (!kind.is("Namespace") || empty(&o["spec"]["finalizers"]))
 }
 
 fn ns_kind() -> &'static Kind {

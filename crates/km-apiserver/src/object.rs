@@ -459,6 +459,13 @@ pub fn prepare_update(
 ) -> Value {
     new["apiVersion"] = json!(kind.api_version);
     new["kind"] = json!(kind.kind);
+    if subresource == Some("finalize") {
+        // A namespace's finalize: only spec.finalizers changes.
+        let mut out = old.clone();
+        child(&mut out, "spec")["finalizers"] =
+            new["spec"].get("finalizers").cloned().unwrap_or_else(|| json!([]));
+        return out;
+    }
     if subresource == Some("status") {
         let mut out = old.clone();
         out["status"] = new.get("status").cloned().unwrap_or(Value::Null);

@@ -99,7 +99,7 @@ macro_rules! kind {
 
 /// Every served kind, grouped by API group in discovery order.
 pub static KINDS: &[Kind] = &[
-    kind!(core::v1::Namespace, "namespace", ["ns"], ["status"], []),
+    kind!(core::v1::Namespace, "namespace", ["ns"], ["status", "finalize"], []),
     kind!(core::v1::Pod, "pod", ["po"], ["status", "binding", "log", "exec"], ["all"]),
     kind!(core::v1::Node, "node", ["no"], ["status"], []),
     kind!(core::v1::Service, "service", ["svc"], ["status"], ["all"]),

@@ -124,6 +124,7 @@ fn resource_list(group: &str, version: &str) -> Value {
                 "binding" => ("Binding", json!(["create"]), None),
                 "log" => ("Pod", json!(["get"]), None),
                 "exec" => ("PodExecOptions", json!(["create", "get"]), None),
+                "finalize" => ("Namespace", json!(["update"]), None),
                 "scale" => {
                     ("Scale", json!(["get", "patch", "update"]), Some(("autoscaling", "v1")))
                 }
@@ -447,6 +448,18 @@ async fn subresource<S: Storage>(
             let ns = ns.unwrap_or("default");
             let status = api.bind(ns, name, &decode_body(headers, body)?).await?;
             Ok(json_response(StatusCode::CREATED, &status))
+        }
+        ("finalize", Method::PUT) if kind.is("Namespace") => {
+            let obj = api
+                .update(
+                    kind,
+                    None,
+                    name,
+                    Some("finalize"),
+                    Mutation::Replace(decode_body(headers, body)?),
+                )
+                .await?;
+            Ok(json_response(StatusCode::OK, &obj))
         }
         ("status", Method::GET) => {
             Ok(json_response(StatusCode::OK, &api.get(kind, ns, name).await?))

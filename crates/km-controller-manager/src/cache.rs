@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ReplicationController, Service};
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -23,6 +23,7 @@ pub struct Caches {
     pub services: Store<Service>,
     pub endpoints: Store<Endpoints>,
     pub nodes: Store<Node>,
+    pub namespaces: Store<Namespace>,
 }
 
 /// A change seen by a watch (the object as it now is, or as it was when deleted).
@@ -34,6 +35,7 @@ pub enum Change {
     Service(Arc<Service>, bool),
     Endpoints(Arc<Endpoints>, bool),
     Node(Arc<Node>, bool),
+    Namespace(Arc<Namespace>, bool),
 }
 
 /// Where changes go.
@@ -73,7 +75,8 @@ impl Caches {
             deployments: watch(client, route.clone(), Change::Deployment),
             services: watch(client, route.clone(), Change::Service),
             endpoints: watch(client, route.clone(), Change::Endpoints),
-            nodes: watch(client, route, Change::Node),
+            nodes: watch(client, route.clone(), Change::Node),
+            namespaces: watch(client, route, Change::Namespace),
         };
         let _ = futures::join!(
             caches.pods.wait_until_ready(),
@@ -83,6 +86,7 @@ impl Caches {
             caches.services.wait_until_ready(),
             caches.endpoints.wait_until_ready(),
             caches.nodes.wait_until_ready(),
+            caches.namespaces.wait_until_ready(),
         );
         caches
     }

@@ -8,6 +8,8 @@
 //! - **Endpoints** ([`endpoints`], [`services`]): pod IP : container port, or with
 //!   `--host-port-endpoints` the HostIP:HostPort endpoints of k8sm, for pods reached through the
 //!   host ports km scheduler maps.
+//! - **Namespaces** ([`namespaces`]): a namespace being deleted is emptied of every namespaced
+//!   kind the API server serves, then finalized.
 //! - **Pod GC** ([`podgc`]): finished pods beyond a threshold, pods bound to vanished nodes.
 //! - **Node lifecycle** ([`nodes`], with `--cloud-provider=mesos`): the Nodes of Mesos agents
 //!   follow the agents the master reports (through the `km-cloud-provider` crate).
@@ -24,6 +26,7 @@ pub mod deployment;
 pub mod endpoints;
 pub mod gc;
 pub mod leader;
+pub mod namespaces;
 pub mod nodes;
 pub mod podgc;
 pub mod pods;
@@ -302,6 +305,7 @@ struct Queues {
     controllers: Queue,
     deployments: Queue,
     endpoints: Queue,
+    namespaces: Queue,
     gc: Arc<Notify>,
 }
 
@@ -408,6 +412,11 @@ fn route(change: &Change, caches: &Caches, q: &Queues) {
             ));
         }
         Change::Node(..) => {}
+        Change::Namespace(n, _) => {
+            if n.metadata.deletion_timestamp.is_some() {
+                q.namespaces.add(key(None, n.metadata.name.as_deref().unwrap_or_default()));
+            }
+        }
     }
 }
 
@@ -420,6 +429,12 @@ fn resync(caches: &Caches, q: &Queues) {
     caches.controllers.state().iter().for_each(|o| q.controllers.add(k(&o.metadata)));
     caches.deployments.state().iter().for_each(|o| q.deployments.add(k(&o.metadata)));
     caches.services.state().iter().for_each(|o| q.endpoints.add(k(&o.metadata)));
+    caches
+        .namespaces
+        .state()
+        .iter()
+        .filter(|n| n.metadata.deletion_timestamp.is_some())
+        .for_each(|o| q.namespaces.add(k(&o.metadata)));
     // Endpoints left by deleted Services.
     caches.endpoints.state().iter().for_each(|o| q.endpoints.add(k(&o.metadata)));
     q.gc.notify_one();
@@ -502,6 +517,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         controllers: Queue::new(depth("replicationcontroller")),
         deployments: Queue::new(depth("deployment")),
         endpoints: Queue::new(depth("endpoints")),
+        namespaces: Queue::new(depth("namespace")),
         gc: Arc::new(Notify::new()),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
@@ -549,6 +565,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     spawn_workers("endpoints", queues.endpoints.clone(), n, ctx.clone(), |c, k| async move {
         services::sync(&c, &k).await.map(|()| None)
+    });
+    spawn_workers("namespace", queues.namespaces.clone(), 2, ctx.clone(), |c, k| async move {
+        namespaces::sync(&c, &k).await
     });
     {
         let (ctx, notify) = (ctx.clone(), queues.gc.clone());
