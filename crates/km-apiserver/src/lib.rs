@@ -154,6 +154,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let mut servers = tokio::task::JoinSet::new();
+    let mut insecure = None;
     if args.insecure_port != 0 {
         let addr = SocketAddr::new(args.insecure_bind_address, args.insecure_port);
         let listener =
@@ -161,7 +162,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("serving the Kubernetes API on http://{}", listener.local_addr()?);
         let serve = axum::serve(listener, server::router(api.clone()))
             .with_graceful_shutdown(stopped(stop_rx.clone()));
-        servers.spawn(async move { serve.await.context("serving HTTP") });
+        // Served once every listener is bound, so a healthy answer means all of them listen.
+        insecure = Some(async move { serve.await.context("serving HTTP") });
     }
     match (&args.tls_cert_file, &args.tls_private_key_file) {
         (Some(cert), Some(key)) if args.secure_port != 0 => {
@@ -195,6 +197,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => {}
         _ if args.secure_port == 0 => {}
         _ => anyhow::bail!("--tls-cert-file and --tls-private-key-file go together"),
+    }
+    if let Some(serve) = insecure {
+        servers.spawn(serve);
     }
     if servers.is_empty() {
         anyhow::bail!("nothing to serve: both --insecure-port and the secure port are off");
