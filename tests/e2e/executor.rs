@@ -629,3 +629,57 @@ async fn kill_9_of_the_executor_then_of_the_agent_leaves_no_orphan_and_runs_noth
     assert_eq!(processes_running(&survivor), 1, "the survivor runs exactly once");
     assert_eq!(processes_running(&marker), relaunched, "the relaunched pods run exactly once");
 }
+
+/// Updates the agent has not acknowledged are sent again when the executor re-subscribes: a pod
+/// that completes while its agent is down (kill -9) is reported TASK_FINISHED at the master once
+/// the agent is back.
+#[tokio::test]
+async fn an_update_made_while_the_agent_is_down_is_delivered_when_it_comes_back() {
+    let km = km_bin();
+    let mut c = KmCluster::start(
+        &[],
+        &[&format!("--executor-path=file://{}", km.display()), "--executor-suicide-timeout=1m"],
+    );
+    let mut agent = c.start_agent("agent-x", AGENT);
+    let api: Api<Pod> = Api::namespaced(c.client(), "default");
+    let flag = c.dir.path().join("finish-now");
+    let script = format!("while [ ! -e {} ]; do sleep 0.1; done; echo finished", flag.display());
+    api.create(&PostParams::default(), &native_pod("late", &["/bin/sh", "-c", &script], "Never"))
+        .await
+        .expect("create");
+    let task = c
+        .eventually("the pod Running", WAIT, || async {
+            let p = api.get("late").await.ok()?;
+            (phase(&p) == "Running").then(|| task_of(&p))
+        })
+        .await;
+    c.eventually("its task RUNNING at the master", WAIT, || async {
+        (master_tasks(&c).await.get(&task).map(String::as_str) == Some("TASK_RUNNING"))
+            .then_some(())
+    })
+    .await;
+    agent.kill();
+    std::fs::write(&flag, "").expect("the flag");
+    let cmdline = format!("/bin/sh -c {script}");
+    c.eventually("the pod's process ended while the agent is down", WAIT, || async {
+        (processes_running(&cmdline) == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        master_tasks(&c).await.get(&task).map(String::as_str),
+        Some("TASK_RUNNING"),
+        "nothing reached the master while the agent was down"
+    );
+    let agent = c.start_agent("agent-x", AGENT);
+    c.keep(agent);
+    c.eventually(
+        "TASK_FINISHED at the master, sent again after the re-subscription",
+        WAIT,
+        || async {
+            (master_tasks(&c).await.get(&task).map(String::as_str) == Some("TASK_FINISHED"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(phase(&api.get("late").await.expect("pod")), "Succeeded");
+}

@@ -29,6 +29,8 @@ pub struct KmCluster {
     starts: u32,
     /// Other processes the test keeps running (agents).
     extra: Vec<Proc>,
+    /// The port of each agent by name: a restarted agent listens where its executors expect it.
+    agent_ports: std::collections::HashMap<String, u16>,
     pub dir: tempfile::TempDir,
 }
 
@@ -76,6 +78,7 @@ impl KmCluster {
             scheduler_args,
             starts: 0,
             extra: Vec::new(),
+            agent_ports: std::collections::HashMap::new(),
             dir,
         };
         cluster.start_scheduler();
@@ -102,7 +105,7 @@ impl KmCluster {
     /// Starts a real `km mesos-agent` (its pods run with km executor) and waits until the master
     /// lists it.
     pub fn start_agent(&mut self, name: &str, resources: &str) -> Proc {
-        let port = free_port();
+        let port = *self.agent_ports.entry(name.to_owned()).or_insert_with(free_port);
         let work = self.dir.path().join(format!("agent-{name}"));
         let mut cmd = Command::new(km_bin());
         cmd.arg("mesos-agent")
