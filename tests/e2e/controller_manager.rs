@@ -454,6 +454,20 @@ async fn a_deployments_pods_run_through_mesos_and_go_with_it() {
         (left.is_empty() && processes == 0).then_some(())
     })
     .await;
+    // Their tasks were killed, not lost.
+    let tasks = eventually("the tasks KILLED at the master", &logs, || async {
+        let body = json!({ "type": "GET_TASKS" }).to_string();
+        let (_, out) = http(c.master.port, "POST", "/api/v1", Some(("application/json", &body)))?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let states: Vec<String> = ["tasks", "completed_tasks"]
+            .iter()
+            .flat_map(|k| v["get_tasks"][*k].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t["state"].as_str().map(str::to_owned))
+            .collect();
+        (states.len() >= 2 && states.iter().all(|s| s == "TASK_KILLED")).then_some(states)
+    })
+    .await;
+    assert!(tasks.iter().all(|s| s == "TASK_KILLED"), "{tasks:?}");
 }
 
 /// Node lifecycle with `--cloud-provider=mesos`: when the host of an agent dies (agent and

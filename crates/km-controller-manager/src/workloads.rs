@@ -22,6 +22,9 @@ use crate::queue;
 use crate::replicas::{self, Counts, Workload};
 use crate::selector::Selector;
 
+/// Pod deletions one sync has in flight at once.
+const DELETE_CONCURRENCY: usize = 64;
+
 /// Why a sync failed (it is retried with back-off).
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -204,6 +207,17 @@ pub async fn sync_replicated<K: Replicated>(
     let plan = replicas::plan(&w, &refs, manage, now);
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
     let owner = controller_ref(obj.as_ref());
+    if plan.create > 0 || !plan.delete.is_empty() || !manage {
+        tracing::debug!(
+            workload = %key,
+            replicas = w.replicas,
+            active = plan.counts.replicas,
+            create = plan.create,
+            delete = plan.delete.len(),
+            waiting_for_the_cache = !manage,
+            "replicas"
+        );
+    }
 
     for (pod_ref, adopt) in
         plan.adopt.iter().map(|p| (p, true)).chain(plan.release.iter().map(|p| (p, false)))
@@ -269,19 +283,36 @@ pub async fn sync_replicated<K: Replicated>(
         }
         ctx.metrics.pods_created(plan.create - left);
     }
+    // Deletions go out together (each conditional on the pod's uid), as creations do.
     for victim in &plan.delete {
         ctx.expect(key, now, |mut e| {
             e.deletes.insert(victim.uid.clone());
             e
         });
-        let dp = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: Some(victim.uid.clone()),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match pods_api.delete(&victim.name, &dp).await {
+    }
+    let deletions: Vec<_> = plan
+        .delete
+        .iter()
+        .map(|victim| {
+            let api = pods_api.clone();
+            let name = victim.name.clone();
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(victim.uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            async move { api.delete(&name, &dp).await.map(|_| ()) }
+        })
+        .collect();
+    let results: Vec<_> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+        futures::stream::iter(deletions),
+        DELETE_CONCURRENCY,
+    ))
+    .await;
+    for result in results {
+        match result {
             Ok(_) => {}
             Err(e) if is_code(&e, 404) || is_code(&e, 409) => {}
             Err(e) => failure = failure.or(Some(e)),
@@ -353,6 +384,7 @@ pub async fn sync_deployment(ctx: &Ctx, key: &str) -> Result<Option<Duration>, S
         deployment::MAX_REPLICAS: (replicas + surge).to_string(),
     });
     for action in &decision.actions {
+        tracing::debug!(deployment = %key, ?action, "rollout step");
         let result = match action {
             Action::Create { name, template, replicas: n, revision } => {
                 let mut annotations: BTreeMap<String, String> = BTreeMap::new();
