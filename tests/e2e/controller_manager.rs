@@ -662,3 +662,76 @@ async fn fifty_replicas_run_on_simulated_agents_and_restart_within_max_unavailab
     })
     .await;
 }
+
+/// A Job through Mesos: 3 completions, 2 at a time, each pod a TASK_FINISHED task; a Job whose
+/// pods fail stops at its backoff limit; deleting a Job collects its pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_run_to_completion_through_mesos_and_fail_at_their_backoff_limit() {
+    let km = km_bin();
+    let mut c = KmCluster::start(
+        &[],
+        &[&format!("--executor-path=file://{}", km.display()), "--executor-suicide-timeout=1m"],
+    );
+    let agent = c.start_agent("agent-j", "cpus:4;mem:4096;disk:10000;ports:[31000-31100]");
+    c.keep(agent);
+    let (cm, _) = controller_manager(&c.api.url(), c.dir.path(), "cm", &[]);
+    let logs = || {
+        format!(
+            "--- controller-manager\n{}\n--- scheduler\n{}",
+            cm.log(),
+            crate::support::cluster::tail(&c.scheduler_log(), 40)
+        )
+    };
+    let client = c.client();
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), "default");
+    let job = |name: &str, script: &str, completions: i32, backoff: i32| {
+        serde_json::from_value::<k8s_openapi::api::batch::v1::Job>(json!({
+            "metadata": { "name": name, "namespace": "default" },
+            "spec": { "completions": completions, "parallelism": 2, "backoffLimit": backoff,
+                "template": { "spec": { "runtimeClassName": "native", "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{ "name": "main", "image": "unused", "command": ["/bin/sh", "-c", script],
+                        "resources": { "requests": { "cpu": "100m", "memory": "32Mi" } } }] } } },
+        }))
+        .expect("job")
+    };
+    jobs.create(&PostParams::default(), &job("work", "echo working; sleep 0.3", 3, 6))
+        .await
+        .expect("create");
+    jobs.create(&PostParams::default(), &job("broken", "exit 3", 5, 1)).await.expect("create");
+    let condition = |j: &k8s_openapi::api::batch::v1::Job| {
+        j.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| {
+            cs.iter().find(|c| c.status == "True").map(|c| (c.type_.clone(), c.reason.clone()))
+        })
+    };
+    let done = eventually("the Job Complete", &logs, || async {
+        let j = jobs.get("work").await.ok()?;
+        (condition(&j).map(|c| c.0).as_deref() == Some("Complete")).then_some(j)
+    })
+    .await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.succeeded), Some(3));
+    let failed = eventually("the broken Job Failed", &logs, || async {
+        let j = jobs.get("broken").await.ok()?;
+        condition(&j).filter(|c| c.0 == "Failed").map(|c| (c, j))
+    })
+    .await;
+    assert_eq!(failed.0.1.as_deref(), Some("BackoffLimitExceeded"));
+    assert_eq!(failed.1.status.as_ref().and_then(|s| s.failed), Some(2), "the limit of 1 retry");
+    // Each completed pod was a finished Mesos task.
+    let body = json!({ "type": "GET_TASKS" }).to_string();
+    let (_, out) = http(c.master.port, "POST", "/api/v1", Some(("application/json", &body)))
+        .expect("GET_TASKS");
+    let finished = out.matches("TASK_FINISHED").count();
+    assert!(finished >= 3, "{out}");
+    let k = kubectls().last().cloned().expect("a kubectl");
+    let (ok, out) = kubectl(&k, &c.api.url(), &["get", "jobs"]);
+    assert!(ok && out.contains("work") && out.contains("broken"), "{out}");
+    let (ok, out) = kubectl(&k, &c.api.url(), &["delete", "job", "work"]);
+    assert!(ok, "{out}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    eventually("the Job's pods collected", &logs, || async {
+        let left = pods.list(&ListParams::default().labels("job-name=work")).await.ok()?.items;
+        left.is_empty().then_some(())
+    })
+    .await;
+}

@@ -145,6 +145,27 @@ pub fn validate(kind: &Kind, obj: &Value) -> ApiResult<()> {
                 ));
             }
         }
+        "Job" => {
+            validate_selector_matches(obj, &mut causes);
+            validate_pod_spec(&obj["spec"]["template"]["spec"], "spec.template.spec", &mut causes);
+            let policy = &obj["spec"]["template"]["spec"]["restartPolicy"];
+            if !matches!(policy.as_str(), Some("Never" | "OnFailure")) {
+                causes.push(Cause::invalid(
+                    "spec.template.spec.restartPolicy",
+                    policy,
+                    "supported values: \"OnFailure\", \"Never\"",
+                ));
+            }
+            for field in ["parallelism", "completions", "backoffLimit", "activeDeadlineSeconds"] {
+                if obj["spec"][field].as_i64().is_some_and(|v| v < 0) {
+                    causes.push(Cause::invalid(
+                        format!("spec.{field}"),
+                        &obj["spec"][field],
+                        "must be greater than or equal to 0",
+                    ));
+                }
+            }
+        }
         "ReplicationController" => {
             if obj["spec"]["template"].is_object() {
                 validate_pod_spec(
@@ -292,6 +313,38 @@ pub fn apply_defaults(kind: &Kind, obj: &mut Value) {
                 let ru = child(strategy, "rollingUpdate");
                 set_default(ru, "maxUnavailable", json!("25%"));
                 set_default(ru, "maxSurge", json!("25%"));
+            }
+            default_template(spec);
+        }
+        "Job" => {
+            let uid = obj["metadata"]["uid"].clone();
+            let name = obj["metadata"]["name"].clone();
+            let spec = child(obj, "spec");
+            if spec["completions"].is_null() && spec["parallelism"].is_null() {
+                spec["completions"] = json!(1);
+            }
+            set_default(spec, "parallelism", json!(1));
+            set_default(spec, "backoffLimit", json!(6));
+            set_default(spec, "completionMode", json!("NonIndexed"));
+            set_default(spec, "suspend", json!(false));
+            // A Job's pods run to completion: Never unless the template says OnFailure.
+            set_default(child(child(spec, "template"), "spec"), "restartPolicy", json!("Never"));
+            // The selector (unless given by hand) is the Job's own uid, on the template too.
+            if spec["manualSelector"] != json!(true)
+                && spec["selector"].is_null()
+                && uid.is_string()
+            {
+                let labels = child(child(child(spec, "template"), "metadata"), "labels");
+                for (k, v) in [
+                    ("batch.kubernetes.io/controller-uid", &uid),
+                    ("batch.kubernetes.io/job-name", &name),
+                    ("controller-uid", &uid),
+                    ("job-name", &name),
+                ] {
+                    set_default(labels, k, v.clone());
+                }
+                spec["selector"] =
+                    json!({ "matchLabels": { "batch.kubernetes.io/controller-uid": uid } });
             }
             default_template(spec);
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ReplicationController, Service};
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
@@ -24,6 +25,7 @@ pub struct Caches {
     pub endpoints: Store<Endpoints>,
     pub nodes: Store<Node>,
     pub namespaces: Store<Namespace>,
+    pub jobs: Store<Job>,
 }
 
 /// A change seen by a watch (the object as it now is, or as it was when deleted).
@@ -36,6 +38,7 @@ pub enum Change {
     Endpoints(Arc<Endpoints>, bool),
     Node(Arc<Node>, bool),
     Namespace(Arc<Namespace>, bool),
+    Job(Arc<Job>, bool),
 }
 
 /// Where changes go.
@@ -76,7 +79,8 @@ impl Caches {
             services: watch(client, route.clone(), Change::Service),
             endpoints: watch(client, route.clone(), Change::Endpoints),
             nodes: watch(client, route.clone(), Change::Node),
-            namespaces: watch(client, route, Change::Namespace),
+            namespaces: watch(client, route.clone(), Change::Namespace),
+            jobs: watch(client, route, Change::Job),
         };
         let _ = futures::join!(
             caches.pods.wait_until_ready(),
@@ -87,6 +91,7 @@ impl Caches {
             caches.endpoints.wait_until_ready(),
             caches.nodes.wait_until_ready(),
             caches.namespaces.wait_until_ready(),
+            caches.jobs.wait_until_ready(),
         );
         caches
     }

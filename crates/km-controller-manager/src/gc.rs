@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
@@ -28,6 +29,7 @@ pub enum Kind {
     Deployment,
     ReplicaSet,
     ReplicationController,
+    Job,
     Pod,
 }
 
@@ -37,6 +39,7 @@ impl Kind {
             ("Deployment", "apps/v1") => Some(Kind::Deployment),
             ("ReplicaSet", "apps/v1") => Some(Kind::ReplicaSet),
             ("ReplicationController", "v1") => Some(Kind::ReplicationController),
+            ("Job", "batch/v1") => Some(Kind::Job),
             _ => None,
         }
     }
@@ -171,6 +174,10 @@ async fn gone(
                 .await?
                 .map(|o| o.metadata)
         }
+        Kind::Job => Api::<Job>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .map(|o| o.metadata),
         Kind::Pod => Api::<Pod>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
             .await?
@@ -204,6 +211,7 @@ async fn delete(
             .delete(name, &dp)
             .await
             .map(|_| ()),
+        Kind::Job => Api::<Job>::namespaced(c, namespace).delete(name, &dp).await.map(|_| ()),
         Kind::Pod => Api::<Pod>::namespaced(c, namespace).delete(name, &dp).await.map(|_| ()),
     };
     match result {
@@ -233,6 +241,7 @@ async fn patch_meta(
             .patch(name, &pp, &p)
             .await
             .map(|_| ()),
+        Kind::Job => Api::<Job>::namespaced(c, namespace).patch(name, &pp, &p).await.map(|_| ()),
         Kind::Pod => Api::<Pod>::namespaced(c, namespace).patch(name, &pp, &p).await.map(|_| ()),
     };
     match result {
@@ -244,14 +253,20 @@ async fn patch_meta(
 /// One pass of the collector over the cache.
 pub async fn collect(ctx: &Ctx) -> Result<usize, kube::Error> {
     let c = &ctx.caches;
-    let (deployments, replicasets, controllers, pods) =
-        (c.deployments.state(), c.replicasets.state(), c.controllers.state(), c.pods.state());
+    let (deployments, replicasets, controllers, pods, jobs) = (
+        c.deployments.state(),
+        c.replicasets.state(),
+        c.controllers.state(),
+        c.pods.state(),
+        c.jobs.state(),
+    );
     let mut objects: Vec<Node<'_>> = Vec::new();
     objects.extend(deployments.iter().map(|o| Node { kind: Kind::Deployment, meta: &o.metadata }));
     objects.extend(replicasets.iter().map(|o| Node { kind: Kind::ReplicaSet, meta: &o.metadata }));
     objects.extend(
         controllers.iter().map(|o| Node { kind: Kind::ReplicationController, meta: &o.metadata }),
     );
+    objects.extend(jobs.iter().map(|o| Node { kind: Kind::Job, meta: &o.metadata }));
     objects.extend(pods.iter().map(|o| Node { kind: Kind::Pod, meta: &o.metadata }));
     let steps = plan(&objects);
     let mut done = 0;
@@ -377,8 +392,8 @@ mod tests {
         let pod = meta("web-1-a", Some(("ReplicaSet", "web-1")), &[], false);
         let foreign = ObjectMeta {
             owner_references: Some(vec![OwnerReference {
-                api_version: "batch/v1".into(),
-                kind: "Job".into(),
+                api_version: "example.com/v1".into(),
+                kind: "Widget".into(),
                 name: "j".into(),
                 uid: "uid-j".into(),
                 ..Default::default()

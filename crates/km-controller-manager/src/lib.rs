@@ -3,6 +3,8 @@
 //! - **Workloads**: ReplicaSet and ReplicationController ([`replicas`], with expectations so a
 //!   slow watch never creates extra pods), Deployment ([`deployment`]: RollingUpdate with
 //!   maxSurge/maxUnavailable, Recreate, revisions and history).
+//! - **Jobs** ([`jobs`]): pods run to completion (completions, parallelism, backoffLimit,
+//!   activeDeadlineSeconds).
 //! - **Garbage collector** ([`gc`]): ownerReferences, with background, foreground and orphan
 //!   propagation.
 //! - **Endpoints** ([`endpoints`], [`services`]): pod IP : container port, or with
@@ -25,6 +27,7 @@ pub mod cache;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
+pub mod jobs;
 pub mod leader;
 pub mod namespaces;
 pub mod nodes;
@@ -306,6 +309,7 @@ struct Queues {
     deployments: Queue,
     endpoints: Queue,
     namespaces: Queue,
+    jobs: Queue,
     gc: Arc<Notify>,
 }
 
@@ -412,6 +416,15 @@ fn route(change: &Change, caches: &Caches, q: &Queues) {
             ));
         }
         Change::Node(..) => {}
+        Change::Job(j, deleted) => {
+            q.jobs.add(key(
+                j.metadata.namespace.as_deref(),
+                j.metadata.name.as_deref().unwrap_or_default(),
+            ));
+            if owner_gone_or_going(&j.metadata, *deleted) {
+                q.gc.notify_one();
+            }
+        }
         Change::Namespace(n, _) => {
             if n.metadata.deletion_timestamp.is_some() {
                 q.namespaces.add(key(None, n.metadata.name.as_deref().unwrap_or_default()));
@@ -429,6 +442,7 @@ fn resync(caches: &Caches, q: &Queues) {
     caches.controllers.state().iter().for_each(|o| q.controllers.add(k(&o.metadata)));
     caches.deployments.state().iter().for_each(|o| q.deployments.add(k(&o.metadata)));
     caches.services.state().iter().for_each(|o| q.endpoints.add(k(&o.metadata)));
+    caches.jobs.state().iter().for_each(|o| q.jobs.add(k(&o.metadata)));
     caches
         .namespaces
         .state()
@@ -518,6 +532,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         deployments: Queue::new(depth("deployment")),
         endpoints: Queue::new(depth("endpoints")),
         namespaces: Queue::new(depth("namespace")),
+        jobs: Queue::new(depth("job")),
         gc: Arc::new(Notify::new()),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
@@ -565,6 +580,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     spawn_workers("endpoints", queues.endpoints.clone(), n, ctx.clone(), |c, k| async move {
         services::sync(&c, &k).await.map(|()| None)
+    });
+    spawn_workers("job", queues.jobs.clone(), n, ctx.clone(), |c, k| async move {
+        jobs::sync(&c, &k).await
     });
     spawn_workers("namespace", queues.namespaces.clone(), 2, ctx.clone(), |c, k| async move {
         namespaces::sync(&c, &k).await

@@ -166,7 +166,7 @@ impl Replicated for ReplicationController {
 }
 
 /// A pod made from a workload's template.
-fn pod_from(template: &PodTemplateSpec, owner: OwnerReference, namespace: &str) -> Pod {
+pub(crate) fn pod_from(template: &PodTemplateSpec, owner: OwnerReference, namespace: &str) -> Pod {
     let meta = template.metadata.clone().unwrap_or_default();
     Pod {
         metadata: ObjectMeta {
