@@ -735,3 +735,45 @@ async fn jobs_run_to_completion_through_mesos_and_fail_at_their_backoff_limit() 
     })
     .await;
 }
+
+/// A CronJob makes its Job at the next minute (named after the scheduled minute, owned by the
+/// CronJob, listed as active), and deleting the CronJob collects the Job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cronjob_makes_its_job_on_schedule_and_takes_it_along_when_deleted() {
+    let etcd = Etcd::start();
+    let api_server = ApiServer::start(&etcd);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cm, _) = controller_manager(&api_server.url(), dir.path(), "cm", &[]);
+    let logs = || cm.log();
+    let client = api_server.client();
+    let cronjobs: Api<k8s_openapi::api::batch::v1::CronJob> =
+        Api::namespaced(client.clone(), "default");
+    let cj = serde_json::from_value(json!({
+        "metadata": { "name": "tick", "namespace": "default" },
+        "spec": { "schedule": "* * * * *", "concurrencyPolicy": "Forbid",
+            "jobTemplate": { "spec": { "template": { "spec": {
+                "containers": [{ "name": "main", "image": "km-test/busybox:latest", "command": ["true"] }] } } } } },
+    }))
+    .expect("cronjob");
+    cronjobs.create(&PostParams::default(), &cj).await.expect("create");
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), "default");
+    let job = eventually("the first run's Job (within a minute)", &logs, || async {
+        jobs.list(&ListParams::default()).await.ok()?.items.into_iter().next()
+    })
+    .await;
+    let name = job.metadata.name.clone().unwrap_or_default();
+    assert!(name.starts_with("tick-"), "{name}");
+    let owner = crate::support::owner_kind(&job.metadata);
+    assert_eq!(owner.as_deref(), Some("CronJob"));
+    eventually("the CronJob lists it as active", &logs, || async {
+        let s = cronjobs.get_status("tick").await.ok()?.status?;
+        let active = s.active?.iter().any(|r| r.name.as_deref() == Some(name.as_str()));
+        (active && s.last_schedule_time.is_some()).then_some(())
+    })
+    .await;
+    cronjobs.delete("tick", &kube::api::DeleteParams::background()).await.expect("delete");
+    eventually("its Job collected", &logs, || async {
+        jobs.list(&ListParams::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+}

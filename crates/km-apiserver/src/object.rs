@@ -166,6 +166,19 @@ pub fn validate(kind: &Kind, obj: &Value) -> ApiResult<()> {
                 }
             }
         }
+        "CronJob" => {
+            if obj["spec"]["schedule"].as_str().is_none_or(|s| s.trim().is_empty()) {
+                causes.push(Cause::required("spec.schedule", ""));
+            }
+            let policy = &obj["spec"]["concurrencyPolicy"];
+            if !matches!(policy.as_str(), Some("Allow" | "Forbid" | "Replace")) {
+                causes.push(Cause::invalid(
+                    "spec.concurrencyPolicy",
+                    policy,
+                    "supported values: \"Allow\", \"Forbid\", \"Replace\"",
+                ));
+            }
+        }
         "ReplicationController" => {
             if obj["spec"]["template"].is_object() {
                 validate_pod_spec(
@@ -347,6 +360,17 @@ pub fn apply_defaults(kind: &Kind, obj: &mut Value) {
                     json!({ "matchLabels": { "batch.kubernetes.io/controller-uid": uid } });
             }
             default_template(spec);
+        }
+        "CronJob" => {
+            let spec = child(obj, "spec");
+            set_default(spec, "concurrencyPolicy", json!("Allow"));
+            set_default(spec, "suspend", json!(false));
+            set_default(spec, "successfulJobsHistoryLimit", json!(3));
+            set_default(spec, "failedJobsHistoryLimit", json!(1));
+            let job = child(child(spec, "jobTemplate"), "spec");
+            set_default(job, "backoffLimit", json!(6));
+            set_default(child(child(job, "template"), "spec"), "restartPolicy", json!("Never"));
+            default_template(job);
         }
         "ReplicaSet" | "ReplicationController" => {
             let spec = child(obj, "spec");

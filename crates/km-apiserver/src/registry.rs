@@ -119,6 +119,7 @@ pub static KINDS: &[Kind] = &[
     kind!(apps::v1::Deployment, "deployment", ["deploy"], ["status", "scale"], ["all"]),
     kind!(apps::v1::DaemonSet, "daemonset", ["ds"], ["status"], ["all"]),
     kind!(batch::v1::Job, "job", [], ["status"], ["all"]),
+    kind!(batch::v1::CronJob, "cronjob", ["cj"], ["status"], ["all"]),
     kind!(coordination::v1::Lease, "lease", [], [], []),
 ];
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ReplicationController, Service};
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
@@ -26,6 +26,7 @@ pub struct Caches {
     pub nodes: Store<Node>,
     pub namespaces: Store<Namespace>,
     pub jobs: Store<Job>,
+    pub cronjobs: Store<CronJob>,
 }
 
 /// A change seen by a watch (the object as it now is, or as it was when deleted).
@@ -39,6 +40,7 @@ pub enum Change {
     Node(Arc<Node>, bool),
     Namespace(Arc<Namespace>, bool),
     Job(Arc<Job>, bool),
+    CronJob(Arc<CronJob>, bool),
 }
 
 /// Where changes go.
@@ -80,7 +82,8 @@ impl Caches {
             endpoints: watch(client, route.clone(), Change::Endpoints),
             nodes: watch(client, route.clone(), Change::Node),
             namespaces: watch(client, route.clone(), Change::Namespace),
-            jobs: watch(client, route, Change::Job),
+            jobs: watch(client, route.clone(), Change::Job),
+            cronjobs: watch(client, route, Change::CronJob),
         };
         let _ = futures::join!(
             caches.pods.wait_until_ready(),
@@ -92,6 +95,7 @@ impl Caches {
             caches.nodes.wait_until_ready(),
             caches.namespaces.wait_until_ready(),
             caches.jobs.wait_until_ready(),
+            caches.cronjobs.wait_until_ready(),
         );
         caches
     }

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
@@ -30,6 +30,7 @@ pub enum Kind {
     ReplicaSet,
     ReplicationController,
     Job,
+    CronJob,
     Pod,
 }
 
@@ -40,6 +41,7 @@ impl Kind {
             ("ReplicaSet", "apps/v1") => Some(Kind::ReplicaSet),
             ("ReplicationController", "v1") => Some(Kind::ReplicationController),
             ("Job", "batch/v1") => Some(Kind::Job),
+            ("CronJob", "batch/v1") => Some(Kind::CronJob),
             _ => None,
         }
     }
@@ -178,6 +180,10 @@ async fn gone(
             .get_opt(name)
             .await?
             .map(|o| o.metadata),
+        Kind::CronJob => Api::<CronJob>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await?
+            .map(|o| o.metadata),
         Kind::Pod => Api::<Pod>::namespaced(ctx.client.clone(), namespace)
             .get_opt(name)
             .await?
@@ -212,6 +218,9 @@ async fn delete(
             .await
             .map(|_| ()),
         Kind::Job => Api::<Job>::namespaced(c, namespace).delete(name, &dp).await.map(|_| ()),
+        Kind::CronJob => {
+            Api::<CronJob>::namespaced(c, namespace).delete(name, &dp).await.map(|_| ())
+        }
         Kind::Pod => Api::<Pod>::namespaced(c, namespace).delete(name, &dp).await.map(|_| ()),
     };
     match result {
@@ -242,6 +251,9 @@ async fn patch_meta(
             .await
             .map(|_| ()),
         Kind::Job => Api::<Job>::namespaced(c, namespace).patch(name, &pp, &p).await.map(|_| ()),
+        Kind::CronJob => {
+            Api::<CronJob>::namespaced(c, namespace).patch(name, &pp, &p).await.map(|_| ())
+        }
         Kind::Pod => Api::<Pod>::namespaced(c, namespace).patch(name, &pp, &p).await.map(|_| ()),
     };
     match result {
@@ -253,6 +265,7 @@ async fn patch_meta(
 /// One pass of the collector over the cache.
 pub async fn collect(ctx: &Ctx) -> Result<usize, kube::Error> {
     let c = &ctx.caches;
+    let cronjobs = c.cronjobs.state();
     let (deployments, replicasets, controllers, pods, jobs) = (
         c.deployments.state(),
         c.replicasets.state(),
@@ -267,6 +280,7 @@ pub async fn collect(ctx: &Ctx) -> Result<usize, kube::Error> {
         controllers.iter().map(|o| Node { kind: Kind::ReplicationController, meta: &o.metadata }),
     );
     objects.extend(jobs.iter().map(|o| Node { kind: Kind::Job, meta: &o.metadata }));
+    objects.extend(cronjobs.iter().map(|o| Node { kind: Kind::CronJob, meta: &o.metadata }));
     objects.extend(pods.iter().map(|o| Node { kind: Kind::Pod, meta: &o.metadata }));
     let steps = plan(&objects);
     let mut done = 0;

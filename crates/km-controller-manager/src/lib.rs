@@ -5,6 +5,7 @@
 //!   maxSurge/maxUnavailable, Recreate, revisions and history).
 //! - **Jobs** ([`jobs`]): pods run to completion (completions, parallelism, backoffLimit,
 //!   activeDeadlineSeconds).
+//! - **CronJobs** ([`cronjobs`]): Jobs on a cron schedule, with concurrency policies and history.
 //! - **Garbage collector** ([`gc`]): ownerReferences, with background, foreground and orphan
 //!   propagation.
 //! - **Endpoints** ([`endpoints`], [`services`]): pod IP : container port, or with
@@ -24,6 +25,7 @@
 //! over within the lease duration.
 
 pub mod cache;
+pub mod cronjobs;
 pub mod deployment;
 pub mod endpoints;
 pub mod gc;
@@ -310,6 +312,7 @@ struct Queues {
     endpoints: Queue,
     namespaces: Queue,
     jobs: Queue,
+    cronjobs: Queue,
     gc: Arc<Notify>,
 }
 
@@ -416,11 +419,20 @@ fn route(change: &Change, caches: &Caches, q: &Queues) {
             ));
         }
         Change::Node(..) => {}
+        Change::CronJob(cj, _) => {
+            q.cronjobs.add(key(
+                cj.metadata.namespace.as_deref(),
+                cj.metadata.name.as_deref().unwrap_or_default(),
+            ));
+        }
         Change::Job(j, deleted) => {
             q.jobs.add(key(
                 j.metadata.namespace.as_deref(),
                 j.metadata.name.as_deref().unwrap_or_default(),
             ));
+            if let Some(r) = pods::controller_of(&j.metadata).filter(|r| r.kind == "CronJob") {
+                q.cronjobs.add(key(j.metadata.namespace.as_deref(), &r.name));
+            }
             if owner_gone_or_going(&j.metadata, *deleted) {
                 q.gc.notify_one();
             }
@@ -443,6 +455,7 @@ fn resync(caches: &Caches, q: &Queues) {
     caches.deployments.state().iter().for_each(|o| q.deployments.add(k(&o.metadata)));
     caches.services.state().iter().for_each(|o| q.endpoints.add(k(&o.metadata)));
     caches.jobs.state().iter().for_each(|o| q.jobs.add(k(&o.metadata)));
+    caches.cronjobs.state().iter().for_each(|o| q.cronjobs.add(k(&o.metadata)));
     caches
         .namespaces
         .state()
@@ -533,6 +546,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         endpoints: Queue::new(depth("endpoints")),
         namespaces: Queue::new(depth("namespace")),
         jobs: Queue::new(depth("job")),
+        cronjobs: Queue::new(depth("cronjob")),
         gc: Arc::new(Notify::new()),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
@@ -583,6 +597,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     spawn_workers("job", queues.jobs.clone(), n, ctx.clone(), |c, k| async move {
         jobs::sync(&c, &k).await
+    });
+    spawn_workers("cronjob", queues.cronjobs.clone(), n, ctx.clone(), |c, k| async move {
+        cronjobs::sync(&c, &k).await
     });
     spawn_workers("namespace", queues.namespaces.clone(), 2, ctx.clone(), |c, k| async move {
         namespaces::sync(&c, &k).await

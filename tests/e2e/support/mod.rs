@@ -80,3 +80,14 @@ pub fn kubectl(bin: &std::path::Path, server: &str, args: &[&str]) -> (bool, Str
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
+
+/// The kind of an object's controlling owner.
+pub fn owner_kind(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<String> {
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.kind.clone())
+}
