@@ -218,6 +218,33 @@ async fn deployments_roll_out_restart_undo_scale_and_are_collected_with_kubectl(
     })
     .await;
 
+    // Foreground: the Deployment stays (being deleted) until its ReplicaSets and pods are gone.
+    deployments.create(&PostParams::default(), &deployment("fg", 2)).await.expect("create fg");
+    eventually("2 pods of fg", &logs, || async {
+        (live_pods(&pods, "fg").await.values().sum::<usize>() == 2).then_some(())
+    })
+    .await;
+    let (ok, out) = kubectl(
+        &newest,
+        &server,
+        &["delete", "deployment", "fg", "--cascade=foreground", "--wait=false"],
+    );
+    assert!(ok, "{out}");
+    let held = deployments.get_opt("fg").await.expect("get fg");
+    if let Some(d) = held {
+        // Either still held by its finalizer, or already through it: never deleted before.
+        let finalizers = d.metadata.finalizers.unwrap_or_default();
+        assert!(finalizers.iter().any(|f| f == "foregroundDeletion"), "{finalizers:?}");
+        assert!(d.metadata.deletion_timestamp.is_some());
+    }
+    eventually("fg, its ReplicaSet and its pods gone", &logs, || async {
+        let d = deployments.get_opt("fg").await.ok()?;
+        let rs = sets.list(&ListParams::default()).await.ok()?.items;
+        let left = pods.list(&ListParams::default().labels("app=fg")).await.ok()?.items;
+        (d.is_none() && rs.is_empty() && left.is_empty()).then_some(())
+    })
+    .await;
+
     // Orphaning: a ReplicationController deleted with --cascade=orphan leaves its pods, freed.
     let rc: ReplicationController = serde_json::from_value(json!({
         "metadata": { "name": "legacy", "namespace": "default" },
