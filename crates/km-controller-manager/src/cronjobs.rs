@@ -220,6 +220,14 @@ pub async fn sync(ctx: &Ctx, key: &str) -> Result<Option<Duration>, SyncError> {
         .map(Time);
     let old = cj.status.clone().unwrap_or_default();
     let new_active = (!active.is_empty()).then_some(active);
+    tracing::debug!(
+        cronjob = %key,
+        owned = owned.len(),
+        active = new_active.as_ref().map_or(0, Vec::len),
+        run = ?plan.run,
+        next = ?plan.next,
+        "cronjob"
+    );
     if old.active != new_active
         || old.last_schedule_time != last_schedule
         || (last_successful.is_some() && old.last_successful_time != last_successful)

@@ -480,16 +480,24 @@ where
             loop {
                 let key = queue.next().await;
                 let started = std::time::Instant::now();
-                let result = sync(ctx.clone(), key.clone()).await;
+                // A sync that hangs (an API request that never gets an answer) must not hold its
+                // key forever: it is abandoned and retried.
+                let result =
+                    tokio::time::timeout(SYNC_TIMEOUT, sync(ctx.clone(), key.clone())).await;
                 ctx.metrics.syncs.get_or_create(&label).observe(started.elapsed().as_secs_f64());
                 match result {
-                    Ok(again) => {
+                    Err(_) => {
+                        ctx.metrics.errors.get_or_create(&label).inc();
+                        tracing::warn!(controller = name, %key, "sync abandoned after {SYNC_TIMEOUT:?}; retrying");
+                        queue.done(&key, true);
+                    }
+                    Ok(Ok(again)) => {
                         queue.done(&key, false);
                         if let Some(after) = again {
                             queue.add_after(key, after);
                         }
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         ctx.metrics.errors.get_or_create(&label).inc();
                         tracing::warn!(controller = name, %key, "{e}");
                         queue.done(&key, true);
@@ -499,6 +507,9 @@ where
         });
     }
 }
+
+/// Longest a sync may take before it is abandoned and retried.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the controller-manager until SIGTERM or SIGINT (or until leadership is lost).
 pub async fn run(args: Args) -> anyhow::Result<()> {
