@@ -62,7 +62,7 @@ pub enum Strategy {
 /// A Deployment's strategy: RollingUpdate (maxSurge rounds up, maxUnavailable down, 25% each
 /// by default; never both zero) or Recreate.
 pub fn strategy(d: &Deployment) -> Result<Strategy, String> {
-    let replicas = d.spec.replicas.unwrap_or(1).max(0);
+    let replicas = count(d.spec.replicas.unwrap_or(1));
     let st = d.spec.strategy.as_ref();
     if st.and_then(|s| s.type_.as_deref()) == Some("Recreate") {
         return Ok(Strategy::Recreate);
@@ -75,7 +75,10 @@ pub fn strategy(d: &Deployment) -> Result<Strategy, String> {
     if surge == 0 && unavailable == 0 {
         unavailable = 1;
     }
-    Ok(Strategy::Rolling { max_surge: surge, max_unavailable: unavailable.min(replicas) })
+    Ok(Strategy::Rolling {
+        max_surge: surge.min(COUNT_LIMIT),
+        max_unavailable: unavailable.min(replicas),
+    })
 }
 
 fn fence(v: &IntOrString, replicas: i32, round_up: bool) -> Result<i32, String> {
@@ -87,8 +90,8 @@ fn fence(v: &IntOrString, replicas: i32, round_up: bool) -> Result<i32, String> 
                 s.strip_suffix('%').and_then(|p| p.parse().ok()).filter(|p| *p >= 0).ok_or_else(
                     || format!("invalid rollout fence post {s:?} (an integer or a percentage)"),
                 )?;
-            let scaled = pct * i64::from(replicas);
-            let v = if round_up { (scaled + 99) / 100 } else { scaled / 100 };
+            let scaled = pct.saturating_mul(i64::from(replicas));
+            let v = if round_up { scaled.saturating_add(99) / 100 } else { scaled / 100 };
             Ok(i32::try_from(v).unwrap_or(i32::MAX))
         }
     }
@@ -139,13 +142,29 @@ pub fn revision_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Object
         .unwrap_or(0)
 }
 
+/// Replica counts are taken within [0, 2^24] (the objects come from the API, and counts are
+/// summed), so the rollout arithmetic cannot overflow.
+const COUNT_LIMIT: i32 = 1 << 24;
+
+fn count(n: i32) -> i32 {
+    n.clamp(0, COUNT_LIMIT)
+}
+
+fn sum(counts: impl Iterator<Item = i32>) -> i32 {
+    counts.fold(0, i32::saturating_add)
+}
+
 fn spec_replicas(rs: &ReplicaSet) -> i32 {
-    rs.spec.replicas.unwrap_or(0)
+    count(rs.spec.replicas.unwrap_or(0))
 }
 
 fn status_of(rs: &ReplicaSet) -> (i32, i32, i32) {
     rs.status.as_ref().map_or((0, 0, 0), |s| {
-        (s.replicas, s.ready_replicas.unwrap_or(0), s.available_replicas.unwrap_or(0))
+        (
+            count(s.replicas),
+            count(s.ready_replicas.unwrap_or(0)),
+            count(s.available_replicas.unwrap_or(0)),
+        )
     })
 }
 
@@ -156,7 +175,7 @@ fn name_of(rs: &ReplicaSet) -> String {
 /// Decides the next step for `d` given the ReplicaSets it controls.
 pub fn decide(d: &Deployment, owned: &[&ReplicaSet], now: Timestamp) -> Result<Decision, String> {
     let spec = &d.spec;
-    let replicas = spec.replicas.unwrap_or(1).max(0);
+    let replicas = count(spec.replicas.unwrap_or(1));
     let strategy = strategy(d)?;
     let dname = d.metadata.name.clone().unwrap_or_default();
     let (template, hash) = new_template(d);
@@ -199,12 +218,13 @@ pub fn decide(d: &Deployment, owned: &[&ReplicaSet], now: Timestamp) -> Result<D
         if let Some(n) = new
             && revision_of(&n.metadata) <= max_old
         {
-            actions.push(Action::Revision { name: name_of(n), revision: max_old + 1 });
-            revision = Some(max_old + 1);
+            actions
+                .push(Action::Revision { name: name_of(n), revision: max_old.saturating_add(1) });
+            revision = Some(max_old.saturating_add(1));
         }
         match strategy {
             Strategy::Rolling { max_surge, max_unavailable } => {
-                let total: i32 = specs.values().sum();
+                let total = sum(specs.values().copied());
                 let max_total = replicas.saturating_add(max_surge);
                 match new {
                     None => {
@@ -214,10 +234,10 @@ pub fn decide(d: &Deployment, owned: &[&ReplicaSet], now: Timestamp) -> Result<D
                             name: name.clone(),
                             template: template.clone(),
                             replicas: grow,
-                            revision: max_old + 1,
+                            revision: max_old.saturating_add(1),
                         });
                         specs.insert(name.clone(), grow);
-                        revision = Some(max_old + 1);
+                        revision = Some(max_old.saturating_add(1));
                         created = Some(name);
                     }
                     Some(n) => {
@@ -232,7 +252,7 @@ pub fn decide(d: &Deployment, owned: &[&ReplicaSet], now: Timestamp) -> Result<D
                     }
                 }
                 // Old ReplicaSets shrink while enough pods stay available.
-                let all: i32 = specs.values().sum();
+                let all = sum(specs.values().copied());
                 let min_available = replicas - max_unavailable;
                 let new_unavailable = new.map_or(0, |n| {
                     let spec = specs.get(&name_of(n)).copied().unwrap_or(0);
@@ -252,7 +272,7 @@ pub fn decide(d: &Deployment, owned: &[&ReplicaSet], now: Timestamp) -> Result<D
                         }
                     }
                     // Then available ones, down to the minimum.
-                    let available: i32 = owned.iter().map(|rs| status_of(rs).2).sum();
+                    let available = sum(owned.iter().map(|rs| status_of(rs).2));
                     let mut excess = (available - min_available).min(budget);
                     for rs in &olds {
                         if excess <= 0 {
@@ -272,7 +292,7 @@ pub fn decide(d: &Deployment, owned: &[&ReplicaSet], now: Timestamp) -> Result<D
                 for rs in &olds {
                     scale(&mut actions, &mut specs, &name_of(rs), 0);
                 }
-                let old_pods: i32 = olds.iter().map(|rs| status_of(rs).0).sum();
+                let old_pods = sum(olds.iter().map(|rs| status_of(rs).0));
                 if actions.iter().all(|a| matches!(a, Action::Revision { .. })) && old_pods == 0 {
                     match new {
                         None => {
@@ -281,9 +301,9 @@ pub fn decide(d: &Deployment, owned: &[&ReplicaSet], now: Timestamp) -> Result<D
                                 name: name.clone(),
                                 template: template.clone(),
                                 replicas,
-                                revision: max_old + 1,
+                                revision: max_old.saturating_add(1),
                             });
-                            revision = Some(max_old + 1);
+                            revision = Some(max_old.saturating_add(1));
                             created = Some(name);
                         }
                         Some(n) => scale(&mut actions, &mut specs, &name_of(n), replicas),
@@ -336,9 +356,9 @@ fn status(
     let (mut total, mut ready, mut available) = (0, 0, 0);
     for rs in owned {
         let (t, r, a) = status_of(rs);
-        total += t;
-        ready += r;
-        available += a;
+        total = i32::saturating_add(total, t);
+        ready = i32::saturating_add(ready, r);
+        available = i32::saturating_add(available, a);
     }
     let updated = new.map_or(0, |n| status_of(n).0);
     let max_unavailable = match strategy {
@@ -607,6 +627,18 @@ mod tests {
                 .expect("cond");
             assert_eq!(progressing.reason.as_deref(), Some("NewReplicaSetAvailable"));
         }
+    }
+
+    #[test]
+    fn out_of_range_counts_and_fence_posts_do_not_overflow() {
+        let d = deployment(i32::MAX, rolling(json!("9223372036854775807%"), json!(i32::MAX)));
+        let mut broken =
+            rs("web-old", "v1", Some("old"), i32::MAX, (i32::MAX, i32::MAX), i64::MAX, 0);
+        let other = rs("web-older", "v0", Some("older"), i32::MAX, (0, 0), 1, 0);
+        let out = decide(&d, &[&broken, &other], now()).expect("decide");
+        assert!(out.status.replicas.is_some_and(|r| r >= 0));
+        broken.status.as_mut().expect("status").replicas = i32::MIN;
+        assert!(decide(&d, &[&broken, &other], now()).is_ok());
     }
 
     #[test]

@@ -15,7 +15,10 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions,
+    PropagationPolicy,
+};
 use serde_json::json;
 
 use crate::Ctx;
@@ -153,6 +156,19 @@ fn is_code(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
+/// The API of `kind` in `namespace`, untyped: the collector reads and writes only metadata.
+fn api(ctx: &Ctx, kind: Kind, namespace: &str) -> Api<DynamicObject> {
+    let resource = match kind {
+        Kind::Deployment => ApiResource::erase::<Deployment>(&()),
+        Kind::ReplicaSet => ApiResource::erase::<ReplicaSet>(&()),
+        Kind::ReplicationController => ApiResource::erase::<ReplicationController>(&()),
+        Kind::Job => ApiResource::erase::<Job>(&()),
+        Kind::CronJob => ApiResource::erase::<CronJob>(&()),
+        Kind::Pod => ApiResource::erase::<Pod>(&()),
+    };
+    Api::namespaced_with(ctx.client.clone(), namespace, &resource)
+}
+
 /// Whether the owner (kind, name, uid) in `namespace` is gone, by a live read.
 async fn gone(
     ctx: &Ctx,
@@ -161,34 +177,7 @@ async fn gone(
     name: &str,
     uid: &str,
 ) -> Result<bool, kube::Error> {
-    let meta = match kind {
-        Kind::Deployment => Api::<Deployment>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await?
-            .map(|o| o.metadata),
-        Kind::ReplicaSet => Api::<ReplicaSet>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await?
-            .map(|o| o.metadata),
-        Kind::ReplicationController => {
-            Api::<ReplicationController>::namespaced(ctx.client.clone(), namespace)
-                .get_opt(name)
-                .await?
-                .map(|o| o.metadata)
-        }
-        Kind::Job => Api::<Job>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await?
-            .map(|o| o.metadata),
-        Kind::CronJob => Api::<CronJob>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await?
-            .map(|o| o.metadata),
-        Kind::Pod => Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await?
-            .map(|o| o.metadata),
-    };
+    let meta = api(ctx, kind, namespace).get_opt(name).await?.map(|o| o.metadata);
     Ok(meta.is_none_or(|m| m.uid.as_deref() != Some(uid)))
 }
 
@@ -205,27 +194,9 @@ async fn delete(
         propagation_policy: Some(policy),
         ..Default::default()
     };
-    let c = ctx.client.clone();
-    let result = match kind {
-        Kind::Deployment => {
-            Api::<Deployment>::namespaced(c, namespace).delete(name, &dp).await.map(|_| ())
-        }
-        Kind::ReplicaSet => {
-            Api::<ReplicaSet>::namespaced(c, namespace).delete(name, &dp).await.map(|_| ())
-        }
-        Kind::ReplicationController => Api::<ReplicationController>::namespaced(c, namespace)
-            .delete(name, &dp)
-            .await
-            .map(|_| ()),
-        Kind::Job => Api::<Job>::namespaced(c, namespace).delete(name, &dp).await.map(|_| ()),
-        Kind::CronJob => {
-            Api::<CronJob>::namespaced(c, namespace).delete(name, &dp).await.map(|_| ())
-        }
-        Kind::Pod => Api::<Pod>::namespaced(c, namespace).delete(name, &dp).await.map(|_| ()),
-    };
-    match result {
+    match api(ctx, kind, namespace).delete(name, &dp).await {
         Err(e) if is_code(&e, 404) || is_code(&e, 409) => Ok(()),
-        other => other,
+        other => other.map(|_| ()),
     }
 }
 
@@ -236,30 +207,28 @@ async fn patch_meta(
     name: &str,
     patch: serde_json::Value,
 ) -> Result<(), kube::Error> {
-    let c = ctx.client.clone();
-    let pp = PatchParams::default();
-    let p = Patch::Merge(&patch);
-    let result = match kind {
-        Kind::Deployment => {
-            Api::<Deployment>::namespaced(c, namespace).patch(name, &pp, &p).await.map(|_| ())
-        }
-        Kind::ReplicaSet => {
-            Api::<ReplicaSet>::namespaced(c, namespace).patch(name, &pp, &p).await.map(|_| ())
-        }
-        Kind::ReplicationController => Api::<ReplicationController>::namespaced(c, namespace)
-            .patch(name, &pp, &p)
-            .await
-            .map(|_| ()),
-        Kind::Job => Api::<Job>::namespaced(c, namespace).patch(name, &pp, &p).await.map(|_| ()),
-        Kind::CronJob => {
-            Api::<CronJob>::namespaced(c, namespace).patch(name, &pp, &p).await.map(|_| ())
-        }
-        Kind::Pod => Api::<Pod>::namespaced(c, namespace).patch(name, &pp, &p).await.map(|_| ()),
-    };
+    let result = api(ctx, kind, namespace)
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ());
     match result {
         Err(e) if is_code(&e, 404) => Ok(()),
         other => other,
     }
+}
+
+/// The object of `kind` named `namespace/name` among `objects`.
+fn find<'a>(
+    objects: &'a [Node<'a>],
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Option<&'a Node<'a>> {
+    objects.iter().find(|o| {
+        o.kind == kind
+            && o.meta.namespace.as_deref() == Some(namespace)
+            && o.meta.name.as_deref() == Some(name)
+    })
 }
 
 /// One pass of the collector over the cache.
@@ -306,12 +275,7 @@ pub async fn collect(ctx: &Ctx) -> Result<usize, kube::Error> {
                 done += 1;
             }
             Step::Unlink { kind, namespace, name, owner_uid } => {
-                let current = objects.iter().find(|o| {
-                    o.kind == kind
-                        && o.meta.namespace.as_deref() == Some(namespace.as_str())
-                        && o.meta.name.as_deref() == Some(name.as_str())
-                });
-                if let Some(o) = current {
+                if let Some(o) = find(&objects, kind, &namespace, &name) {
                     let refs: Vec<_> = o
                         .meta
                         .owner_references
@@ -332,12 +296,7 @@ pub async fn collect(ctx: &Ctx) -> Result<usize, kube::Error> {
                 }
             }
             Step::Finalize { kind, namespace, name, finalizer } => {
-                let current = objects.iter().find(|o| {
-                    o.kind == kind
-                        && o.meta.namespace.as_deref() == Some(namespace.as_str())
-                        && o.meta.name.as_deref() == Some(name.as_str())
-                });
-                if let Some(o) = current {
+                if let Some(o) = find(&objects, kind, &namespace, &name) {
                     let rest: Vec<String> = o
                         .meta
                         .finalizers

@@ -96,7 +96,7 @@ pub fn plan(job: &Job, owned: &[&Pod], manage: bool, now: Timestamp) -> Plan {
     } else if let (Some(deadline), Some(start)) =
         (spec.and_then(|s| s.active_deadline_seconds), start.as_ref())
         && !suspended
-        && now.as_second() - start.0.as_second() >= deadline
+        && now.as_second().saturating_sub(start.0.as_second()) >= deadline
     {
         Some(condition(
             "Failed",
@@ -128,7 +128,7 @@ pub fn plan(job: &Job, owned: &[&Pod], manage: bool, now: Timestamp) -> Plan {
         0
     } else {
         match completions {
-            Some(c) => parallelism.min((c - succeeded).max(0)),
+            Some(c) => parallelism.min(c.saturating_sub(succeeded).max(0)),
             None if succeeded > 0 => 0,
             None => parallelism,
         }
@@ -241,7 +241,7 @@ pub async fn sync(ctx: &Ctx, key: &str) -> Result<Option<Duration>, SyncError> {
     let deadline = job.spec.as_ref().and_then(|s| s.active_deadline_seconds);
     Ok(match (deadline, plan.status.start_time.as_ref(), finished(Some(&plan.status))) {
         (Some(d), Some(start), None) => {
-            let left = start.0.as_second() + d - now.as_second();
+            let left = start.0.as_second().saturating_add(d).saturating_sub(now.as_second());
             Some(Duration::from_secs(u64::try_from(left.max(1)).unwrap_or(1)))
         }
         _ => None,

@@ -71,6 +71,21 @@ pub trait Replicated:
     fn reported(&self) -> (Counts, Option<i64>);
 }
 
+/// A status as counts (ReplicaSets and ReplicationControllers name them alike).
+fn reported(
+    replicas: i32,
+    [fully, ready, available]: [Option<i32>; 3],
+    observed: Option<i64>,
+) -> (Counts, Option<i64>) {
+    let counts = Counts {
+        replicas,
+        fully_labeled: fully.unwrap_or(0),
+        ready: ready.unwrap_or(0),
+        available: available.unwrap_or(0),
+    };
+    (counts, observed)
+}
+
 fn workload_of(
     meta: &ObjectMeta,
     replicas: Option<i32>,
@@ -113,13 +128,9 @@ impl Replicated for ReplicaSet {
     }
     fn reported(&self) -> (Counts, Option<i64>) {
         self.status.as_ref().map_or((Counts::default(), None), |s| {
-            (
-                Counts {
-                    replicas: s.replicas,
-                    fully_labeled: s.fully_labeled_replicas.unwrap_or(0),
-                    ready: s.ready_replicas.unwrap_or(0),
-                    available: s.available_replicas.unwrap_or(0),
-                },
+            reported(
+                s.replicas,
+                [s.fully_labeled_replicas, s.ready_replicas, s.available_replicas],
                 s.observed_generation,
             )
         })
@@ -152,13 +163,9 @@ impl Replicated for ReplicationController {
     }
     fn reported(&self) -> (Counts, Option<i64>) {
         self.status.as_ref().map_or((Counts::default(), None), |s| {
-            (
-                Counts {
-                    replicas: s.replicas,
-                    fully_labeled: s.fully_labeled_replicas.unwrap_or(0),
-                    ready: s.ready_replicas.unwrap_or(0),
-                    available: s.available_replicas.unwrap_or(0),
-                },
+            reported(
+                s.replicas,
+                [s.fully_labeled_replicas, s.ready_replicas, s.available_replicas],
                 s.observed_generation,
             )
         })
@@ -381,7 +388,7 @@ pub async fn sync_deployment(ctx: &Ctx, key: &str) -> Result<Option<Duration>, S
     };
     let sizes = json!({
         deployment::DESIRED_REPLICAS: replicas.to_string(),
-        deployment::MAX_REPLICAS: (replicas + surge).to_string(),
+        deployment::MAX_REPLICAS: replicas.saturating_add(surge).to_string(),
     });
     for action in &decision.actions {
         tracing::debug!(deployment = %key, ?action, "rollout step");
@@ -390,7 +397,10 @@ pub async fn sync_deployment(ctx: &Ctx, key: &str) -> Result<Option<Duration>, S
                 let mut annotations: BTreeMap<String, String> = BTreeMap::new();
                 annotations.insert(deployment::REVISION.into(), revision.to_string());
                 annotations.insert(deployment::DESIRED_REPLICAS.into(), replicas.to_string());
-                annotations.insert(deployment::MAX_REPLICAS.into(), (replicas + surge).to_string());
+                annotations.insert(
+                    deployment::MAX_REPLICAS.into(),
+                    replicas.saturating_add(surge).to_string(),
+                );
                 if let Some(cause) =
                     d.metadata.annotations.as_ref().and_then(|a| a.get(deployment::CHANGE_CAUSE))
                 {
