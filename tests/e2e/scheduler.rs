@@ -369,3 +369,91 @@ fn bad_flags_and_unreachable_masters_are_clear() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("offer-ttl"), "{err}");
 }
+
+/// `--ha`: a standby takes over when the leader hands over (SIGUSR1) and when it is killed
+/// with kill -9, re-subscribing as the same framework and killing nothing; a scheduler of
+/// another executor configuration refuses to stand by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_standby_takes_over_on_sigusr1_and_after_kill_9_and_kills_nothing() {
+    use crate::support::free_port;
+    use crate::support::process::wait_until;
+
+    let ha = ["--ha", "--ha-lease-ttl=2s"];
+    let mut cluster = KmCluster::start(&["--simulate-agents=2"], &ha);
+    let api: Api<Pod> = Api::namespaced(cluster.client(), "default");
+    let leads = |log: &str| log.matches("elected: leading").count();
+    let first_log = cluster.scheduler.as_ref().expect("first scheduler").log_path().to_owned();
+    let first_log = move || std::fs::read_to_string(&first_log).unwrap_or_default();
+    cluster
+        .eventually("the first scheduler to lead", WAIT, || async {
+            (leads(&first_log()) == 1).then_some(())
+        })
+        .await;
+    for i in 0..10 {
+        create(&api, pod(&format!("ha-{i}"), "100m", json!({}))).await;
+    }
+    cluster
+        .eventually("10 pods Running", WAIT, || async {
+            (running(&api).await.len() == 10).then_some(())
+        })
+        .await;
+    let framework = frameworks(&cluster.master).await;
+    assert_eq!(framework.len(), 1);
+
+    // A standby: healthy, but it leaves the work to the leader.
+    let standby_port = free_port();
+    let mut standby = cluster.spawn_scheduler(standby_port, &[]);
+    let standing = wait_until(WAIT, || {
+        assert!(standby.is_running(), "the standby exited:\n{}", standby.log());
+        standby.log().contains("standing by")
+    });
+    assert!(standing, "the standby never stood by:\n{}", standby.log());
+    let (code, body) = crate::support::apiserver::http(standby_port, "GET", "/healthz", None)
+        .expect("the standby's /healthz");
+    assert_eq!((code, body.trim()), (200, "ok (standby)"));
+    let (code, _) =
+        crate::support::apiserver::http(standby_port, "GET", "/debug/registry/tasks", None)
+            .expect("the standby's debug view");
+    assert_eq!(code, 503, "a standby has no registry to show");
+
+    // Another executor configuration cannot stand behind this leader.
+    let mut odd = cluster.spawn_scheduler(free_port(), &["--executor-log=debug"]);
+    let status = odd.wait_timeout(WAIT).expect("a mismatched scheduler exits");
+    assert!(!status.success());
+    assert!(odd.log().contains("refusing to lead"), "{}", odd.log());
+
+    // SIGUSR1: the leader hands over; the standby leads and launches new pods.
+    cluster.scheduler.as_ref().expect("leader").signal("USR1");
+    let took_over = wait_until(WAIT, || leads(&standby.log()) == 1);
+    assert!(took_over, "the standby did not take over:\n{}", standby.log());
+    let stood_by = wait_until(WAIT, || first_log().matches("standing by").count() >= 1);
+    assert!(stood_by, "the old leader did not stand by:\n{}", first_log());
+    for i in 10..15 {
+        create(&api, pod(&format!("ha-{i}"), "100m", json!({}))).await;
+    }
+    cluster
+        .eventually("15 pods Running after the handover", WAIT, || async {
+            (running(&api).await.len() == 15).then_some(())
+        })
+        .await;
+
+    // kill -9 of the new leader: the first scheduler takes over again once the lease runs out.
+    standby.kill();
+    let back = wait_until(WAIT, || leads(&first_log()) == 2);
+    assert!(back, "the first scheduler did not take over after kill -9:\n{}", first_log());
+    for i in 15..20 {
+        create(&api, pod(&format!("ha-{i}"), "100m", json!({}))).await;
+    }
+    let after = cluster
+        .eventually("20 pods Running after kill -9 of the leader", WAIT, || async {
+            let r = running(&api).await;
+            (r.len() == 20).then_some(r)
+        })
+        .await;
+    let tasks = master_tasks(&cluster.master).await;
+    let live: Vec<_> = tasks.iter().filter(|(_, s)| *s == "TASK_RUNNING").collect();
+    assert_eq!(live.len(), 20, "exactly one task per pod: {tasks:?}");
+    assert!(!tasks.values().any(|s| s == "TASK_KILLED"), "nothing killed: {tasks:?}");
+    assert_eq!(after.len(), 20);
+    assert_eq!(frameworks(&cluster.master).await, framework, "one framework all along");
+}

@@ -103,6 +103,17 @@ pub struct Args {
     #[arg(long = "etcd-servers", value_delimiter = ',')]
     pub etcd_servers: Vec<String>,
 
+    /// High availability: run as one of several schedulers of this framework that elect a leader
+    /// over etcd (needs --etcd-servers). Standbys take over when the leader's lease runs out or
+    /// it hands over (SIGUSR1). Every scheduler of the group needs the same executor ID.
+    #[arg(long, default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub ha: bool,
+
+    /// With --ha: the leader's etcd lease (at least 2s). A standby takes over at most this long
+    /// after the leader dies. Default 5s.
+    #[arg(long = "ha-lease-ttl")]
+    pub ha_lease_ttl: Option<String>,
+
     /// FrameworkInfo.user: the user tasks run as (empty: the current user).
     #[arg(long = "mesos-user", default_value = "root")]
     pub mesos_user: String,

@@ -149,6 +149,18 @@ async fn artifact(State(s): State<HttpState>, Path(file): Path<String>) -> Respo
     }
 }
 
+/// What a standby (`--ha`) serves until it leads: `/healthz`, and 503 for the rest.
+pub(crate) async fn serve_standby(addr: SocketAddr, interval: Duration) {
+    let router =
+        Router::new().route("/healthz", get(|| async { "ok (standby)" })).fallback(|| async {
+            (StatusCode::SERVICE_UNAVAILABLE, "this scheduler is a standby; ask the leader\n")
+        });
+    let listener = bind(addr, interval).await;
+    if let Err(e) = axum::serve(listener, router).await {
+        tracing::warn!(%addr, "the standby endpoint stopped: {e}");
+    }
+}
+
 /// Binds `addr`, retrying every `interval` while it is taken.
 pub(crate) async fn bind(addr: SocketAddr, interval: Duration) -> tokio::net::TcpListener {
     loop {

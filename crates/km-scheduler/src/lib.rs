@@ -8,13 +8,14 @@
 //! - [`args`] and [`settings`]: flags and the `--scheduler-config` file, checked at start-up.
 //! - `shell`: the loop; `convert`: Mesos protobufs ↔ the core's model; `kubeapi`: the API
 //!   side; `executor`: the `ExecutorInfo` and executor ID; `static_pods`; `fwid`: where the
-//!   framework ID is kept; `metrics` and `http`: `/metrics`, `/healthz` and `/debug`.
+//!   framework ID is kept; `ha`: the leader election of `--ha`; `metrics` and `http`: `/metrics`, `/healthz` and `/debug`.
 
 pub mod args;
 mod convert;
 pub mod duration;
 mod executor;
 mod fwid;
+mod ha;
 mod http;
 pub mod ini_config;
 mod kubeapi;
@@ -30,5 +31,11 @@ pub use crate::args::Args;
 /// Runs `km scheduler` until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let settings = settings::Settings::from_args(&args)?;
-    shell::run(settings).await
+    match settings.ha_lease_ttl {
+        None => {
+            let plan = shell::Plan::new(&settings)?;
+            shell::run(settings, plan, None).await.map(drop)
+        }
+        Some(ttl) => ha::run(settings, ttl).await,
+    }
 }

@@ -78,6 +78,8 @@ pub struct Settings {
     pub advertised: String,
     /// Serve the kamikaze action.
     pub kamikaze: bool,
+    /// `--ha`: the leader lease of the election (None: no election).
+    pub ha_lease_ttl: Option<Duration>,
     /// Static pods directory.
     pub static_pods: Option<PathBuf>,
     /// FrameworkInfo pieces.
@@ -405,6 +407,34 @@ impl Settings {
         if args.etcd_servers.iter().any(|s| s.trim().is_empty()) {
             return Err(flag("etcd-servers", "an endpoint is empty"));
         }
+        let ha_lease_ttl = match (args.ha, &args.ha_lease_ttl) {
+            (false, Some(_)) => {
+                return Err(flag(
+                    "ha-lease-ttl",
+                    "is the lease of --ha; give --ha too, or drop it",
+                ));
+            }
+            (false, None) => None,
+            (true, _) if args.etcd_servers.is_empty() => {
+                return Err(flag(
+                    "ha",
+                    "the schedulers elect their leader over etcd: give --etcd-servers",
+                ));
+            }
+            (true, ttl) => {
+                let ttl = dur("ha-lease-ttl", ttl.as_deref().unwrap_or("5s"))?;
+                if ttl < Duration::from_secs(2) || ttl > Duration::from_secs(3600) {
+                    return Err(flag(
+                        "ha-lease-ttl",
+                        format!(
+                            "{} is out of range: between 2s (etcd's shortest lease) and 1h",
+                            crate::duration::format(ttl)
+                        ),
+                    ));
+                }
+                Some(ttl)
+            }
+        };
 
         Ok(Settings {
             api_servers,
@@ -414,6 +444,7 @@ impl Settings {
             listen,
             advertised,
             kamikaze: args.enable_kamikaze,
+            ha_lease_ttl,
             static_pods: args.static_pods_config.clone(),
             framework: FrameworkSettings {
                 name: args.framework_name.clone(),
@@ -536,6 +567,14 @@ mod tests {
         assert!(err(&["--mesos-authentication-principal=p"]).contains("secret-file"));
         assert!(err(&["--static-pods-config=/no/such/dir"]).starts_with("--static-pods-config"));
         assert!(err(&["--api-servers=ftp://x"]).starts_with("--api-servers"));
+        assert!(err(&["--ha"]).contains("give --etcd-servers"));
+        assert!(err(&["--ha-lease-ttl=3s"]).contains("give --ha too"));
+        let etcd = "--etcd-servers=http://127.0.0.1:2379";
+        assert!(err(&["--ha", etcd, "--ha-lease-ttl=1s"]).contains("out of range"));
+        assert!(err(&["--ha", etcd, "--ha-lease-ttl=soon"]).starts_with("--ha-lease-ttl"));
+        let ha = settings(&["--ha", etcd]).expect("--ha with etcd");
+        assert_eq!(ha.ha_lease_ttl, Some(Duration::from_secs(5)));
+        assert_eq!(settings(&[]).expect("defaults").ha_lease_ttl, None);
         let none = Settings::from_args(&Args::try_parse_from(["scheduler"]).unwrap()).unwrap_err();
         assert!(none.to_string().contains("--api-servers: required"));
     }

@@ -526,24 +526,61 @@ fn driver(
     mesos::Scheduler::start(config)
 }
 
-/// Runs the scheduler until SIGTERM or SIGINT.
-pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
+/// How a term of leadership ended.
+#[derive(Debug)]
+pub(crate) enum Ended {
+    /// SIGTERM or SIGINT.
+    Stopped,
+    /// SIGUSR1: hand the leadership to a standby.
+    HandOver,
+    /// The election was lost (the lease could not be renewed, or the key was taken).
+    Lost(String),
+}
+
+/// The executor this scheduler launches (its ID included) and the core's configuration.
+pub(crate) struct Plan {
+    executors: Executors,
+    core: km_scheduler_core::Config,
+    static_fingerprint: Option<u64>,
+}
+
+impl Plan {
+    /// Builds the executor configuration from the flags and the static pods directory.
+    pub(crate) fn new(settings: &Settings) -> anyhow::Result<Plan> {
+        use anyhow::Context;
+
+        let mut executors = Executors::new(&settings.executor, &settings.advertised);
+        let mut core = settings.core.clone();
+        core.matcher.executor.id = executors.id().to_owned();
+        let mut static_fingerprint = None;
+        if let Some(dir) = &settings.static_pods {
+            let matcher = km_offer_matcher::Matcher::new(core.matcher.clone())?;
+            let s = static_pods::load(dir, &matcher).context("--static-pods-config")?;
+            tracing::info!(dir = %dir.display(), pods = ?s.names, "static pods");
+            static_fingerprint = Some(s.fingerprint);
+            executors.set_static_pods(s.data, s.resources);
+        }
+        core.matcher.executor.resources = executors.resources();
+        Ok(Plan { executors, core, static_fingerprint })
+    }
+
+    /// The executor ID.
+    pub(crate) fn executor_id(&self) -> &str {
+        self.executors.id()
+    }
+}
+
+/// Runs the scheduler until SIGTERM or SIGINT, or (with `term`) until the leadership ends.
+pub(crate) async fn run(
+    settings: Settings,
+    plan: Plan,
+    mut term: Option<&mut crate::ha::Leadership>,
+) -> anyhow::Result<Ended> {
     use anyhow::Context;
 
     let kube = Kube::connect(&settings).await?;
-    let mut executors = Executors::new(&settings.executor, &settings.advertised);
+    let Plan { executors, core: core_cfg, static_fingerprint } = plan;
     tracing::info!(executor_id = %executors.id(), "executor configuration");
-    let mut core_cfg = settings.core.clone();
-    core_cfg.matcher.executor.id = executors.id().to_owned();
-    let mut static_fingerprint = None;
-    if let Some(dir) = &settings.static_pods {
-        let matcher = km_offer_matcher::Matcher::new(core_cfg.matcher.clone())?;
-        let s = static_pods::load(dir, &matcher).context("--static-pods-config")?;
-        tracing::info!(dir = %dir.display(), pods = ?s.names, "static pods");
-        static_fingerprint = Some(s.fingerprint);
-        executors.set_static_pods(s.data, s.resources);
-    }
-    core_cfg.matcher.executor.resources = executors.resources();
     let core = Core::new(core_cfg).context("scheduler configuration")?;
 
     let mut store = Store::open(&settings.etcd_servers, &settings.framework.name, &kube.write)
@@ -633,18 +670,32 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut static_poll = tokio::time::interval(STATIC_POD_POLL);
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     let mut mesos_error: Option<String> = None;
     let far = Duration::from_secs(3600);
-    loop {
+    let ended = loop {
         let wake = shell
             .core
             .next_wakeup(shell.now())
             .map_or(far, |d| d.saturating_sub(shell.origin.elapsed()));
         // Numbers not yet published are, once the loop has been quiet for a moment.
         let wake = if shell.unpublished { wake.min(PUBLISH_EVERY) } else { wake };
+        let lost = async {
+            match term.as_deref_mut() {
+                Some(t) => t.lost().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break Ended::Stopped,
+            _ = terminate.recv() => break Ended::Stopped,
+            reason = lost => break Ended::Lost(reason),
+            _ = usr1.recv() => {
+                if term.is_some() {
+                    break Ended::HandOver;
+                }
+                tracing::warn!("SIGUSR1 hands the leadership to a standby, which needs --ha; carrying on");
+            }
             ev = events.recv() => match ev {
                 Some(ev) => if let Some(err) = shell.mesos_event(ev) { mesos_error = Some(err) },
                 None => {
@@ -700,9 +751,15 @@ pub(crate) async fn run(settings: Settings) -> anyhow::Result<()> {
             taken += 1;
         }
         shell.run_core();
+    };
+    match &ended {
+        Ended::Stopped => {
+            tracing::info!("stopping; the framework stays registered until its failover timeout");
+        }
+        Ended::HandOver => tracing::info!("SIGUSR1: handing the leadership over"),
+        Ended::Lost(reason) => tracing::warn!(%reason, "the leadership is lost; stepping down"),
     }
-    tracing::info!("stopping; the framework stays registered until its failover timeout");
     http.abort();
     ordered_task.abort();
-    Ok(())
+    Ok(ended)
 }

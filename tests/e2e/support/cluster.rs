@@ -102,6 +102,20 @@ impl KmCluster {
         self.scheduler = Some(proc);
     }
 
+    /// Starts another scheduler with the cluster's flags on `port` (plus `extra`), without
+    /// waiting for it: a standby of `--ha`, or one that should refuse to start.
+    pub fn spawn_scheduler(&mut self, port: u16, extra: &[&str]) -> Proc {
+        self.starts += 1;
+        let mut cmd = Command::new(km_bin());
+        cmd.arg("scheduler")
+            .args(self.scheduler_args.iter().filter(|a| !a.starts_with("--port=")))
+            .arg(format!("--port={port}"))
+            .args(extra)
+            .env("KM_LOG", "info,km_scheduler=debug");
+        let log = self.dir.path().join(format!("scheduler-{}.log", self.starts));
+        Proc::spawn("km scheduler", cmd, &log)
+    }
+
     /// Starts a real `km mesos-agent` (its pods run with km executor) and waits until the master
     /// lists it.
     pub fn start_agent(&mut self, name: &str, resources: &str) -> Proc {
