@@ -792,10 +792,34 @@ async fn a_cronjob_makes_its_job_on_schedule_and_takes_it_along_when_deleted() {
     assert!(name.starts_with("tick-"), "{name}");
     let owner = crate::support::owner_kind(&job.metadata);
     assert_eq!(owner.as_deref(), Some("CronJob"));
-    eventually("the CronJob lists it as active", &logs, || async {
-        let s = cronjobs.get_status("tick").await.ok()?.status?;
-        let active = s.active?.iter().any(|r| r.name.as_deref() == Some(name.as_str()));
-        (active && s.last_schedule_time.is_some()).then_some(())
+    // The last answer is shown when this times out.
+    let seen = std::sync::Mutex::new(String::new());
+    let logs_and_seen = || {
+        format!(
+            "last CronJob read: {}\n{}",
+            seen.lock().map(|s| s.clone()).unwrap_or_default(),
+            cm.log()
+        )
+    };
+    eventually("the CronJob lists it as active", &logs_and_seen, || async {
+        let url =
+            format!("{}/apis/batch/v1/namespaces/default/cronjobs/tick/status", api_server.url());
+        let text = match async { reqwest::get(&url).await?.text().await }.await {
+            Ok(t) => t,
+            Err(e) => {
+                *seen.lock().ok()? = format!("error: {e}");
+                return None;
+            }
+        };
+        *seen.lock().ok()? = text.clone();
+        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+        let active = v["status"]["active"]
+            .as_array()?
+            .iter()
+            .any(|r| r["name"].as_str() == Some(name.as_str()));
+        let typed = serde_json::from_value::<k8s_openapi::api::batch::v1::CronJob>(v.clone());
+        assert!(typed.is_ok(), "the CronJob does not parse: {typed:?}\n{text}");
+        (active && v["status"]["lastScheduleTime"].is_string()).then_some(())
     })
     .await;
     cronjobs.delete("tick", &kube::api::DeleteParams::background()).await.expect("delete");

@@ -55,6 +55,20 @@ fn job_finished(j: &Job) -> Option<(bool, Option<Timestamp>)> {
 }
 
 /// Decides for `cj` with the Jobs it owns at `now`.
+/// The annotation a run's Job carries: the time it was scheduled for.
+const SCHEDULED_AT: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
+
+/// The latest scheduled run known: the status says it, or the Jobs do (a run just started may
+/// not be in the cached status yet; the time never goes back).
+fn last_scheduled(cj: &CronJob, owned: &[&Job]) -> Option<Timestamp> {
+    let from_status = cj.status.as_ref().and_then(|s| s.last_schedule_time.as_ref()).map(|t| t.0);
+    let from_jobs = owned
+        .iter()
+        .filter_map(|j| j.metadata.annotations.as_ref()?.get(SCHEDULED_AT)?.parse().ok())
+        .max();
+    from_status.max(from_jobs)
+}
+
 pub fn plan(cj: &CronJob, owned: &[&Job], now: Timestamp) -> Result<Plan, String> {
     let spec = &cj.spec;
     let zone = match spec.time_zone.as_deref() {
@@ -64,12 +78,9 @@ pub fn plan(cj: &CronJob, owned: &[&Job], now: Timestamp) -> Result<Plan, String
     };
     let cron = croner::Cron::from_str(spec.schedule.trim())
         .map_err(|e| format!("schedule {:?}: {e}", spec.schedule))?;
-    let since = cj
-        .status
-        .as_ref()
-        .and_then(|s| s.last_schedule_time.as_ref())
-        .or(cj.metadata.creation_timestamp.as_ref())
-        .map_or(now, |t| t.0);
+    let since = last_scheduled(cj, owned)
+        .or(cj.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(now);
     // The latest time due in (since, now], and the next one after now.
     let mut at = since.to_zoned(zone.clone());
     let mut due = None;
@@ -167,14 +178,14 @@ pub async fn sync(ctx: &Ctx, key: &str) -> Result<Option<Duration>, SyncError> {
             }
         }
     }
-    let mut last_schedule = cj.status.as_ref().and_then(|s| s.last_schedule_time.clone());
+    let mut last_schedule = last_scheduled(&cj, &owned).map(Time);
     if let Some(at) = plan.run {
         let template = cj.spec.job_template.clone();
         let mut meta = template.metadata.unwrap_or_default();
         let job_name = job_name(name, at);
         meta.annotations
             .get_or_insert_with(Default::default)
-            .insert("batch.kubernetes.io/cronjob-scheduled-timestamp".into(), at.to_string());
+            .insert(SCHEDULED_AT.into(), at.to_string());
         let job = Job {
             metadata: ObjectMeta {
                 name: Some(job_name.clone()),
@@ -197,7 +208,7 @@ pub async fn sync(ctx: &Ctx, key: &str) -> Result<Option<Duration>, SyncError> {
                 });
             }
         }
-        last_schedule = Some(Time(at));
+        last_schedule = last_schedule.max(Some(Time(at)));
     }
     // Status: the active runs and the last schedule.
     let active: Vec<ObjectReference> = owned
@@ -233,11 +244,15 @@ pub async fn sync(ctx: &Ctx, key: &str) -> Result<Option<Duration>, SyncError> {
         || (last_successful.is_some() && old.last_successful_time != last_successful)
     {
         let api: Api<CronJob> = Api::namespaced(ctx.client.clone(), ns);
-        let patch = json!({ "status": {
-            "active": new_active,
-            "lastScheduleTime": last_schedule,
-            "lastSuccessfulTime": last_successful.or(old.last_successful_time),
-        } });
+        // Times are only ever set (a null would erase what a stale cache did not show).
+        let mut status = json!({ "active": new_active });
+        if let Some(t) = &last_schedule {
+            status["lastScheduleTime"] = json!(t);
+        }
+        if let Some(t) = last_successful.or(old.last_successful_time) {
+            status["lastSuccessfulTime"] = json!(t);
+        }
+        let patch = json!({ "status": status });
         api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(
             |source| SyncError::Api { what: format!("status of cronjob {key}"), source },
         )?;
@@ -296,6 +311,22 @@ mod tests {
         let hourly = plan(&cronjob("@hourly", "Allow", None), &[], at("2026-01-01T01:00:30Z"))
             .expect("macro");
         assert_eq!(hourly.run, Some(at("2026-01-01T01:00:00Z")));
+    }
+
+    #[test]
+    fn a_run_the_cached_status_does_not_show_yet_counts_as_scheduled() {
+        // The status (from a cache) still names an old run; the Job of the latest exists.
+        let cj = cronjob("*/5 * * * *", "Allow", Some("2026-01-01T00:00:00Z"));
+        let mut made =
+            job(&job_name("cj", at("2026-01-01T00:10:00Z")), None, "2026-01-01T00:10:00Z");
+        made.metadata.annotations =
+            Some([(SCHEDULED_AT.to_owned(), "2026-01-01T00:10:00Z".to_owned())].into());
+        assert_eq!(last_scheduled(&cj, &[&made]), Some(at("2026-01-01T00:10:00Z")));
+        let p = plan(&cj, &[&made], at("2026-01-01T00:14:00Z")).expect("plan");
+        assert_eq!((p.run, p.next), (None, Some(at("2026-01-01T00:15:00Z"))));
+        // A status ahead of the Jobs (their history was cleaned up) is kept.
+        let ahead = cronjob("*/5 * * * *", "Allow", Some("2026-01-01T00:20:00Z"));
+        assert_eq!(last_scheduled(&ahead, &[&made]), Some(at("2026-01-01T00:20:00Z")));
     }
 
     #[test]
