@@ -209,7 +209,8 @@ impl NativeRuntime {
             "PATH".into(),
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         );
-        env.insert("HOSTNAME".into(), plan.hostname.clone());
+        let hostname = pod_hostname(plan);
+        env.insert("HOSTNAME".into(), hostname.clone());
         env.insert("HOME".into(), "/root".into());
         let mut envp = Vec::new();
         for (k, v) in &env {
@@ -269,7 +270,7 @@ impl NativeRuntime {
             argv: argv.iter().map(|a| cstr(a)).collect::<Result<_>>()?,
             envp,
             cwd: cstr(&cwd.to_string_lossy())?,
-            hostname: cstr(&plan.hostname)?,
+            hostname: cstr(&hostname)?,
             log: log.into(),
             stdin: stdin.into(),
             network: if isolated { self.netns(&sandbox.id) } else { None },
@@ -313,6 +314,19 @@ fn key_from_sandbox_id(id: &str) -> PodKey {
 
 /// Whether the pod asked for its own network namespace (loopback only),
 /// shared by its containers.
+/// The hostname a pod's containers see: the node's with `hostNetwork` (as in Kubernetes, so a
+/// program that names itself by host name — `km podmaster --whoami` — names the node), else
+/// the pod's.
+fn pod_hostname(plan: &PodPlan) -> String {
+    if plan.host_network
+        && let Ok(name) = nix::unistd::gethostname()
+        && let Some(name) = name.to_str()
+    {
+        return name.to_owned();
+    }
+    plan.hostname.clone()
+}
+
 fn isolated_network(plan: &PodPlan) -> bool {
     !plan.host_network
         && plan.annotations.get(ANNOTATION_NATIVE_NETWORK).map(String::as_str) == Some("isolated")
