@@ -526,8 +526,8 @@ async fn stop_executors(agent: &str, agent_pid: i32) {
         procs::signal(*pid, Signal::SIGKILL);
     }
     say(format_args!(
-        "  stopped {:<20} after {:.1}s ({} executor(s) of {agent}, with their pods)",
-        format!("{agent} executors"),
+        "  stopped {:<20} after {:.1}s ({} executor(s), with their pods)",
+        format!("{agent}'s executors"),
         t0.elapsed().as_secs_f64(),
         executors.len()
     ));
