@@ -176,10 +176,9 @@ impl Start {
                 Ok(())
             }
             Err(e) => {
-                if let Error::Component { name, what, tail, .. } = &e {
-                    complain(format_args!(
-                        "km local-up: {name} {what}; its last log lines:\n{tail}\nkm local-up: stopping the cluster"
-                    ));
+                // The error, with the log tail, is reported once everything has stopped.
+                if let Error::Component { name, what, .. } = &e {
+                    complain(format_args!("km local-up: {name} {what}; stopping the cluster"));
                 }
                 cluster.stop().await;
                 drop(lock);
