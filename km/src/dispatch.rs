@@ -15,6 +15,7 @@ pub(crate) const SUBCOMMANDS: &[&str] = &[
     "scheduler",
     "executor",
     "controller-manager",
+    "local-up",
 ];
 
 /// Rewrites `[/usr/bin/km-podmaster, --flag]` (or `podmaster`) into

@@ -52,6 +52,10 @@ enum Command {
     /// collector and endpoints.
     #[command(name = "controller-manager")]
     ControllerManager(km_controller_manager::Args),
+    /// A whole km cluster on this machine (etcd, API server, Mesos master and agents,
+    /// scheduler, controller-manager) in the foreground; re-running it resumes the cluster.
+    #[command(name = "local-up")]
+    LocalUp(km_local_up::Args),
 }
 
 impl Command {
@@ -66,6 +70,7 @@ impl Command {
             Command::Scheduler(args) => rt::block_on(km_scheduler::run(args)),
             Command::Executor(args) => rt::block_on(km_executor::run(args)),
             Command::ControllerManager(args) => rt::block_on(km_controller_manager::run(args)),
+            Command::LocalUp(args) => rt::block_on(async { Ok(km_local_up::run(args).await?) }),
         }
     }
 }

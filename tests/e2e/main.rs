@@ -8,6 +8,7 @@ mod controller_manager;
 mod executor;
 mod kubelet;
 mod kubelet_api;
+mod local_up;
 mod mesos_agent;
 mod mesos_master;
 mod podmaster;
