@@ -4,6 +4,7 @@
 
 mod apiserver;
 mod cli;
+mod cold_standby;
 mod controller_manager;
 mod executor;
 mod kubelet;

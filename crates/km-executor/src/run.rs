@@ -290,7 +290,8 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     clean_dead(&args).await;
     let scope = Scope {
         instance: instance.clone(),
-        root: env.directory.join("km"),
+        // Not `km`: that is where the agent puts the executor binary it fetched.
+        root: env.directory.join("km-pods"),
         cgroup_parent: format!("km-executor/{instance}"),
         docker_owner: format!("km-executor-{instance}"),
     };

@@ -13,11 +13,18 @@ use crate::storage::{
     Kv, ListResult, Result, Storage, StorageError, StoreEvent, WatchStream, prefix_end,
 };
 
-/// etcd through a few multiplexed gRPC connections, used round-robin so
-/// that concurrent requests spread over several HTTP/2 connections.
+/// etcd through a few multiplexed gRPC connections per endpoint, used
+/// round-robin so that concurrent requests spread over several HTTP/2
+/// connections.
+///
+/// Requests go to one endpoint at a time. One that cannot be connected to
+/// (a member is down) sends the request to the next endpoint, which becomes
+/// the current one: etcd's gRPC balancing over several endpoints keeps
+/// picking a dead member and failing, so km does not rely on it.
 #[derive(Clone)]
 pub struct EtcdStorage {
-    clients: Vec<(KvClient, WatchClient)>,
+    endpoints: std::sync::Arc<Vec<Vec<(KvClient, WatchClient)>>>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     next: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
@@ -25,30 +32,76 @@ pub struct EtcdStorage {
 /// cluster is one range response (tonic's default is 4 MiB).
 const MAX_RESPONSE: usize = 1 << 30;
 
+/// Whether the request never reached etcd (so sending it elsewhere is safe,
+/// even for a write).
+fn unreachable(err: &etcd_client::Error) -> bool {
+    match err {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            // gRPC's UNAVAILABLE with the connection's error (tonic is not named here).
+            format!("{:?}", s.code()) == "Unavailable" && s.message().contains("connect")
+        }
+        _ => false,
+    }
+}
+
 impl EtcdStorage {
     pub async fn connect(endpoints: &[String], connections: usize) -> Result<EtcdStorage> {
-        let mut clients = Vec::new();
-        for _ in 0..connections.max(1) {
-            let client = Client::connect(endpoints, None).await.map_err(backend)?;
-            clients.push((
-                client.kv_client().max_decoding_message_size(MAX_RESPONSE),
-                client.watch_client().max_decoding_message_size(MAX_RESPONSE),
-            ));
+        let mut all = Vec::new();
+        for endpoint in endpoints {
+            let mut clients = Vec::new();
+            for _ in 0..connections.max(1) {
+                let client = Client::connect([endpoint], None).await.map_err(backend)?;
+                clients.push((
+                    client.kv_client().max_decoding_message_size(MAX_RESPONSE),
+                    client.watch_client().max_decoding_message_size(MAX_RESPONSE),
+                ));
+            }
+            all.push(clients);
         }
-        Ok(EtcdStorage { clients, next: Default::default() })
+        if all.is_empty() {
+            return Err(StorageError::Backend("no etcd endpoint given".into()));
+        }
+        Ok(EtcdStorage {
+            endpoints: std::sync::Arc::new(all),
+            current: Default::default(),
+            next: Default::default(),
+        })
     }
 
-    fn pick(&self) -> &(KvClient, WatchClient) {
+    fn pick(&self, endpoint: usize) -> &(KvClient, WatchClient) {
+        let clients = &self.endpoints[endpoint % self.endpoints.len()];
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        &self.clients[n % self.clients.len()]
+        &clients[n % clients.len()]
     }
 
-    fn client(&self) -> KvClient {
-        self.pick().0.clone()
-    }
-
-    fn watcher(&self) -> WatchClient {
-        self.pick().1.clone()
+    /// Runs `op` on the current endpoint, and on the next ones while they
+    /// cannot be reached.
+    async fn with<T, F, Fut>(&self, op: F) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: Fn(KvClient, WatchClient) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        use std::sync::atomic::Ordering;
+        let n = self.endpoints.len();
+        let first = self.current.load(Ordering::Relaxed);
+        let mut attempt = 0;
+        loop {
+            let endpoint = (first + attempt) % n;
+            let (kv, watch) = self.pick(endpoint).clone();
+            match op(kv, watch).await {
+                Err(e) if unreachable(&e) && attempt + 1 < n => {
+                    let _ = self.current.compare_exchange(
+                        endpoint,
+                        (endpoint + 1) % n,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -84,13 +137,20 @@ fn first_get(responses: Vec<TxnOpResponse>) -> Option<Kv> {
 
 impl Storage for EtcdStorage {
     async fn get(&self, key: &str) -> Result<Option<Kv>> {
-        let resp = self.client().get(key, None).await.map_err(backend)?;
+        let resp =
+            self.with(|mut c, _| async move { c.get(key, None).await }).await.map_err(backend)?;
         Ok(resp.kvs().first().map(to_kv))
     }
 
     async fn get_for_update(&self, key: &str) -> Result<Option<Kv>> {
         let options = GetOptions::new().with_serializable();
-        let resp = self.client().get(key, Some(options)).await.map_err(backend)?;
+        let resp = self
+            .with(|mut c, _| {
+                let options = options.clone();
+                async move { c.get(key, Some(options)).await }
+            })
+            .await
+            .map_err(backend)?;
         Ok(resp.kvs().first().map(to_kv))
     }
 
@@ -103,7 +163,13 @@ impl Storage for EtcdStorage {
             .when(compares)
             .and_then([TxnOp::put(key, value.to_vec(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client().txn(txn).await.map_err(backend)?;
+        let resp = self
+            .with(|mut c, _| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(backend)?;
         if resp.succeeded() {
             return Ok(header_revision(resp.header()));
         }
@@ -118,7 +184,13 @@ impl Storage for EtcdStorage {
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value.to_vec(), None)])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client().txn(txn).await.map_err(backend)?;
+        let resp = self
+            .with(|mut c, _| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(backend)?;
         if resp.succeeded() {
             return Ok(header_revision(resp.header()));
         }
@@ -139,7 +211,13 @@ impl Storage for EtcdStorage {
             .when(compares)
             .and_then([TxnOp::delete(key, Some(DeleteOptions::new().with_prev_key()))])
             .or_else([TxnOp::get(key, None)]);
-        let resp = self.client().txn(txn).await.map_err(backend)?;
+        let resp = self
+            .with(|mut c, _| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await
+            .map_err(backend)?;
         let revision = header_revision(resp.header());
         if resp.succeeded() {
             let prev = resp.op_responses().into_iter().find_map(|r| match r {
@@ -171,10 +249,16 @@ impl Storage for EtcdStorage {
             .with_range(prefix_end(prefix))
             .with_revision(revision)
             .with_limit(limit);
-        let resp = self.client().get(from, Some(options)).await.map_err(|e| match backend(e) {
-            StorageError::Compacted(_) => StorageError::Compacted(revision),
-            other => other,
-        })?;
+        let resp = self
+            .with(|mut c, _| {
+                let options = options.clone();
+                async move { c.get(from, Some(options)).await }
+            })
+            .await
+            .map_err(|e| match backend(e) {
+                StorageError::Compacted(_) => StorageError::Compacted(revision),
+                other => other,
+            })?;
         Ok(ListResult {
             items: resp.kvs().iter().map(to_kv).collect(),
             revision: header_revision(resp.header()),
@@ -185,7 +269,10 @@ impl Storage for EtcdStorage {
 
     async fn current_revision(&self) -> Result<i64> {
         // A read of one absent key is the cheapest way to learn the revision.
-        let resp = self.client().get("/registry/!revision", None).await.map_err(backend)?;
+        let resp = self
+            .with(|mut c, _| async move { c.get("/registry/!revision", None).await })
+            .await
+            .map_err(backend)?;
         Ok(header_revision(resp.header()))
     }
 
@@ -195,7 +282,13 @@ impl Storage for EtcdStorage {
             .with_start_revision(from)
             .with_prev_key()
             .with_progress_notify();
-        let stream = self.watcher().watch(prefix, Some(options)).await.map_err(backend)?;
+        let stream = self
+            .with(|_, mut w| {
+                let options = options.clone();
+                async move { w.watch(prefix, Some(options)).await }
+            })
+            .await
+            .map_err(backend)?;
         let events = futures::stream::unfold(Some(stream), move |state| async move {
             let mut stream = state?;
             loop {
@@ -238,7 +331,9 @@ impl Storage for EtcdStorage {
     }
 
     async fn compact(&self, revision: i64) -> Result<()> {
-        self.client().compact(revision, None).await.map_err(backend)?;
+        self.with(|mut c, _| async move { c.compact(revision, None).await })
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 }
