@@ -18,6 +18,11 @@
 //! peak RSS. Each scenario also runs with the original's policy (one pod per offer, 5 s refuse)
 //! as a baseline, side by side.
 //!
+//! `s4` runs two `km scheduler --ha` (lease `--ha-lease-ttl`, default 2 s) over `--pods` Running
+//! pods on simulated agents, kills the leader with kill -9 and creates one pod at once: printed
+//! are the time until the standby leads and until the new pod is Running, and how many of the
+//! running pods were killed or launched again (both must be 0).
+//!
 //! `d` adds `km controller-manager`: a Deployment of `--replicas` (1,000) pods on simulated agents,
 //! timed from its creation until every pod exists, is bound and is available, then a rolling
 //! restart (25% surge and unavailability) until every pod is replaced; the controller-manager's
@@ -65,7 +70,9 @@ fn log_filter() -> String {
 }
 
 fn spawn(name: &'static str, cmd: &mut Command, log: PathBuf) -> Proc {
-    cmd.env("KM_LOG", log_filter());
+    if !cmd.get_envs().any(|(k, _)| k == "KM_LOG") {
+        cmd.env("KM_LOG", log_filter());
+    }
     let out = std::fs::File::create(&log).expect("log file");
     let err = out.try_clone().expect("log file");
     let child = cmd
@@ -431,6 +438,102 @@ async fn s1(pods: usize, agents: usize, baseline: bool) {
         print(label, &r);
         drop(p);
     }
+}
+
+/// Pods Running and bound: name → task ID.
+async fn running_tasks(api: &Api<Pod>) -> HashMap<String, String> {
+    let Ok(list) = api.list(&ListParams::default()).await else { return HashMap::new() };
+    list.items
+        .into_iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| {
+            let task = p.metadata.annotations.as_ref()?.get("k8s.mesosphere.io/taskId")?.clone();
+            Some((p.metadata.name?, task))
+        })
+        .collect()
+}
+
+async fn s4(pods: usize, agents: usize, ttl: usize) {
+    println!(
+        "S4 failover: {pods} Running pods on {agents} simulated agents, two `km scheduler --ha` (lease {ttl} s); kill -9 of the leader"
+    );
+    let p = plane(agents, AGENT).await;
+    let client =
+        kube::Client::try_from(kube::Config::new(p.api_url.parse().expect("url"))).expect("client");
+    let api: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let ttl_flag = format!("--ha-lease-ttl={ttl}s");
+    let ha = |port: u16, log: &str| {
+        let mut cmd = Command::new(km());
+        cmd.arg("scheduler")
+            .arg(format!("--api-servers={}", p.api_url))
+            .arg(format!("--mesos-master=127.0.0.1:{}", p.master_port))
+            .arg(format!("--etcd-servers={}", p.etcd_url))
+            .arg(format!("--port={port}"))
+            .arg(format!("--executor-path=file://{}", km().display()))
+            .args(["--ha", ttl_flag.as_str()])
+            .env("KM_LOG", "warn,km_scheduler=info");
+        spawn("km scheduler --ha", &mut cmd, p.dir.path().join(log))
+    };
+    let log_of = |name: &str| std::fs::read_to_string(p.dir.path().join(name)).unwrap_or_default();
+    let (port_a, port_b) = (free_port(), free_port());
+    let leader = ha(port_a, "scheduler-a.log");
+    wait_http(&format!("http://127.0.0.1:{port_a}/healthz"), "scheduler a").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log_of("scheduler-a.log").contains("elected: leading") {
+        assert!(Instant::now() < deadline, "scheduler a never led");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _standby = ha(port_b, "scheduler-b.log");
+    let specs = (0..pods).map(|i| pod(&format!("s4-{i}"), "100m", json!({}), json!({}))).collect();
+    let created = create_pods(&client, specs).await;
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_secs(900);
+    let before = loop {
+        let r = running_tasks(&api).await;
+        if r.len() == pods {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "only {} of {pods} pods ran", r.len());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!(
+        "  ({pods} pods created in {:.1} s, all Running {:.1} s later)",
+        created.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(log_of("scheduler-b.log").contains("standing by"), "b is not standing by");
+
+    // kill -9 of the leader, and a new pod at once.
+    let killed_at = Instant::now();
+    drop(leader);
+    let new_pod: Pod =
+        serde_json::from_value(pod("s4-after", "100m", json!({}), json!({}))).expect("pod");
+    api.create(&PostParams::default(), &new_pod).await.expect("create the new pod");
+    let (mut led, mut launched) = (None, None);
+    let deadline = killed_at + Duration::from_secs(120);
+    while led.is_none() || launched.is_none() {
+        if led.is_none() && log_of("scheduler-b.log").contains("elected: leading") {
+            led = Some(killed_at.elapsed());
+        }
+        if launched.is_none()
+            && api.get("s4-after").await.ok().and_then(|p| p.status?.phase).as_deref()
+                == Some("Running")
+        {
+            launched = Some(killed_at.elapsed());
+        }
+        assert!(Instant::now() < deadline, "the standby did not take over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = running_tasks(&api).await;
+    let relaunched = before.iter().filter(|(n, t)| after.get(*n).is_some_and(|a| a != *t)).count();
+    let lost = before.keys().filter(|n| !after.contains_key(*n)).count();
+    let secs = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+    println!(
+        "{:<28} standby leads {:>6.2} s after the kill | new pod Running {:>6.2} s after | running pods killed or lost {lost}, launched again {relaunched}",
+        "S4 km (--ha)",
+        secs(led),
+        secs(launched),
+    );
 }
 
 async fn s3(pods: usize, agents: usize, baseline: bool) {
@@ -973,6 +1076,9 @@ async fn main() {
     }
     if which == "p" || which == "all" {
         p_mesos(flag("--native").unwrap_or(200), flag("--docker").unwrap_or(50)).await;
+    }
+    if which == "s4" || which == "all" {
+        s4(pods, agents, flag("--ha-lease-ttl").unwrap_or(2)).await;
     }
     if which == "d" || which == "all" {
         d_deployment(flag("--replicas").unwrap_or(1_000), agents.min(100)).await;
