@@ -354,9 +354,18 @@ impl Source {
         }
     }
 
+    /// A revision up to which this watcher has been handed every event: the
+    /// hub's newest, but only once nothing is left to read (a bookmark past
+    /// events still queued would make the client skip them when it resumes).
+    /// 0 when unknown.
     fn known_revision(&self) -> i64 {
         match self {
-            Source::Hub { hub, .. } => hub.last(),
+            Source::Hub { hub, replay, rx } => {
+                // Read first: the hub sends an event before it lets go of
+                // the revision, so an empty queue now holds nothing older.
+                let last = hub.last();
+                if replay.is_empty() && rx.is_empty() { last } else { 0 }
+            }
             Source::Direct { .. } => 0,
         }
     }

@@ -45,8 +45,8 @@ pub(crate) enum StoreError {
 pub(crate) enum Store {
     /// In etcd.
     Etcd {
-        /// Client.
-        client: etcd_client::Client,
+        /// Clients, one per member.
+        members: crate::etcd::Members,
         /// Endpoints (for messages).
         endpoints: String,
         /// Key.
@@ -91,14 +91,11 @@ impl Store {
             return Ok(Store::Api { client: api.clone(), name: configmap_name(framework) });
         }
         let endpoints = etcd.join(",");
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(10));
-        let client = etcd_client::Client::connect(etcd, Some(options))
+        let members = crate::etcd::Members::connect(etcd, Duration::from_secs(10))
             .await
             .map_err(|source| StoreError::Etcd { endpoints: endpoints.clone(), source })?;
         Ok(Store::Etcd {
-            client,
+            members,
             endpoints,
             key: format!("/k8sm/{framework}/frameworkid"),
             lease: None,
@@ -108,9 +105,9 @@ impl Store {
     /// The stored framework ID, if any and not expired.
     pub(crate) async fn load(&mut self) -> Result<Option<String>, StoreError> {
         match self {
-            Store::Etcd { client, endpoints, key, lease } => {
-                let resp = client
-                    .get(key.as_str(), None)
+            Store::Etcd { members, endpoints, key, lease } => {
+                let resp = members
+                    .run(|mut c| async move { c.get(key.as_str(), None).await })
                     .await
                     .map_err(|source| StoreError::Etcd { endpoints: endpoints.clone(), source })?;
                 let Some(kv) = resp.kvs().first() else { return Ok(None) };
@@ -137,16 +134,22 @@ impl Store {
     pub(crate) async fn save(&mut self, id: &str, ttl: Duration) -> Result<(), StoreError> {
         let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).clamp(1, ETCD_MAX_TTL);
         match self {
-            Store::Etcd { client, endpoints, key, lease } => {
+            Store::Etcd { members, endpoints, key, lease } => {
                 let err = |source| StoreError::Etcd { endpoints: endpoints.clone(), source };
-                let granted = client.lease_grant(secs, None).await.map_err(err)?;
+                let granted = members
+                    .run(|mut c| async move { c.lease_grant(secs, None).await })
+                    .await
+                    .map_err(err)?;
                 let opts = etcd_client::PutOptions::new().with_lease(granted.id());
-                client.put(key.as_str(), id, Some(opts)).await.map_err(err)?;
+                members
+                    .run(|mut c| async move { c.put(key.as_str(), id, Some(opts)).await })
+                    .await
+                    .map_err(err)?;
                 if let Some(old) = lease.replace(granted.id())
                     && old != granted.id()
                 {
                     // The key has left the old lease; revoking it frees etcd of it.
-                    let _ = client.lease_revoke(old).await;
+                    let _ = members.run(|mut c| async move { c.lease_revoke(old).await }).await;
                 }
                 Ok(())
             }
@@ -175,11 +178,17 @@ impl Store {
 
     /// Pushes the expiry of the stored `id` forward by `ttl`.
     pub(crate) async fn refresh(&mut self, id: &str, ttl: Duration) -> Result<(), StoreError> {
-        if let Store::Etcd { client, endpoints, lease: Some(lease), .. } = self {
+        if let Store::Etcd { members, endpoints, lease: Some(lease), .. } = self {
             let err = |source| StoreError::Etcd { endpoints: endpoints.clone(), source };
-            let (mut keeper, mut stream) = client.lease_keep_alive(*lease).await.map_err(err)?;
-            keeper.keep_alive().await.map_err(err)?;
-            let alive = stream.message().await.map_err(err)?.is_some_and(|r| r.ttl() > 0);
+            let lease = *lease;
+            let alive = members
+                .run(|mut c| async move {
+                    let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
+                    keeper.keep_alive().await?;
+                    Ok(stream.message().await?.is_some_and(|r| r.ttl() > 0))
+                })
+                .await
+                .map_err(err)?;
             if alive {
                 return Ok(());
             }
@@ -190,9 +199,9 @@ impl Store {
     /// Removes the stored ID.
     pub(crate) async fn clear(&mut self) -> Result<(), StoreError> {
         match self {
-            Store::Etcd { client, endpoints, key, lease } => {
-                client
-                    .delete(key.as_str(), None)
+            Store::Etcd { members, endpoints, key, lease } => {
+                members
+                    .run(|mut c| async move { c.delete(key.as_str(), None).await })
                     .await
                     .map_err(|source| StoreError::Etcd { endpoints: endpoints.clone(), source })?;
                 *lease = None;

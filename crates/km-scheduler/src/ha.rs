@@ -19,13 +19,13 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, PutOptions, Txn, TxnOp, TxnOpResponse,
-    WatchOptions,
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::etcd::Members;
 use crate::settings::Settings;
 use crate::shell::{self, Ended, Plan};
 
@@ -90,7 +90,7 @@ fn ttl_secs(ttl: Duration) -> i64 {
 
 /// One scheduler's candidacy.
 pub(crate) struct Election {
-    client: Client,
+    members: Members,
     key: String,
     value: String,
     executor_id: String,
@@ -99,7 +99,7 @@ pub(crate) struct Election {
 
 /// Held while this scheduler leads.
 pub(crate) struct Leadership {
-    client: Client,
+    members: Members,
     lease: i64,
     lost: watch::Receiver<Option<String>>,
     keeper: JoinHandle<()>,
@@ -113,14 +113,11 @@ impl Election {
         executor_id: &str,
         ttl: Duration,
     ) -> Result<Election, HaError> {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(ttl.max(Duration::from_secs(2)));
-        let client = Client::connect(endpoints, Some(options))
+        let members = Members::connect(endpoints, ttl.max(Duration::from_secs(2)))
             .await
             .map_err(|source| HaError::Etcd { endpoints: endpoints.join(","), source })?;
         Ok(Election {
-            client,
+            members,
             key: format!("/k8sm/{framework}/leader"),
             value: format!("{executor_id}:{:016x}", rand::random::<u64>()),
             executor_id: executor_id.to_owned(),
@@ -161,7 +158,19 @@ impl Election {
 
     /// One attempt: the lease when the key was free, else its holder and the revision read.
     async fn try_acquire(&mut self) -> Result<Result<i64, (String, i64)>, etcd_client::Error> {
-        let grant = self.client.lease_grant(ttl_secs(self.ttl), None).await?;
+        let mut client = self.members.client();
+        let result = self.try_acquire_with(&mut client).await;
+        if let Err(e) = &result {
+            self.members.failed(e);
+        }
+        result
+    }
+
+    async fn try_acquire_with(
+        &self,
+        client: &mut etcd_client::Client,
+    ) -> Result<Result<i64, (String, i64)>, etcd_client::Error> {
+        let grant = client.lease_grant(ttl_secs(self.ttl), None).await?;
         let lease = grant.id();
         let txn = Txn::new()
             .when([Compare::create_revision(self.key.as_str(), CompareOp::Equal, 0)])
@@ -171,17 +180,17 @@ impl Election {
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(self.key.as_str(), None)]);
-        let outcome = match self.client.txn(txn).await {
+        let outcome = match client.txn(txn).await {
             Ok(o) => o,
             Err(e) => {
-                let _ = self.client.lease_revoke(lease).await;
+                let _ = client.lease_revoke(lease).await;
                 return Err(e);
             }
         };
         if outcome.succeeded() {
             return Ok(Ok(lease));
         }
-        let _ = self.client.lease_revoke(lease).await;
+        let _ = client.lease_revoke(lease).await;
         let revision = outcome.header().map_or(0, etcd_client::ResponseHeader::revision);
         let holder = outcome
             .op_responses()
@@ -202,15 +211,21 @@ impl Election {
         revision: i64,
     ) -> Result<Result<(), etcd_client::Error>, HaError> {
         let options = WatchOptions::new().with_start_revision(revision.saturating_add(1));
-        let mut stream = match self.client.watch(self.key.as_str(), Some(options)).await {
+        let mut stream = match self.members.client().watch(self.key.as_str(), Some(options)).await {
             Ok(w) => w,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => {
+                self.members.failed(&e);
+                return Ok(Err(e));
+            }
         };
         loop {
             let message = match stream.message().await {
                 Ok(Some(m)) => m,
                 Ok(None) => return Ok(Ok(())),
-                Err(e) => return Ok(Err(e)),
+                Err(e) => {
+                    self.members.failed(&e);
+                    return Ok(Err(e));
+                }
             };
             if message.canceled() {
                 return Ok(Ok(()));
@@ -234,7 +249,8 @@ impl Election {
     pub(crate) async fn until_taken(&mut self, max: Duration) {
         let deadline = Instant::now() + max;
         while Instant::now() < deadline {
-            match self.client.get(self.key.as_str(), None).await {
+            let mut client = self.members.client();
+            match client.get(self.key.as_str(), None).await {
                 Ok(r) => {
                     if r.kvs().first().is_some_and(|kv| kv.value() != self.value.as_bytes()) {
                         return;
@@ -242,9 +258,7 @@ impl Election {
                     let revision = r.header().map_or(0, etcd_client::ResponseHeader::revision);
                     let options =
                         WatchOptions::new().with_start_revision(revision.saturating_add(1));
-                    if let Ok(mut stream) =
-                        self.client.watch(self.key.as_str(), Some(options)).await
-                    {
+                    if let Ok(mut stream) = client.watch(self.key.as_str(), Some(options)).await {
                         let taken = async {
                             while let Ok(Some(m)) = stream.message().await {
                                 if m.events().iter().any(|e| {
@@ -261,7 +275,10 @@ impl Election {
                         }
                     }
                 }
-                Err(_) => tokio::time::sleep(RETRY.min(max)).await,
+                Err(e) => {
+                    self.members.failed(&e);
+                    tokio::time::sleep(RETRY.min(max)).await;
+                }
             }
         }
     }
@@ -269,14 +286,14 @@ impl Election {
     fn lead(&self, lease: i64) -> Leadership {
         let (tx, lost) = watch::channel(None);
         let keeper = tokio::spawn(keep(
-            self.client.clone(),
+            self.members.clone(),
             lease,
             self.key.clone(),
             self.value.clone(),
             self.ttl,
             tx,
         ));
-        Leadership { client: self.client.clone(), lease, lost, keeper }
+        Leadership { members: self.members.clone(), lease, lost, keeper }
     }
 }
 
@@ -294,9 +311,11 @@ impl Leadership {
     }
 
     /// Gives the leadership up at once (the key goes with the lease).
-    pub(crate) async fn resign(mut self) {
+    pub(crate) async fn resign(self) {
         self.keeper.abort();
-        if let Err(e) = self.client.lease_revoke(self.lease).await {
+        if let Err(e) =
+            self.members.run(|mut c| async move { c.lease_revoke(self.lease).await }).await
+        {
             tracing::warn!("resigning: revoking the leader lease: {e}; it runs out by itself");
         }
     }
@@ -305,7 +324,7 @@ impl Leadership {
 /// Renews the lease every third of `ttl`; reports a loss when the key stops being ours or no
 /// renewal has succeeded for two thirds of `ttl`.
 async fn keep(
-    mut client: Client,
+    members: Members,
     lease: i64,
     key: String,
     value: String,
@@ -316,7 +335,7 @@ async fn keep(
     let limit = ttl * 2 / 3;
     let mut renewed = Instant::now();
     let mut keeper = None;
-    let mut watch = client.watch(key.as_str(), None).await.ok();
+    let mut watch = members.client().watch(key.as_str(), None).await.ok();
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
@@ -330,7 +349,10 @@ async fn keep(
             _ = tick.tick() => {
                 let sent = Instant::now();
                 if keeper.is_none() {
-                    keeper = client.lease_keep_alive(lease).await.ok();
+                    keeper = members
+                        .run(|mut c| async move { c.lease_keep_alive(lease).await })
+                        .await
+                        .ok();
                 }
                 if let Some((k, stream)) = keeper.as_mut() {
                     let answer = async {
@@ -340,11 +362,15 @@ async fn keep(
                     match tokio::time::timeout(period, answer).await {
                         Ok(Ok(Some(r))) if r.ttl() > 0 => renewed = sent,
                         Ok(Ok(Some(_))) => break "the leader lease expired in etcd".to_owned(),
-                        Ok(Ok(None) | Err(_)) | Err(_) => keeper = None,
+                        Ok(Err(e)) => {
+                            members.failed(&e);
+                            keeper = None;
+                        }
+                        Ok(Ok(None)) | Err(_) => keeper = None,
                     }
                 }
                 if watch.is_none() {
-                    watch = client.watch(key.as_str(), None).await.ok();
+                    watch = members.client().watch(key.as_str(), None).await.ok();
                 }
             }
             message = changed => match message {

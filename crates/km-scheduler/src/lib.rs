@@ -13,6 +13,7 @@
 pub mod args;
 mod convert;
 pub mod duration;
+mod etcd;
 mod executor;
 mod fwid;
 mod ha;

@@ -159,6 +159,42 @@ async fn watch_without_version_starts_with_the_current_state_and_bookmarks() {
 }
 
 #[tokio::test]
+async fn a_bookmark_never_skips_events_still_queued_for_the_watcher() {
+    let api = api().await;
+    let q = query(&[("allowWatchBookmarks", "true")]);
+    let mut stream = api.watch(pods(), None, &q).await.expect("watch");
+    // Events pile up while the watcher is not read; bookmarks come due (every 50 ms) meanwhile.
+    for i in 0..200 {
+        api.create(pods(), Some("default"), pod(&format!("p{i}"), json!({})))
+            .await
+            .expect("create");
+    }
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let (mut added, mut last_event, mut last_bookmark) = (0, 0_i64, 0_i64);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while added < 200 {
+        assert!(std::time::Instant::now() < deadline, "only {added} of 200 events arrived");
+        let ev = next_event(&mut stream).await;
+        let rv: i64 = ev["object"]["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_default();
+        match ev["type"].as_str() {
+            Some("ADDED") => {
+                assert!(rv > last_bookmark, "event {rv} after a bookmark of {last_bookmark}");
+                added += 1;
+                last_event = rv;
+            }
+            Some("BOOKMARK") => {
+                assert!(rv >= last_event, "bookmark {rv} before event {last_event}");
+                last_bookmark = rv;
+            }
+            other => panic!("unexpected {other:?}: {ev}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn watch_from_a_compacted_revision_is_gone() {
     let api = api().await;
     let a = api.create(pods(), Some("default"), pod("a", json!({}))).await.expect("create");
