@@ -475,6 +475,9 @@ async fn s4(pods: usize, agents: usize, ttl: usize) {
         spawn("km scheduler --ha", &mut cmd, p.dir.path().join(log))
     };
     let log_of = |name: &str| std::fs::read_to_string(p.dir.path().join(name)).unwrap_or_default();
+    // The pods are in the API first (as in S1); the leader places them all.
+    let specs = (0..pods).map(|i| pod(&format!("s4-{i}"), "100m", json!({}), json!({}))).collect();
+    let created = create_pods(&client, specs).await;
     let (port_a, port_b) = (free_port(), free_port());
     let leader = ha(port_a, "scheduler-a.log");
     wait_http(&format!("http://127.0.0.1:{port_a}/healthz"), "scheduler a").await;
@@ -484,8 +487,6 @@ async fn s4(pods: usize, agents: usize, ttl: usize) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _standby = ha(port_b, "scheduler-b.log");
-    let specs = (0..pods).map(|i| pod(&format!("s4-{i}"), "100m", json!({}), json!({}))).collect();
-    let created = create_pods(&client, specs).await;
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs(900);
     let before = loop {

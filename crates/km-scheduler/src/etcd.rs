@@ -69,16 +69,27 @@ impl Members {
         }
     }
 
-    /// Runs `op` on the member in use, noting its failure.
+    /// Runs `op` on the member in use, and on the next ones while they cannot be reached (the
+    /// request never left, so sending it elsewhere is safe).
     pub(crate) async fn run<T, F, Fut>(&self, op: F) -> Result<T, etcd_client::Error>
     where
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let result = op(self.client()).await;
-        if let Err(e) = &result {
-            self.failed(e);
+        let mut attempt = 1;
+        loop {
+            let result = op(self.client()).await;
+            match &result {
+                Err(e) if unreachable(e) && attempt < self.clients.len() => {
+                    self.failed(e);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.failed(e);
+                    return result;
+                }
+                Ok(_) => return result,
+            }
         }
-        result
     }
 }

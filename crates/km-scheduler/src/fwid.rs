@@ -106,8 +106,9 @@ impl Store {
     pub(crate) async fn load(&mut self) -> Result<Option<String>, StoreError> {
         match self {
             Store::Etcd { members, endpoints, key, lease } => {
+                let key = key.as_str();
                 let resp = members
-                    .run(|mut c| async move { c.get(key.as_str(), None).await })
+                    .run(|mut c| async move { c.get(key, None).await })
                     .await
                     .map_err(|source| StoreError::Etcd { endpoints: endpoints.clone(), source })?;
                 let Some(kv) = resp.kvs().first() else { return Ok(None) };
@@ -135,6 +136,7 @@ impl Store {
         let secs = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX).clamp(1, ETCD_MAX_TTL);
         match self {
             Store::Etcd { members, endpoints, key, lease } => {
+                let key = key.as_str();
                 let err = |source| StoreError::Etcd { endpoints: endpoints.clone(), source };
                 let granted = members
                     .run(|mut c| async move { c.lease_grant(secs, None).await })
@@ -142,7 +144,10 @@ impl Store {
                     .map_err(err)?;
                 let opts = etcd_client::PutOptions::new().with_lease(granted.id());
                 members
-                    .run(|mut c| async move { c.put(key.as_str(), id, Some(opts)).await })
+                    .run(|mut c| {
+                        let opts = opts.clone();
+                        async move { c.put(key, id, Some(opts)).await }
+                    })
                     .await
                     .map_err(err)?;
                 if let Some(old) = lease.replace(granted.id())
@@ -200,8 +205,9 @@ impl Store {
     pub(crate) async fn clear(&mut self) -> Result<(), StoreError> {
         match self {
             Store::Etcd { members, endpoints, key, lease } => {
+                let key = key.as_str();
                 members
-                    .run(|mut c| async move { c.delete(key.as_str(), None).await })
+                    .run(|mut c| async move { c.delete(key, None).await })
                     .await
                     .map_err(|source| StoreError::Etcd { endpoints: endpoints.clone(), source })?;
                 *lease = None;
