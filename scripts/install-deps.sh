@@ -20,6 +20,10 @@ command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+# The cold-standby test builds its master hosts from network namespaces and a bridge.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
 
 if ((${#need[@]})); then
   echo "install-deps: installing ${need[*]}" >&2
