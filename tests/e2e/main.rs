@@ -3,6 +3,7 @@
 //! directories, and stops them when it ends.
 
 mod apiserver;
+mod chaos;
 mod cli;
 mod cold_standby;
 mod controller_manager;

@@ -252,6 +252,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             attributes: args.simulate_agent_attributes.clone(),
             hostname: args.simulate_agent_hostname.clone(),
             task_delay: args.simulate_task_delay,
+            // Kept beside a registry file; with etcd the master may move to another host,
+            // where the simulated agents start afresh.
+            checkpoint: match (&args.etcd_servers, &args.work_dir) {
+                (None, Some(dir)) => Some(dir.join(sim::CHECKPOINT)),
+                _ => None,
+            },
         };
         sim::start(sim, inputs.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
     }

@@ -13,7 +13,8 @@ use super::{free_port, km_bin};
 pub struct ApiServer {
     pub port: u16,
     pub proc: Proc,
-    _dir: tempfile::TempDir,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 impl ApiServer {
@@ -25,23 +26,41 @@ impl ApiServer {
     pub fn start_with(etcd: &Etcd, extra: &[&str]) -> ApiServer {
         let dir = tempfile::Builder::new().prefix("km-apiserver-").tempdir().expect("tempdir");
         let port = free_port();
+        let mut args = vec![
+            "--insecure-bind-address=127.0.0.1".to_owned(),
+            format!("--insecure-port={port}"),
+            format!("--etcd-servers={}", etcd.client_url()),
+            "--allow-privileged=true".to_owned(),
+            "--service-cluster-ip-range=10.10.10.0/24".to_owned(),
+            "--watch-bookmark-interval=1s".to_owned(),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        let proc = Self::spawn(&args, dir.path());
+        let mut api = ApiServer { port, proc, args, dir };
+        api.wait_healthy();
+        api
+    }
+
+    fn spawn(args: &[String], dir: &std::path::Path) -> Proc {
         let mut cmd = Command::new(km_bin());
-        cmd.arg("apiserver")
-            .arg("--insecure-bind-address=127.0.0.1")
-            .arg(format!("--insecure-port={port}"))
-            .arg(format!("--etcd-servers={}", etcd.client_url()))
-            .arg("--allow-privileged=true")
-            .arg("--service-cluster-ip-range=10.10.10.0/24")
-            .arg("--watch-bookmark-interval=1s")
-            .args(extra)
-            .env("KM_LOG", "info");
-        let mut proc = Proc::spawn("km apiserver", cmd, &dir.path().join("apiserver.log"));
+        cmd.arg("apiserver").args(args).env("KM_LOG", "info");
+        Proc::spawn("km apiserver", cmd, &dir.join("apiserver.log"))
+    }
+
+    fn wait_healthy(&mut self) {
+        let (port, proc) = (self.port, &mut self.proc);
         let up = wait_until(Duration::from_secs(30), || {
             assert!(proc.is_running(), "km apiserver exited; its log:\n{}", proc.log());
             http(port, "GET", "/healthz", None).is_some_and(|(code, _)| code == 200)
         });
         assert!(up, "km apiserver not healthy in 30s; its log:\n{}", proc.log());
-        ApiServer { port, proc, _dir: dir }
+    }
+
+    /// kill -9, then start again on the same port with the same flags, healthy.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Self::spawn(&self.args, self.dir.path());
+        self.wait_healthy();
     }
 
     pub fn url(&self) -> String {

@@ -119,6 +119,11 @@ impl KmCluster {
     /// Starts a real `km mesos-agent` (its pods run with km executor) and waits until the master
     /// lists it.
     pub fn start_agent(&mut self, name: &str, resources: &str) -> Proc {
+        self.start_agent_with(name, resources, "rack:r1")
+    }
+
+    /// [`Self::start_agent`] with the agent's `--attributes`.
+    pub fn start_agent_with(&mut self, name: &str, resources: &str, attributes: &str) -> Proc {
         let port = *self.agent_ports.entry(name.to_owned()).or_insert_with(free_port);
         let work = self.dir.path().join(format!("agent-{name}"));
         let mut cmd = Command::new(km_bin());
@@ -129,7 +134,7 @@ impl KmCluster {
             .arg(format!("--hostname={name}"))
             .arg(format!("--work_dir={}", work.display()))
             .arg(format!("--resources={resources}"))
-            .arg("--attributes=rack:r1")
+            .arg(format!("--attributes={attributes}"))
             .env("KM_LOG", "info");
         let mut proc =
             Proc::spawn("km mesos-agent", cmd, &self.dir.path().join(format!("agent-{name}.log")));
