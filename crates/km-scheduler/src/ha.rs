@@ -406,6 +406,10 @@ pub(crate) async fn run(settings: Settings, ttl: Duration) -> anyhow::Result<()>
         Election::connect(&settings.etcd_servers, &settings.framework.name, &executor_id, ttl)
             .await?;
     tracing::info!(candidate = %election.value(), lease = ?ttl, "campaigning for the leadership (--ha)");
+    // A hot standby: pods and nodes are listed and watched while standing by, so a term starts
+    // from memory.
+    let kube = crate::kubeapi::Kube::connect(&settings).await?;
+    let feeds = crate::feed::Feeds::start(&kube.watch);
     let mut terminate = signal(SignalKind::terminate())?;
     loop {
         let standby = tokio::spawn(crate::http::serve_standby(
@@ -440,7 +444,7 @@ pub(crate) async fn run(settings: Settings, ttl: Duration) -> anyhow::Result<()>
                 return Err(e);
             }
         };
-        match shell::run(settings.clone(), plan, Some(&mut leadership)).await {
+        match shell::run(settings.clone(), plan, &kube, &feeds, Some(&mut leadership)).await {
             Err(e) => {
                 leadership.resign().await;
                 return Err(e);

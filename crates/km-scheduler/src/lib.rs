@@ -15,6 +15,7 @@ mod convert;
 pub mod duration;
 mod etcd;
 mod executor;
+mod feed;
 mod fwid;
 mod ha;
 mod http;
@@ -35,7 +36,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     match settings.ha_lease_ttl {
         None => {
             let plan = shell::Plan::new(&settings)?;
-            shell::run(settings, plan, None).await.map(drop)
+            let kube = kubeapi::Kube::connect(&settings).await?;
+            let feeds = feed::Feeds::start(&kube.watch);
+            shell::run(settings, plan, &kube, &feeds, None).await.map(drop)
         }
         Some(ttl) => ha::run(settings, ttl).await,
     }

@@ -10,20 +10,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use k8s_openapi::api::core::v1::{Node, Pod};
 use km_mesos::scheduler::{self as mesos, Event as DriverEvent, MesosEvent};
 use km_mesos::v1::{self, scheduler::event};
 use km_scheduler_core::{
-    Accept, Core, Effect, EventType, Input, NodeInfo, Now, PodRef, TaskState, WriteResult,
+    Accept, Core, Effect, EventType, Input, Now, PodRef, TaskState, WriteResult,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::convert;
-use crate::executor::{self, Executors};
+use crate::executor::Executors;
+use crate::feed::Feeds;
 use crate::fwid::Store;
 use crate::http::{DebugCall, DebugReply, DebugRequest};
-use crate::kubeapi::{self, Kube, Watched};
+use crate::kubeapi::{self, Kube};
 use crate::metrics::{Metrics, Snapshot};
 use crate::settings::Settings;
 use crate::static_pods;
@@ -63,6 +63,8 @@ pub(crate) struct Shell {
     settings: Settings,
     core: Core,
     lanes: Lanes,
+    /// The nodes as the API has them.
+    nodes: crate::feed::NodeFeed,
     executors: Executors,
     metrics: Arc<Metrics>,
     ordered: mpsc::UnboundedSender<Ordered>,
@@ -112,7 +114,11 @@ impl Shell {
                     }
                 }
             }
+            Input::PodResyncDone => tracing::debug!("the pods are listed"),
             Input::Update(u) => {
+                if u.task_id.starts_with("km-reconciliation-barrier-") {
+                    tracing::debug!("reconciliation barrier answered");
+                }
                 if u.state == TaskState::Running {
                     if let Some(t) = self.launched.get_mut(&u.task_id)
                         && !t.running
@@ -317,7 +323,13 @@ impl Shell {
             }
             Effect::SetPhase { pod, change } => self.lanes.api(ApiJob::Phase { pod, change }),
             Effect::DeletePod { pod } => self.lanes.api(ApiJob::Delete { pod }),
-            Effect::EnsureNode(spec) => self.lanes.api(ApiJob::Node(spec)),
+            Effect::EnsureNode(spec) => {
+                // A new term sees every agent afresh; nodes already registered as they would
+                // be are left alone.
+                if !self.nodes.is_current(&spec) {
+                    self.lanes.api(ApiJob::Node(spec));
+                }
+            }
         }
     }
 
@@ -458,32 +470,6 @@ async fn event_writer(
     }
 }
 
-/// What the scheduler keeps of a pod: everything but its managed fields and its status beyond
-/// the phase (ten thousand pods' container statuses and conditions add up).
-fn slim(mut pod: Pod) -> Pod {
-    pod.metadata.managed_fields = None;
-    if let Some(status) = pod.status.take() {
-        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
-            phase: status.phase,
-            ..Default::default()
-        });
-    }
-    pod
-}
-
-fn node_info(n: &Node) -> Option<NodeInfo> {
-    let name = n.metadata.name.clone()?;
-    let ann = n.metadata.annotations.as_ref();
-    let get = |k: &str| ann.and_then(|a| a.get(k)).cloned().filter(|v| !v.is_empty());
-    Some(NodeInfo {
-        name,
-        agent_id: get(km_scheduler_core::task::NODE_AGENT_ID),
-        executor_id: get(km_scheduler_core::task::NODE_EXECUTOR_ID),
-        executor_resources: get(km_scheduler_core::task::NODE_EXECUTOR_RESOURCES)
-            .and_then(|t| executor::decode_resources(&t)),
-    })
-}
-
 /// The framework to subscribe.
 fn framework_info(s: &Settings, id: Option<String>) -> v1::FrameworkInfo {
     use v1::framework_info::{Capability, capability::Type};
@@ -574,11 +560,12 @@ impl Plan {
 pub(crate) async fn run(
     settings: Settings,
     plan: Plan,
+    kube: &Kube,
+    feeds: &Feeds,
     mut term: Option<&mut crate::ha::Leadership>,
 ) -> anyhow::Result<Ended> {
     use anyhow::Context;
 
-    let kube = Kube::connect(&settings).await?;
     let Plan { executors, core: core_cfg, static_fingerprint } = plan;
     tracing::info!(executor_id = %executors.id(), "executor configuration");
     let core = Core::new(core_cfg).context("scheduler configuration")?;
@@ -614,26 +601,9 @@ pub(crate) async fn run(
     let http = tokio::spawn(async move { axum::serve(listener, router).await });
 
     // Pods and nodes.
-    let (pod_tx, mut pod_rx) = mpsc::channel::<Input>(settings.tuning.updates_backlog);
-    let pods_api = kubeapi::all_pods(&kube.watch);
-    tokio::spawn(kubeapi::list_watch(pods_api, "pods", async move |w: Watched<Pod>| {
-        let input = match w {
-            Watched::ResyncStarted => Input::PodResyncStarted,
-            Watched::Applied(p) => Input::PodApplied(Arc::new(slim(p))),
-            Watched::Deleted(p) => Input::PodDeleted(Arc::new(slim(p))),
-            Watched::ResyncDone => Input::PodResyncDone,
-        };
-        pod_tx.send(input).await.is_ok()
-    }));
+    let mut pod_rx = feeds.pods.attach(settings.tuning.updates_backlog);
     let (results_tx, mut results_rx) = mpsc::unbounded_channel::<Input>();
-    let nodes_api = kubeapi::all_nodes(&kube.watch);
-    let node_tx = results_tx.clone();
-    tokio::spawn(kubeapi::list_watch(nodes_api, "nodes", async move |w: Watched<Node>| match w {
-        Watched::Applied(n) => {
-            node_info(&n).is_none_or(|i| node_tx.send(Input::NodeKnown(i)).is_ok())
-        }
-        _ => !node_tx.is_closed(),
-    }));
+    feeds.nodes.attach(results_tx.clone());
 
     let (sched, mut events) = driver(&settings, framework_id.clone())?;
     let lanes =
@@ -651,6 +621,7 @@ pub(crate) async fn run(
     let mut shell = Shell {
         core,
         lanes,
+        nodes: feeds.nodes.clone(),
         executors,
         metrics: metrics.clone(),
         ordered: ordered_tx,
