@@ -40,8 +40,8 @@ const REAL_AGENT: &str = "cpus:4;mem:8192;disk:10000;ports:[31000-31100]";
 
 /// Controller-manager leader election, short so a takeover fits a test.
 const CM_LEASE: [&str; 3] = [
-    "--leader-elect-lease-duration=4s",
-    "--leader-elect-renew-deadline=3s",
+    "--leader-elect-lease-duration=8s",
+    "--leader-elect-renew-deadline=6s",
     "--leader-elect-retry-period=1s",
 ];
 
@@ -95,6 +95,8 @@ struct Chaos {
     apps: Vec<(String, usize)>,
     /// Bare pods created after each step; each must be Running.
     probes: Vec<String>,
+    /// Components that exited by themselves (restarted, as a supervisor would).
+    exits: Vec<String>,
     pods: Api<Pod>,
 }
 
@@ -316,14 +318,39 @@ impl Chaos {
 
     /// Waits until a count finds nothing wrong (and `ready` holds); returns how long it took
     /// from `since` and the count. At the deadline, returns the last count.
+    /// Restarts, as a supervisor would, what exited by itself (a leader that could not renew
+    /// its lease in time exits by design), and notes it.
+    fn revive(&mut self) {
+        for i in 0..self.cms.len() {
+            let (proc, _, name) = &mut self.cms[i];
+            if let Some(p) = proc.as_mut()
+                && !p.is_running()
+            {
+                self.exits.push(format!("{name} exited by itself:\n{}", tail(&p.log(), 8)));
+                self.cms[i].0 = None;
+                self.start_cm(i);
+            }
+        }
+        for i in 0..self.schedulers.len() {
+            if let Some(p) = self.schedulers[i].0.as_mut()
+                && !p.is_running()
+            {
+                self.exits.push(format!("scheduler {i} exited by itself:\n{}", tail(&p.log(), 8)));
+                self.schedulers[i].0 = None;
+                self.start_scheduler(i);
+            }
+        }
+    }
+
     async fn recover(
-        &self,
+        &mut self,
         since: Instant,
         ready: &mut (dyn FnMut(&Chaos) -> bool + Send),
     ) -> (Duration, Census) {
         let deadline = since + RECOVERY;
         let mut last = Census::default();
         loop {
+            self.revive();
             if ready(self)
                 && let Some(c) = self.census().await
             {
@@ -438,6 +465,7 @@ async fn chaos_run_loses_nothing_runs_nothing_twice_and_leaves_no_orphans() {
         run: run.clone(),
         apps: vec![("sim".into(), sim), ("real".into(), real)],
         probes: Vec::new(),
+        exits: Vec::new(),
         pods,
     };
     x.start_scheduler(1);
@@ -471,8 +499,16 @@ async fn chaos_run_loses_nothing_runs_nothing_twice_and_leaves_no_orphans() {
                       took: Duration,
                       census: &Census,
                       may_replace: usize,
+                      exits: Vec<String>,
                       logs: &dyn Fn() -> String| {
         let replaced = before.difference(&census.uids).count();
+        for exit in &exits {
+            println!("  ({exit})");
+            // Exiting on a lost lease is by design; a panic is not.
+            if exit.contains("panicked") {
+                failures.push(format!("{what}: {exit}"));
+            }
+        }
         println!(
             "{what:<36} {:>6.1} s  {}  replaced {replaced}",
             took.as_secs_f64(),
@@ -500,7 +536,14 @@ async fn chaos_run_loses_nothing_runs_nothing_twice_and_leaves_no_orphans() {
     let (took, census) = x
         .recover(killed, &mut |x: &Chaos| x.leading_scheduler().is_some_and(|l| l != leader))
         .await;
-    let _ = report("kill -9 leading scheduler", took, &census, 0, &|| x.logs());
+    let _ = report(
+        "kill -9 leading scheduler",
+        took,
+        &census,
+        0,
+        std::mem::take(&mut x.exits),
+        &|| x.logs(),
+    );
     x.start_scheduler(leader);
 
     // 2. The leading controller-manager; a pod of each Deployment is deleted at once, which
@@ -524,7 +567,14 @@ async fn chaos_run_loses_nothing_runs_nothing_twice_and_leaves_no_orphans() {
     }
     x.probe("controller-manager").await;
     let (took, census) = x.recover(killed, &mut |_| true).await;
-    let _ = report("kill -9 leading controller-manager", took, &census, 2, &|| x.logs());
+    let _ = report(
+        "kill -9 leading controller-manager",
+        took,
+        &census,
+        2,
+        std::mem::take(&mut x.exits),
+        &|| x.logs(),
+    );
     x.start_cm(leader);
 
     // 3. The Mesos master, restarted over its registry (and its simulated agents' checkpoint).
@@ -532,7 +582,14 @@ async fn chaos_run_loses_nothing_runs_nothing_twice_and_leaves_no_orphans() {
     x.c.master.restart();
     x.probe("master").await;
     let (took, census) = x.recover(killed, &mut |_| true).await;
-    let _ = report("kill -9 mesos-master, restarted", took, &census, 0, &|| x.logs());
+    let _ = report(
+        "kill -9 mesos-master, restarted",
+        took,
+        &census,
+        0,
+        std::mem::take(&mut x.exits),
+        &|| x.logs(),
+    );
 
     // 4. One real agent, restarted: its executor and pods go on.
     let killed = Instant::now();
@@ -543,7 +600,14 @@ async fn chaos_run_loses_nothing_runs_nothing_twice_and_leaves_no_orphans() {
     x.agents.insert("real-a".into(), agent);
     x.probe("agent").await;
     let (took, census) = x.recover(killed, &mut |_| true).await;
-    let _ = report("kill -9 mesos-agent, restarted", took, &census, 0, &|| x.logs());
+    let _ = report(
+        "kill -9 mesos-agent, restarted",
+        took,
+        &census,
+        0,
+        std::mem::take(&mut x.exits),
+        &|| x.logs(),
+    );
 
     // 5. One executor: its pods are replaced, its processes removed.
     let executor = x.c.executor_pids().into_iter().next().expect("an executor runs");
@@ -552,7 +616,10 @@ async fn chaos_run_loses_nothing_runs_nothing_twice_and_leaves_no_orphans() {
     let _ = Command::new("kill").args(["-9", &executor.to_string()]).status();
     x.probe("executor").await;
     let (took, census) = x.recover(killed, &mut |_| true).await;
-    let replaced = report("kill -9 executor", took, &census, its_pods, &|| x.logs());
+    let replaced =
+        report("kill -9 executor", took, &census, its_pods, std::mem::take(&mut x.exits), &|| {
+            x.logs()
+        });
     assert!(replaced > 0, "the killed executor's pods were not replaced\n{}", x.logs());
 
     // 6. The API server the components use, restarted.
@@ -560,7 +627,14 @@ async fn chaos_run_loses_nothing_runs_nothing_twice_and_leaves_no_orphans() {
     x.c.api.restart();
     x.probe("apiserver").await;
     let (took, census) = x.recover(killed, &mut |_| true).await;
-    let _ = report("kill -9 apiserver, restarted", took, &census, 0, &|| x.logs());
+    let _ = report(
+        "kill -9 apiserver, restarted",
+        took,
+        &census,
+        0,
+        std::mem::take(&mut x.exits),
+        &|| x.logs(),
+    );
 
     // 7. etcd, restarted.
     let killed = Instant::now();
@@ -568,7 +642,10 @@ async fn chaos_run_loses_nothing_runs_nothing_twice_and_leaves_no_orphans() {
     x.c.etcd.start_again();
     x.probe("etcd").await;
     let (took, census) = x.recover(killed, &mut |_| true).await;
-    let _ = report("kill -9 etcd, restarted", took, &census, 0, &|| x.logs());
+    let _ =
+        report("kill -9 etcd, restarted", took, &census, 0, std::mem::take(&mut x.exits), &|| {
+            x.logs()
+        });
 
     let seen: BTreeSet<&str> = x.probes.iter().map(String::as_str).collect();
     assert_eq!(seen.len(), 7, "one probe pod per step: {seen:?}");
