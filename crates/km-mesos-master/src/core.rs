@@ -303,8 +303,8 @@ impl Master {
             if timeout <= 0.0 || self.removed_framework_ids.contains(&id) {
                 continue;
             }
-            let deadline = now + Duration::try_from_secs_f64(timeout).unwrap_or(Duration::MAX / 4);
-            self.insert_disconnected_framework(id, info, now, epoch_secs(wall), Some(deadline));
+            let deadline = after(now, timeout);
+            self.insert_disconnected_framework(id, info, now, epoch_secs(wall), deadline);
         }
         tracing::info!(
             agents = self.recovered.len(),
@@ -782,8 +782,7 @@ impl Master {
         if timeout <= 0.0 {
             self.remove_framework(id, now, wall);
         } else if let Some(fw) = self.frameworks.get_mut(id) {
-            fw.failover_deadline =
-                Some(now + Duration::try_from_secs_f64(timeout).unwrap_or(Duration::MAX / 4));
+            fw.failover_deadline = after(now, timeout);
         }
     }
 
@@ -2451,6 +2450,12 @@ fn heartbeat() -> sched::Event {
     let mut e = sched::Event::default();
     e.set_type(event::Type::Heartbeat);
     e
+}
+
+/// `secs` seconds (a value from the network) after `now`; `None` when no clock reaches it,
+/// which for a failover timeout means the framework waits for ever.
+fn after(now: Instant, secs: f64) -> Option<Instant> {
+    Duration::try_from_secs_f64(secs).ok().and_then(|d| now.checked_add(d))
 }
 
 /// The refusal a DECLINE or ACCEPT installs: `refuse_seconds` (default 5 s;

@@ -244,7 +244,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         registry: store,
         flags,
     };
-    let loop_task = tokio::spawn(server::run_loop(master, rx, inputs.clone(), loop_config));
+    let mut loop_task = tokio::spawn(server::run_loop(master, rx, inputs.clone(), loop_config));
     if args.simulate_agents > 0 {
         let sim = sim::SimConfig {
             count: args.simulate_agents,
@@ -261,12 +261,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         };
         sim::start(sim, inputs.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
     }
-    let result = match lost {
-        Some(lost) => tokio::select! {
-            served = server => served.context("HTTP server task failed")?.context("HTTP server failed"),
-            reason = lost => Err(reason.context("lost leadership; stopping so another master can lead")),
+    let lost = async {
+        match lost {
+            Some(lost) => lost.await,
+            None => std::future::pending().await,
+        }
+    };
+    // The loop ends only with the process: if it stops (a panic), the process stops with an
+    // error rather than serve a health check over a master that answers nothing.
+    let result = tokio::select! {
+        served = server => served.context("HTTP server task failed")?.context("HTTP server failed"),
+        reason = lost => Err(reason.context("lost leadership; stopping so another master can lead")),
+        ended = &mut loop_task => match ended {
+            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the master's event loop panicked; stopping")),
+            _ => Err(anyhow::anyhow!("the master's event loop stopped; stopping")),
         },
-        None => server.await.context("HTTP server task failed")?.context("HTTP server failed"),
     };
     loop_task.abort();
     result
