@@ -97,10 +97,11 @@ async fn subscribe_once(agent: &Arc<Agent>, client: &reqwest::Client) -> (bool, 
                     let Some(reg) = ev.registered else {
                         return (registered, "REGISTERED without payload".into());
                     };
-                    if let Some(secs) =
-                        reg.heartbeat_interval_seconds.filter(|s| s.is_finite() && *s > 0.0)
-                    {
-                        heartbeat = Duration::from_secs_f64(secs);
+                    // The master's word, bounded to a day.
+                    if let Some(d) = reg.heartbeat_interval_seconds.and_then(|s| {
+                        km_mesos::duration::from_peer_secs(s, Duration::from_secs(86_400))
+                    }) {
+                        heartbeat = d;
                     }
                     tracing::info!(agent_id = %reg.agent_id.value, master = %reg.master_info.id, "registered with the master");
                     registered = true;

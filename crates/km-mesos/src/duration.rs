@@ -24,6 +24,15 @@ pub struct ParseDurationError {
     problem: &'static str,
 }
 
+/// A number of seconds sent by a peer (a heartbeat interval, a timeout), as a duration of at
+/// most `max`; `None` unless it is a positive number. Never panics, whatever the value.
+pub fn from_peer_secs(secs: f64, max: Duration) -> Option<Duration> {
+    if secs.is_nan() || secs <= 0.0 {
+        return None;
+    }
+    Some(Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
+}
+
 /// Parses `<number><unit>` with unit one of `ns us ms secs mins hrs days weeks`.
 pub fn parse(input: &str) -> Result<Duration, ParseDurationError> {
     let err = |problem| ParseDurationError { input: input.to_owned(), problem };
@@ -59,6 +68,19 @@ pub fn format(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peer_seconds_are_bounded_and_never_panic() {
+        let max = Duration::from_secs(86_400);
+        assert_eq!(from_peer_secs(15.0, max), Some(Duration::from_secs(15)));
+        assert_eq!(from_peer_secs(0.25, max), Some(Duration::from_millis(250)));
+        for huge in [1e7, 1e19, 1e300, f64::INFINITY, f64::MAX] {
+            assert_eq!(from_peer_secs(huge, max), Some(max), "{huge}");
+        }
+        for bad in [0.0, -1.0, -0.0, f64::NAN, f64::NEG_INFINITY, -1e300] {
+            assert_eq!(from_peer_secs(bad, max), None, "{bad}");
+        }
+    }
 
     #[test]
     fn parses_what_the_agent_writes() {

@@ -30,6 +30,8 @@ use crate::v1::{self, FrameworkId};
 pub use crate::http_util::CallError as Error;
 pub use crate::v1::scheduler::Event as MesosEvent;
 
+/// The longest heartbeat interval taken from a master.
+const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(86_400);
 /// The path of the scheduler endpoint on a master.
 pub const SCHEDULER_PATH: &str = "/api/v1/scheduler";
 
@@ -513,12 +515,12 @@ async fn subscribe_once(
                 let Some(sub) = event.subscribed else {
                     return Ended::Failed("SUBSCRIBED event without its payload".into());
                 };
-                let interval = sub
+                // The master's word, bounded: a day at most, 15 s (Mesos's default) if absent.
+                let heartbeat_interval = sub
                     .heartbeat_interval_seconds
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .unwrap_or(15.0);
-                let heartbeat_interval = Duration::from_secs_f64(interval);
-                silence_limit = heartbeat_interval * config.missed_heartbeats.max(1);
+                    .and_then(|s| crate::duration::from_peer_secs(s, MAX_HEARTBEAT_INTERVAL))
+                    .unwrap_or(Duration::from_secs(15));
+                silence_limit = heartbeat_interval.saturating_mul(config.missed_heartbeats.max(1));
                 *framework_id = Some(sub.framework_id.clone());
                 live = true;
                 inner.session.send_replace(Some(Session {

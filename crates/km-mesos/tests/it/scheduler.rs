@@ -218,6 +218,24 @@ async fn decodes_exact_subscribed_and_heartbeat_records(ct: ContentType) {
 }
 both!(decodes_exact_subscribed_and_heartbeat_records);
 
+// A heartbeat interval no clock can hold, from a buggy or hostile master, is bounded (a day),
+// not a panic of the driver.
+async fn an_absurd_heartbeat_interval_is_bounded(ct: ContentType) {
+    let mut master = Fake::start(Api::Scheduler).await;
+    let (_sched, mut events) = Scheduler::start(config(&master, ct)).unwrap();
+    let mut sub = master.next_subscription().await;
+    sub.stream().send(&subscribed("F", 1e300));
+    let (framework_id, interval) = expect_subscribed(&mut events).await;
+    assert_eq!(framework_id, fid("F"));
+    assert_eq!(interval, Duration::from_secs(86_400));
+    sub.stream().send(&rescind("O1"));
+    match next_event(&mut events).await {
+        Event::Mesos(e) => assert_eq!(e.r#type(), event::Type::Rescind),
+        other => panic!("expected RESCIND, got {other:?}"),
+    }
+}
+both!(an_absurd_heartbeat_interval_is_bounded);
+
 // Calls need the subscription and carry its identity (Mesos-Stream-Id and
 // framework_id).
 async fn calls_carry_stream_id_and_framework_id(ct: ContentType) {
