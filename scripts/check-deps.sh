@@ -6,12 +6,22 @@ cd "$(dirname "$0")/.."
 
 fail=0
 
+# cargo tree itself must work (an out-of-date lock file, a broken manifest): every check below
+# reads its output, and an empty output would pass them all.
+if ! all=$(cargo tree --locked --workspace -e normal,build --prefix none --format '{p}'); then
+  echo "check-deps: cargo tree failed; cannot check the dependency graph" >&2
+  exit 1
+fi
+
 # 1. Pure cores: no async runtime, no network, no other km crate.
 pure_crates=(km-resources km-offer-matcher km-scheduler-core)
 forbidden_in_pure='^(tokio|mio|hyper|hyper-util|reqwest|h2|tonic|etcd-client|socket2|axum|km-mesos|km-podmaster)$'
 for crate in "${pure_crates[@]}"; do
-  bad=$(cargo tree --locked -p "$crate" -e normal --prefix none --format '{p}' 2>/dev/null \
-        | awk '{print $1}' | sort -u | grep -E "$forbidden_in_pure" || true)
+  if ! tree=$(cargo tree --locked -p "$crate" -e normal --prefix none --format '{p}'); then
+    echo "check-deps: cargo tree failed for $crate" >&2
+    exit 1
+  fi
+  bad=$(awk '{print $1}' <<<"$tree" | sort -u | grep -E "$forbidden_in_pure" || true)
   if [ -n "$bad" ]; then
     echo "check-deps: pure crate $crate depends on: $bad" >&2
     fail=1
@@ -38,7 +48,7 @@ fi
 
 # 3. One TLS stack: rustls with ring. No aws-lc or OpenSSL anywhere.
 for banned in aws-lc-rs aws-lc-sys openssl-sys native-tls; do
-  if cargo tree --locked --workspace -e normal,build -i "$banned" >/dev/null 2>&1; then
+  if awk '{print $1}' <<<"$all" | grep -qx "$banned"; then
     echo "check-deps: $banned is in the dependency graph:" >&2
     cargo tree --locked --workspace -e normal,build -i "$banned" >&2 || true
     fail=1

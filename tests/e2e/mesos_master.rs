@@ -743,3 +743,18 @@ async fn a_huge_failover_timeout_is_waited_out_for_ever_not_a_crash() {
         "{error}"
     );
 }
+
+/// `km --version` and the master's /version name the same version.
+#[tokio::test]
+async fn the_binary_and_the_master_report_one_version() {
+    let out = std::process::Command::new(crate::support::km_bin())
+        .arg("--version")
+        .output()
+        .expect("km --version");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let m = MesosMaster::start(&[]);
+    let body = client().get(format!("{}/version", m.url())).send().await.unwrap();
+    let v: Value = serde_json::from_slice(&body.bytes().await.unwrap()).unwrap();
+    let version = v["version"].as_str().unwrap_or_default().to_owned();
+    assert!(!version.is_empty() && text.contains(&version), "km --version: {text}; /version: {v}");
+}
