@@ -758,3 +758,39 @@ async fn the_binary_and_the_master_report_one_version() {
     let version = v["version"].as_str().unwrap_or_default().to_owned();
     assert!(!version.is_empty() && text.contains(&version), "km --version: {text}; /version: {v}");
 }
+
+/// When the registry cannot be written, the master announces nothing it would hold: no
+/// SUBSCRIBED goes out, and the process stops with the reason, so a restarted master starts
+/// from the last registry written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_cannot_be_written_stops_the_master_before_it_announces() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = MesosMaster::start(&[&format!("--work_dir={}", dir.path().display())]);
+    // The registry is written to a temporary file first: a directory in its place makes every
+    // write fail, even for root.
+    let blocker = dir.path().join("registry.pb.tmp");
+    std::fs::create_dir(&blocker).unwrap();
+    let req = client()
+        .post(scheduler(&m))
+        .header("Content-Type", JSON)
+        .header("Accept", JSON)
+        .body(subscribe_json(json!({"failover_timeout": 60.0})))
+        .send();
+    let body =
+        match tokio::time::timeout(WAIT, req).await.expect("an answer or a closed connection") {
+            Ok(resp) => match tokio::time::timeout(WAIT, resp.bytes()).await {
+                Ok(Ok(b)) => String::from_utf8_lossy(&b).into_owned(),
+                Ok(Err(_)) => String::new(),
+                Err(_) => panic!("the stream stayed open; master log:\n{}", m.proc.log()),
+            },
+            Err(_) => String::new(),
+        };
+    assert!(!body.contains("SUBSCRIBED"), "announced without a registry: {body}");
+    let status = m.proc.wait_timeout(WAIT);
+    assert!(status.is_some_and(|s| !s.success()), "the master did not stop: {status:?}");
+    assert!(m.proc.log().contains("cannot write the registry"), "{}", m.proc.log());
+    // Writable again: a restart serves, and the framework was never registered.
+    std::fs::remove_dir(&blocker).unwrap();
+    m.restart();
+    drop(subscribe(&m, json!({"failover_timeout": 60.0})).await);
+}

@@ -273,6 +273,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         served = server => served.context("HTTP server task failed")?.context("HTTP server failed"),
         reason = lost => Err(reason.context("lost leadership; stopping so another master can lead")),
         ended = &mut loop_task => match ended {
+            Ok(Err(e)) => Err(e.context("the master's event loop stopped")),
             Err(e) if e.is_panic() => Err(anyhow::anyhow!("the master's event loop panicked; stopping")),
             _ => Err(anyhow::anyhow!("the master's event loop stopped; stopping")),
         },

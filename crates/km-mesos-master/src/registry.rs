@@ -2,7 +2,9 @@
 //! `--work_dir` (written atomically: temporary file, fsync, rename) or in etcd.
 //! The loop persists it before it sends the events that announce a change
 //! (an agent's REGISTERED, a framework's SUBSCRIBED), as Mesos's registrar
-//! admits an agent only once the registry holds it.
+//! admits an agent only once the registry holds it. A write that fails stops the
+//! master before it announces anything: a restarted (or standby) master goes on
+//! from the last registry written.
 
 use std::io::Write as _;
 use std::path::Path;

@@ -133,13 +133,16 @@ struct AllocStats {
     offers_sent: u64,
 }
 
-/// Runs the loop until every input sender is gone.
+/// Runs the loop until every input sender is gone, or until the registry cannot be written:
+/// then it stops before announcing what the registry would hold (an agent's REGISTERED, a
+/// framework's SUBSCRIBED), and the process stops with the error, so a restarted or standby
+/// master takes over from the last registry that was written.
 pub(crate) async fn run_loop(
     mut master: Master,
     mut inputs: mpsc::UnboundedReceiver<Input>,
     loop_tx: mpsc::UnboundedSender<Input>,
     mut config: LoopConfig,
-) {
+) -> anyhow::Result<()> {
     let mut sinks: HashMap<ConnId, Sink> = HashMap::new();
     let mut next_conn: ConnId = 1;
     let mut stats = AllocStats::default();
@@ -168,10 +171,12 @@ pub(crate) async fn run_loop(
         if let (Some(store), Some(registry)) = (config.registry.as_mut(), master.take_registry())
             && let Err(e) = store.persist(&registry).await
         {
-            tracing::error!("cannot write the registry: {e:#}");
+            tracing::error!("cannot write the registry: {e:#}; stopping before announcing it");
+            return Err(e.context("cannot write the registry"));
         }
         deliver(&mut master, &mut sinks, &mut stats);
     }
+    Ok(())
 }
 
 fn run_allocation(master: &mut Master, stats: &mut AllocStats) {
