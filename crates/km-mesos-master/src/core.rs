@@ -65,6 +65,9 @@ pub(crate) struct Config {
     pub(crate) weights: BTreeMap<String, f64>,
     pub(crate) max_completed_tasks: usize,
     pub(crate) max_completed_frameworks: usize,
+    /// Seed of the allocator's randomness (the order agents are visited in): a run, or a
+    /// failing test case, replays from its seed.
+    pub(crate) seed: u64,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -175,6 +178,7 @@ enum Owner {
 #[derive(Debug)]
 pub(crate) struct Master {
     config: Config,
+    rng: rand::rngs::StdRng,
     frameworks: BTreeMap<String, Framework>,
     completed_frameworks: Vec<v1::FrameworkInfo>,
     removed_framework_ids: BTreeSet<String>,
@@ -250,6 +254,7 @@ fn bag(rs: &[v1::Resource]) -> Result<Resources, ResourceError> {
 impl Master {
     pub(crate) fn new(config: Config, now: Instant, wall: SystemTime) -> Self {
         Master {
+            rng: rand::SeedableRng::seed_from_u64(config.seed),
             config,
             frameworks: BTreeMap::new(),
             completed_frameworks: Vec::new(),
@@ -904,7 +909,7 @@ impl Master {
         if agent_ids.is_empty() {
             return;
         }
-        agent_ids.shuffle(&mut rand::rng());
+        agent_ids.shuffle(&mut self.rng);
         let mut totals = Resources::default();
         for a in self.agents.values().filter(|a| a.conn.is_some()) {
             totals.add(&a.total);

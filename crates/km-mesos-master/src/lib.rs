@@ -184,7 +184,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         weights: args.weights.clone().unwrap_or_default(),
         max_completed_tasks: 1000,
         max_completed_frameworks: 50,
+        seed: rand::random(),
     };
+    tracing::debug!(seed = config.seed, "allocator seed");
     let flags = serde_json::json!({
         "ip": args.ip.to_string(),
         "port": args.port.to_string(),
@@ -318,6 +320,16 @@ mod tests {
     }
 
     #[test]
+    fn an_allocation_replays_from_its_seed() {
+        let run = |seed| bench::Cluster::with_seed(12, 2, seed).offered();
+        let first = run(7);
+        assert_eq!(first.iter().map(Vec::len).sum::<usize>(), 12, "{first:?}");
+        assert_eq!(run(7), first, "the same seed, the same allocation");
+        let distinct: std::collections::BTreeSet<_> = (0..8).map(run).collect();
+        assert!(distinct.len() > 1, "the seed decides the order agents are visited in");
+    }
+
+    #[test]
     fn credentials_files_in_both_formats() {
         let json = server::parse_credentials(r#"{"credentials":[{"principal":"p","secret":"s"}]}"#)
             .unwrap();
@@ -347,6 +359,11 @@ pub mod bench {
 
     impl Cluster {
         pub fn new(agents: usize, frameworks: usize) -> Cluster {
+            Cluster::with_seed(agents, frameworks, 0)
+        }
+
+        /// [`Cluster::new`] with the allocator's seed.
+        pub fn with_seed(agents: usize, frameworks: usize, seed: u64) -> Cluster {
             let now = Instant::now();
             let config = Config {
                 info: v1::MasterInfo {
@@ -361,6 +378,7 @@ pub mod bench {
                 weights: Default::default(),
                 max_completed_tasks: 1000,
                 max_completed_frameworks: 50,
+                seed,
             };
             let mut master = Master::new(config, now, SystemTime::now());
             let resources = km_mesos::flags::parse_resources(
@@ -413,6 +431,25 @@ pub mod bench {
             self.master.decline_all_offers(Instant::now());
             self.master.take_outbox();
             made
+        }
+
+        /// One allocation run: the agents offered, per OFFERS event in the order sent. The
+        /// offers are then declined as in [`Cluster::allocate`].
+        pub fn offered(&mut self) -> Vec<Vec<String>> {
+            self.master.allocate(Instant::now());
+            let offered = self
+                .master
+                .take_outbox()
+                .into_iter()
+                .filter_map(|out| match out {
+                    crate::core::Out::Scheduler(_, e) => e.offers,
+                    _ => None,
+                })
+                .map(|o| o.offers.into_iter().map(|o| o.hostname).collect())
+                .collect();
+            self.master.decline_all_offers(Instant::now());
+            self.master.take_outbox();
+            offered
         }
     }
 }

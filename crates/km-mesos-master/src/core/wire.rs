@@ -21,6 +21,7 @@ fn master(now: Instant) -> Master {
         weights: BTreeMap::new(),
         max_completed_tasks: 100,
         max_completed_frameworks: 10,
+        seed: 0,
     };
     Master::new(config, now, SystemTime::UNIX_EPOCH)
 }
