@@ -276,7 +276,7 @@ enum Barrier {
 }
 
 /// Prefix of barrier sentinel task IDs (never a real task).
-const SENTINEL_PREFIX: &str = "km-reconciliation-barrier-";
+pub const SENTINEL_PREFIX: &str = "km-reconciliation-barrier-";
 
 /// Cap of the barrier's retry interval.
 const BARRIER_MAX_RETRY: Duration = Duration::from_secs(10);

@@ -116,7 +116,7 @@ impl Shell {
             }
             Input::PodResyncDone => tracing::debug!("the pods are listed"),
             Input::Update(u) => {
-                if u.task_id.starts_with("km-reconciliation-barrier-") {
+                if u.task_id.starts_with(km_scheduler_core::SENTINEL_PREFIX) {
                     tracing::debug!("reconciliation barrier answered");
                 }
                 if u.state == TaskState::Running {
