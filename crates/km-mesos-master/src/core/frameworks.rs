@@ -1,0 +1,422 @@
+//! Frameworks: SUBSCRIBE, the scheduler calls that change a framework's
+//! state, disconnection and removal.
+
+use super::*;
+
+impl Master {
+    /// SUBSCRIBE, already validated at the call level. Answers on `conn`
+    /// (SUBSCRIBED + HEARTBEAT, or a single ERROR and close).
+    pub(crate) fn subscribe_framework(
+        &mut self,
+        conn: ConnId,
+        stream_id: String,
+        subscribe: call::Subscribe,
+        principal: Option<&str>,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let mut info = subscribe.framework_info;
+        let refuse = |m: &mut Master, message: String| {
+            let mut e =
+                sched::Event { error: Some(event::Error { message }), ..Default::default() };
+            e.set_type(event::Type::Error);
+            m.out.push(Out::Scheduler(conn, e));
+            m.out.push(Out::Close(conn));
+        };
+        if let Err(problem) = self.validate_framework(&info, &subscribe.suppressed_roles) {
+            return refuse(self, problem);
+        }
+        if let (Some(p), Some(expected)) = (principal, info.principal.as_deref())
+            && p != expected
+        {
+            return refuse(
+                self,
+                format!("Authenticated principal '{p}' does not match principal '{expected}'"),
+            );
+        }
+        let requested = info.id.as_ref().map(|i| i.value.clone()).filter(|v| !v.is_empty());
+        if let Some(id) = &requested
+            && self.removed_framework_ids.contains(id)
+        {
+            return refuse(self, "Framework has been removed".into());
+        }
+        let caps = Caps::of(&info);
+        let roles = if caps.multi_role {
+            info.roles.clone()
+        } else {
+            vec![info.role.clone().unwrap_or_else(|| "*".into())]
+        };
+        let now_s = epoch_secs(wall);
+        let id = match requested {
+            Some(id) => id,
+            None => {
+                let id = format!("{}-{:04}", self.master_id(), self.next_framework);
+                self.next_framework += 1;
+                id
+            }
+        };
+        info.id = Some(v1::FrameworkId { value: id.clone() });
+        self.conns.insert(conn, Owner::Framework(id.clone()));
+        let suppressed: BTreeSet<String> = subscribe.suppressed_roles.into_iter().collect();
+        let added;
+        if let Some(fw) = self.frameworks.get_mut(&id) {
+            // Failover: the new subscription replaces the old one.
+            if let Some(old) = fw.conn.take() {
+                let mut e = sched::Event {
+                    error: Some(event::Error { message: "Framework failed over".into() }),
+                    ..Default::default()
+                };
+                e.set_type(event::Type::Error);
+                self.out.push(Out::Scheduler(old, e));
+                self.out.push(Out::Close(old));
+                self.conns.remove(&old);
+            } else {
+                // Filters were dropped at disconnection already.
+                fw.filters.clear();
+            }
+            if let Some(p) = &fw.info.principal
+                && info.principal.as_ref() != Some(p)
+            {
+                self.conns.remove(&conn);
+                return refuse(self, "Changing the framework's principal is not allowed".into());
+            }
+            // `user` and `checkpoint` cannot change on re-subscription.
+            info.user = fw.info.user.clone();
+            info.checkpoint = fw.info.checkpoint;
+            // Roles leaving suppression get their filters cleared.
+            for role in fw.suppressed.difference(&suppressed) {
+                fw.filters.clear_role(role);
+            }
+            fw.info = info.clone();
+            fw.caps = caps;
+            fw.roles = roles;
+            fw.suppressed = suppressed;
+            fw.conn = Some(conn);
+            fw.stream_id = Some(stream_id);
+            fw.failover_deadline = None;
+            fw.reregistered_time = Some(now_s);
+            fw.last_heartbeat = now;
+            added = false;
+        } else {
+            self.insert_disconnected_framework(id.clone(), info.clone(), now, now_s, None);
+            if let Some(fw) = self.frameworks.get_mut(&id) {
+                fw.suppressed = suppressed;
+                fw.conn = Some(conn);
+                fw.stream_id = Some(stream_id);
+            }
+            added = true;
+        }
+        self.registry_dirty = true;
+        // Offers outstanding to the old subscription are discarded silently.
+        let stale: Vec<String> = self.frameworks[&id].offers.iter().cloned().collect();
+        for offer_id in stale {
+            self.recover_offer(&offer_id, None, now);
+        }
+        let mut subscribed = sched::Event {
+            subscribed: Some(event::Subscribed {
+                framework_id: v1::FrameworkId { value: id.clone() },
+                heartbeat_interval_seconds: Some(self.config.heartbeat_interval.as_secs_f64()),
+                master_info: Some(self.config.info.clone()),
+            }),
+            ..Default::default()
+        };
+        subscribed.set_type(event::Type::Subscribed);
+        self.out.push(Out::Scheduler(conn, subscribed));
+        self.out.push(Out::Scheduler(conn, heartbeat()));
+        // Agents resend what this framework has not acknowledged yet.
+        let mut update = agent::Event {
+            update_framework: Some(agent::event::UpdateFramework { framework_info: info.clone() }),
+            ..Default::default()
+        };
+        update.set_type(agent::event::Type::UpdateFramework);
+        let hosting: BTreeSet<String> = self
+            .tasks
+            .iter()
+            .filter(|((f, _), _)| *f == id)
+            .map(|(_, t)| t.task.agent_id.value.clone())
+            .collect();
+        for agent_id in hosting {
+            self.send_agent(&agent_id, update.clone());
+        }
+        let view = self.framework_view(&id);
+        let mut e = op::Event::default();
+        if added {
+            e.set_type(op::event::Type::FrameworkAdded);
+            e.framework_added = view.map(|framework| op::event::FrameworkAdded { framework });
+        } else {
+            e.set_type(op::event::Type::FrameworkUpdated);
+            e.framework_updated = view.map(|framework| op::event::FrameworkUpdated { framework });
+        }
+        self.broadcast_operator(e);
+        self.allocation_wanted = true;
+        tracing::info!(framework_id = %id, name = %info.name, failover = !added, "framework subscribed");
+    }
+
+    pub(super) fn validate_framework(
+        &self,
+        info: &v1::FrameworkInfo,
+        suppressed: &[String],
+    ) -> Result<(), String> {
+        let caps = Caps::of(info);
+        if caps.multi_role {
+            if info.role.is_some() {
+                return Err(
+                    "'FrameworkInfo.role' must not be set for a MULTI_ROLE framework".into()
+                );
+            }
+            let mut seen = BTreeSet::new();
+            for role in &info.roles {
+                validate_role(role).map_err(|e| e.to_string())?;
+                if !seen.insert(role) {
+                    return Err(format!("'FrameworkInfo.roles' contains duplicate role '{role}'"));
+                }
+            }
+        } else {
+            if !info.roles.is_empty() {
+                return Err(
+                    "'FrameworkInfo.roles' must not be set without the MULTI_ROLE capability"
+                        .into(),
+                );
+            }
+            if let Some(role) = &info.role {
+                validate_role(role).map_err(|e| e.to_string())?;
+            }
+        }
+        if let Some(id) = info.id.as_ref().filter(|i| !i.value.is_empty()) {
+            valid_id(&id.value).map_err(|e| format!("Invalid framework ID: {e}"))?;
+        }
+        if let Some(t) = info.failover_timeout
+            && (!t.is_finite() || t < 0.0 || Duration::try_from_secs_f64(t).is_err())
+        {
+            return Err(format!("Invalid failover_timeout {t}"));
+        }
+        let roles: BTreeSet<&str> = if caps.multi_role {
+            info.roles.iter().map(String::as_str).collect()
+        } else {
+            std::iter::once(info.role.as_deref().unwrap_or("*")).collect()
+        };
+        if let Some(bad) = suppressed.iter().find(|r| !roles.contains(r.as_str())) {
+            return Err(format!("Suppressed role '{bad}' is not contained in the set of roles"));
+        }
+        Ok(())
+    }
+
+    /// Checks a non-SUBSCRIBE call's framework and stream, as Mesos orders them.
+    pub(crate) fn authorize_call(
+        &self,
+        framework_id: &str,
+        stream_id: Option<&str>,
+    ) -> Result<(), Rejection> {
+        let Some(fw) = self.frameworks.get(framework_id) else {
+            return Err(Rejection::new(400, "Framework cannot be found"));
+        };
+        if !fw.connected() {
+            return Err(Rejection::new(403, "Framework is not subscribed"));
+        }
+        match (stream_id, fw.stream_id.as_deref()) {
+            (None, _) => Err(Rejection::new(
+                400,
+                "All non-subscribe calls should include the 'Mesos-Stream-Id' header",
+            )),
+            (Some(given), Some(current)) if given != current => Err(Rejection::new(
+                400,
+                format!(
+                    "The stream ID '{given}' included in this request didn't match the stream ID currently associated with framework ID {framework_id}"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Any scheduler call but SUBSCRIBE, after [`Self::authorize_call`].
+    pub(crate) fn scheduler_call(&mut self, c: sched::Call, now: Instant, wall: SystemTime) {
+        let fw_id = c.framework_id.as_ref().map(|f| f.value.clone()).unwrap_or_default();
+        match c.r#type() {
+            call::Type::Teardown => self.remove_framework(&fw_id, now, wall),
+            call::Type::Accept => {
+                if let Some(a) = c.accept {
+                    self.accept(&fw_id, a, now, wall);
+                }
+            }
+            call::Type::Decline => {
+                if let Some(d) = c.decline {
+                    let refuse = refuse_seconds(d.filters.as_ref());
+                    for o in d.offer_ids {
+                        if self.offers.get(&o.value).is_some_and(|rec| rec.framework_id == fw_id) {
+                            self.recover_offer(&o.value, refuse, now);
+                        }
+                    }
+                }
+            }
+            call::Type::Revive => {
+                let roles = c.revive.map(|r| r.roles).unwrap_or_default();
+                if let Some(fw) = self.frameworks.get_mut(&fw_id) {
+                    if roles.iter().any(|r| !fw.roles.contains(r)) {
+                        return; // An unknown role drops the whole call (still 202).
+                    }
+                    let roles = if roles.is_empty() { fw.roles.clone() } else { roles };
+                    for role in &roles {
+                        fw.suppressed.remove(role);
+                        fw.filters.clear_role(role);
+                    }
+                    self.allocation_wanted = true;
+                }
+            }
+            call::Type::Suppress => {
+                let roles = c.suppress.map(|r| r.roles).unwrap_or_default();
+                if let Some(fw) = self.frameworks.get_mut(&fw_id) {
+                    if roles.iter().any(|r| !fw.roles.contains(r)) {
+                        return;
+                    }
+                    let roles = if roles.is_empty() { fw.roles.clone() } else { roles };
+                    fw.suppressed.extend(roles);
+                }
+            }
+            call::Type::Kill => {
+                if let Some(k) = c.kill {
+                    self.kill(&fw_id, k, wall);
+                }
+            }
+            call::Type::Shutdown => {
+                if let Some(s) = c.shutdown {
+                    let mut e = agent::Event {
+                        shutdown_executor: Some(agent::event::ShutdownExecutor {
+                            framework_id: v1::FrameworkId { value: fw_id.clone() },
+                            executor_id: s.executor_id,
+                        }),
+                        ..Default::default()
+                    };
+                    e.set_type(agent::event::Type::ShutdownExecutor);
+                    self.send_agent(&s.agent_id.value, e);
+                }
+            }
+            call::Type::Acknowledge => {
+                if let Some(a) = c.acknowledge {
+                    self.acknowledge(&fw_id, a);
+                }
+            }
+            call::Type::Reconcile => {
+                let tasks = c.reconcile.map(|r| r.tasks).unwrap_or_default();
+                self.reconcile(&fw_id, tasks, wall);
+            }
+            call::Type::Message => {
+                if let Some(m) = c.message {
+                    let mut e = agent::Event {
+                        message: Some(agent::event::Message {
+                            framework_id: v1::FrameworkId { value: fw_id.clone() },
+                            executor_id: m.executor_id,
+                            data: m.data,
+                        }),
+                        ..Default::default()
+                    };
+                    e.set_type(agent::event::Type::Message);
+                    self.send_agent(&m.agent_id.value, e);
+                }
+            }
+            call::Type::UpdateFramework => {}
+            // REQUEST, inverse offers and operation calls are accepted and ignored.
+            _ => {}
+        }
+    }
+
+    pub(super) fn framework_disconnected(
+        &mut self,
+        id: &str,
+        conn: ConnId,
+        now: Instant,
+        wall: SystemTime,
+    ) {
+        let Some(fw) = self.frameworks.get_mut(id) else { return };
+        if fw.conn != Some(conn) {
+            return;
+        }
+        fw.conn = None;
+        fw.stream_id = None;
+        fw.filters.clear();
+        fw.unregistered_time = Some(epoch_secs(wall));
+        let timeout = fw.info.failover_timeout.unwrap_or(0.0);
+        let offers: Vec<String> = fw.offers.iter().cloned().collect();
+        for offer_id in offers {
+            self.rescind(&offer_id, now);
+        }
+        tracing::info!(framework_id = %id, failover_timeout = timeout, "framework disconnected");
+        if timeout <= 0.0 {
+            self.remove_framework(id, now, wall);
+        } else if let Some(fw) = self.frameworks.get_mut(id) {
+            fw.failover_deadline = after(now, timeout);
+        }
+    }
+
+    /// Removes a framework: its executors are shut down, its tasks killed.
+    pub(super) fn remove_framework(&mut self, id: &str, now: Instant, wall: SystemTime) {
+        let Some(mut fw) = self.frameworks.remove(id) else { return };
+        tracing::info!(framework_id = %id, "removing framework");
+        if let Some(conn) = fw.conn.take() {
+            self.conns.remove(&conn);
+            self.out.push(Out::Close(conn));
+        }
+        for offer_id in std::mem::take(&mut fw.offers) {
+            if let Some(rec) = self.offers.remove(&offer_id)
+                && let Some(a) = self.agents.get_mut(&rec.agent_id)
+            {
+                a.offered.subtract(&rec.resources);
+            }
+        }
+        let mut shutdown = agent::Event {
+            shutdown_framework: Some(agent::event::ShutdownFramework {
+                framework_id: v1::FrameworkId { value: id.into() },
+            }),
+            ..Default::default()
+        };
+        shutdown.set_type(agent::event::Type::ShutdownFramework);
+        let keys: Vec<(String, String)> =
+            self.tasks.keys().filter(|(f, _)| f == id).cloned().collect();
+        let mut agents = BTreeSet::new();
+        for key in keys {
+            if let Some(mut t) = self.tasks.remove(&key) {
+                agents.insert(t.task.agent_id.value.clone());
+                if let Some(a) = self.agents.get_mut(&t.task.agent_id.value) {
+                    a.used.subtract(&t.resources);
+                }
+                let status = self.master_status(
+                    &key.1,
+                    TaskState::TaskKilled,
+                    Reason::FrameworkRemoved,
+                    "Framework removed".into(),
+                    Some(&t.task.agent_id.value),
+                    wall,
+                );
+                t.task.set_state(TaskState::TaskKilled);
+                t.task.statuses.push(status);
+                self.complete_task(t.task);
+            }
+        }
+        for a in self.agents.values_mut() {
+            let execs: Vec<_> = a.executors.keys().filter(|(f, _)| f == id).cloned().collect();
+            for k in execs {
+                if let Some((_, res)) = a.executors.remove(&k) {
+                    a.used.subtract(&res);
+                }
+                agents.insert(a.id().to_owned());
+            }
+        }
+        for agent_id in agents {
+            self.send_agent(&agent_id, shutdown.clone());
+        }
+        self.unreachable_tasks.retain(|(f, _), _| f != id);
+        self.removed_framework_ids.insert(id.to_owned());
+        self.registry_dirty = true;
+        self.completed_frameworks.push(fw.info.clone());
+        if self.completed_frameworks.len() > self.config.max_completed_frameworks {
+            self.completed_frameworks.remove(0);
+        }
+        let mut e = op::Event {
+            framework_removed: Some(op::event::FrameworkRemoved { framework_info: fw.info }),
+            ..Default::default()
+        };
+        e.set_type(op::event::Type::FrameworkRemoved);
+        self.broadcast_operator(e);
+        self.allocation_wanted = true;
+        let _ = now;
+    }
+}

@@ -1,0 +1,65 @@
+//! Time: heartbeats, failover and offer timeouts, agents that stay away.
+
+use super::*;
+
+impl Master {
+    /// Heartbeats, failover timeouts, offer timeouts, unreachable agents.
+    pub(crate) fn tick(&mut self, now: Instant, wall: SystemTime) {
+        let hb = self.config.heartbeat_interval;
+        let mut beats = Vec::new();
+        for fw in self.frameworks.values_mut() {
+            if let Some(conn) = fw.conn
+                && now.duration_since(fw.last_heartbeat) >= hb
+            {
+                fw.last_heartbeat = now;
+                beats.push(Out::Scheduler(conn, heartbeat()));
+            }
+        }
+        self.out.extend(beats);
+        if now.duration_since(self.operator_heartbeat) >= hb {
+            self.operator_heartbeat = now;
+            let mut e = op::Event::default();
+            e.set_type(op::event::Type::Heartbeat);
+            self.broadcast_operator(e);
+            let mut ae = agent::Event::default();
+            ae.set_type(agent::event::Type::Heartbeat);
+            let conns: Vec<ConnId> = self.agents.values().filter_map(|a| a.conn).collect();
+            for conn in conns {
+                self.out.push(Out::Agent(conn, ae.clone()));
+            }
+        }
+        let expired: Vec<String> = self
+            .frameworks
+            .iter()
+            .filter(|(_, f)| f.failover_deadline.is_some_and(|d| now >= d))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in expired {
+            tracing::info!(framework_id = %id, "failover timeout passed");
+            self.remove_framework(&id, now, wall);
+        }
+        if let Some(timeout) = self.config.offer_timeout {
+            let old: Vec<String> = self
+                .offers
+                .iter()
+                .filter(|(_, o)| now.duration_since(o.created) >= timeout)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for id in old {
+                self.rescind(&id, now);
+            }
+        }
+        let gone: Vec<String> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| {
+                a.disconnected_at
+                    .is_some_and(|d| now.duration_since(d) >= self.config.agent_unreachable_timeout)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for id in gone {
+            self.mark_unreachable(&id, now, wall);
+        }
+    }
+}
