@@ -163,21 +163,40 @@ pub(crate) struct FilterKey {
     pub(crate) agent_id: String,
 }
 
-/// A framework's decline filters.
+/// A framework's decline filters. Like Mesos, every DECLINE (or ACCEPT with
+/// leftovers) adds a filter of its own: a later, narrower or shorter one never
+/// weakens an earlier one, and an offer is held back while any live filter
+/// covers it.
 #[derive(Debug, Default)]
-pub(crate) struct Filters(HashMap<FilterKey, (Resources, Instant)>);
+pub(crate) struct Filters(HashMap<FilterKey, Vec<(Resources, Instant)>>);
 
 impl Filters {
-    /// Refuses `resources` on (role, agent) until `until`.
-    pub(crate) fn add(&mut self, key: FilterKey, resources: Resources, until: Instant) {
-        self.0.insert(key, (resources, until));
+    /// Refuses `resources` on (role, agent) until `until`. Filters that have
+    /// expired by `now`, or that the new one covers in both resources and
+    /// time, are dropped, so the list stays as short as the distinct refusals.
+    pub(crate) fn add(
+        &mut self,
+        key: FilterKey,
+        resources: Resources,
+        now: Instant,
+        until: Instant,
+    ) {
+        let list = self.0.entry(key).or_default();
+        list.retain(|(refused, end)| *end > now && !(resources.contains(refused) && *end <= until));
+        let covered =
+            list.iter().any(|(refused, end)| refused.contains(&resources) && *end >= until);
+        if !covered {
+            list.push((resources, until));
+        }
     }
 
     /// Whether a live filter covers `offerable`: Mesos filters an offer only
     /// when everything offerable is a subset of what was refused, so more free
     /// resources on the agent break through the filter.
     pub(crate) fn refuses(&self, key: &FilterKey, offerable: &Resources, now: Instant) -> bool {
-        self.0.get(key).is_some_and(|(refused, until)| now < *until && refused.contains(offerable))
+        self.0.get(key).is_some_and(|list| {
+            list.iter().any(|(refused, until)| now < *until && refused.contains(offerable))
+        })
     }
 
     pub(crate) fn clear(&mut self) {
@@ -256,12 +275,32 @@ mod tests {
         let now = Instant::now();
         let key = FilterKey { role: "*".into(), agent_id: "a1".into() };
         let mut f = Filters::default();
-        f.add(key.clone(), res(4.0, 1000.0), now + Duration::from_secs(5));
+        f.add(key.clone(), res(4.0, 1000.0), now, now + Duration::from_secs(5));
         assert!(f.refuses(&key, &res(4.0, 1000.0), now));
         assert!(f.refuses(&key, &res(1.0, 10.0), now));
         assert!(!f.refuses(&key, &res(5.0, 1000.0), now), "more than refused breaks through");
         assert!(!f.refuses(&key, &res(1.0, 10.0), now + Duration::from_secs(5)), "expired");
         f.clear_role("*");
         assert!(!f.refuses(&key, &res(1.0, 10.0), now));
+    }
+
+    #[test]
+    fn a_second_decline_never_weakens_the_first() {
+        let now = Instant::now();
+        let key = FilterKey { role: "*".into(), agent_id: "a1".into() };
+        let mut f = Filters::default();
+        f.add(key.clone(), res(4.0, 1000.0), now, now + Duration::from_secs(60));
+        // A later decline of a smaller offer, for a shorter time.
+        f.add(key.clone(), res(1.0, 10.0), now, now + Duration::from_secs(5));
+        let later = now + Duration::from_secs(10);
+        assert!(f.refuses(&key, &res(4.0, 1000.0), later), "the first filter still holds");
+        // A decline that covers an earlier one in resources and time replaces it.
+        f.add(key.clone(), res(8.0, 2000.0), now, now + Duration::from_secs(120));
+        assert_eq!(f.0[&key].len(), 1, "the covered filters are gone: {:?}", f.0[&key]);
+        assert!(f.refuses(&key, &res(8.0, 2000.0), later));
+        // A narrower and shorter one beside a covering filter adds nothing.
+        f.add(key.clone(), res(1.0, 10.0), now, now + Duration::from_secs(1));
+        assert_eq!(f.0[&key].len(), 1);
+        assert!(!f.refuses(&key, &res(8.0, 2000.0), now + Duration::from_secs(120)), "expired");
     }
 }

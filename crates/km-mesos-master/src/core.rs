@@ -70,6 +70,9 @@ pub(crate) struct Config {
     pub(crate) offer_timeout: Option<Duration>,
     /// How long a disconnected agent may stay away before it is unreachable.
     pub(crate) agent_unreachable_timeout: Duration,
+    /// How long agents known from the registry have to re-register after a
+    /// restart before they are unreachable.
+    pub(crate) agent_reregister_timeout: Duration,
     pub(crate) weights: BTreeMap<String, f64>,
     pub(crate) max_completed_tasks: usize,
     pub(crate) max_completed_frameworks: usize,
@@ -139,8 +142,16 @@ struct Agent {
     version: String,
     registered_time: f64,
     reregistered_time: Option<f64>,
-    /// (framework, executor) → its info and resources.
-    executors: BTreeMap<(String, String), (v1::ExecutorInfo, Resources)>,
+    /// (framework, executor) → the executor.
+    executors: BTreeMap<(String, String), Executor>,
+}
+
+/// An executor on an agent, with the resources and role it is charged to.
+#[derive(Debug)]
+struct Executor {
+    info: v1::ExecutorInfo,
+    resources: Resources,
+    role: String,
 }
 
 impl Agent {
@@ -170,6 +181,8 @@ struct OfferRec {
 #[derive(Debug)]
 struct Task {
     task: v1::Task,
+    /// The role the task's resources are charged to (DRF).
+    role: String,
     resources: Resources,
     /// Uuid of the terminal update, once seen: its ACK retires the task.
     terminal_uuid: Option<Vec<u8>>,
@@ -197,6 +210,8 @@ pub(crate) struct Master {
     gone: BTreeSet<String>,
     /// Agents known from the registry that have not re-registered since a restart.
     recovered: BTreeMap<String, v1::AgentInfo>,
+    /// When the agents still in `recovered` become unreachable.
+    recovery_deadline: Option<Instant>,
     /// Agents or frameworks changed since the registry was last written.
     registry_dirty: bool,
     offers: BTreeMap<String, OfferRec>,
@@ -270,6 +285,7 @@ impl Master {
             agents: BTreeMap::new(),
             unreachable: BTreeMap::new(),
             recovered: BTreeMap::new(),
+            recovery_deadline: None,
             gone: BTreeSet::new(),
             registry_dirty: false,
             offers: BTreeMap::new(),
@@ -296,6 +312,31 @@ impl Master {
         &self.config.info.id
     }
 
+    /// The role `resources` of a framework are allocated to: a MULTI_ROLE
+    /// framework's resources say it; any other framework has one role.
+    fn role_of(&self, fw_id: &str, resources: &[v1::Resource]) -> String {
+        resources
+            .iter()
+            .find_map(|r| r.allocation_info.as_ref()?.role.clone())
+            .or_else(|| self.frameworks.get(fw_id)?.roles.first().cloned())
+            .unwrap_or_else(|| "*".into())
+    }
+
+    /// Counts `resources` against a framework's role (DRF).
+    fn charge(&mut self, fw_id: &str, role: &str, resources: &Resources) {
+        if let Some(fw) = self.frameworks.get_mut(fw_id) {
+            fw.allocated.entry(role.to_owned()).or_default().add(resources);
+        }
+    }
+
+    /// Gives back what [`Self::charge`] counted, to that role alone.
+    fn release(&mut self, fw_id: &str, role: &str, resources: &Resources) {
+        if let Some(alloc) = self.frameworks.get_mut(fw_id).and_then(|f| f.allocated.get_mut(role))
+        {
+            alloc.subtract(resources);
+        }
+    }
+
     pub(crate) fn take_outbox(&mut self) -> Vec<Out> {
         std::mem::take(&mut self.out)
     }
@@ -308,6 +349,9 @@ impl Master {
             if let Some(id) = info.id.as_ref().map(|i| i.value.clone()) {
                 self.recovered.insert(id, info);
             }
+        }
+        if !self.recovered.is_empty() {
+            self.recovery_deadline = now.checked_add(self.config.agent_reregister_timeout);
         }
         self.removed_framework_ids.extend(registry.removed_framework_ids);
         for info in registry.frameworks {
@@ -497,6 +541,8 @@ fn same_executor(running: &v1::ExecutorInfo, given: &v1::ExecutorInfo, fw_id: &s
 
 #[cfg(test)]
 mod props;
+#[cfg(test)]
+mod scenarios;
 #[cfg(test)]
 mod wire;
 

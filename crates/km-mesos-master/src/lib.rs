@@ -58,6 +58,11 @@ pub struct Args {
     /// See `--agent_ping_timeout`.
     #[arg(long = "max_agent_ping_timeouts", default_value_t = 5)]
     pub max_agent_ping_timeouts: u32,
+    /// After a restart, how long the agents in the registry have to re-register before they
+    /// are unreachable and reconciliation answers for their tasks. Mesos insists on at least
+    /// 10 minutes; km takes shorter values too (for tests and small clusters).
+    #[arg(long = "agent_reregister_timeout", default_value = "10mins", value_parser = parse_duration)]
+    pub agent_reregister_timeout: Duration,
     /// Role weights for DRF, `role1=2,role2=0.5` (default weight 1).
     #[arg(long, value_parser = parse_weights)]
     pub weights: Option<BTreeMap<String, f64>>,
@@ -180,7 +185,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         info,
         heartbeat_interval: Duration::from_secs(15),
         offer_timeout: args.offer_timeout,
-        agent_unreachable_timeout: args.agent_ping_timeout * args.max_agent_ping_timeouts.max(1),
+        agent_unreachable_timeout: args
+            .agent_ping_timeout
+            .checked_mul(args.max_agent_ping_timeouts.max(1))
+            .unwrap_or(Duration::MAX),
+        agent_reregister_timeout: args.agent_reregister_timeout,
         weights: args.weights.clone().unwrap_or_default(),
         max_completed_tasks: 1000,
         max_completed_frameworks: 50,
@@ -375,6 +384,7 @@ pub mod bench {
                 heartbeat_interval: Duration::from_secs(15),
                 offer_timeout: None,
                 agent_unreachable_timeout: Duration::from_secs(75),
+                agent_reregister_timeout: Duration::from_secs(600),
                 weights: Default::default(),
                 max_completed_tasks: 1000,
                 max_completed_frameworks: 50,

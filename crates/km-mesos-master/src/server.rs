@@ -221,10 +221,9 @@ fn handle(
         }
         Input::SchedulerCall { call, stream_id, reply } => {
             let fw = call.framework_id.as_ref().map(|f| f.value.clone()).unwrap_or_default();
-            let result = master.authorize_call(&fw, stream_id.as_deref());
-            if result.is_ok() {
-                master.scheduler_call(call, now, wall);
-            }
+            let result = master
+                .authorize_call(&fw, stream_id.as_deref())
+                .and_then(|()| master.scheduler_call(call, now, wall));
             let _ = reply.send(result);
         }
         Input::SubscribeAgent { subscribe, sink, reply } => {
@@ -530,6 +529,18 @@ fn validate_scheduler_call(c: &sched::Call) -> Result<(), String> {
         T::Reconcile if c.reconcile.is_none() => return missing("reconcile"),
         T::Message if c.message.is_none() => return missing("message"),
         T::Request if c.request.is_none() => return missing("request"),
+        T::UpdateFramework => match &c.update_framework {
+            None => return missing("update_framework"),
+            Some(u) => {
+                let info_id = u.framework_info.id.as_ref().map(|i| i.value.as_str());
+                let call_id = c.framework_id.as_ref().map(|i| i.value.as_str());
+                if info_id != call_id {
+                    return Err(
+                        "'framework_id' differs from 'update_framework.framework_info.id'".into()
+                    );
+                }
+            }
+        },
         _ => {}
     }
     if c.framework_id.is_none() {
@@ -631,12 +642,18 @@ async fn scheduler(
         return streaming(ct, rx, conn, shared.inputs.clone(), Some(&stream_id));
     }
     let stream_id = headers.get("Mesos-Stream-Id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // UPDATE_FRAMEWORK is answered once applied (200); the rest are queued (202).
+    let done = if c.r#type() == call::Type::UpdateFramework {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     let (reply, answer) = oneshot::channel();
     if shared.inputs.send(Input::SchedulerCall { call: c, stream_id, reply }).is_err() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
     }
     match answer.await {
-        Ok(Ok(())) => StatusCode::ACCEPTED.into_response(),
+        Ok(Ok(())) => done.into_response(),
         Ok(Err(r)) => rejection(r),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down"),
     }

@@ -169,7 +169,7 @@ impl Master {
             && let Some(fw) = self.frameworks.get_mut(fw_id)
             && let Some(refuse) = refuse
         {
-            fw.filters.add(FilterKey { role, agent_id }, pool, now + refuse);
+            fw.filters.add(FilterKey { role, agent_id }, pool, now, now + refuse);
         }
     }
 
@@ -258,7 +258,7 @@ impl Master {
                 valid_id(&executor.executor_id.value).map_err(|e| format!("Executor ID is invalid: {e}"))?;
                 let running = self.agents.get(agent_id).and_then(|a| a.executors.get(&(fw_id.to_owned(), executor.executor_id.value.clone())));
                 match running {
-                    Some((info, _)) => {
+                    Some(Executor { info, .. }) => {
                         if !same_executor(info, executor, fw_id) {
                             return Err(format!(
                                 "ExecutorInfo is not compatible with the running executor {}",
@@ -391,8 +391,9 @@ impl Master {
             if let Some(a) = self.agents.get_mut(agent_id)
                 && !a.executors.contains_key(&key)
             {
-                let res = bag(&executor.resources).unwrap_or_default();
-                a.executors.insert(key, (executor.clone(), res));
+                let resources = bag(&executor.resources).unwrap_or_default();
+                let info = executor.clone();
+                a.executors.insert(key, Executor { info, resources, role: role.to_owned() });
             }
         }
         let task_res = bag(&task.resources).unwrap_or_default();
@@ -424,14 +425,17 @@ impl Master {
         if let Some(a) = self.agents.get_mut(agent_id)
             && !a.executors.contains_key(&key)
         {
-            let res = bag(&executor.resources).unwrap_or_default();
-            a.executors.insert(key, (executor.clone(), res));
+            let resources = bag(&executor.resources).unwrap_or_default();
+            let info = executor.clone();
+            a.executors.insert(key, Executor { info, resources, role: role.to_owned() });
         }
         let executor_id = group.executor.executor_id.clone();
-        // The whole group's resources are accounted to the agent once.
+        // The whole group's resources (tasks and a new executor) are accounted
+        // to the agent and charged to the role once.
         if let Some(a) = self.agents.get_mut(agent_id) {
             a.used.add(&needed);
         }
+        self.charge(fw_id, role, &needed);
         for task in &mut group.task_group.tasks {
             task.resources = self.with_allocation(fw_id, role, &task.resources);
             let res = bag(&task.resources).unwrap_or_default();
@@ -475,9 +479,7 @@ impl Master {
         if let Some(a) = self.agents.get_mut(agent_id) {
             a.used.add(&needed);
         }
-        if let Some(fw) = self.frameworks.get_mut(fw_id) {
-            fw.allocated.entry(role.to_owned()).or_default().add(&needed);
-        }
+        self.charge(fw_id, role, &needed);
         let mut task = v1::Task {
             name: info.name.clone(),
             task_id: info.task_id.clone(),
@@ -504,7 +506,7 @@ impl Master {
         // `needed` may include the executor; the task itself gives back only its own.
         self.tasks.insert(
             (fw_id.to_owned(), info.task_id.value.clone()),
-            Task { task, resources: task_res, terminal_uuid: None },
+            Task { task, role: role.to_owned(), resources: task_res, terminal_uuid: None },
         );
     }
 }

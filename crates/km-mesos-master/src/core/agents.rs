@@ -73,12 +73,17 @@ impl Master {
         for ex in &subscribe.executors {
             let fw = ex.framework_id.as_ref().map(|f| f.value.clone()).unwrap_or_default();
             let key = (fw, ex.executor_id.value.clone());
-            let res = bag(&ex.resources).unwrap_or_default();
+            let resources = bag(&ex.resources).unwrap_or_default();
+            let role = self.role_of(&key.0, &ex.resources);
             if let Some(a) = self.agents.get_mut(&id)
                 && !a.executors.contains_key(&key)
             {
-                a.used.add(&res);
-                a.executors.insert(key, (ex.clone(), res));
+                a.used.add(&resources);
+                a.executors.insert(
+                    key.clone(),
+                    Executor { info: ex.clone(), resources: resources.clone(), role: role.clone() },
+                );
+                self.charge(&key.0, &role, &resources);
             }
         }
         for t in subscribe.tasks {
@@ -87,11 +92,13 @@ impl Master {
             if self.tasks.contains_key(&key) || is_terminal(t.state()) {
                 continue;
             }
-            let res = bag(&t.resources).unwrap_or_default();
+            let resources = bag(&t.resources).unwrap_or_default();
+            let role = self.role_of(&key.0, &t.resources);
             if let Some(a) = self.agents.get_mut(&id) {
-                a.used.add(&res);
+                a.used.add(&resources);
             }
-            self.tasks.insert(key, Task { task: t, resources: res, terminal_uuid: None });
+            self.charge(&key.0, &role, &resources);
+            self.tasks.insert(key, Task { task: t, role, resources, terminal_uuid: None });
         }
         let mut registered = agent::Event {
             registered: Some(agent::event::Registered {
@@ -140,14 +147,10 @@ impl Master {
                 })?;
                 let key = (x.framework_id.value.clone(), x.executor_id.value.clone());
                 if let Some(a) = self.agents.get_mut(&agent_id)
-                    && let Some((_, res)) = a.executors.remove(&key)
+                    && let Some(ex) = a.executors.remove(&key)
                 {
-                    a.used.subtract(&res);
-                    if let Some(fw) = self.frameworks.get_mut(&key.0) {
-                        for alloc in fw.allocated.values_mut() {
-                            alloc.subtract(&res);
-                        }
-                    }
+                    a.used.subtract(&ex.resources);
+                    self.release(&key.0, &ex.role, &ex.resources);
                 }
                 let mut e = sched::Event {
                     failure: Some(event::Failure {
@@ -212,15 +215,11 @@ impl Master {
             }
             if is_terminal(state) && !was_terminal {
                 t.terminal_uuid = status.uuid.clone();
-                let res = t.resources.clone();
+                let (res, role) = (t.resources.clone(), t.role.clone());
                 if let Some(a) = self.agents.get_mut(agent_id) {
                     a.used.subtract(&res);
                 }
-                if let Some(fw) = self.frameworks.get_mut(fw_id) {
-                    for alloc in fw.allocated.values_mut() {
-                        alloc.subtract(&res);
-                    }
-                }
+                self.release(fw_id, &role, &res);
                 if status.uuid.is_none()
                     && let Some(t) = self.tasks.remove(&key)
                 {
@@ -299,11 +298,7 @@ impl Master {
         if let Some(a) = self.agents.get_mut(&agent_id) {
             a.used.subtract(&t.resources);
         }
-        if let Some(fw) = self.frameworks.get_mut(fw_id) {
-            for alloc in fw.allocated.values_mut() {
-                alloc.subtract(&t.resources);
-            }
-        }
+        self.release(fw_id, &t.role, &t.resources);
         let mut s =
             self.master_status(task_id, state, reason, message.into(), Some(&agent_id), wall);
         if unreachable {

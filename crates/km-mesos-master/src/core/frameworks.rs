@@ -228,13 +228,22 @@ impl Master {
         }
     }
 
-    /// Any scheduler call but SUBSCRIBE, after [`Self::authorize_call`].
-    pub(crate) fn scheduler_call(&mut self, c: sched::Call, now: Instant, wall: SystemTime) {
+    /// Any scheduler call but SUBSCRIBE, after [`Self::authorize_call`]. A
+    /// call the master cannot carry out is refused as a whole, before anything
+    /// changes, so a framework never takes a 202 for something that did not
+    /// happen.
+    pub(crate) fn scheduler_call(
+        &mut self,
+        c: sched::Call,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<(), Rejection> {
         let fw_id = c.framework_id.as_ref().map(|f| f.value.clone()).unwrap_or_default();
         match c.r#type() {
             call::Type::Teardown => self.remove_framework(&fw_id, now, wall),
             call::Type::Accept => {
                 if let Some(a) = c.accept {
+                    check_operations(&a.operations)?;
                     self.accept(&fw_id, a, now, wall);
                 }
             }
@@ -250,11 +259,8 @@ impl Master {
             }
             call::Type::Revive => {
                 let roles = c.revive.map(|r| r.roles).unwrap_or_default();
+                let roles = self.roles_of_call(&fw_id, roles, "REVIVE")?;
                 if let Some(fw) = self.frameworks.get_mut(&fw_id) {
-                    if roles.iter().any(|r| !fw.roles.contains(r)) {
-                        return; // An unknown role drops the whole call (still 202).
-                    }
-                    let roles = if roles.is_empty() { fw.roles.clone() } else { roles };
                     for role in &roles {
                         fw.suppressed.remove(role);
                         fw.filters.clear_role(role);
@@ -264,11 +270,8 @@ impl Master {
             }
             call::Type::Suppress => {
                 let roles = c.suppress.map(|r| r.roles).unwrap_or_default();
+                let roles = self.roles_of_call(&fw_id, roles, "SUPPRESS")?;
                 if let Some(fw) = self.frameworks.get_mut(&fw_id) {
-                    if roles.iter().any(|r| !fw.roles.contains(r)) {
-                        return;
-                    }
-                    let roles = if roles.is_empty() { fw.roles.clone() } else { roles };
                     fw.suppressed.extend(roles);
                 }
             }
@@ -313,10 +316,185 @@ impl Master {
                     self.send_agent(&m.agent_id.value, e);
                 }
             }
-            call::Type::UpdateFramework => {}
-            // REQUEST, inverse offers and operation calls are accepted and ignored.
-            _ => {}
+            call::Type::UpdateFramework => {
+                if let Some(u) = c.update_framework {
+                    self.update_framework(&fw_id, u, now, wall)?;
+                }
+            }
+            call::Type::Request => {
+                return Err(Rejection::new(
+                    501,
+                    "REQUEST is not implemented: km mesos-master's allocator does not take \
+                     resource requests; offers follow DRF, REVIVE, SUPPRESS and decline filters",
+                ));
+            }
+            call::Type::AcceptInverseOffers | call::Type::DeclineInverseOffers => {
+                let ids = c
+                    .accept_inverse_offers
+                    .map(|a| a.inverse_offer_ids)
+                    .or_else(|| c.decline_inverse_offers.map(|d| d.inverse_offer_ids))
+                    .unwrap_or_default();
+                if let Some(id) = ids.first() {
+                    return Err(Rejection::new(
+                        400,
+                        format!(
+                            "Inverse offer '{}' is unknown: km mesos-master has no maintenance \
+                             schedules and makes no inverse offers",
+                            id.value
+                        ),
+                    ));
+                }
+            }
+            call::Type::AcknowledgeOperationStatus => {
+                return Err(Rejection::new(
+                    400,
+                    "No operation status awaits acknowledgement: km mesos-master carries out \
+                     only LAUNCH and LAUNCH_GROUP, which report through task status updates",
+                ));
+            }
+            call::Type::ReconcileOperations => {
+                let ops = c.reconcile_operations.map(|r| r.operations).unwrap_or_default();
+                for o in ops {
+                    self.answer_unknown_operation(&fw_id, o);
+                }
+            }
+            call::Type::Subscribe | call::Type::Unknown => {
+                return Err(Rejection::new(400, "Unexpected call type"));
+            }
         }
+        Ok(())
+    }
+
+    /// The roles a REVIVE or SUPPRESS applies to: all of the framework's when
+    /// none are named; a role the framework is not in refuses the call.
+    fn roles_of_call(
+        &self,
+        fw_id: &str,
+        roles: Vec<String>,
+        call: &str,
+    ) -> Result<Vec<String>, Rejection> {
+        let Some(fw) = self.frameworks.get(fw_id) else { return Ok(Vec::new()) };
+        if let Some(bad) = roles.iter().find(|r| !fw.roles.contains(r)) {
+            return Err(Rejection::new(
+                400,
+                format!("{call} names role '{bad}', which the framework is not subscribed to"),
+            ));
+        }
+        Ok(if roles.is_empty() { fw.roles.clone() } else { roles })
+    }
+
+    /// UPDATE_FRAMEWORK: a subscribed framework changes its FrameworkInfo and
+    /// suppressed roles without re-subscribing. What cannot change on
+    /// re-subscription (principal, user, checkpointing) cannot change here
+    /// either; offers to roles the framework leaves or suppresses are
+    /// rescinded.
+    fn update_framework(
+        &mut self,
+        fw_id: &str,
+        u: call::UpdateFramework,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<(), Rejection> {
+        let bad = |m: String| Rejection::new(400, m);
+        let mut info = u.framework_info;
+        self.validate_framework(&info, &u.suppressed_roles).map_err(bad)?;
+        let Some(fw) = self.frameworks.get(fw_id) else {
+            return Err(Rejection::new(400, "Framework cannot be found"));
+        };
+        if info.principal != fw.info.principal {
+            return Err(bad("Changing the framework's principal is not allowed".into()));
+        }
+        if info.user != fw.info.user {
+            return Err(bad("Updating 'FrameworkInfo.user' is unsupported".into()));
+        }
+        if info.checkpoint.unwrap_or(false) != fw.info.checkpoint.unwrap_or(false) {
+            return Err(bad("Updating 'FrameworkInfo.checkpoint' is unsupported".into()));
+        }
+        let caps = Caps::of(&info);
+        if fw.caps.multi_role && !caps.multi_role {
+            return Err(bad("Removing the MULTI_ROLE capability is unsupported".into()));
+        }
+        let roles = if caps.multi_role {
+            info.roles.clone()
+        } else {
+            vec![info.role.clone().unwrap_or_else(|| "*".into())]
+        };
+        info.id = Some(v1::FrameworkId { value: fw_id.into() });
+        let suppressed: BTreeSet<String> = u.suppressed_roles.into_iter().collect();
+        let stale: Vec<String> = fw
+            .offers
+            .iter()
+            .filter(|o| {
+                self.offers
+                    .get(*o)
+                    .is_some_and(|r| !roles.contains(&r.role) || suppressed.contains(&r.role))
+            })
+            .cloned()
+            .collect();
+        for offer_id in stale {
+            self.rescind(&offer_id, now);
+        }
+        if let Some(fw) = self.frameworks.get_mut(fw_id) {
+            for role in fw.suppressed.difference(&suppressed) {
+                fw.filters.clear_role(role);
+            }
+            fw.info = info.clone();
+            fw.caps = caps;
+            fw.roles = roles;
+            fw.suppressed = suppressed;
+        }
+        self.registry_dirty = true;
+        // Agents running its tasks learn the new FrameworkInfo.
+        let mut update = agent::Event {
+            update_framework: Some(agent::event::UpdateFramework { framework_info: info.clone() }),
+            ..Default::default()
+        };
+        update.set_type(agent::event::Type::UpdateFramework);
+        let hosting: BTreeSet<String> = self
+            .tasks
+            .iter()
+            .filter(|((f, _), _)| f == fw_id)
+            .map(|(_, t)| t.task.agent_id.value.clone())
+            .collect();
+        for agent_id in hosting {
+            self.send_agent(&agent_id, update.clone());
+        }
+        let mut e = op::Event::default();
+        e.set_type(op::event::Type::FrameworkUpdated);
+        e.framework_updated =
+            self.framework_view(fw_id).map(|framework| op::event::FrameworkUpdated { framework });
+        self.broadcast_operator(e);
+        self.allocation_wanted = true;
+        tracing::info!(framework_id = %fw_id, name = %info.name, "framework updated");
+        let _ = wall;
+        Ok(())
+    }
+
+    /// RECONCILE_OPERATIONS for an operation the master does not know (it
+    /// tracks no offer operations but LAUNCH and LAUNCH_GROUP, which have no
+    /// operation IDs): the answer says what can be said of its agent.
+    fn answer_unknown_operation(&mut self, fw_id: &str, o: call::reconcile_operations::Operation) {
+        use v1::OperationState as S;
+        let agent = o.agent_id.as_ref().map(|a| a.value.as_str());
+        let state = match agent {
+            Some(a) if self.gone.contains(a) => S::OperationGoneByOperator,
+            Some(a) if self.unreachable.contains_key(a) => S::OperationUnreachable,
+            Some(a) if self.recovered.contains_key(a) => S::OperationRecovering,
+            _ => S::OperationUnknown,
+        };
+        let mut status = v1::OperationStatus {
+            operation_id: Some(o.operation_id),
+            agent_id: o.agent_id,
+            resource_provider_id: o.resource_provider_id,
+            ..Default::default()
+        };
+        status.set_state(state);
+        let mut e = sched::Event {
+            update_operation_status: Some(event::UpdateOperationStatus { status }),
+            ..Default::default()
+        };
+        e.set_type(event::Type::UpdateOperationStatus);
+        self.send_framework(fw_id, e);
     }
 
     pub(super) fn framework_disconnected(
@@ -394,8 +572,8 @@ impl Master {
         for a in self.agents.values_mut() {
             let execs: Vec<_> = a.executors.keys().filter(|(f, _)| f == id).cloned().collect();
             for k in execs {
-                if let Some((_, res)) = a.executors.remove(&k) {
-                    a.used.subtract(&res);
+                if let Some(ex) = a.executors.remove(&k) {
+                    a.used.subtract(&ex.resources);
                 }
                 agents.insert(a.id().to_owned());
             }
@@ -419,4 +597,34 @@ impl Master {
         self.allocation_wanted = true;
         let _ = now;
     }
+}
+
+/// Refuses an ACCEPT whose operations the master cannot carry out, before any
+/// of them is: km mesos-master launches tasks and task groups, and keeps no
+/// dynamic reservations, persistent volumes or resource-provider disks.
+fn check_operations(operations: &[v1::offer::Operation]) -> Result<(), Rejection> {
+    use v1::offer::operation::Type as T;
+    for op in operations {
+        match op.r#type() {
+            T::Launch | T::LaunchGroup => {}
+            T::Unknown => {
+                return Err(Rejection::new(
+                    400,
+                    "Failed to validate scheduler::Call: offer operation has no known 'type'",
+                ));
+            }
+            other => {
+                return Err(Rejection::new(
+                    400,
+                    format!(
+                        "Offer operation {} is not supported by km mesos-master (it carries out \
+                         LAUNCH and LAUNCH_GROUP only); nothing in this ACCEPT was done and its \
+                         offers are still outstanding",
+                        other.as_str_name()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }

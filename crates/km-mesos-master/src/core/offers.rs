@@ -19,6 +19,7 @@ impl Master {
                 fw.filters.add(
                     FilterKey { role: rec.role, agent_id: rec.agent_id },
                     rec.resources,
+                    now,
                     now + refuse,
                 );
             }

@@ -2,7 +2,6 @@
 //! of registrations, allocations, declines, revives and launches, with the
 //! invariants checked after every step.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use km_mesos::v1::scheduler::{self as sched, call};
@@ -57,17 +56,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// A master whose allocator draws from `seed`, so a failing case replays exactly.
 fn master(now: Instant, seed: u64) -> Master {
-    let config = Config {
-        info: v1::MasterInfo { id: "m".into(), ip: 0, port: 5050, ..Default::default() },
-        heartbeat_interval: Duration::from_secs(15),
-        offer_timeout: None,
-        agent_unreachable_timeout: Duration::from_secs(75),
-        weights: BTreeMap::new(),
-        max_completed_tasks: 100,
-        max_completed_frameworks: 10,
-        seed,
-    };
-    Master::new(config, now, SystemTime::UNIX_EPOCH)
+    Master::new(Config { seed, ..super::scenarios::config() }, now, SystemTime::UNIX_EPOCH)
 }
 
 fn typed(ty: call::Type, framework: &str, fill: impl FnOnce(&mut sched::Call)) -> sched::Call {
@@ -156,7 +145,7 @@ proptest! {
                             filters: Some(v1::Filters { refuse_seconds: Some(f64::from(refuse)) }),
                         })
                     });
-                    m.scheduler_call(c, now, wall);
+                    m.scheduler_call(c, now, wall).expect("the call is taken");
                     prop_assert!(!m.offers.contains_key(&id));
                     if refuse > 0 {
                         // Nothing changed on the agent: the filter must hold.
@@ -173,7 +162,7 @@ proptest! {
                     }
                     let fw = frameworks[framework % frameworks.len()].clone();
                     let c = typed(call::Type::Revive, &fw, |c| c.revive = Some(call::Revive { roles: vec![] }));
-                    m.scheduler_call(c, now, wall);
+                    m.scheduler_call(c, now, wall).expect("the call is taken");
                     prop_assert!(m.frameworks[&fw].filters.is_empty(), "revive must clear the filters");
                 }
                 Op::Launch { offer, cpus_tenths, ports } => {
@@ -207,7 +196,7 @@ proptest! {
                             filters: Some(v1::Filters { refuse_seconds: Some(0.0) }),
                         })
                     });
-                    m.scheduler_call(c, now, wall);
+                    m.scheduler_call(c, now, wall).expect("the call is taken");
                 }
                 Op::Advance { secs } => now += Duration::from_secs(u64::from(secs)),
             }

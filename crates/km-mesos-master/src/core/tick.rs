@@ -61,5 +61,30 @@ impl Master {
         for id in gone {
             self.mark_unreachable(&id, now, wall);
         }
+        if self.recovery_deadline.is_some_and(|d| now >= d) {
+            self.recovery_deadline = None;
+            self.recovered_agents_missed_reregistration(wall);
+        }
+    }
+
+    /// Agents known from the registry that did not re-register within
+    /// `--agent_reregister_timeout` become unreachable: reconciliation stops
+    /// holding back and answers for their tasks (TASK_UNREACHABLE for
+    /// PARTITION_AWARE frameworks, TASK_LOST otherwise), and the agents may
+    /// still come back as returning unreachable agents do.
+    fn recovered_agents_missed_reregistration(&mut self, wall: SystemTime) {
+        let missing = std::mem::take(&mut self.recovered);
+        if missing.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            agents = missing.len(),
+            "agents from the registry did not re-register in time; they are unreachable"
+        );
+        let when = epoch_secs(wall);
+        for (id, info) in missing {
+            self.unreachable.insert(id, (info, when));
+        }
+        self.registry_dirty = true;
     }
 }

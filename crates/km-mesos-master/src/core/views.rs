@@ -107,9 +107,11 @@ impl Master {
                 .agents
                 .values()
                 .flat_map(|a| {
-                    a.executors.values().map(|(info, _)| op::response::get_executors::Executor {
-                        executor_info: info.clone(),
-                        agent_id: v1::AgentId { value: a.id().into() },
+                    a.executors.values().map(|Executor { info, .. }| {
+                        op::response::get_executors::Executor {
+                            executor_info: info.clone(),
+                            agent_id: v1::AgentId { value: a.id().into() },
+                        }
                     })
                 })
                 .collect(),
@@ -182,7 +184,7 @@ impl Master {
                     .agents
                     .values()
                     .flat_map(|a| {
-                        a.executors.iter().filter(|((fw, _), _)| fw == id).map(|((_, ex), (info, _))| {
+                        a.executors.iter().filter(|((fw, _), _)| fw == id).map(|((_, ex), Executor { info, .. })| {
                             json!({"executor_id": ex, "name": info.name.clone().unwrap_or_default(), "slave_id": a.id()})
                         })
                     })

@@ -3,8 +3,7 @@
 //! MULTI_ROLE capability, and what frameworks send back is accepted in
 //! whichever form they use.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use km_mesos::v1::scheduler::{self as sched, call, event};
 use km_mesos::{agent, v1};
@@ -13,17 +12,7 @@ use tokio::time::Instant;
 use super::*;
 
 fn master(now: Instant) -> Master {
-    let config = Config {
-        info: v1::MasterInfo { id: "m".into(), ip: 0, port: 5050, ..Default::default() },
-        heartbeat_interval: Duration::from_secs(15),
-        offer_timeout: None,
-        agent_unreachable_timeout: Duration::from_secs(75),
-        weights: BTreeMap::new(),
-        max_completed_tasks: 100,
-        max_completed_frameworks: 10,
-        seed: 0,
-    };
-    Master::new(config, now, SystemTime::UNIX_EPOCH)
+    Master::new(super::scenarios::config(), now, SystemTime::UNIX_EPOCH)
 }
 
 fn framework_info(role: &str, caps: &[v1::framework_info::capability::Type]) -> v1::FrameworkInfo {
@@ -115,7 +104,7 @@ fn launch(
         ..Default::default()
     };
     c.set_type(call::Type::Accept);
-    m.scheduler_call(c, Instant::now(), SystemTime::UNIX_EPOCH);
+    m.scheduler_call(c, Instant::now(), SystemTime::UNIX_EPOCH).expect("ACCEPT is taken");
     m.take_outbox()
         .into_iter()
         .filter_map(|o| match o {
