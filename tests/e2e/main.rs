@@ -8,6 +8,7 @@ mod cli;
 mod cold_standby;
 mod controller_manager;
 mod executor;
+mod hostile;
 mod kubelet;
 mod kubelet_api;
 mod local_up;
