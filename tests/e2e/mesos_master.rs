@@ -794,3 +794,52 @@ async fn a_registry_that_cannot_be_written_stops_the_master_before_it_announces(
     m.restart();
     drop(subscribe(&m, json!({"failover_timeout": 60.0})).await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_master_that_no_longer_holds_the_election_key_writes_nothing_and_stops() {
+    use prost::Message as _;
+    let etcd = crate::support::etcd::Etcd::start();
+    let flags = [
+        format!("--etcd_servers={}", etcd.client_url()),
+        "--etcd_lease_ttl=30secs".to_owned(),
+        "--etcd_prefix=/fenced".to_owned(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut a = MesosMaster::start(&flags);
+    wait_leader(&a, a.port).await;
+
+    // Another party takes the election away in etcd (as a new leader would once
+    // the key is gone); the master's lease is still alive, so it does not know.
+    let mut etcd_client =
+        etcd_client::Client::connect([etcd.client_url()], None).await.expect("etcd client");
+    let deleted = etcd_client
+        .delete("/fenced/leader", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .expect("delete the election key");
+    assert_eq!(deleted.deleted(), 1, "one election key");
+
+    // A change the master must persist before announcing it.
+    let resp =
+        post(&scheduler(&a), Some(JSON), Some(JSON), None, subscribe_json(json!({"name": "late"})))
+            .await;
+    let body = tokio::time::timeout(WAIT, resp.bytes())
+        .await
+        .expect("the stream ends: the master stops instead of announcing")
+        .unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&body).contains("SUBSCRIBED"),
+        "a deposed master announced a subscription: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let status = a.proc.wait_timeout(WAIT).expect("the master stops");
+    assert!(!status.success());
+    assert!(a.proc.log().contains("no longer holds the election key"), "{}", a.proc.log());
+    let registry = etcd_client.get("/fenced/registry", None).await.expect("get the registry");
+    if let Some(kv) = registry.kvs().first() {
+        let registry = km_mesos::agent::Registry::decode(kv.value()).expect("a registry");
+        assert!(
+            registry.frameworks.iter().all(|f| f.name != "late"),
+            "the deposed master wrote the registry"
+        );
+    }
+}

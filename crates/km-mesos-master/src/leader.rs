@@ -9,15 +9,85 @@
 //! of the old one. A leader that loses its lease stops, as a Mesos master
 //! aborts when it loses leadership: the HTTP server goes down with it, and
 //! frameworks and agents find the new leader through the others' redirects.
+//!
+//! Two masters must never act as leader at once, so leadership is fenced
+//! twice. In time: a leader's authority ends at its [`Fence`], the send time of
+//! its last acknowledged lease renewal plus the TTL etcd granted, less a
+//! margin; past it, the master answers 503 and stops, before etcd can have
+//! let the lease expire and elected another. In etcd: every registry write is
+//! a transaction that succeeds only while this master's election key still
+//! exists with the revision it was created at.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
-use etcd_client::Client;
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
 use futures::StreamExt as _;
 use km_mesos::agent::Registry;
 use prost::Message as _;
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long before its lease could expire a leader gives up: a tenth of the
+/// TTL, at least a second — room for timer lateness, a busy machine and the
+/// small difference between this host's clock rate and etcd's.
+fn fence_margin(ttl: Duration) -> Duration {
+    (ttl / 10).max(Duration::from_secs(1))
+}
+
+/// Until when this master may act on its leadership. Unset (no limit) for a
+/// master without etcd.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Fence(Arc<Mutex<Option<Instant>>>);
+
+impl Fence {
+    fn set(&self, until: Instant) {
+        if let Ok(mut at) = self.0.lock() {
+            *at = Some(until);
+        }
+    }
+
+    fn until(&self) -> Option<Instant> {
+        self.0.lock().ok().and_then(|at| *at)
+    }
+
+    /// Whether the leadership may have ended by `now`.
+    pub(crate) fn passed(&self, now: Instant) -> bool {
+        self.until().is_some_and(|until| now >= until)
+    }
+}
+
+/// What winning the election gives: the client, the election key that
+/// fences registry writes, and a future that resolves if leadership is lost.
+pub(crate) struct Leadership {
+    pub(crate) client: Client,
+    key: Vec<u8>,
+    revision: i64,
+    pub(crate) lost: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Error> + Send>>,
+}
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leadership")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("revision", &self.revision)
+            .finish()
+    }
+}
+
+/// The election key a registry write is conditional on.
+#[derive(Debug, Clone)]
+pub(crate) struct ElectionKey {
+    key: Vec<u8>,
+    revision: i64,
+}
+
+impl Leadership {
+    pub(crate) fn election_key(&self) -> ElectionKey {
+        ElectionKey { key: self.key.clone(), revision: self.revision }
+    }
+}
 
 /// Who leads, as this master knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,14 +127,13 @@ pub(crate) async fn lead(
     me: &str,
     ttl_secs: i64,
     role: &watch::Sender<Role>,
-) -> anyhow::Result<(Client, impl std::future::Future<Output = anyhow::Error>)> {
+    fence: &Fence,
+) -> anyhow::Result<Leadership> {
     let mut failing = false;
     loop {
         let attempt = async {
             let client = connect(servers).await?;
-            let lost =
-                campaign(client.clone(), prefix, me.to_owned(), ttl_secs, role.clone()).await?;
-            anyhow::Ok((client, lost))
+            campaign(client, prefix, me.to_owned(), ttl_secs, role.clone(), fence.clone()).await
         };
         match attempt.await {
             Ok(done) => return Ok(done),
@@ -81,35 +150,55 @@ pub(crate) async fn lead(
 }
 
 /// Campaigns until this master leads. Meanwhile `role` follows the current
-/// leader. Returns a future that resolves (with the reason) if leadership is
-/// lost later.
+/// leader, and `fence` follows the lease's renewals (from the grant on).
 pub(crate) async fn campaign(
     mut client: Client,
     prefix: &str,
     me: String,
     ttl_secs: i64,
     role: watch::Sender<Role>,
-) -> anyhow::Result<impl std::future::Future<Output = anyhow::Error>> {
+    fence: Fence,
+) -> anyhow::Result<Leadership> {
     let election = format!("{prefix}/leader");
-    let lease =
-        client.lease_grant(ttl_secs, None).await.context("cannot obtain an etcd lease")?.id();
+    let asked = Instant::now();
+    let granted =
+        client.lease_grant(ttl_secs, None).await.context("cannot obtain an etcd lease")?;
+    let lease = granted.id();
+    let margin = |ttl: i64| {
+        let ttl = Duration::from_secs(u64::try_from(ttl).unwrap_or(0));
+        ttl.saturating_sub(fence_margin(ttl))
+    };
+    fence.set(asked + margin(granted.ttl()));
     let (mut keeper, mut acks) =
         client.lease_keep_alive(lease).await.context("cannot keep the etcd lease alive")?;
     let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let interval = Duration::from_secs((ttl_secs as u64 / 3).max(1));
+    let keeper_fence = fence.clone();
     tokio::spawn(async move {
+        let fence = keeper_fence;
         let reason = loop {
-            if let Err(e) = keeper.keep_alive().await {
-                break anyhow!("etcd lease keep-alive failed: {e}");
-            }
-            match tokio::time::timeout(interval * 2, acks.message()).await {
-                Ok(Ok(Some(ack))) if ack.ttl() > 0 => {}
+            let sent = Instant::now();
+            let deadline = fence.until().unwrap_or(sent);
+            let renewal = async {
+                keeper.keep_alive().await?;
+                acks.message().await
+            };
+            match tokio::time::timeout_at(deadline, renewal).await {
+                Ok(Ok(Some(ack))) if ack.ttl() > 0 => fence.set(sent + margin(ack.ttl())),
                 Ok(Ok(Some(_))) => break anyhow!("the etcd lease expired"),
                 Ok(Ok(None)) => break anyhow!("the etcd lease keep-alive stream ended"),
                 Ok(Err(e)) => break anyhow!("etcd lease keep-alive failed: {e}"),
-                Err(_) => break anyhow!("etcd did not renew the lease in time"),
+                Err(_) => {
+                    break anyhow!(
+                        "etcd did not acknowledge a lease renewal in time; stepping down before \
+                         the lease can expire"
+                    );
+                }
             }
-            tokio::time::sleep(interval).await;
+            // The next renewal leaves at least half the window for its answer.
+            let window =
+                fence.until().map_or(Duration::ZERO, |until| until.saturating_duration_since(sent));
+            tokio::time::sleep_until(sent + interval.min(window / 2)).await;
         };
         let _ = lost_tx.send(reason);
     });
@@ -131,14 +220,18 @@ pub(crate) async fn campaign(
             }
         }
     });
-    client
+    let won = client
         .campaign(election.as_bytes(), me.as_bytes(), lease)
         .await
         .context("etcd election failed")?;
     observing.abort();
+    let leader =
+        won.leader().ok_or_else(|| anyhow!("etcd's election answer names no leader key"))?;
+    let (key, revision) = (leader.key().to_vec(), leader.rev());
     role.send_replace(Role::Leader);
     tracing::info!(%me, "elected leading master");
-    Ok(async move { lost_rx.await.unwrap_or_else(|_| anyhow!("the lease keeper stopped")) })
+    let lost = async move { lost_rx.await.unwrap_or_else(|_| anyhow!("the lease keeper stopped")) };
+    Ok(Leadership { client, key, revision, lost: Box::pin(lost) })
 }
 
 /// Reads the registry kept in etcd.
@@ -159,16 +252,26 @@ pub(crate) async fn load_registry(
     }
 }
 
-/// Writes the registry to etcd.
+/// Writes the registry to etcd, if this master still holds `election`: the
+/// write is a transaction on the election key's creation revision, so a
+/// master that lost the election (its key expired or was deleted) cannot
+/// overwrite what the next leader keeps.
 pub(crate) async fn store_registry(
     client: &mut Client,
     prefix: &str,
+    election: &ElectionKey,
     registry: &Registry,
 ) -> anyhow::Result<()> {
     let key = format!("{prefix}/registry");
-    client
-        .put(key.as_bytes(), registry.encode_to_vec(), None)
-        .await
-        .with_context(|| format!("cannot write {key} to etcd"))?;
+    let txn = Txn::new()
+        .when([Compare::create_revision(election.key.clone(), CompareOp::Equal, election.revision)])
+        .and_then([TxnOp::put(key.as_bytes(), registry.encode_to_vec(), None)]);
+    let resp = client.txn(txn).await.with_context(|| format!("cannot write {key} to etcd"))?;
+    if !resp.succeeded() {
+        return Err(anyhow!(
+            "not writing {key}: this master no longer holds the election key {}",
+            String::from_utf8_lossy(&election.key)
+        ));
+    }
     Ok(())
 }

@@ -212,7 +212,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         leader::Role::Leader
     });
     let (inputs, rx) = mpsc::unbounded_channel();
-    let shared = server::Shared { inputs: inputs.clone(), credentials, me: me.clone(), role };
+    let fence = leader::Fence::default();
+    let shared = server::Shared {
+        inputs: inputs.clone(),
+        credentials,
+        me: me.clone(),
+        role,
+        fence: fence.clone(),
+    };
     tracing::info!(%addr, "km mesos-master listening");
     let server = tokio::spawn(async move {
         axum::serve(listener, server::router(shared))
@@ -225,15 +232,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (store, saved, lost): (Option<registry::Store>, _, _) = match &args.etcd_servers {
         Some(servers) => {
             let ttl = args.etcd_lease_ttl.as_secs().max(2) as i64;
-            let (mut client, lost) = tokio::select! {
-                won = leader::lead(servers, &args.etcd_prefix, &me, ttl, &role_tx) => won?,
+            let mut won = tokio::select! {
+                won = leader::lead(servers, &args.etcd_prefix, &me, ttl, &role_tx, &fence) => won?,
                 _ = shutdown_signal() => return Ok(()),
             };
-            let saved = leader::load_registry(&mut client, &args.etcd_prefix).await?;
+            let saved = leader::load_registry(&mut won.client, &args.etcd_prefix).await?;
+            let election = won.election_key();
             (
-                Some(registry::Store::Etcd(client, args.etcd_prefix.clone())),
+                Some(registry::Store::Etcd(won.client, args.etcd_prefix.clone(), election)),
                 saved,
-                Some(Box::pin(lost)),
+                Some(won.lost),
             )
         }
         None => match &args.work_dir {
@@ -254,6 +262,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         allocation_interval: args.allocation_interval,
         registry: store,
         flags,
+        fence,
     };
     let mut loop_task = tokio::spawn(server::run_loop(master, rx, inputs.clone(), loop_config));
     if args.simulate_agents > 0 {

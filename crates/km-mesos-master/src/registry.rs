@@ -17,15 +17,16 @@ use prost::Message as _;
 pub(crate) enum Store {
     /// A file under `--work_dir`.
     File(std::path::PathBuf),
-    /// A key in etcd (with `--etcd_servers`).
-    Etcd(etcd_client::Client, String),
+    /// A key in etcd (with `--etcd_servers`), written only while this master
+    /// holds the election key.
+    Etcd(etcd_client::Client, String, crate::leader::ElectionKey),
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Store::File(path) => f.debug_tuple("File").field(path).finish(),
-            Store::Etcd(_, prefix) => f.debug_tuple("Etcd").field(prefix).finish(),
+            Store::Etcd(_, prefix, key) => f.debug_tuple("Etcd").field(prefix).field(key).finish(),
         }
     }
 }
@@ -41,8 +42,8 @@ impl Store {
                     .map_err(anyhow::Error::from)?
                     .map_err(anyhow::Error::from)
             }
-            Store::Etcd(client, prefix) => {
-                crate::leader::store_registry(client, prefix, registry).await
+            Store::Etcd(client, prefix, election) => {
+                crate::leader::store_registry(client, prefix, election, registry).await
             }
         }
     }

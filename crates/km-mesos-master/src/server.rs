@@ -90,12 +90,18 @@ pub(crate) struct Shared {
     pub(crate) me: String,
     /// Who leads (always this master without `--etcd_servers`).
     pub(crate) role: tokio::sync::watch::Receiver<crate::leader::Role>,
+    /// Until when this master's leadership is certain.
+    pub(crate) fence: crate::leader::Fence,
 }
 
 /// For a master that does not lead: 307 to the leader (on the `/master`
 /// path, as Mesos redirects), or 503 while no leader is known.
 fn not_leading(shared: &Shared, path: &str) -> Option<Response> {
     match &*shared.role.borrow() {
+        crate::leader::Role::Leader if shared.fence.passed(Instant::now()) => Some(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "This master could not renew its leadership in time and is stepping down",
+        )),
         crate::leader::Role::Leader => None,
         crate::leader::Role::Unknown => {
             Some(text(StatusCode::SERVICE_UNAVAILABLE, "No leader elected"))
@@ -122,6 +128,8 @@ pub(crate) struct LoopConfig {
     /// Where the registry is kept (`--work_dir` or etcd), if anywhere.
     pub(crate) registry: Option<crate::registry::Store>,
     pub(crate) flags: serde_json::Value,
+    /// Past it, the loop stops rather than act on a leadership that may be over.
+    pub(crate) fence: crate::leader::Fence,
 }
 
 /// Statistics of the allocator, for `/metrics/snapshot` and benchmarks.
@@ -162,6 +170,9 @@ pub(crate) async fn run_loop(
             }
             _ = allocation.tick() => run_allocation(&mut master, &mut stats),
             _ = ticker.tick() => master.tick(Instant::now(), SystemTime::now()),
+        }
+        if config.fence.passed(Instant::now()) {
+            anyhow::bail!("leadership could not be renewed in time; stopping before acting on it");
         }
         if master.allocation_wanted() {
             run_allocation(&mut master, &mut stats);
