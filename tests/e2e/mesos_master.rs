@@ -843,3 +843,56 @@ async fn a_master_that_no_longer_holds_the_election_key_writes_nothing_and_stops
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_frozen_past_its_lease_serves_nothing_when_it_wakes() {
+    let etcd = crate::support::etcd::Etcd::start();
+    let flags = [
+        format!("--etcd_servers={}", etcd.client_url()),
+        "--etcd_lease_ttl=2secs".to_owned(),
+        "--etcd_prefix=/frozen".to_owned(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut a = MesosMaster::start(&flags);
+    wait_leader(&a, a.port).await;
+    let mut etcd_client =
+        etcd_client::Client::connect([etcd.client_url()], None).await.expect("etcd client");
+
+    // Frozen (a stalled VM, a long GC pause) until etcd lets its lease expire.
+    a.proc.signal("STOP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let keys = etcd_client
+            .get("/frozen/leader", Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+            .expect("get the election key");
+        if keys.kvs().is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the frozen master's lease never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A request waits in the socket's queue; then the master wakes up.
+    let request = tokio::spawn({
+        let url = scheduler(&a);
+        async move {
+            let resp = client()
+                .post(url)
+                .header("Content-Type", JSON)
+                .header("Accept", JSON)
+                .body(subscribe_json(json!({"name": "woken"})))
+                .send()
+                .await;
+            resp.map(|r| r.status().as_u16())
+        }
+    });
+    a.proc.signal("CONT");
+    match tokio::time::timeout(WAIT, request).await.expect("an answer or a closed socket") {
+        Ok(Ok(status)) => assert_eq!(status, 503, "a master past its fence must not serve"),
+        Ok(Err(_closed)) => {} // it stopped before reading the request: also nothing served
+        Err(e) => panic!("request task failed: {e}"),
+    }
+    let status = a.proc.wait_timeout(WAIT).expect("the woken master stops");
+    assert!(!status.success());
+}
