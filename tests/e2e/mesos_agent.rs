@@ -367,3 +367,58 @@ async fn mesos_execute_runs_a_command_to_its_end() {
     assert!(!huge.status.success());
     assert!(String::from_utf8_lossy(&huge.stderr).contains("no offer fit cpus:64"));
 }
+
+/// The agent's entry in the master's GET_AGENTS (JSON), if it is registered.
+async fn agent_states(master: &MesosMaster) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/api/v1", master.url()))
+        .header("Content-Type", JSON)
+        .header("Accept", JSON)
+        .body(json!({"type": "GET_AGENTS"}).to_string())
+        .send()
+        .await
+        .expect("GET_AGENTS");
+    serde_json::from_slice(&resp.bytes().await.expect("body")).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_answers_pings_stays_and_a_frozen_one_is_found_out() {
+    let master = MesosMaster::start(&["--agent_ping_timeout=500ms", "--max_agent_ping_timeouts=3"]);
+    let mut agent = Agent::start(&master);
+    let id = agent.registered().await;
+    let registered_ns = |v: &Value| {
+        v["get_agents"]["agents"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["agent_info"]["id"]["value"] == id.as_str()))
+            .map(|x| x["registered_time"]["nanoseconds"].as_i64().unwrap_or(0))
+    };
+
+    // Pinged every 500 ms, the agent answers: once it has been registered for
+    // ten ping periods (by the master's own registration time) it is still there.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = agent_states(&master).await;
+        let since = registered_ns(&v).expect("the live agent stays registered");
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        if now_ns - since > 5_000_000_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no answer from the master in time; {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!master.proc.log().contains("agent stopped answering"), "{}", master.proc.log());
+
+    // Frozen, its connection stays open but nothing answers: the master
+    // finds it out and takes it off its agents (unreachable).
+    agent.proc.signal("STOP");
+    let deadline = Instant::now() + WAIT;
+    while registered_ns(&agent_states(&master).await).is_some() {
+        assert!(Instant::now() < deadline, "the frozen agent was never found out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = master.proc.log();
+    assert!(log.contains("agent stopped answering pings") && log.contains("agent unreachable"));
+    agent.proc.signal("CONT");
+}

@@ -453,10 +453,14 @@ impl Agent {
                     }
                 }
             }
-            event::Type::Heartbeat
-            | event::Type::Registered
-            | event::Type::Error
-            | event::Type::Unknown => {}
+            // The master's ping: answering it is how it tells a live agent
+            // from one whose connection is open but that no longer runs.
+            event::Type::Heartbeat => {
+                let mut c = proto::Call::default();
+                c.set_type(call::Type::Pong);
+                self.post(c);
+            }
+            event::Type::Registered | event::Type::Error | event::Type::Unknown => {}
         }
     }
 

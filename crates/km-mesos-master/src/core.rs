@@ -68,7 +68,10 @@ pub(crate) struct Config {
     pub(crate) info: v1::MasterInfo,
     pub(crate) heartbeat_interval: Duration,
     pub(crate) offer_timeout: Option<Duration>,
-    /// How long a disconnected agent may stay away before it is unreachable.
+    /// How often agents are pinged (a HEARTBEAT event they answer with PONG).
+    pub(crate) agent_ping_interval: Duration,
+    /// How long an agent may stay away (disconnected, or connected but silent:
+    /// no PONG nor any other call) before it is unreachable.
     pub(crate) agent_unreachable_timeout: Duration,
     /// How long agents known from the registry have to re-register after a
     /// restart before they are unreachable.
@@ -138,6 +141,10 @@ struct Agent {
     offered: Resources,
     conn: Option<ConnId>,
     disconnected_at: Option<Instant>,
+    /// When the agent last called (a PONG, a status update, its SUBSCRIBE).
+    last_seen: Instant,
+    /// When the agent was last pinged.
+    last_ping: Instant,
     capabilities: Vec<v1::agent_info::Capability>,
     version: String,
     registered_time: f64,

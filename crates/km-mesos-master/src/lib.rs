@@ -185,6 +185,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         info,
         heartbeat_interval: Duration::from_secs(15),
         offer_timeout: args.offer_timeout,
+        agent_ping_interval: args.agent_ping_timeout,
         agent_unreachable_timeout: args
             .agent_ping_timeout
             .checked_mul(args.max_agent_ping_timeouts.max(1))
@@ -392,6 +393,7 @@ pub mod bench {
                 },
                 heartbeat_interval: Duration::from_secs(15),
                 offer_timeout: None,
+                agent_ping_interval: Duration::from_secs(15),
                 agent_unreachable_timeout: Duration::from_secs(75),
                 agent_reregister_timeout: Duration::from_secs(600),
                 weights: Default::default(),

@@ -515,6 +515,14 @@ impl Play {
                     self.dirty = true;
                 }
             }
+            Type::Heartbeat => {
+                let c = agent::Call {
+                    agent_id: Some(v1::AgentId { value: self.agents[agent].id() }),
+                    r#type: Some(agent::call::Type::Pong as i32),
+                    ..Default::default()
+                };
+                let _ = self.inputs.send(Input::AgentCall { call: c, reply: None });
+            }
             _ => {}
         }
     }

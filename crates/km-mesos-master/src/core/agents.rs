@@ -47,6 +47,8 @@ impl Master {
             offered: Resources::default(),
             conn: Some(conn),
             disconnected_at: None,
+            last_seen: now,
+            last_ping: now,
             capabilities: subscribe.capabilities,
             version: subscribe.version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").into()),
             registered_time: now_s,
@@ -104,7 +106,7 @@ impl Master {
             registered: Some(agent::event::Registered {
                 agent_id: v1::AgentId { value: id.clone() },
                 master_info: self.config.info.clone(),
-                heartbeat_interval_seconds: Some(self.config.heartbeat_interval.as_secs_f64()),
+                heartbeat_interval_seconds: Some(self.config.agent_ping_interval.as_secs_f64()),
             }),
             ..Default::default()
         };
@@ -131,10 +133,12 @@ impl Master {
         wall: SystemTime,
     ) -> Result<(), Rejection> {
         let agent_id = c.agent_id.as_ref().map(|a| a.value.clone()).unwrap_or_default();
-        if !self.agents.contains_key(&agent_id) {
+        let Some(agent) = self.agents.get_mut(&agent_id) else {
             return Err(Rejection::new(400, format!("Agent {agent_id} is not registered")));
-        }
+        };
+        agent.last_seen = now;
         match c.r#type() {
+            agent::call::Type::Pong => {}
             agent::call::Type::StatusUpdate => {
                 let u = c.status_update.ok_or_else(|| {
                     Rejection::new(400, "Expecting 'status_update' to be present")

@@ -30,6 +30,7 @@ pub(super) fn config() -> Config {
         info: v1::MasterInfo { id: "m".into(), ip: 0, port: 5050, ..Default::default() },
         heartbeat_interval: Duration::from_secs(15),
         offer_timeout: None,
+        agent_ping_interval: Duration::from_secs(15),
         agent_unreachable_timeout: Duration::from_secs(75),
         agent_reregister_timeout: Duration::from_secs(600),
         weights: BTreeMap::new(),
@@ -262,6 +263,39 @@ impl Sim {
     }
 }
 
+impl Sim {
+    /// The agent answers a ping.
+    pub(super) fn pong(&mut self, agent: &str) {
+        let mut c = agent::Call {
+            agent_id: Some(v1::AgentId { value: agent.into() }),
+            ..Default::default()
+        };
+        c.set_type(agent::call::Type::Pong);
+        self.m.agent_call(c, self.now, wall()).expect("PONG is accepted");
+        self.collect();
+    }
+
+    /// Takes the agent events `agent` got since the last look, and whether
+    /// its stream was closed.
+    pub(super) fn events_of_agent(&mut self, agent: &str) -> (Vec<agent::Event>, bool) {
+        let Some(conn) = self.agent_conns.get(agent).copied() else { return (Vec::new(), false) };
+        let mut got = Vec::new();
+        let mut closed = false;
+        self.sent.retain(|o| match o {
+            Out::Agent(c, e) if *c == conn => {
+                got.push(e.clone());
+                false
+            }
+            Out::Close(c) if *c == conn => {
+                closed = true;
+                false
+            }
+            _ => true,
+        });
+        (got, closed)
+    }
+}
+
 pub(super) fn launch(tasks: Vec<v1::TaskInfo>) -> v1::offer::Operation {
     let mut op = v1::offer::Operation {
         launch: Some(v1::offer::operation::Launch { task_infos: tasks }),
@@ -373,7 +407,7 @@ fn suppress_stops_offers_until_revive() {
     c.set_type(call::Type::Suppress);
     sim.call(&fw, c).expect("SUPPRESS");
     assert!(sim.allocate().is_empty(), "a suppressed framework gets no offers");
-    sim.advance(Duration::from_secs(600));
+    sim.advance(Duration::from_secs(60));
     assert!(sim.allocate().is_empty(), "however long it waits");
     let mut c = sched::Call::default();
     c.set_type(call::Type::Revive);
@@ -638,4 +672,41 @@ fn agents_that_do_not_come_back_become_unreachable_after_the_reregister_timeout(
     let id = sim.m.subscribe_agent(conn, subscribe, sim.now, wall()).expect("A re-registers");
     assert_eq!(id, "A");
     assert!(sim.m.unreachable.is_empty());
+}
+
+// === agents that stop answering ===
+
+#[test]
+fn a_silent_agent_is_pinged_then_cut_off_and_its_tasks_are_unreachable() {
+    let mut sim = Sim::new(); // pinged every 15 s, unreachable after 75 s of silence
+    let quiet = sim.add_agent("quiet", "cpus:2;mem:256");
+    let alive = sim.add_agent("alive", "cpus:2;mem:256");
+    let mut info = single_role("*");
+    info.checkpoint = Some(true);
+    info.capabilities = caps(&[Cap::PartitionAware]);
+    let fw = sim.subscribe(info);
+    let offers = sim.allocate();
+    let on_quiet = offers.iter().find(|(_, o)| o.agent_id.value == quiet).expect("offer").1.clone();
+    sim.accept(&fw, &[&on_quiet], vec![launch(vec![task("t1", &on_quiet, "cpus:1;mem:32")])])
+        .expect("launch");
+    sim.events_of(&fw);
+    let mut pings = 0;
+    for _ in 0..4 {
+        sim.advance(Duration::from_secs(15));
+        sim.pong(&alive);
+        let (events, closed) = sim.events_of_agent(&quiet);
+        pings += events.iter().filter(|e| e.r#type() == agent::event::Type::Heartbeat).count();
+        assert!(!closed, "not yet");
+    }
+    assert_eq!(pings, 4, "the quiet agent was pinged every 15 s");
+    assert!(sim.m.agents.contains_key(&quiet), "60 s of silence is within the limit");
+
+    sim.advance(Duration::from_secs(15));
+    let (_, closed) = sim.events_of_agent(&quiet);
+    assert!(closed, "the silent agent's stream is closed");
+    assert!(!sim.m.agents.contains_key(&quiet) && sim.m.unreachable.contains_key(&quiet));
+    assert!(sim.m.agents.contains_key(&alive), "the agent that answers stays");
+    let states: Vec<TaskState> =
+        sim.events_of(&fw).into_iter().filter_map(|e| e.update.map(|u| u.status.state())).collect();
+    assert_eq!(states, [TaskState::TaskUnreachable]);
 }

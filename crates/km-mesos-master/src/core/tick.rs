@@ -21,13 +21,8 @@ impl Master {
             let mut e = op::Event::default();
             e.set_type(op::event::Type::Heartbeat);
             self.broadcast_operator(e);
-            let mut ae = agent::Event::default();
-            ae.set_type(agent::event::Type::Heartbeat);
-            let conns: Vec<ConnId> = self.agents.values().filter_map(|a| a.conn).collect();
-            for conn in conns {
-                self.out.push(Out::Agent(conn, ae.clone()));
-            }
         }
+        self.ping_agents(now, wall);
         let expired: Vec<String> = self
             .frameworks
             .iter()
@@ -64,6 +59,32 @@ impl Master {
         if self.recovery_deadline.is_some_and(|d| now >= d) {
             self.recovery_deadline = None;
             self.recovered_agents_missed_reregistration(wall);
+        }
+    }
+
+    /// Pings every connected agent each `agent_ping_interval`; one that has
+    /// been silent (no PONG, no call at all) for `agent_unreachable_timeout`
+    /// — partitioned, or hung, with its connection still open — is cut off
+    /// and marked unreachable, as one that disconnected and stayed away.
+    fn ping_agents(&mut self, now: Instant, wall: SystemTime) {
+        let mut ping = agent::Event::default();
+        ping.set_type(agent::event::Type::Heartbeat);
+        let mut silent = Vec::new();
+        for (id, a) in &mut self.agents {
+            let Some(conn) = a.conn else { continue };
+            if now.duration_since(a.last_seen) >= self.config.agent_unreachable_timeout {
+                silent.push((id.clone(), conn));
+            } else if now.duration_since(a.last_ping) >= self.config.agent_ping_interval {
+                a.last_ping = now;
+                self.out.push(Out::Agent(conn, ping.clone()));
+            }
+        }
+        for (id, conn) in silent {
+            tracing::warn!(agent_id = %id, "agent stopped answering pings");
+            self.conns.remove(&conn);
+            self.out.push(Out::Close(conn));
+            self.agent_disconnected(&id, conn, now, wall);
+            self.mark_unreachable(&id, now, wall);
         }
     }
 
