@@ -896,3 +896,65 @@ async fn a_leader_frozen_past_its_lease_serves_nothing_when_it_wakes() {
     let status = a.proc.wait_timeout(WAIT).expect("the woken master stops");
     assert!(!status.success());
 }
+
+/// The number of offers in the next OFFERS event of `records`.
+async fn next_offer_count(records: &mut Records) -> usize {
+    let e = next_event_of(records, "OFFERS").await;
+    e["offers"]["offers"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offer_timeout_weights_suppress_and_refused_calls_through_http() {
+    let m = MesosMaster::start(&[
+        "--simulate-agents=8",
+        "--simulate-agent-resources=cpus:1;mem:256",
+        "--allocation_interval=100ms",
+        "--offer_timeout=1secs",
+        "--weights=heavy=3,light=1",
+    ]);
+    let mut heavy = subscribe(&m, json!({"role": "heavy"})).await;
+    assert_eq!(next_offer_count(&mut heavy.records).await, 8, "alone, heavy is offered all");
+    let mut light = subscribe(&m, json!({"role": "light"})).await;
+    // --offer_timeout takes heavy's offers back; one allocation then splits the
+    // agents by weighted DRF, 3:1.
+    let mut rescinded = 0;
+    while rescinded < 8 {
+        let e = next_event(&mut heavy.records).await;
+        if e["type"] == "RESCIND" {
+            rescinded += 1;
+        }
+    }
+    assert_eq!(next_offer_count(&mut light.records).await, 2);
+    assert_eq!(next_offer_count(&mut heavy.records).await, 6);
+
+    // Suppressed, light is left out: once the offers time out again, heavy gets all.
+    assert_eq!(call_json(&m, &light, json!({"type": "SUPPRESS"})).await.status(), 202);
+    loop {
+        if next_offer_count(&mut heavy.records).await == 8 {
+            break;
+        }
+    }
+
+    // Calls the master cannot carry out are refused, not taken with a 202.
+    let request = json!({"type": "REQUEST", "request": {"requests": []}});
+    assert_eq!(call_json(&m, &heavy, request).await.status(), 501);
+    let offer = next_event_of(&mut heavy.records, "OFFERS").await["offers"]["offers"][0].clone();
+    let reserve = json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]],
+        "operations": [{"type": "RESERVE", "reserve": {"resources": []}}]}});
+    let resp = call_json(&m, &heavy, reserve).await;
+    assert_eq!(resp.status(), 400);
+    assert!(resp.text().await.unwrap_or_default().contains("RESERVE"));
+    let update = json!({"type": "UPDATE_FRAMEWORK", "update_framework": {"framework_info": {
+        "user": "u", "name": "renamed", "role": "heavy",
+        "id": {"value": heavy.framework_id}}}});
+    assert_eq!(call_json(&m, &heavy, update).await.status(), 200, "UPDATE_FRAMEWORK is applied");
+    let frameworks = operator(&m, ContentType::Json, op::call::Type::GetFrameworks).await;
+    assert!(
+        frameworks
+            .get_frameworks
+            .expect("frameworks")
+            .frameworks
+            .iter()
+            .any(|f| f.framework_info.name == "renamed")
+    );
+}
