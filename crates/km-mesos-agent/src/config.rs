@@ -173,6 +173,34 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_mesos_and_short_units() {
+        for value in ["5s", "5secs"] {
+            let c = parse(&[
+                "--executor_shutdown_grace_period",
+                value,
+                "--executor_registration_timeout",
+                value,
+                "--recovery_timeout",
+                value,
+                "--executor_reregistration_timeout",
+                value,
+            ])
+            .unwrap();
+            assert_eq!(c.executor_shutdown_grace_period, Duration::from_secs(5), "{value}");
+            assert_eq!(c.executor_registration_timeout, Duration::from_secs(5), "{value}");
+            assert_eq!(c.recovery_timeout, Duration::from_secs(5), "{value}");
+            assert_eq!(c.executor_reregistration_timeout, Duration::from_secs(5), "{value}");
+        }
+        let c =
+            parse(&["--recovery_timeout=1.5m", "--executor_registration_timeout=2mins"]).unwrap();
+        assert_eq!(c.recovery_timeout, Duration::from_secs(90));
+        assert_eq!(c.executor_registration_timeout, Duration::from_secs(120));
+        let e = parse(&["--recovery_timeout=-5s"]).unwrap_err();
+        assert_eq!(e.flag, "recovery_timeout");
+        assert!(e.to_string().contains("negative"), "{e}");
+    }
+
+    #[test]
     fn bad_values_name_their_flag() {
         let e = parse(&["--executor_shutdown_grace_period", "5"]).unwrap_err();
         assert_eq!((e.flag, e.token.as_str()), ("executor_shutdown_grace_period", "5"));

@@ -107,27 +107,10 @@ pub struct Args {
     pub simulate_task_delay: Duration,
 }
 
-/// Accepts Mesos's durations (`5secs`, `500ms`, `1mins`) and the short forms `5s`, `2m`, `1h`.
+/// Mesos's durations (`5secs`, `500ms`, `1mins`) and the short forms `5s`, `2m`, `1h`, read by
+/// the parser every Mesos-style flag of km uses ([`km_mesos::duration::parse`]).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(d) = km_mesos::duration::parse(s) {
-        return Ok(d);
-    }
-    let t = s.trim();
-    let (num, scale) = if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = t.strip_suffix('m') {
-        (n, 60.0)
-    } else if let Some(n) = t.strip_suffix('h') {
-        (n, 3600.0)
-    } else {
-        (t, 1.0)
-    };
-    num.trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .and_then(|v| Duration::try_from_secs_f64(v * scale).ok())
-        .ok_or_else(|| format!("invalid duration '{s}' (examples: 1secs, 500ms, 2s)"))
+    km_mesos::duration::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_weights(s: &str) -> Result<BTreeMap<String, f64>, String> {
@@ -325,7 +308,38 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("15secs"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("soon").unwrap_err().contains("invalid duration 'soon'"));
+        assert!(parse_duration("-2s").unwrap_err().contains("negative"));
+        assert!(parse_duration("5").unwrap_err().contains("missing unit"));
+    }
+
+    #[test]
+    fn every_duration_flag_takes_both_forms() {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        for value in ["5s", "5secs"] {
+            let argv = [
+                "master".to_owned(),
+                format!("--allocation_interval={value}"),
+                format!("--offer_timeout={value}"),
+                format!("--agent_ping_timeout={value}"),
+                format!("--etcd_lease_ttl={value}"),
+                format!("--simulate-task-delay={value}"),
+            ];
+            let a = Cli::try_parse_from(argv).unwrap().args;
+            let five = Duration::from_secs(5);
+            assert_eq!(
+                (a.allocation_interval, a.offer_timeout, a.agent_ping_timeout),
+                (five, Some(five), five)
+            );
+            assert_eq!((a.etcd_lease_ttl, a.simulate_task_delay), (five, five));
+        }
     }
 
     #[test]

@@ -1,10 +1,14 @@
-//! Durations as Mesos writes them (stout): `5secs`, `15mins`, `250ms`, `1.5hrs`.
+//! Durations as Mesos writes them (stout): `5secs`, `15mins`, `250ms`, `1.5hrs`, and the
+//! short forms `5s`, `2m`, `1h`, `3d` that people type.
 //!
 //! The agent passes such strings to executors in the environment
-//! (`MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD=5secs`), and Mesos flags take them.
+//! (`MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD=5secs`), and every Mesos-style flag of
+//! `km mesos-master` and `km mesos-agent` is read with [`parse`]. [`format`] always writes
+//! stout's long units, which real Mesos executors read back.
 
 use std::time::Duration;
 
+/// stout's units, written by [`format`] (smallest first).
 const UNITS: &[(&str, f64)] = &[
     ("ns", 1e-9),
     ("us", 1e-6),
@@ -16,7 +20,10 @@ const UNITS: &[(&str, f64)] = &[
     ("weeks", 604_800.0),
 ];
 
-/// A string that is not a stout duration.
+/// The short forms [`parse`] accepts beside stout's units.
+const SHORT_UNITS: &[(&str, f64)] = &[("s", 1.0), ("m", 60.0), ("h", 3600.0), ("d", 86_400.0)];
+
+/// A string that is not a duration; the message names the string and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid duration '{input}': {problem}")]
 pub struct ParseDurationError {
@@ -33,21 +40,44 @@ pub fn from_peer_secs(secs: f64, max: Duration) -> Option<Duration> {
     Some(Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
 }
 
-/// Parses `<number><unit>` with unit one of `ns us ms secs mins hrs days weeks`.
+/// Parses `<number><unit>`: a decimal number (a fraction and an exponent allowed) followed
+/// by one of `ns us ms secs s mins m hrs h days d weeks`. Negative, NaN and infinite numbers
+/// and durations beyond what [`Duration`] holds are refused.
 pub fn parse(input: &str) -> Result<Duration, ParseDurationError> {
     let err = |problem| ParseDurationError { input: input.to_owned(), problem };
     let s = input.trim();
-    let split = s.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(|| err("missing unit"))?;
-    let (number, unit) = s.split_at(split);
-    let value: f64 = number.trim().parse().map_err(|_| err("not a number"))?;
-    if !value.is_finite() || value < 0.0 {
-        return Err(err("must be a finite, non-negative number"));
+    if s.is_empty() {
+        return Err(err("empty"));
     }
-    let (_, scale) = UNITS
+    // The longest unit that ends the text wins, so `ms` is not read as `m` + `s`.
+    let (number, scale) = UNITS
         .iter()
-        .find(|(name, _)| *name == unit)
-        .ok_or_else(|| err("unknown unit (ns, us, ms, secs, mins, hrs, days, weeks)"))?;
-    Duration::try_from_secs_f64(value * scale).map_err(|_| err("too large"))
+        .chain(SHORT_UNITS)
+        .filter_map(|(name, scale)| s.strip_suffix(name).map(|n| (n, *name, *scale)))
+        .max_by_key(|(_, name, _)| name.len())
+        .map(|(n, _, scale)| (n.trim(), scale))
+        .ok_or_else(|| {
+            if s.ends_with(|c: char| c.is_ascii_digit() || c == '.') {
+                err("missing unit (ns, us, ms, secs or s, mins or m, hrs or h, days or d, weeks)")
+            } else {
+                err("unknown unit (ns, us, ms, secs or s, mins or m, hrs or h, days or d, weeks)")
+            }
+        })?;
+    if number.is_empty() {
+        return Err(err("missing number before the unit"));
+    }
+    if number.starts_with('-') {
+        return Err(err("must not be negative"));
+    }
+    let value: f64 = number.parse().map_err(|_| err("not a number"))?;
+    if value.is_nan() {
+        return Err(err("not a number"));
+    }
+    let secs = value * scale;
+    if secs.is_infinite() {
+        return Err(err("too large"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| err("too large"))
 }
 
 /// Formats as stout does: the largest unit not exceeding the value, as an
@@ -93,11 +123,55 @@ mod tests {
     }
 
     #[test]
+    fn every_unit_long_and_short() {
+        for (text, d) in [
+            ("7ns", Duration::from_nanos(7)),
+            ("7us", Duration::from_micros(7)),
+            ("7ms", Duration::from_millis(7)),
+            ("7secs", Duration::from_secs(7)),
+            ("7s", Duration::from_secs(7)),
+            ("7mins", Duration::from_secs(420)),
+            ("7m", Duration::from_secs(420)),
+            ("7hrs", Duration::from_secs(7 * 3600)),
+            ("7h", Duration::from_secs(7 * 3600)),
+            ("7days", Duration::from_secs(7 * 86_400)),
+            ("7d", Duration::from_secs(7 * 86_400)),
+            ("7weeks", Duration::from_secs(7 * 604_800)),
+            (" 7 s ", Duration::from_secs(7)),
+            ("0s", Duration::ZERO),
+        ] {
+            assert_eq!(parse(text), Ok(d), "{text}");
+        }
+    }
+
+    #[test]
+    fn fractions_and_exponents() {
+        assert_eq!(parse("0.5s"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse(".25secs"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("2.5ms"), Ok(Duration::from_micros(2500)));
+        assert_eq!(parse("1e3ms"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse("0.5d"), Ok(Duration::from_secs(43_200)));
+    }
+
+    #[test]
     fn rejects_nonsense_with_a_reason() {
-        assert_eq!(parse("5").unwrap_err().to_string(), "invalid duration '5': missing unit");
-        assert!(parse("5s").is_err());
-        assert!(parse("-1secs").is_err());
-        assert!(parse("xsecs").is_err());
+        let msg = |s: &str| parse(s).unwrap_err().to_string();
+        assert!(msg("5").starts_with("invalid duration '5': missing unit"), "{}", msg("5"));
+        assert!(msg("5x").contains("unknown unit"), "{}", msg("5x"));
+        assert!(msg("5 fortnight").contains("unknown unit"));
+        assert!(msg("secs").contains("missing number"), "{}", msg("secs"));
+        assert_eq!(msg(" "), "invalid duration ' ': empty");
+        assert_eq!(msg("-1secs"), "invalid duration '-1secs': must not be negative");
+        assert!(msg("-0s").contains("negative"));
+        assert_eq!(msg("NaNs"), "invalid duration 'NaNs': not a number");
+        assert_eq!(msg("nansecs"), "invalid duration 'nansecs': not a number");
+        assert!(msg("xsecs").contains("not a number"), "{}", msg("xsecs"));
+        assert!(msg("1.2.3s").contains("not a number"));
+        assert_eq!(msg("infs"), "invalid duration 'infs': too large");
+        assert_eq!(msg("1e300weeks"), "invalid duration '1e300weeks': too large");
+        assert!(msg("99999999999999999999secs").contains("too large"));
+        assert!(msg("1e400s").contains("too large"), "{}", msg("1e400s"));
     }
 
     #[test]
