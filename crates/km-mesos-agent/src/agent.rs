@@ -649,7 +649,9 @@ impl Agent {
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| format!("cannot create sandbox {}: {e}", dir.display()))?;
-            fetch::fetch_all(&self.fetch_http, &uris, &dir).await.map_err(|e| e.to_string())
+            fetch::fetch_all(&self.fetch_http, &uris, &dir, self.cfg.fetcher_max_size)
+                .await
+                .map_err(|e| e.to_string())
         }
         .await;
         if let Err(message) = prepared {

@@ -58,6 +58,10 @@ pub struct Args {
         default_value = "2secs"
     )]
     pub executor_reregistration_timeout: String,
+    /// Largest file the fetcher writes for one CommandInfo URI (`B`, `KB`, `MB`, `GB`, `TB`);
+    /// a bigger download or copy fails the launch and leaves nothing behind.
+    #[arg(long = "fetcher_max_size", alias = "fetcher-max-size", default_value = "8GB")]
+    pub fetcher_max_size: String,
 }
 
 /// The agent's resolved configuration.
@@ -85,6 +89,8 @@ pub struct Config {
     pub recovery_timeout: Duration,
     /// `--executor_reregistration_timeout`.
     pub executor_reregistration_timeout: Duration,
+    /// `--fetcher_max_size`, in bytes.
+    pub fetcher_max_size: u64,
     /// Status update retries (Mesos: 10 s doubling to 10 min); tests shorten it.
     pub update_retry: RetryPolicy,
     /// Cap of the jittered re-subscription backoff towards the master (15 s).
@@ -136,6 +142,7 @@ impl Config {
             )?,
             recovery_timeout: dur("recovery_timeout", &args.recovery_timeout)?,
             executor_reregistration_timeout: reregistration,
+            fetcher_max_size: flags::parse_bytes("fetcher_max_size", &args.fetcher_max_size)?,
             update_retry: RetryPolicy::default(),
             master_backoff_max: Duration::from_secs(15),
         })
@@ -168,6 +175,7 @@ mod tests {
         assert_eq!(c.executor_registration_timeout, Duration::from_secs(60));
         assert_eq!(c.recovery_timeout, Duration::from_secs(900));
         assert_eq!(c.executor_reregistration_timeout, Duration::from_secs(2));
+        assert_eq!(c.fetcher_max_size, 8 << 30);
         let names: Vec<_> = c.resources.iter().map(|r| &*r.name).collect();
         assert_eq!(names, ["cpus", "mem", "disk", "ports"]);
     }
@@ -209,5 +217,7 @@ mod tests {
         assert_eq!(parse(&["--ip", "localhost"]).unwrap_err().flag, "ip");
         assert_eq!(parse(&["--attributes", "rack"]).unwrap_err().flag, "attributes");
         assert_eq!(parse(&["--resources", "cpus:x"]).unwrap_err().flag, "resources");
+        assert_eq!(parse(&["--fetcher_max_size", "lots"]).unwrap_err().flag, "fetcher_max_size");
+        assert_eq!(parse(&["--fetcher_max_size", "64MB"]).unwrap().fetcher_max_size, 64 << 20);
     }
 }

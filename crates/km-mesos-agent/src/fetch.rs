@@ -4,16 +4,22 @@
 //! - `file:///path`, `/path` (and relative paths, against the agent's cwd):
 //!   copied; `http://…`: downloaded with reqwest (no TLS in km's build, so
 //!   `https://` is refused with a clear error).
-//! - `output_file` names the result, else the last path segment.
+//! - `output_file` names the result, else the last path segment. It must stay
+//!   inside the sandbox: an absolute path, a `..` component, or a symlink
+//!   already in the sandbox that leads out of it fails the fetch.
+//! - Downloads and copies are streamed to their file, never held in memory,
+//!   and may be at most `--fetcher_max_size` bytes; a bigger one fails the
+//!   fetch and its partial file is removed.
 //! - `executable`: mode 0755 (and no extraction, as in Mesos).
 //! - `extract` (default true): `.tar`, `.tar.gz`, `.tgz` are unpacked into
 //!   the sandbox with the `tar` and `flate2` crates; `.zip` is unpacked by
 //!   the `unzip` program, which is what Mesos's fetcher runs too. The
 //!   archive itself stays in the sandbox, as with Mesos.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use km_mesos::v1::command_info::Uri;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A URI that could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -64,39 +70,52 @@ pub fn archive_kind(name: &str) -> Option<Archive> {
     }
 }
 
-/// Fetches every URI into `sandbox`, stopping at the first failure.
+/// Fetches every URI into `sandbox`, stopping at the first failure. No file written may be
+/// larger than `max_size` bytes.
 pub async fn fetch_all(
     client: &reqwest::Client,
     uris: &[Uri],
     sandbox: &Path,
+    max_size: u64,
 ) -> Result<(), FetchError> {
     for uri in uris {
-        fetch_one(client, uri, sandbox).await?;
+        fetch_one(client, uri, sandbox, max_size).await?;
     }
     Ok(())
 }
 
-async fn fetch_one(client: &reqwest::Client, uri: &Uri, sandbox: &Path) -> Result<(), FetchError> {
+async fn fetch_one(
+    client: &reqwest::Client,
+    uri: &Uri,
+    sandbox: &Path,
+    max_size: u64,
+) -> Result<(), FetchError> {
     let name =
         basename(uri).ok_or_else(|| fail(uri, "cannot tell a file name; set output_file"))?;
     if name.contains('/') && uri.output_file.is_none() {
         return Err(fail(uri, "bad file name"));
     }
-    let target = sandbox.join(&name);
-    if let Some(parent) = target.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| fail(uri, e))?;
-    }
+    let (sandbox_owned, name_owned) = (sandbox.to_owned(), name.clone());
+    let target = tokio::task::spawn_blocking(move || place(&sandbox_owned, &name_owned))
+        .await
+        .map_err(|e| fail(uri, e))?
+        .map_err(|problem| fail(uri, problem))?;
     let value = uri.value.as_str();
-    if value.starts_with("http://") {
-        download(client, uri, &target).await?;
+    let written = if value.starts_with("http://") {
+        download(client, uri, &target, max_size).await
     } else if value.starts_with("https://") {
         return Err(fail(uri, "https is not supported by this agent (built without TLS)"));
     } else if let Some(rest) = value.strip_prefix("file://") {
-        copy(uri, Path::new(rest), &target).await?;
+        copy(uri, Path::new(rest), &target, max_size).await
     } else if value.contains("://") {
         return Err(fail(uri, "unsupported URI scheme"));
     } else {
-        copy(uri, Path::new(value), &target).await?;
+        copy(uri, Path::new(value), &target, max_size).await
+    };
+    if let Err(e) = written {
+        // Nothing half-written is left for the task to find.
+        let _ = tokio::fs::remove_file(&target).await;
+        return Err(e);
     }
     if uri.executable == Some(true) {
         use std::os::unix::fs::PermissionsExt as _;
@@ -111,20 +130,139 @@ async fn fetch_one(client: &reqwest::Client, uri: &Uri, sandbox: &Path) -> Resul
     Ok(())
 }
 
-async fn download(client: &reqwest::Client, uri: &Uri, target: &Path) -> Result<(), FetchError> {
-    let resp = client.get(&uri.value).send().await.map_err(|e| fail(uri, e))?;
+/// Where `name` (an `output_file` or a URI's last segment) goes in `sandbox`: the path of
+/// the file to write, with the directories leading to it created. Refuses absolute names,
+/// `..`, and anything that would leave the sandbox through a symlink already in it (from an
+/// archive unpacked by an earlier URI, say); the message names the path.
+pub fn place(sandbox: &Path, name: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(name);
+    let mut parts = Vec::new();
+    for c in rel.components() {
+        match c {
+            Component::Normal(part) => parts.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(format!(
+                    "output file '{name}' leaves the sandbox: '..' is not allowed"
+                ));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "output file '{name}' is an absolute path; it must be relative to the sandbox"
+                ));
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!("output file '{name}' names no file"));
+    }
+    let root = std::fs::canonicalize(sandbox)
+        .map_err(|e| format!("sandbox {}: {e}", sandbox.display()))?;
+    let outside = |via: &Path| {
+        format!(
+            "output file '{name}' resolves outside the sandbox (through the symlink {})",
+            via.display()
+        )
+    };
+    let mut at = root.clone();
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let next = at.join(part);
+        match std::fs::symlink_metadata(&next) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                // A symlink may stay in the sandbox; where it leads is checked, not assumed.
+                let resolved = std::fs::canonicalize(&next).map_err(|_| outside(&next))?;
+                if !resolved.starts_with(&root) {
+                    return Err(outside(&next));
+                }
+                if !last && !resolved.is_dir() {
+                    return Err(format!(
+                        "output file '{name}': {} is not a directory",
+                        next.display()
+                    ));
+                }
+                at = resolved;
+            }
+            Ok(meta) => {
+                if !last && !meta.is_dir() {
+                    return Err(format!(
+                        "output file '{name}': {} is not a directory",
+                        next.display()
+                    ));
+                }
+                at = next;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !last {
+                    std::fs::create_dir(&next)
+                        .map_err(|e| format!("creating {}: {e}", next.display()))?;
+                }
+                at = next;
+            }
+            Err(e) => return Err(format!("{}: {e}", next.display())),
+        }
+    }
+    Ok(at)
+}
+
+/// Creates (or truncates) `target` for writing without following a symlink there: [`place`]
+/// resolved every symlink, so one found now was put there since.
+async fn create(uri: &Uri, target: &Path) -> Result<tokio::fs::File, FetchError> {
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
+        .open(target)
+        .await
+        .map_err(|e| fail(uri, format!("{}: {e}", target.display())))
+}
+
+fn too_large(uri: &Uri, max_size: u64) -> FetchError {
+    fail(uri, format!("larger than the fetcher's limit of {max_size} bytes (--fetcher_max_size)"))
+}
+
+async fn download(
+    client: &reqwest::Client,
+    uri: &Uri,
+    target: &Path,
+    max_size: u64,
+) -> Result<(), FetchError> {
+    let mut resp = client.get(&uri.value).send().await.map_err(|e| fail(uri, e))?;
     if !resp.status().is_success() {
         return Err(fail(uri, format!("HTTP {}", resp.status())));
     }
-    let body = resp.bytes().await.map_err(|e| fail(uri, e))?;
-    tokio::fs::write(target, &body).await.map_err(|e| fail(uri, e))
+    if resp.content_length().is_some_and(|n| n > max_size) {
+        return Err(too_large(uri, max_size));
+    }
+    let mut file = create(uri, target).await?;
+    let mut written: u64 = 0;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| fail(uri, e))? {
+        written = written.saturating_add(chunk.len() as u64);
+        if written > max_size {
+            return Err(too_large(uri, max_size));
+        }
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| fail(uri, format!("{}: {e}", target.display())))?;
+    }
+    file.flush().await.map_err(|e| fail(uri, format!("{}: {e}", target.display())))
 }
 
-async fn copy(uri: &Uri, source: &Path, target: &Path) -> Result<(), FetchError> {
-    tokio::fs::copy(source, target)
+async fn copy(uri: &Uri, source: &Path, target: &Path, max_size: u64) -> Result<(), FetchError> {
+    let from = tokio::fs::File::open(source)
         .await
-        .map(drop)
-        .map_err(|e| fail(uri, format!("{}: {e}", source.display())))
+        .map_err(|e| fail(uri, format!("{}: {e}", source.display())))?;
+    let mut file = create(uri, target).await?;
+    // One byte past the limit tells a file of exactly `max_size` from a bigger one.
+    let mut limited = from.take(max_size.saturating_add(1));
+    let n = tokio::io::copy(&mut limited, &mut file).await.map_err(|e| {
+        fail(uri, format!("copying {} to {}: {e}", source.display(), target.display()))
+    })?;
+    if n > max_size {
+        return Err(too_large(uri, max_size));
+    }
+    file.flush().await.map_err(|e| fail(uri, format!("{}: {e}", target.display())))
 }
 
 async fn extract(uri: &Uri, kind: Archive, archive: &Path, into: &Path) -> Result<(), FetchError> {
@@ -166,6 +304,8 @@ async fn extract(uri: &Uri, kind: Archive, archive: &Path, into: &Path) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAX: u64 = 1 << 20;
 
     fn uri(v: &str) -> Uri {
         Uri { value: v.into(), ..Uri::default() }
@@ -220,7 +360,7 @@ mod tests {
                 ..uri(&src.join("run.sh").display().to_string())
             },
         ];
-        fetch_all(&reqwest::Client::new(), &uris, &sandbox).await.unwrap();
+        fetch_all(&reqwest::Client::new(), &uris, &sandbox, MAX).await.unwrap();
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(sandbox.join("run.sh")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
@@ -228,13 +368,14 @@ mod tests {
         assert!(sandbox.join("bundle.tar.gz").exists());
         assert!(sandbox.join("renamed").exists());
 
-        let err = fetch_all(&reqwest::Client::new(), &[uri("/no/such/file")], &sandbox)
+        let err = fetch_all(&reqwest::Client::new(), &[uri("/no/such/file")], &sandbox, MAX)
             .await
             .unwrap_err();
         assert_eq!(err.uri, "/no/such/file");
         assert!(err.to_string().contains("/no/such/file"), "{err}");
-        let err =
-            fetch_all(&reqwest::Client::new(), &[uri("https://x/y")], &sandbox).await.unwrap_err();
+        let err = fetch_all(&reqwest::Client::new(), &[uri("https://x/y")], &sandbox, MAX)
+            .await
+            .unwrap_err();
         assert!(err.problem.contains("https"));
     }
 
@@ -259,17 +400,128 @@ mod tests {
         let sandbox = dir.path().join("sandbox");
         std::fs::create_dir(&sandbox).unwrap();
         let client = reqwest::Client::new();
-        fetch_all(&client, &[uri(&format!("{base}/files/hello.txt"))], &sandbox).await.unwrap();
+        fetch_all(&client, &[uri(&format!("{base}/files/hello.txt"))], &sandbox, MAX)
+            .await
+            .unwrap();
         assert_eq!(std::fs::read_to_string(sandbox.join("hello.txt")).unwrap(), "hello over http");
         if zipped {
-            fetch_all(&client, &[uri(&format!("{base}/files/bundle.zip"))], &sandbox)
+            fetch_all(&client, &[uri(&format!("{base}/files/bundle.zip"))], &sandbox, MAX)
                 .await
                 .unwrap();
             assert_eq!(std::fs::read_to_string(sandbox.join("z.txt")).unwrap(), "zipped");
         }
         let missing = format!("{base}/files/nope");
-        let err = fetch_all(&client, &[uri(&missing)], &sandbox).await.unwrap_err();
+        let err = fetch_all(&client, &[uri(&missing)], &sandbox, MAX).await.unwrap_err();
         assert_eq!(err.uri, missing);
         assert!(err.problem.contains("404"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn output_files_stay_in_the_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("payload");
+        std::fs::write(&src, "payload").unwrap();
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("precious"), "keep").unwrap();
+        let sandbox = dir.path().join("sandbox");
+        std::fs::create_dir(&sandbox).unwrap();
+        // A symlink out of the sandbox (as an archive could have unpacked), one to a file
+        // outside, and one that stays inside.
+        std::os::unix::fs::symlink(&outside, sandbox.join("out")).unwrap();
+        std::os::unix::fs::symlink(outside.join("precious"), sandbox.join("file-out")).unwrap();
+        std::fs::create_dir(sandbox.join("sub")).unwrap();
+        std::os::unix::fs::symlink(sandbox.join("sub"), sandbox.join("in")).unwrap();
+        let to = |output: &str| Uri {
+            output_file: Some(output.into()),
+            ..uri(&src.display().to_string())
+        };
+        let client = reqwest::Client::new();
+        let absolute = outside.join("abs").display().to_string();
+        for (bad, says) in [
+            (absolute.as_str(), "is an absolute path"),
+            ("../escaped", "'..' is not allowed"),
+            ("a/../../escaped", "'..' is not allowed"),
+            ("out/escaped", "resolves outside the sandbox"),
+            ("out/new/escaped", "resolves outside the sandbox"),
+            ("file-out", "resolves outside the sandbox"),
+            (".", "names no file"),
+        ] {
+            let err = fetch_all(&client, &[to(bad)], &sandbox, MAX).await.unwrap_err();
+            assert!(err.problem.contains(&format!("output file '{bad}'")), "{bad}: {err}");
+            assert!(err.problem.contains(says), "{bad}: {err}");
+        }
+        assert!(!dir.path().join("escaped").exists());
+        assert!(!dir.path().join("abs").exists() && !outside.join("abs").exists());
+        assert!(!outside.join("escaped").exists() && !outside.join("new").exists());
+        assert_eq!(std::fs::read_to_string(outside.join("precious")).unwrap(), "keep");
+
+        // Inside is fine, through new directories and symlinks that stay in.
+        fetch_all(&client, &[to("deep/er/copy"), to("in/linked"), to("./plain")], &sandbox, MAX)
+            .await
+            .unwrap();
+        for written in ["deep/er/copy", "sub/linked", "plain"] {
+            assert_eq!(std::fs::read_to_string(sandbox.join(written)).unwrap(), "payload");
+        }
+    }
+
+    /// Serves `/exact` (`MAX` bytes), `/over` (`MAX + 1` bytes with a Content-Length) and
+    /// `/endless` (a chunked body that never ends) on a loopback port.
+    async fn size_server() -> String {
+        use futures::StreamExt as _;
+        let exact = vec![b'x'; MAX as usize];
+        let over = vec![b'y'; MAX as usize + 1];
+        let app = axum::Router::new()
+            .route("/exact", axum::routing::get(move || async move { exact }))
+            .route("/over", axum::routing::get(move || async move { over }))
+            .route(
+                "/endless",
+                axum::routing::get(|| async {
+                    let chunk = bytes::Bytes::from(vec![b'z'; 64 * 1024]);
+                    let body = futures::stream::repeat(chunk).map(Ok::<_, std::io::Error>);
+                    axum::body::Body::from_stream(body)
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        base
+    }
+
+    #[tokio::test]
+    async fn downloads_and_copies_stop_at_the_size_limit_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = dir.path().join("sandbox");
+        std::fs::create_dir(&sandbox).unwrap();
+        let base = size_server().await;
+        let client = reqwest::Client::new();
+        fetch_all(&client, &[uri(&format!("{base}/exact"))], &sandbox, MAX).await.unwrap();
+        assert_eq!(std::fs::metadata(sandbox.join("exact")).unwrap().len(), MAX);
+
+        for name in ["over", "endless"] {
+            // The endless body would never be read whole: the fetch must end at the limit.
+            let uris = [uri(&format!("{base}/{name}"))];
+            let fetch = fetch_all(&client, &uris, &sandbox, MAX);
+            let err = tokio::time::timeout(std::time::Duration::from_secs(60), fetch)
+                .await
+                .expect("the fetch ends")
+                .unwrap_err();
+            assert!(
+                err.problem.contains("larger than the fetcher's limit of 1048576 bytes"),
+                "{err}"
+            );
+            assert!(!sandbox.join(name).exists(), "{name}: a partial file is left");
+        }
+
+        // The same limit holds for local files.
+        let big = dir.path().join("big.bin");
+        std::fs::write(&big, vec![0u8; MAX as usize + 1]).unwrap();
+        let err = fetch_all(&client, &[uri(&big.display().to_string())], &sandbox, MAX)
+            .await
+            .unwrap_err();
+        assert!(err.problem.contains("--fetcher_max_size"), "{err}");
+        assert!(!sandbox.join("big.bin").exists());
+        fetch_all(&client, &[uri(&big.display().to_string())], &sandbox, MAX + 1).await.unwrap();
+        assert_eq!(std::fs::metadata(sandbox.join("big.bin")).unwrap().len(), MAX + 1);
     }
 }

@@ -56,6 +56,38 @@ pub fn parse_master(input: &str) -> Result<String, FlagError> {
     Ok(format!("http://{rest}"))
 }
 
+/// Parses a size as stout writes one (`512MB`, `8GB`, `1.5GB`, `100B`; units `B`, `KB`,
+/// `MB`, `GB`, `TB`, each 1024 times the one before) for flag `flag`. The result is in bytes
+/// and must fit in a `u64`.
+pub fn parse_bytes(flag: &'static str, input: &str) -> Result<u64, FlagError> {
+    const UNITS: &[(&str, f64)] = &[
+        ("B", 1.0),
+        ("KB", 1024.0),
+        ("MB", 1_048_576.0),
+        ("GB", 1_073_741_824.0),
+        ("TB", 1_099_511_627_776.0),
+    ];
+    let s = input.trim();
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (number, unit) = (s[..split].trim(), &s[split..]);
+    let (_, scale) = UNITS.iter().find(|(name, _)| *name == unit).ok_or_else(|| {
+        err(flag, input, "expected a number and a unit: B, KB, MB, GB or TB (e.g. 8GB)")
+    })?;
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite())
+        .ok_or_else(|| err(flag, input, "not a number"))?;
+    if value < 0.0 || number.starts_with('-') {
+        return Err(err(flag, input, "must not be negative"));
+    }
+    let bytes = (value * scale).round();
+    if bytes >= u64::MAX as f64 {
+        return Err(err(flag, input, "too large"));
+    }
+    Ok(bytes as u64)
+}
+
 /// What the machine has, for the resources `--resources` leaves out.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Machine {
@@ -193,5 +225,22 @@ mod tests {
             "a reserved mem counts as given"
         );
         assert_eq!(scalar_of(&rs, "disk"), Scalar::from_units(10240));
+    }
+
+    #[test]
+    fn sizes_in_stout_units() {
+        assert_eq!(parse_bytes("f", "100B"), Ok(100));
+        assert_eq!(parse_bytes("f", "2KB"), Ok(2048));
+        assert_eq!(parse_bytes("f", "512MB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("f", "8GB"), Ok(8 << 30));
+        assert_eq!(parse_bytes("f", "1.5GB"), Ok(3 << 29));
+        assert_eq!(parse_bytes("f", "1TB"), Ok(1 << 40));
+        assert_eq!(parse_bytes("f", "0B"), Ok(0));
+        for bad in ["8", "8gb", "GB", "-1GB", "xGB", "NaNGB", "99999999999TB", "8 GiB"] {
+            let e = parse_bytes("fetcher_max_size", bad).unwrap_err();
+            assert_eq!((e.flag, e.token.as_str()), ("fetcher_max_size", bad));
+        }
+        assert!(parse_bytes("f", "-1GB").unwrap_err().problem.contains("negative"));
+        assert!(parse_bytes("f", "99999999999TB").unwrap_err().problem.contains("too large"));
     }
 }

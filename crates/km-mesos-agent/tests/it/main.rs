@@ -36,6 +36,7 @@ fn config(master: &FakeMaster, work_dir: &Path) -> Config {
         // Short, so a checkpointing executor left behind by a failing test exits soon.
         recovery_timeout: Duration::from_secs(10),
         executor_reregistration_timeout: Duration::from_secs(2),
+        fetcher_max_size: 1 << 30,
         update_retry: km_mesos_agent::updates::RetryPolicy::default(),
         master_backoff_max: Duration::from_millis(300),
     }
@@ -364,6 +365,46 @@ async fn fetcher_copies_unpacks_and_reports_failures() {
     assert_eq!(failed.state(), TaskState::TaskFailed);
     assert_eq!(failed.reason(), task_status::Reason::ContainerLaunchFailed);
     assert!(failed.message().contains("file:///does/not/exist.tgz"), "{:?}", failed.message);
+    agent.stop();
+}
+
+#[tokio::test]
+async fn fetcher_refuses_paths_out_of_the_sandbox_and_files_over_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("five");
+    std::fs::write(&src, "12345").unwrap();
+    let master = FakeMaster::start(true).await;
+    // The limit comes from the agent's configuration (`--fetcher_max_size`).
+    let agent = start(&master, dir.path().join("work").as_path(), |c| c.fetcher_max_size = 4).await;
+    master.subscribed(1).await;
+
+    let mut escape = command_task("escape", "true");
+    escape.command.as_mut().unwrap().uris = vec![command_info::Uri {
+        value: src.display().to_string(),
+        output_file: Some("../../../../../../../../../escaped".into()),
+        ..Default::default()
+    }];
+    master.send(run_task(&framework("fw", false), escape));
+    let failed = master.update_of("escape", 0).await;
+    assert_eq!(failed.state(), TaskState::TaskFailed);
+    assert_eq!(failed.reason(), task_status::Reason::ContainerLaunchFailed);
+    assert!(
+        failed.message().contains("output file '../../../../../../../../../escaped'"),
+        "{:?}",
+        failed.message
+    );
+    assert!(!dir.path().join("escaped").exists());
+
+    let mut big = command_task("big", "true");
+    big.command.as_mut().unwrap().uris =
+        vec![command_info::Uri { value: src.display().to_string(), ..Default::default() }];
+    master.send(run_task(&framework("fw", false), big));
+    let failed = master.update_of("big", 0).await;
+    assert_eq!(failed.state(), TaskState::TaskFailed);
+    assert!(failed.message().contains("limit of 4 bytes"), "{:?}", failed.message);
+    let runs = dir.path().join(format!("work/slaves/{AGENT_ID}/frameworks/fw/executors/big/runs"));
+    let run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
+    assert!(!run.join("five").exists(), "the partial file is removed");
     agent.stop();
 }
 
