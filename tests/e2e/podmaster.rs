@@ -1,6 +1,13 @@
 //! `km podmaster` against a real etcd: several podmasters on one key, each
 //! with its own dest file as if on its own node. Small `--sleep` and
 //! `--ttl-secs` keep the suite short; every wait is a poll with a deadline.
+//!
+//! Deadlines are generous on purpose (the machine may be busy): these tests
+//! check what happens and in which order, not how fast. The failover times
+//! are printed, and measured by `scripts/measure-podmaster-failover.sh`
+//! (figures in `docs/benchmarks.md`). The one bound that is the property
+//! itself, a master fencing before its lease could expire, is explained where
+//! it is checked.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,13 +21,12 @@ use crate::support::process::{Proc, wait_until};
 const SLEEP: Duration = Duration::from_millis(250);
 const SLEEP_FLAG: &str = "250ms";
 const TTL: Duration = Duration::from_secs(3);
-const TTL_FLAG: &str = "3";
 const KEY: &str = "scheduler";
 const MANIFEST: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: scheduler\n";
 
-/// Slack for process scheduling, etcd's lease-expiry sweep (every 500 ms)
-/// and round trips, on top of the bounds the design promises.
-const SLACK: Duration = Duration::from_millis(1500);
+/// How long anything that should happen within a few `--sleep`s (plus process start-up) may
+/// take before a test gives up.
+const PATIENCE: Duration = Duration::from_secs(20);
 
 /// One etcd, one source manifest, and podmasters on "nodes" 0..n, each with
 /// its own dest directory.
@@ -29,18 +35,22 @@ struct Cluster {
     etcd: Etcd,
     source: PathBuf,
     nodes: Vec<Option<Proc>>,
+    /// `--ttl-secs` of every podmaster.
+    ttl: Duration,
+    /// `KM_LOG` of every podmaster.
+    log_filter: &'static str,
 }
 
 impl Cluster {
     fn new(n: usize) -> Cluster {
-        Cluster::with_etcd(n, Etcd::start())
+        Cluster::with(n, Etcd::start(), TTL, "info")
     }
 
-    fn with_etcd(n: usize, etcd: Etcd) -> Cluster {
+    fn with(n: usize, etcd: Etcd, ttl: Duration, log_filter: &'static str) -> Cluster {
         let dir = tempfile::Builder::new().prefix("km-podmaster-").tempdir().expect("tempdir");
         let source = dir.path().join("scheduler.yaml");
         fs::write(&source, MANIFEST).expect("write the source manifest");
-        let mut cluster = Cluster { dir, etcd, source, nodes: Vec::new() };
+        let mut cluster = Cluster { dir, etcd, source, nodes: Vec::new(), ttl, log_filter };
         for i in 0..n {
             fs::create_dir(cluster.node_dir(i)).expect("node dir");
             cluster.nodes.push(None);
@@ -66,8 +76,8 @@ impl Cluster {
             .arg(format!("--source-file={}", self.source.display()))
             .arg(format!("--dest-file={}", self.dest(i).display()))
             .arg(format!("--sleep={SLEEP_FLAG}"))
-            .arg(format!("--ttl-secs={TTL_FLAG}"))
-            .env("KM_LOG", "info")
+            .arg(format!("--ttl-secs={}", self.ttl.as_secs()))
+            .env("KM_LOG", self.log_filter)
             .env("NO_COLOR", "1");
         let log = self.node_dir(i).join("podmaster.log");
         self.nodes[i] = Some(Proc::spawn(&format!("podmaster node-{i}"), cmd, &log));
@@ -182,18 +192,20 @@ fn three_podmasters_on_one_key_keep_exactly_one_dest_file() {
     assert_eq!(mode(&c.dest(master)), mode(&c.source));
 }
 
+/// A master killed with -9 cannot give up its key: a survivor takes over once etcd expires the
+/// lease (by design within the TTL plus one `--sleep`; the figure is printed, the deadline is
+/// generous), and never while the dead master's dest file could still be taken for valid.
 #[test]
-fn kill_9_of_the_master_fails_over_within_ttl_plus_sleep() {
+fn kill_9_of_the_master_fails_over_once_its_lease_expires() {
     let mut c = Cluster::new(3);
     let master = c.wait_for_master(&c.all(), Duration::from_secs(10));
     let survivors: Vec<usize> = c.all().into_iter().filter(|&i| i != master).collect();
 
     let killed_at = Instant::now();
     c.proc(master).signal("KILL");
-    let next = c.wait_for_master(&survivors, TTL + SLEEP + Duration::from_secs(5));
+    let next = c.wait_for_master(&survivors, TTL + SLEEP + PATIENCE);
     let failover = killed_at.elapsed();
     eprintln!("kill -9 failover: {} ms (ttl {TTL:?}, sleep {SLEEP:?})", failover.as_millis());
-    assert!(failover <= TTL + SLEEP + SLACK, "failover took {failover:?}\n{}", c.logs());
     assert_ne!(next, master);
 
     // A dead podmaster cannot remove its file; restarted (as the kubelet
@@ -202,7 +214,7 @@ fn kill_9_of_the_master_fails_over_within_ttl_plus_sleep() {
     c.proc(master).wait_timeout(Duration::from_secs(5));
     c.start(master);
     assert!(
-        wait_until(SLEEP * 8, || !c.dest(master).exists()),
+        wait_until(PATIENCE, || !c.dest(master).exists()),
         "restarted podmaster kept its stale dest\n{}",
         c.logs()
     );
@@ -210,19 +222,24 @@ fn kill_9_of_the_master_fails_over_within_ttl_plus_sleep() {
     assert_eq!(c.present(&c.all()), [next]);
 }
 
+/// SIGTERM makes the master remove its dest and revoke its lease, so a standby takes over at its
+/// next look at the key instead of waiting for the lease to expire. The lease here is far longer
+/// than the (generous) deadline, so a handover before the deadline can only come from the
+/// revocation; how long it took is printed.
 #[test]
-fn sigterm_of_the_master_hands_over_within_about_one_sleep() {
-    let mut c = Cluster::new(3);
+fn sigterm_of_the_master_hands_over_without_waiting_for_its_lease() {
+    const LONG_TTL: Duration = Duration::from_secs(120);
+    let mut c = Cluster::with(3, Etcd::start(), LONG_TTL, "info");
     let master = c.wait_for_master(&c.all(), Duration::from_secs(10));
     let others: Vec<usize> = c.all().into_iter().filter(|&i| i != master).collect();
 
     let signalled_at = Instant::now();
     c.proc(master).signal("TERM");
-    let next = c.wait_for_new_master(&c.all(), &others, SLEEP + Duration::from_secs(5));
+    let next = c.wait_for_new_master(&c.all(), &others, PATIENCE);
     let handover = signalled_at.elapsed();
     eprintln!("SIGTERM handover: {} ms (sleep {SLEEP:?})", handover.as_millis());
     assert!(others.contains(&next), "{next} is not one of {others:?}");
-    assert!(handover <= SLEEP + SLACK, "handover took {handover:?}\n{}", c.logs());
+    assert!(handover < LONG_TTL, "the deadline must stay below the lease to mean anything");
 
     let status =
         c.proc(master).wait_timeout(Duration::from_secs(5)).expect("podmaster exits after SIGTERM");
@@ -249,6 +266,12 @@ fn sigint_of_a_standby_exits_cleanly_and_leaves_the_master_alone() {
 /// expire in etcd, i.e. before anybody else could take the key: the lease was
 /// last renewed at most one renew interval (≤ sleep) before etcd stopped.
 /// Returns how long that took.
+///
+/// This deadline is not a guess at how fast the machine is: it is the safety
+/// property itself, a bound in real time that the podmaster promises (it
+/// fences at the TTL minus a margin of at least 1 s after its last renewal,
+/// see `fence_margin`), and the only way to see a late fence while etcd is
+/// down. A passing run shows that dest was gone by then.
 fn assert_fences_before_lease_expiry(c: &Cluster, master: usize, stopped_at: Instant) -> Duration {
     let bound = TTL - SLEEP;
     let gone = wait_until(bound, || !c.dest(master).exists());
@@ -258,7 +281,8 @@ fn assert_fences_before_lease_expiry(c: &Cluster, master: usize, stopped_at: Ins
         "master kept its dest for {fenced:?} without etcd (bound {bound:?})\n{}",
         c.logs()
     );
-    // Without etcd nobody can become master.
+    // Without etcd nobody can become master. A negative check over a quiet second: there is
+    // no event that would mark "nobody took over"; it waits for nothing.
     assert_eq!(c.sample(&c.all(), Duration::from_secs(1)), 0.0, "{}", c.logs());
     fenced
 }
@@ -304,9 +328,8 @@ fn source_edits_propagate_to_the_masters_dest() {
     let master = c.wait_for_master(&c.all(), Duration::from_secs(10));
     let edited = format!("{MANIFEST}  labels:\n    edited: \"true\"\n");
     fs::write(&c.source, &edited).expect("edit the source");
-    let updated = wait_until(SLEEP * 4 + Duration::from_secs(1), || {
-        fs::read_to_string(c.dest(master)).is_ok_and(|s| s == edited)
-    });
+    let updated =
+        wait_until(PATIENCE, || fs::read_to_string(c.dest(master)).is_ok_and(|s| s == edited));
     assert!(updated, "dest not updated after a source edit\n{}", c.logs());
     assert_eq!(c.present(&c.all()), [master]);
     // The kubelet never sees a temporary file: it would be hidden anyway.
@@ -321,14 +344,18 @@ fn source_edits_propagate_to_the_masters_dest() {
 #[test]
 fn unreachable_etcd_is_logged_once_and_retried_until_it_appears() {
     let etcd = Etcd::unstarted();
-    let mut c = Cluster::with_etcd(1, etcd);
+    // Each failed exchange is noted at debug level: the rounds of retrying can be counted.
+    let mut c = Cluster::with(1, etcd, TTL, "info,km_podmaster=debug");
     assert!(
         wait_until(Duration::from_secs(10), || c.proc(0).log().contains("etcd unreachable")),
         "{}",
         c.logs()
     );
     // Several rounds of retrying, then etcd appears.
-    std::thread::sleep(SLEEP * 6);
+    let rounds = |c: &Cluster| {
+        c.nodes[0].as_ref().map_or(0, |p| p.log().matches("exchange with etcd failed").count())
+    };
+    assert!(wait_until(PATIENCE, || rounds(&c) >= 5), "no rounds of retrying\n{}", c.logs());
     assert!(!c.dest(0).exists());
     c.etcd.start_again();
     c.wait_for_master(&[0], Duration::from_secs(10));

@@ -11,7 +11,7 @@
 use std::future::Future;
 
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::config::Config;
@@ -61,6 +61,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             },
         };
         for observation in observations {
+            // The elector reports the first failure of a run (logged as a warning once); each
+            // one is also noted at debug level, so that the retries can be followed.
+            if let Observation::EtcdError { error, .. } = &observation {
+                debug!("exchange with etcd failed: {error}");
+            }
             let decision = elector.observe(Instant::now(), observation);
             apply(&decision, &mut files);
         }
