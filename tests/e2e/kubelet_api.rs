@@ -50,6 +50,10 @@ impl Drop for Dirs {
 }
 
 fn start_kubelet(dirs: &Dirs, api_url: &str) -> Proc {
+    start_kubelet_logging(dirs, api_url, "info")
+}
+
+fn start_kubelet_logging(dirs: &Dirs, api_url: &str, log_filter: &str) -> Proc {
     let mut cmd = Command::new(km_bin());
     cmd.arg("kubelet")
         .arg("--manifest-dir")
@@ -60,7 +64,7 @@ fn start_kubelet(dirs: &Dirs, api_url: &str) -> Proc {
         .arg(dirs.path("root"))
         .args(["--cgroup-root", &dirs.cgroup])
         .arg(format!("--api-servers={api_url}"))
-        .env("KM_LOG", "info");
+        .env("KM_LOG", log_filter);
     Proc::spawn("km kubelet", cmd, &dirs.path("kubelet.log"))
 }
 
@@ -288,7 +292,12 @@ fn pods_run_while_the_api_server_is_unreachable() {
     )
     .expect("write plain");
     let port = crate::support::free_port();
-    let mut kubelet = start_kubelet(&dirs, &format!("http://127.0.0.1:{port}"));
+    // A failure is a warning once; its repetitions are debug lines, which count the rounds.
+    let mut kubelet = start_kubelet_logging(
+        &dirs,
+        &format!("http://127.0.0.1:{port}"),
+        "info,km_kubelet::mirror=debug",
+    );
     let status_file = dirs.path("root").join("status").join("default_plain-node1.json");
     let running = || {
         serde_json::from_str::<serde_json::Value>(&read(&status_file))
@@ -296,15 +305,20 @@ fn pods_run_while_the_api_server_is_unreachable() {
     };
     assert!(wait_until(WAIT, running), "plain runs; log:\n{}", kubelet.log());
     // Several rounds of retries, each failure logged once.
+    let lines = |log: &str, level: &str, what: &str| {
+        log.lines().filter(|l| l.contains(level) && l.contains(what)).count()
+    };
+    let retried = |log: &str| {
+        lines(log, "DEBUG", "registering node:") >= 3 && lines(log, "DEBUG", "mirror pods:") >= 3
+    };
     assert!(
-        wait_until(WAIT, || kubelet.log().contains("mirror pods:")),
-        "the failure is logged; log:\n{}",
+        wait_until(WAIT, || retried(&kubelet.log())),
+        "several rounds of retries; log:\n{}",
         kubelet.log()
     );
-    std::thread::sleep(Duration::from_secs(3));
     let log = kubelet.log();
-    assert_eq!(log.matches("registering node:").count(), 1, "logged once; log:\n{log}");
-    assert_eq!(log.matches("mirror pods:").count(), 1, "logged once; log:\n{log}");
+    assert_eq!(lines(&log, " WARN ", "registering node:"), 1, "logged once; log:\n{log}");
+    assert_eq!(lines(&log, " WARN ", "mirror pods:"), 1, "logged once; log:\n{log}");
     assert!(kubelet.is_running(), "the kubelet keeps running; log:\n{log}");
     kubelet.signal("TERM");
     assert!(kubelet.wait_timeout(WAIT).is_some(), "kubelet stops its pods and exits");
