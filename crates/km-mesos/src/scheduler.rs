@@ -155,6 +155,8 @@ struct Inner {
     session: watch::Sender<Option<Session>>,
     /// Set by TEARDOWN: the driver must not re-subscribe.
     stopping: watch::Sender<bool>,
+    /// Set by the driver when it has stopped for good.
+    stopped: watch::Sender<bool>,
 }
 
 /// A handle for scheduler calls; cheap to clone.
@@ -169,7 +171,8 @@ impl Scheduler {
         let calls = client(&config, true)?;
         let (session, _) = watch::channel(None);
         let (stopping, _) = watch::channel(false);
-        let inner = Arc::new(Inner { config, calls, session, stopping });
+        let (stopped, _) = watch::channel(false);
+        let inner = Arc::new(Inner { config, calls, session, stopping, stopped });
         let (tx, rx) = mpsc::channel(1024);
         let stream_client = client(&inner.config, false)?;
         tokio::spawn(drive(Arc::clone(&inner), stream_client, tx));
@@ -193,6 +196,14 @@ impl Scheduler {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// Waits until the driver has stopped for good: after TEARDOWN, an ERROR event, or once the
+    /// [`Events`] receiver was dropped. Nothing is subscribed again after this returns.
+    pub async fn stopped(&self) {
+        let mut rx = self.inner.stopped.subscribe();
+        // The sender lives in `inner`, which we hold: it cannot close.
+        let _ = rx.wait_for(|stopped| *stopped).await;
     }
 
     /// Sends any call on the live subscription (framework ID and stream ID
@@ -433,6 +444,7 @@ async fn drive(inner: Arc<Inner>, stream_client: reqwest::Client, tx: mpsc::Send
         }
     }
     inner.session.send_replace(None);
+    inner.stopped.send_replace(true);
 }
 
 fn new_backoff(config: &Config) -> impl Iterator<Item = Duration> {

@@ -662,7 +662,8 @@ async fn teardown_is_sent_on_a_live_subscription(ct: ContentType) {
 }
 both!(teardown_is_sent_on_a_live_subscription);
 
-// Dropping the Events receiver stops the driver (no more SUBSCRIBEs).
+// Dropping the Events receiver stops the driver (no more SUBSCRIBEs): it stops for good, and
+// had not subscribed again by then.
 #[tokio::test]
 async fn dropping_events_stops_resubscribing() {
     let mut master = Fake::start(Api::Scheduler).await;
@@ -670,14 +671,8 @@ async fn dropping_events_stops_resubscribing() {
     let mut sub = subscribe(&mut master, &mut events, "F").await;
     drop(events);
     sub.stream.take().unwrap().close();
-    within("the session to end", async {
-        while sched.framework_id().is_some() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    // Give a (wrong) retry every chance to happen: several max backoffs.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    within("the driver to stop", sched.stopped()).await;
+    assert!(sched.framework_id().is_none(), "no session once the driver stopped");
     assert_eq!(master.subscribe_count(), 1);
 }
 
