@@ -242,7 +242,7 @@ async fn agents_of_a_km_master_are_instances() {
     assert_eq!(without, ["localhost"]);
 
     // The agent goes away: the master still knows it, as inactive.
-    agent.stop();
+    agent.stop().await;
     let inactive = async {
         loop {
             let i = provider.instance("localhost").await.unwrap().expect("still known");

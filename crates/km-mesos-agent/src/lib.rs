@@ -49,11 +49,16 @@ pub struct Running {
 
 impl Running {
     /// Stops the agent as on SIGTERM: kills what cannot survive it, leaves
-    /// checkpointing executors running, and stops serving.
-    pub fn stop(self) {
+    /// checkpointing executors running, and stops serving. Returns once its
+    /// tasks have ended, so its port is free for an agent started next.
+    pub async fn stop(self) {
         self.agent.stop();
-        for t in self.tasks {
+        for t in &self.tasks {
             t.abort();
+        }
+        for t in self.tasks {
+            // Cancelled (or already ended): either way the task is gone.
+            let _ = t.await;
         }
     }
 }
@@ -93,6 +98,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT: stopping"); }
     }
-    running.stop();
+    running.stop().await;
     Ok(())
 }

@@ -215,7 +215,7 @@ async fn registers_and_runs_a_command_task_to_finished() {
     assert_eq!(state["resources"]["ports"], "[31000-31010]");
     assert_eq!(state["attributes"]["rack"], "r1");
     assert_eq!(reqwest::get(format!("http://{}/health", agent.addr)).await.unwrap().status(), 200);
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -228,7 +228,7 @@ async fn failing_command_fails_with_its_exit_code() {
     let last = master.update_of("bad", 2).await;
     assert_eq!(last.state(), TaskState::TaskFailed);
     assert!(last.message().contains("status 3"), "{:?}", last.message);
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -252,7 +252,7 @@ async fn killing_a_command_task_stops_its_process() {
     assert_eq!(lost.state(), TaskState::TaskLost);
     assert_eq!(lost.source(), task_status::Source::Agent);
     assert_eq!(lost.reason(), task_status::Reason::ExecutorTerminated);
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -265,22 +265,25 @@ async fn kill_escalates_to_sigkill_after_the_grace_period_and_reports_killing() 
     fw.capabilities.push(km_mesos::v1::framework_info::Capability {
         r#type: Some(km_mesos::v1::framework_info::capability::Type::TaskKillingState as i32),
     });
-    let mut task = command_task("stubborn", "trap '' TERM; sleep 60");
+    // The shell ignores SIGTERM (and so does its sleep, which inherits that): only SIGKILL
+    // ends the task before the sleep does, an hour later. It says when the trap is in place.
+    let mut task = command_task("stubborn", "trap '' TERM; echo trapped > trapped; sleep 3600");
     task.kill_policy = Some(km_mesos::v1::KillPolicy {
         grace_period: Some(km_mesos::v1::DurationInfo { nanoseconds: 300_000_000 }),
     });
     master.send(run_task(&fw, task));
     assert_eq!(master.update_of("stubborn", 1).await.state(), TaskState::TaskRunning);
-    // Let the shell install its trap before the kill.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sandbox = sandbox_of(&agent_state(agent.addr).await, "stubborn").expect("its sandbox");
+    wait_file(&sandbox.join("trapped")).await;
     let started = std::time::Instant::now();
     master.send(kill_task("fw", "stubborn"));
     assert_eq!(master.update_of("stubborn", 2).await.state(), TaskState::TaskKilling);
+    // Within the fake master's deadline, far below the hour the sleep would take.
     let killed = master.update_of("stubborn", 3).await;
     assert_eq!(killed.state(), TaskState::TaskKilled);
     assert!(killed.message().contains("SIGKILL"), "{:?}", killed.message);
-    assert!(started.elapsed() < Duration::from_secs(5));
-    agent.stop();
+    eprintln!("killed {:?} after the KILL (grace period 300 ms)", started.elapsed());
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -314,7 +317,7 @@ async fn status_updates_are_retried_until_acknowledged() {
             m.updates().into_iter().find(|s| s.state() == TaskState::TaskFinished)
         })
         .await;
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -365,7 +368,7 @@ async fn fetcher_copies_unpacks_and_reports_failures() {
     assert_eq!(failed.state(), TaskState::TaskFailed);
     assert_eq!(failed.reason(), task_status::Reason::ContainerLaunchFailed);
     assert!(failed.message().contains("file:///does/not/exist.tgz"), "{:?}", failed.message);
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -481,7 +484,7 @@ async fn custom_executor_gets_its_env_launch_and_acknowledgements() {
                 .find(|e| e.framework_id.value == "fw-cp")
         })
         .await;
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -634,7 +637,7 @@ async fn executor_api_status_codes() {
     }
     assert_eq!(master.update_of("q1", 0).await.uuid, Some(vec![7; 16]));
     master.send(shutdown_executor("fw", "lazy"));
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -647,12 +650,12 @@ async fn re_subscribes_with_its_id_when_the_master_goes_away() {
     let again = master.subscribed(2).await;
     assert_eq!(again.agent_id.as_ref().unwrap().value, AGENT_ID);
     assert_eq!(again.subscribe.as_ref().unwrap().agent_info.id.as_ref().unwrap().value, AGENT_ID);
-    agent.stop();
+    agent.stop().await;
     // A restarted agent re-registers with the id it kept.
     let agent = start(&master, dir.path(), |_| {}).await;
     let third = master.subscribed(3).await;
     assert_eq!(third.agent_id.as_ref().unwrap().value, AGENT_ID);
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -667,11 +670,11 @@ async fn checkpointing_executor_survives_an_agent_restart() {
     let state = agent_state(agent.addr).await;
     let pid = state["frameworks"][0]["executors"][0]["pid"].as_i64().unwrap() as i32;
     let port = agent.addr.port();
-    agent.stop();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(km_mesos_agent::process::alive(pid), "checkpointing executors outlive the agent");
-    // Same port, so the executor finds the agent again.
+    agent.stop().await;
+    // Same port, so the executor finds the agent again. That it re-subscribes below, with the
+    // same pid, shows that it outlived the agent.
     let agent = start(&master, dir.path(), |c| c.port = port).await;
+    let restarted = tokio::time::Instant::now();
     master.subscribed(2).await;
     let sub = master.subscribed(2).await;
     assert_eq!(sub.subscribe.unwrap().executors.len(), 1, "re-registration reports the executor");
@@ -684,13 +687,29 @@ async fn checkpointing_executor_survives_an_agent_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(re_subscribed, "the executor re-subscribed to the restarted agent");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let state = agent_state(agent.addr).await;
+    assert_eq!(
+        state["frameworks"][0]["executors"][0]["pid"].as_i64(),
+        Some(i64::from(pid)),
+        "checkpointing executors outlive the agent: the same process re-subscribed"
+    );
+    // A negative check: the restarted agent kills the recovered executors that have not
+    // re-subscribed when its --executor_reregistration_timeout runs out, and must spare this
+    // one. Nothing marks "the agent looked and spared it", so this watches the process until
+    // the timeout has passed for the agent (it started counting before `start` returned) and
+    // its watch (every 200 ms) has had a few more turns.
+    let spared = restarted + config(&master, dir.path()).executor_reregistration_timeout;
+    let watched_until = spared + Duration::from_secs(1);
+    while tokio::time::Instant::now() < watched_until {
+        assert!(km_mesos_agent::process::alive(pid), "a re-subscribed executor is not killed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(km_mesos_agent::process::alive(pid), "a re-subscribed executor is not killed");
     master.send(shutdown_executor("fw", "ex"));
     master
         .wait_for("EXECUTOR_EXITED", |m| m.calls().into_iter().find_map(|c| c.executor_exited))
         .await;
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -749,15 +768,22 @@ async fn task_groups_messages_and_framework_removal() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(agent_state(agent.addr).await["frameworks"], serde_json::json!([]));
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
 async fn update_framework_resends_pending_updates_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let master = FakeMaster::start(false).await;
-    // Default retry policy: the first retry would come only after 10 s.
-    let agent = start(&master, dir.path(), |_| {}).await;
+    // Retries an hour apart: an update sent again within the fake master's deadline (20 s) can
+    // only have been sent for the UPDATE_FRAMEWORK.
+    let agent = start(&master, dir.path(), |c| {
+        c.update_retry = km_mesos_agent::updates::RetryPolicy {
+            initial: Duration::from_secs(3600),
+            max: Duration::from_secs(3600),
+        };
+    })
+    .await;
     master.subscribed(1).await;
     let fw = framework("fw", false);
     master.send(run_task(&fw, command_task("u", "true")));
@@ -767,12 +793,10 @@ async fn update_framework_resends_pending_updates_at_once() {
         ..Default::default()
     };
     e.set_type(event::Type::UpdateFramework);
-    let sent = std::time::Instant::now();
     master.send(e);
     let again = master.update_of("u", 1).await;
     assert_eq!(again.uuid, first.uuid);
-    assert!(sent.elapsed() < Duration::from_secs(5));
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
@@ -793,7 +817,7 @@ async fn executor_that_never_subscribes_times_out() {
     master
         .wait_for("EXECUTOR_EXITED", |m| m.calls().into_iter().find_map(|c| c.executor_exited))
         .await;
-    agent.stop();
+    agent.stop().await;
 }
 
 // ----------------------------------------------------------------------------
