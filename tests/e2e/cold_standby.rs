@@ -401,10 +401,14 @@ async fn killing_the_leading_master_host_moves_scheduler_and_controller_manager(
                     "containers": [{ "name": "sleep", "image": "none", "command": ["/bin/sleep", "3600"] }] } } },
     }))
     .expect("deployment");
-    let mut created = false;
-    while !created {
-        created = deployments.create(&PostParams::default(), &d).await.is_ok();
-        assert!(created || Instant::now() < deadline, "cannot create the Deployment");
+    loop {
+        match deployments.create(&PostParams::default(), &d).await {
+            // A retry of a create whose answer was lost finds it made.
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 409 => break,
+            Err(e) => assert!(Instant::now() < deadline, "cannot create the Deployment: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let first = loop {
         let r = running_on(&pods, "cold-").await;
@@ -458,6 +462,7 @@ async fn killing_the_leading_master_host_moves_scheduler_and_controller_manager(
     eprintln!("cold standby: the second replica Running {:?} after the kill", cut.elapsed());
     let mut still = pods.get(&first).await;
     while still.is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
         still = pods.get(&first).await;
     }
     let still = still.expect("the first pod is still there");

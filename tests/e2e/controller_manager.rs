@@ -3,13 +3,14 @@
 //! when asked); a standby takes over from a killed leader; and, with km scheduler, a Mesos agent
 //! and km executor, a Deployment's pods run through Mesos.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt as _;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
 use crate::support::apiserver::{ApiServer, http};
@@ -344,6 +345,15 @@ async fn a_standby_takes_over_from_a_killed_leader_without_duplicate_pods() {
     leader.kill();
     assert!(wait_until(WAIT, || leads(standby_port)), "the standby takes over\n{}", logs());
     // The new leader manages the same Deployment: a scale-up lands, and no pod is duplicated.
+    // Every pod created from here on is seen on a watch from the current revision.
+    let from = pods
+        .list_metadata(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("a list has a resourceVersion");
+    let mut watch = Box::pin(pods.watch(&WatchParams::default(), &from).await.expect("watch pods"));
     deployments
         .patch("ha", &PatchParams::default(), &Patch::Merge(&json!({ "spec": { "replicas": 7 } })))
         .await
@@ -352,11 +362,48 @@ async fn a_standby_takes_over_from_a_killed_leader_without_duplicate_pods() {
         (live_pods(&pods, "ha").await.values().sum::<usize>() == 7).then_some(())
     })
     .await;
-    let settle = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < settle {
-        assert_eq!(live_pods(&pods, "ha").await.values().sum::<usize>(), 7, "{}", logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // The ReplicaSet controller reports, for the scaled generation, the 7 pods it planned from:
+    // its cache has all of them, so it has nothing left to create.
+    let replica_sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    eventually("the ReplicaSet's status to count 7 pods", &logs, || async {
+        let list = replica_sets.list(&ListParams::default().labels("app=ha")).await.ok()?;
+        list.items
+            .iter()
+            .any(|rs| {
+                let status = rs.status.as_ref();
+                rs.spec.replicas == Some(7)
+                    && status.is_some_and(|s| s.replicas == 7)
+                    && status.and_then(|s| s.observed_generation) == rs.metadata.generation
+            })
+            .then_some(())
+    })
+    .await;
+    // A marker pod written now comes after every pod created so far in the watch, which delivers
+    // in revision order: up to it, exactly the two pods of the scale-up were created.
+    let marker: Pod = serde_json::from_value(json!({
+        "metadata": { "name": "ha-marker" },
+        "spec": { "containers": [{ "name": "main", "image": "none" }] },
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &marker).await.expect("create the marker pod");
+    let mut created = BTreeSet::new();
+    loop {
+        let event = tokio::time::timeout(WAIT, watch.try_next())
+            .await
+            .expect("the marker pod on the watch in time")
+            .expect("the watch")
+            .expect("the watch goes on");
+        let WatchEvent::Added(pod) = event else { continue };
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if name == "ha-marker" {
+            break;
+        }
+        if pod.metadata.labels.as_ref().and_then(|l| l.get("app")).is_some_and(|a| a == "ha") {
+            created.insert(name);
+        }
     }
+    assert_eq!(created.len(), 2, "pods created for the scale-up: {created:?}\n{}", logs());
+    assert_eq!(live_pods(&pods, "ha").await.values().sum::<usize>(), 7, "{}", logs());
     drop(standby);
 }
 
