@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,21 +20,40 @@ use tokio_rustls::server::TlsStream;
 
 use crate::error::ApiError;
 
+/// Why the secure port's TLS configuration could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("reading {}: {source}", path.display())]
+    Read { path: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("parsing certificates in {}: {source}", path.display())]
+    Certificates { path: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("reading the key in {}: {source}", path.display())]
+    Key { path: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("TLS protocol versions: {0}")]
+    Versions(rustls::Error),
+    #[error("TLS certificate of {} and key of {}: {source}", cert.display(), key.display())]
+    CertificateAndKey { cert: PathBuf, key: PathBuf, source: rustls::Error },
+}
+
 /// A rustls server config from PEM files.
-pub fn server_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
     let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading {}", cert.display()))?
+        .map_err(|source| TlsConfigError::Read { path: cert.to_owned(), source })?
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("parsing certificates in {}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("reading the key in {}", key.display()))?;
+        .map_err(|source| TlsConfigError::Certificates { path: cert.to_owned(), source })?;
+    let private_key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|source| TlsConfigError::Key { path: key.to_owned(), source })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
+        .map_err(TlsConfigError::Versions)?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("TLS certificate and key")?;
+        .with_single_cert(certs, private_key)
+        .map_err(|source| TlsConfigError::CertificateAndKey {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            source,
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -201,5 +219,19 @@ mod tests {
         assert_eq!(tokens.user("xyz").map(|u| u.name.as_str()), Some("bob"));
         assert!(tokens.user("nope").is_none());
         assert!(Tokens::parse("only,two\n").is_err());
+    }
+
+    #[test]
+    fn tls_files_that_do_not_work_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("missing.pem");
+        let err = server_config(&missing, &missing).expect_err("no such file");
+        assert!(matches!(err, TlsConfigError::Read { .. }), "{err:?}");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let err = server_config(&empty, &empty).expect_err("no key");
+        assert!(matches!(err, TlsConfigError::Key { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("reading the key in "), "{err}");
     }
 }

@@ -30,9 +30,8 @@ pub mod state;
 pub mod updates;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-
-use anyhow::Context as _;
 
 pub use agent::Agent;
 pub use config::{Args, Config};
@@ -63,15 +62,24 @@ impl Running {
     }
 }
 
+/// Why an agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create --work_dir {}: {source}", path.display())]
+    WorkDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen on {ip}:{port}: {source}")]
+    Listen { ip: String, port: u16, source: std::io::Error },
+}
+
 /// Starts an agent: binds its port (0 = any), recovers checkpoints,
 /// serves HTTP and connects to the master.
-pub async fn start(mut cfg: Config) -> anyhow::Result<Running> {
+pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     std::fs::create_dir_all(&cfg.work_dir)
-        .with_context(|| format!("cannot create --work_dir {}", cfg.work_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind((cfg.ip.as_str(), cfg.port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", cfg.ip, cfg.port))?;
-    let addr = listener.local_addr()?;
+        .map_err(|source| StartError::WorkDir { path: cfg.work_dir.clone(), source })?;
+    let listen = |source| StartError::Listen { ip: cfg.ip.clone(), port: cfg.port, source };
+    let listener =
+        tokio::net::TcpListener::bind((cfg.ip.as_str(), cfg.port)).await.map_err(listen)?;
+    let addr = listener.local_addr().map_err(listen)?;
     cfg.port = addr.port();
     let agent_id = checkpoint::load_agent_id(&cfg.work_dir);
     let recovered = checkpoint::load_executors(&cfg.work_dir);
