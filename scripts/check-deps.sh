@@ -34,8 +34,13 @@ done
 #    the full tree (syn, quote, ...) can only come in through thiserror.
 model=km-resources
 names() { awk '{print $1}' | sort -u; }
-tree=$(cargo tree --locked -p "$model" -e normal,no-proc-macro --prefix none --format '{p}' | names)
-direct=$(cargo tree --locked -p "$model" -e normal --depth 1 --prefix none --format '{p}' | names)
+if ! tree=$(cargo tree --locked -p "$model" -e normal,no-proc-macro --prefix none --format '{p}') \
+  || ! direct=$(cargo tree --locked -p "$model" -e normal --depth 1 --prefix none --format '{p}'); then
+  echo "check-deps: cargo tree failed for $model" >&2
+  exit 1
+fi
+tree=$(names <<<"$tree")
+direct=$(names <<<"$direct")
 if ! grep -qx "$model" <<<"$tree"; then
   echo "check-deps: cannot read the dependency tree of $model" >&2
   fail=1
@@ -55,5 +60,19 @@ for banned in aws-lc-rs aws-lc-sys openssl-sys native-tls; do
   fi
 done
 
+# 4. Library crates return typed errors (thiserror): anyhow is not one of their dependencies.
+#    (It stays at the binary edge: km and the subcommands' top-level run functions.)
+lib_crates=(km-resources km-mesos km-offer-matcher km-scheduler-core km-runtime km-cloud-provider)
+for crate in "${lib_crates[@]}"; do
+  if ! direct=$(cargo tree --locked -p "$crate" -e normal --depth 1 --prefix none --format '{p}'); then
+    echo "check-deps: cargo tree failed for $crate" >&2
+    exit 1
+  fi
+  if awk '{print $1}' <<<"$direct" | grep -qx anyhow; then
+    echo "check-deps: library crate $crate depends on anyhow; return a thiserror type instead" >&2
+    fail=1
+  fi
+done
+
 if [ "$fail" -ne 0 ]; then exit 1; fi
-echo "check-deps: ok (pure: ${pure_crates[*]}; $model: thiserror only; no aws-lc/openssl)"
+echo "check-deps: ok (pure: ${pure_crates[*]}; $model: thiserror only; no aws-lc/openssl; no anyhow in ${lib_crates[*]})"
