@@ -612,6 +612,14 @@ impl<S: Storage> Api<S> {
             let has_finalizers = !finalizers_done(kind, &obj);
             let graceful = if kind.is("Pod") { pod_grace(&obj, options) } else { 0 };
             if has_finalizers || graceful > 0 {
+                // The grace period is the client's number: one that puts the deletion beyond
+                // the year 9999 is refused rather than overflowing.
+                let Some(deletion) = now.checked_add(graceful).and_then(object::rfc3339_checked)
+                else {
+                    return Err(ApiError::BadRequest(format!(
+                        "gracePeriodSeconds {graceful} is out of range"
+                    )));
+                };
                 if kind.is("Namespace") {
                     // Its contents go first (km controller-manager's namespace controller),
                     // then the `kubernetes` finalizer is removed through `finalize`.
@@ -622,7 +630,7 @@ impl<S: Storage> Api<S> {
                 if !meta["deletionTimestamp"].is_null() && existing.is_some_and(|g| g <= graceful) {
                     return Ok(with_revision(obj, kv.mod_revision));
                 }
-                meta["deletionTimestamp"] = json!(object::rfc3339(now + graceful));
+                meta["deletionTimestamp"] = json!(deletion);
                 meta["deletionGracePeriodSeconds"] = json!(graceful);
                 match self.storage.update(&key, encode(&obj), kv.mod_revision).await {
                     Ok(rev) => return Ok(with_revision(obj, rev)),

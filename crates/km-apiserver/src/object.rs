@@ -9,10 +9,14 @@ use crate::registry::Kind;
 
 /// `2006-01-02T15:04:05Z` for a unix time in seconds.
 pub fn rfc3339(unix_seconds: i64) -> String {
-    match k8s_openapi::jiff::Timestamp::from_second(unix_seconds) {
-        Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        Err(_) => "1970-01-01T00:00:00Z".to_owned(),
-    }
+    rfc3339_checked(unix_seconds).unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned())
+}
+
+/// [`rfc3339`], or `None` for a time outside the years 0001 to 9999.
+pub fn rfc3339_checked(unix_seconds: i64) -> Option<String> {
+    let ts = k8s_openapi::jiff::Timestamp::from_second(unix_seconds).ok()?;
+    // jiff goes from year -9999; RFC 3339 (and Kubernetes) from year 0001.
+    (ts.as_second() >= -62_135_596_800).then(|| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
 }
 
 /// Seconds since the epoch, now.

@@ -254,7 +254,8 @@ impl<S: Storage> Watches<S> {
                 Source::Direct { stream, queue: VecDeque::new() }
             }
         };
-        let deadline = req.timeout.map(|t| tokio::time::Instant::now() + t);
+        // `timeoutSeconds` is the client's number: one too large for a deadline means none.
+        let deadline = req.timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
         let bookmarks = req.bookmark_interval.map(|period| {
             let mut interval =
                 tokio::time::interval_at(tokio::time::Instant::now() + period, period);

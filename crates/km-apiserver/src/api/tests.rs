@@ -203,6 +203,16 @@ async fn a_bookmark_never_skips_events_still_queued_for_the_watcher() {
 }
 
 #[tokio::test]
+async fn a_watch_timeout_too_large_for_a_deadline_means_none() {
+    let api = api().await;
+    api.create(pods(), Some("default"), pod("a", json!({}))).await.expect("create");
+    let q = query(&[("timeoutSeconds", &u64::MAX.to_string())]);
+    let mut stream = api.watch(pods(), None, &q).await.expect("watch");
+    let first = next_event(&mut stream).await;
+    assert_eq!(first["type"], "ADDED");
+}
+
+#[tokio::test]
 async fn watch_from_a_compacted_revision_is_gone() {
     let api = api().await;
     let a = api.create(pods(), Some("default"), pod("a", json!({}))).await.expect("create");
@@ -240,6 +250,12 @@ async fn graceful_pod_deletion() {
     let marked = api.delete(pods(), Some("default"), "bound", &opts).await.expect("delete");
     assert_eq!(marked["metadata"]["deletionGracePeriodSeconds"], 10);
     assert!(marked["metadata"]["deletionTimestamp"].is_string());
+    // A grace period past the year 9999 is refused, not a panic or a wrapped date.
+    let never = DeleteOptions { grace_period: Some(i64::MAX), ..DeleteOptions::default() };
+    assert!(matches!(
+        api.delete(pods(), Some("default"), "bound", &never).await,
+        Err(ApiError::BadRequest(_))
+    ));
     let now = DeleteOptions { grace_period: Some(0), ..DeleteOptions::default() };
     api.delete(pods(), Some("default"), "bound", &now).await.expect("confirm");
     assert!(matches!(
