@@ -40,6 +40,11 @@ pub fn from_peer_secs(secs: f64, max: Duration) -> Option<Duration> {
     Some(Duration::try_from_secs_f64(secs).map_or(max, |d| d.min(max)))
 }
 
+/// The longest duration Mesos can express: stout keeps durations as signed 64-bit nanoseconds
+/// (about 292 years). A longer one is refused, which also keeps `Instant::now() + d` from
+/// overflowing wherever a parsed duration becomes a deadline.
+pub const MAX: Duration = Duration::from_nanos(i64::MAX as u64);
+
 /// Parses `<number><unit>`: a decimal number (a fraction and an exponent allowed) followed
 /// by one of `ns us ms secs s mins m hrs h days d weeks`. Negative, NaN and infinite numbers
 /// and durations beyond what [`Duration`] holds are refused.
@@ -75,9 +80,12 @@ pub fn parse(input: &str) -> Result<Duration, ParseDurationError> {
     }
     let secs = value * scale;
     if secs.is_infinite() {
-        return Err(err("too large"));
+        return Err(err("too large (at most 2^63-1 ns, as in Mesos)"));
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| err("too large"))
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| *d <= MAX)
+        .ok_or_else(|| err("too large (at most 2^63-1 ns, as in Mesos)"))
 }
 
 /// Formats as stout does: the largest unit not exceeding the value, as an
@@ -168,8 +176,11 @@ mod tests {
         assert_eq!(msg("nansecs"), "invalid duration 'nansecs': not a number");
         assert!(msg("xsecs").contains("not a number"), "{}", msg("xsecs"));
         assert!(msg("1.2.3s").contains("not a number"));
-        assert_eq!(msg("infs"), "invalid duration 'infs': too large");
-        assert_eq!(msg("1e300weeks"), "invalid duration '1e300weeks': too large");
+        assert!(msg("infs").contains("too large"), "{}", msg("infs"));
+        assert!(msg("1e300weeks").contains("too large"), "{}", msg("1e300weeks"));
+        // Mesos's limit: 2^63-1 ns, about 15,250 weeks.
+        assert!(parse("15000weeks").is_ok());
+        assert!(msg("16000weeks").contains("at most 2^63-1 ns"), "{}", msg("16000weeks"));
         assert!(msg("99999999999999999999secs").contains("too large"));
         assert!(msg("1e400s").contains("too large"), "{}", msg("1e400s"));
     }
