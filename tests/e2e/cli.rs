@@ -80,3 +80,17 @@ fn cloud_provider_flags_are_checked_at_start_up() {
         }
     }
 }
+
+/// A period of zero would make a timer that never waits (tokio refuses it with a panic):
+/// km controller-manager refuses it at start-up with the flag's name.
+#[test]
+fn a_zero_resync_period_is_refused_at_start_up() {
+    let (ok, _, stderr) = run(Command::new(km_bin()).args([
+        "controller-manager",
+        "--master=http://127.0.0.1:1",
+        "--port=0",
+        "--min-resync-period=0s",
+    ]));
+    assert!(!ok, "started with a zero resync period");
+    assert!(stderr.contains("--min-resync-period"), "{stderr}");
+}

@@ -135,6 +135,9 @@ impl Args {
         }
         // Both flags are checked (and the file read) before anything starts.
         self.cloud()?;
+        if self.resync_period.is_zero() {
+            anyhow::bail!("--min-resync-period must be longer than 0s");
+        }
         if self.leader_elect && self.renew_deadline >= self.lease_duration {
             anyhow::bail!(
                 "--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration"
@@ -479,7 +482,7 @@ where
             let label = ControllerLabel { controller: name.into() };
             loop {
                 let key = queue.next().await;
-                let started = std::time::Instant::now();
+                let started = tokio::time::Instant::now();
                 // A sync that hangs (an API request that never gets an answer) must not hold its
                 // key forever: it is abandoned and retried.
                 let result =
