@@ -7,7 +7,9 @@
 //! updates to send now, so the caller does the IO.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use km_mesos::v1::TaskStatus;
 

@@ -5,7 +5,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use km_scheduler_core::{Gauges, Stats};
 use prometheus_client::collector::Collector;

@@ -278,7 +278,7 @@ impl Shell {
                 subscribed: self.core.subscribed(),
                 synced: self.core.synced(),
             },
-            std::time::Instant::now(),
+            Instant::now(),
         );
     }
 
