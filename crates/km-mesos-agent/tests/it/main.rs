@@ -408,7 +408,7 @@ async fn fetcher_refuses_paths_out_of_the_sandbox_and_files_over_the_limit() {
     let runs = dir.path().join(format!("work/slaves/{AGENT_ID}/frameworks/fw/executors/big/runs"));
     let run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
     assert!(!run.join("five").exists(), "the partial file is removed");
-    agent.stop();
+    agent.stop().await;
 }
 
 #[tokio::test]
