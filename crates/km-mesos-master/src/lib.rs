@@ -46,14 +46,14 @@ pub struct Args {
     #[arg(long)]
     pub hostname: Option<String>,
     /// Period of batch allocations (`1secs`, `500ms`, `2s`).
-    #[arg(long = "allocation_interval", default_value = "1secs", value_parser = parse_duration)]
+    #[arg(long = "allocation_interval", default_value = "1secs", value_parser = parse_period)]
     pub allocation_interval: Duration,
     /// Rescind offers not answered within this time (default: never).
-    #[arg(long = "offer_timeout", value_parser = parse_duration)]
+    #[arg(long = "offer_timeout", value_parser = parse_period)]
     pub offer_timeout: Option<Duration>,
     /// With `--max_agent_ping_timeouts`: how long a disconnected agent may stay away before its
     /// tasks are lost (or unreachable for PARTITION_AWARE frameworks).
-    #[arg(long = "agent_ping_timeout", default_value = "15secs", value_parser = parse_duration)]
+    #[arg(long = "agent_ping_timeout", default_value = "15secs", value_parser = parse_period)]
     pub agent_ping_timeout: Duration,
     /// See `--agent_ping_timeout`.
     #[arg(long = "max_agent_ping_timeouts", default_value_t = 5)]
@@ -111,6 +111,14 @@ pub struct Args {
 /// the parser every Mesos-style flag of km uses ([`km_mesos::duration::parse`]).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     km_mesos::duration::parse(s).map_err(|e| e.to_string())
+}
+
+/// A duration that paces a timer: zero would be a busy loop (or a panic of tokio's interval).
+fn parse_period(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("invalid duration '{s}': must be more than zero")),
+        d => Ok(d),
+    }
 }
 
 fn parse_weights(s: &str) -> Result<BTreeMap<String, f64>, String> {
@@ -313,6 +321,21 @@ mod tests {
         assert!(parse_duration("soon").unwrap_err().contains("invalid duration 'soon'"));
         assert!(parse_duration("-2s").unwrap_err().contains("negative"));
         assert!(parse_duration("5").unwrap_err().contains("missing unit"));
+    }
+
+    #[test]
+    fn timer_periods_must_be_more_than_zero() {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        for flag in ["--allocation_interval", "--offer_timeout", "--agent_ping_timeout"] {
+            let e = Cli::try_parse_from(["master".to_owned(), format!("{flag}=0secs")])
+                .expect_err("zero is refused");
+            assert!(e.to_string().contains("must be more than zero"), "{flag}: {e}");
+        }
     }
 
     #[test]
