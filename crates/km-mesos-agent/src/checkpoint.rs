@@ -7,7 +7,11 @@
 //!   custom executor whose framework has `checkpoint: true`. Protobuf
 //!   messages are stored as base64 of their binary encoding.
 //!
-//! Files are written to a temporary name and renamed into place.
+//! Files are written to a temporary name, flushed to disk (`fsync`) and
+//! renamed into place, and the directory is flushed too, so a checkpoint
+//! survives a crash of the machine, not only of the agent. The running agent
+//! writes through a [`Writer`]: its lock only queues the bytes, and one thread
+//! writes them in the order they were queued.
 
 use std::path::{Path, PathBuf};
 
@@ -22,12 +26,97 @@ fn meta(work_dir: &Path) -> PathBuf {
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
+    use std::io::Write as _;
+    let parent = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(parent)?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(parent)?.sync_all()
+}
+
+enum Job {
+    Put(PathBuf, Vec<u8>),
+    Remove(PathBuf),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Writes checkpoints on a thread of its own, in the order they are queued.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    tx: std::sync::mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Put(p, _) => write!(f, "Put({})", p.display()),
+            Job::Remove(p) => write!(f, "Remove({})", p.display()),
+            Job::Flush(_) => f.write_str("Flush"),
+        }
+    }
+}
+
+impl Writer {
+    /// Starts the writing thread.
+    pub fn start() -> std::io::Result<Writer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new().name("km-checkpoints".into()).spawn(move || {
+            for job in rx {
+                match job {
+                    Job::Put(path, bytes) => {
+                        if let Err(e) = write_atomic(&path, &bytes) {
+                            tracing::error!(path = %path.display(), "cannot write a checkpoint: {e}");
+                        }
+                    }
+                    Job::Remove(path) => match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            tracing::warn!(path = %path.display(), "cannot remove a checkpoint: {e}");
+                        }
+                    },
+                    Job::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        })?;
+        Ok(Writer { tx })
+    }
+
+    fn queue(&self, job: Job) {
+        if self.tx.send(job).is_err() {
+            tracing::error!("the checkpoint thread is gone; a checkpoint is lost");
+        }
+    }
+
+    /// Queues an executor's checkpoint.
+    pub fn save_executor(
+        &self,
+        work_dir: &Path,
+        framework: &FrameworkInfo,
+        e: &Executor,
+        pending: Vec<TaskStatus>,
+    ) -> std::io::Result<()> {
+        let (path, bytes) = executor_record(work_dir, framework, e, pending)?;
+        self.queue(Job::Put(path, bytes));
+        Ok(())
+    }
+
+    /// Queues the removal of an executor's checkpoint.
+    pub fn remove_executor(&self, work_dir: &Path, fw: &str, ex: &str) {
+        self.queue(Job::Remove(executor_path(work_dir, fw, ex)));
+    }
+
+    /// Returns once everything queued before is on disk.
+    pub async fn flush(&self) {
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.queue(Job::Flush(done));
+        let _ = written.await;
+    }
 }
 
 /// Persists the agent id.
@@ -81,6 +170,17 @@ pub fn save_executor(
     e: &Executor,
     pending: Vec<TaskStatus>,
 ) -> std::io::Result<()> {
+    let (path, bytes) = executor_record(work_dir, framework, e, pending)?;
+    write_atomic(&path, &bytes)
+}
+
+/// An executor's checkpoint file and its bytes.
+fn executor_record(
+    work_dir: &Path,
+    framework: &FrameworkInfo,
+    e: &Executor,
+    pending: Vec<TaskStatus>,
+) -> std::io::Result<(PathBuf, Vec<u8>)> {
     let fw = crate::state::framework_id(framework);
     let record = ExecutorRecord {
         framework_info: enc(framework),
@@ -101,7 +201,7 @@ pub fn save_executor(
         pending_updates: pending.iter().map(enc).collect(),
     };
     let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
-    write_atomic(&executor_path(work_dir, &fw, &e.info.executor_id.value), &json)
+    Ok((executor_path(work_dir, &fw, &e.info.executor_id.value), json))
 }
 
 /// Forgets one executor.
@@ -179,8 +279,8 @@ mod tests {
     use super::*;
     use km_mesos::v1::{ExecutorId, FrameworkId, TaskId};
 
-    #[test]
-    fn agent_id_and_executors_round_trip() {
+    #[tokio::test]
+    async fn agent_id_and_executors_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(load_agent_id(dir.path()), None);
         save_agent_id(dir.path(), "m-S1").unwrap();
@@ -228,5 +328,22 @@ mod tests {
         assert_eq!(back[0].pending, vec![update]);
         remove_executor(dir.path(), "fw", "e");
         assert!(load_executors(dir.path()).is_empty());
+
+        // Through the writer: jobs land in the order they were queued, and a
+        // flush returns once they are on disk.
+        let writer = Writer::start().unwrap();
+        let mut later = e.clone();
+        later.pid = Some(43);
+        writer.save_executor(dir.path(), &fw, &e, vec![]).unwrap();
+        writer.remove_executor(dir.path(), "fw", "e");
+        writer.save_executor(dir.path(), &fw, &later, vec![]).unwrap();
+        writer.flush().await;
+        let back = load_executors(dir.path());
+        assert_eq!(back.len(), 1, "the last save comes after the removal");
+        assert_eq!(back[0].executor.pid, Some(43), "and is the one on disk");
+        assert!(
+            !dir.path().join("meta/frameworks/fw/executors/e.tmp").exists(),
+            "no temporary file is left"
+        );
     }
 }

@@ -59,6 +59,8 @@ impl Running {
             // Cancelled (or already ended): either way the task is gone.
             let _ = t.await;
         }
+        // What was checkpointed is on disk before the agent is reported stopped.
+        self.agent.checkpoints.flush().await;
     }
 }
 
@@ -69,6 +71,8 @@ pub enum StartError {
     WorkDir { path: PathBuf, source: std::io::Error },
     #[error("cannot listen on {ip}:{port}: {source}")]
     Listen { ip: String, port: u16, source: std::io::Error },
+    #[error("cannot start the checkpoint writer: {0}")]
+    Checkpoints(std::io::Error),
 }
 
 /// Starts an agent: binds its port (0 = any), recovers checkpoints,
@@ -83,7 +87,8 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
     cfg.port = addr.port();
     let agent_id = checkpoint::load_agent_id(&cfg.work_dir);
     let recovered = checkpoint::load_executors(&cfg.work_dir);
-    let agent = Agent::new(cfg, agent_id);
+    let checkpoints = checkpoint::Writer::start().map_err(StartError::Checkpoints)?;
+    let agent = Agent::new(cfg, agent_id, checkpoints);
     agent.recover(recovered);
     let app = api::router(Arc::clone(&agent));
     let server = tokio::spawn(async move {
