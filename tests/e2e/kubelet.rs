@@ -58,7 +58,9 @@ impl Env {
             ])
             .arg("--root-dir")
             .arg(self.root())
-            .args(["--cgroup-root", &self.cgroup, "--docker", docker]);
+            .args(["--cgroup-root", &self.cgroup, "--docker", docker])
+            // The local stand-in for Kubernetes' pause image (there is no registry).
+            .args(["--pod-infra-container-image", "km-test/pause:latest"]);
         Proc::spawn("km kubelet", cmd, &self.dir.path().join(log))
     }
 

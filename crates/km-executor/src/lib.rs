@@ -73,8 +73,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     pub docker: DockerMode,
 
-    /// Image of the per-pod sandbox container of Docker pods; must be present in the engine.
-    #[arg(long = "pod-infra-container-image", default_value = "km-test/busybox:latest")]
+    /// Image of the per-pod sandbox container of Docker pods, run with its own command (which
+    /// must keep running, as Kubernetes' pause does). The default is km's local test image
+    /// (`tests/images/build.sh`), since the scheduler has no flag yet to hand executors another.
+    #[arg(long = "pod-infra-container-image", default_value = "km-test/pause:latest")]
     pub pod_infra_container_image: String,
 }
 

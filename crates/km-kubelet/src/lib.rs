@@ -69,8 +69,7 @@ pub async fn open_runtimes(
     let docker = match docker {
         DockerMode::Disabled => None,
         mode => {
-            let mut cfg = DockerConfig::new(root_dir.join("docker"), docker_owner);
-            cfg.sandbox_image = sandbox_image.to_owned();
+            let cfg = DockerConfig::new(root_dir.join("docker"), docker_owner, sandbox_image);
             match DockerRuntime::connect(cfg).await {
                 Ok(rt) => Some(Arc::new(rt)),
                 Err(e) if mode == DockerMode::Required => {
@@ -125,9 +124,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     pub docker: DockerMode,
 
-    /// Image of the per-pod sandbox container that holds the network
-    /// namespace of Docker pods; must be present in the engine.
-    #[arg(long, default_value = "km-test/busybox:latest")]
+    /// Image of the per-pod sandbox container that holds the network and IPC
+    /// namespaces of Docker pods, run with its own command (which must keep
+    /// running, as Kubernetes' pause does); pulled when the engine lacks it.
+    #[arg(long, default_value = km_runtime::docker::DEFAULT_SANDBOX_IMAGE)]
     pub pod_infra_container_image: String,
 }
 
@@ -513,5 +513,20 @@ mod tests {
         assert_eq!(cli.args.file_check_frequency, std::time::Duration::from_millis(500));
         assert_eq!(cli.args.api_servers, ["http://a:8080", "http://b:8080"]);
         assert!(Cli::try_parse_from(["kubelet"]).is_err(), "--manifest-dir is required");
+    }
+
+    #[test]
+    fn the_pod_infra_image_is_kubernetes_pause_unless_given() {
+        let cli = Cli::try_parse_from(["kubelet", "--manifest-dir", "/m"]).expect("parse");
+        assert_eq!(cli.args.pod_infra_container_image, "registry.k8s.io/pause:3.10");
+        let cli = Cli::try_parse_from([
+            "kubelet",
+            "--manifest-dir",
+            "/m",
+            "--pod-infra-container-image",
+            "km-test/pause:latest",
+        ])
+        .expect("parse");
+        assert_eq!(cli.args.pod_infra_container_image, "km-test/pause:latest");
     }
 }

@@ -6,7 +6,8 @@
 //! `PodManager::run` and timed until its snapshot says Running; pods are
 //! created one after the other and keep running until the end, so the last
 //! ones start on a node already running the others. Needs root (native) and
-//! a Docker engine with `km-test/busybox:latest` (`tests/images/build.sh`).
+//! a Docker engine with `km-test/busybox:latest` and `km-test/pause:latest`
+//! (`tests/images/build.sh`).
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::sync::Arc;
@@ -111,9 +112,13 @@ fn main() {
         if docker_n > 0 {
             let owner = format!("km-bench-{}", std::process::id());
             let docker = Arc::new(
-                DockerRuntime::connect(DockerConfig::new(dir.path().join("docker"), owner))
-                    .await
-                    .expect("docker"),
+                DockerRuntime::connect(DockerConfig::new(
+                    dir.path().join("docker"),
+                    owner,
+                    "km-test/pause:latest",
+                ))
+                .await
+                .expect("docker"),
             );
             let m = PodManager::new(None, Some(docker.clone()), node);
             let d = measure(&m, docker_n, false).await;

@@ -3,8 +3,9 @@
 //! Per pod, a sandbox container (`km_POD_<namespace>_<name>_<uid>`) running
 //! the sandbox image owns the network and IPC namespaces, like Kubernetes'
 //! pause container: it publishes every hostPort of the pod, and the app
-//! containers join it with `network_mode: container:<sandbox>`. Tests use
-//! the locally built `km-test/busybox` image running `sleep` as sandbox.
+//! containers join it with `network_mode: container:<sandbox>`. The sandbox
+//! runs its image's own command: [`DEFAULT_SANDBOX_IMAGE`] (Kubernetes' pause)
+//! in production, the locally built `km-test/pause` (busybox's `sleep`) in tests.
 //!
 //! Every container (sandbox and app) carries `io.km.pod.name`,
 //! `io.km.pod.namespace`, `io.km.pod.uid` (and `io.km.task.id` for the
@@ -46,6 +47,10 @@ use crate::runtime::{
 /// Name of the sandbox in the `io.km.container.name` label.
 const SANDBOX_NAME: &str = "POD";
 
+/// The sandbox (pod infra) image Kubernetes' kubelet uses: a static `pause` that holds the
+/// pod's namespaces and does nothing else.
+pub const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
+
 /// How the Docker runtime is set up.
 #[derive(Clone, Debug)]
 pub struct DockerConfig {
@@ -53,22 +58,19 @@ pub struct DockerConfig {
     pub root_dir: PathBuf,
     /// Value of the `io.km.owner` label; identifies this runtime instance.
     pub owner: String,
-    /// Image of the sandbox container; must be present locally.
+    /// Image of the sandbox container, run with its own entrypoint and command, which must
+    /// keep running (as `pause` does); pulled when absent.
     pub sandbox_image: String,
-    /// Command of the sandbox container.
-    pub sandbox_command: Vec<String>,
 }
 
 impl DockerConfig {
-    /// Defaults for a root directory and owner: the sandbox runs
-    /// `km-test/busybox:latest` with `sleep`.
-    pub fn new(root_dir: PathBuf, owner: impl Into<String>) -> DockerConfig {
-        DockerConfig {
-            root_dir,
-            owner: owner.into(),
-            sandbox_image: "km-test/busybox:latest".into(),
-            sandbox_command: vec!["sleep".into(), "2147483647".into()],
-        }
+    /// A root directory, an owner label and the sandbox image.
+    pub fn new(
+        root_dir: PathBuf,
+        owner: impl Into<String>,
+        sandbox_image: impl Into<String>,
+    ) -> DockerConfig {
+        DockerConfig { root_dir, owner: owner.into(), sandbox_image: sandbox_image.into() }
     }
 }
 
@@ -305,7 +307,6 @@ impl ContainerRuntime for DockerRuntime {
         };
         let body = ContainerCreateBody {
             image: Some(self.config.sandbox_image.clone()),
-            cmd: Some(self.config.sandbox_command.clone()),
             hostname: (!plan.host_network).then(|| plan.hostname.clone()),
             labels: Some(self.labels(plan, SANDBOX_NAME)),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),

@@ -242,7 +242,7 @@ async fn docker_restarted_manager_adopts_running_pods() {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         rt.block_on(async move {
             let docker = km_runtime::docker::DockerRuntime::connect(
-                km_runtime::docker::DockerConfig::new(dir, owner),
+                km_runtime::docker::DockerConfig::new(dir, owner, TEST_SANDBOX_IMAGE),
             )
             .await
             .expect("docker");

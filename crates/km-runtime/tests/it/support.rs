@@ -115,6 +115,9 @@ impl Drop for NativeEnv {
     }
 }
 
+/// The sandbox image of the tests (`tests/images/build.sh`), in place of Kubernetes' pause.
+pub const TEST_SANDBOX_IMAGE: &str = "km-test/pause:latest";
+
 /// Builds the test images once per process; panics with a clear message if
 /// the Docker engine is absent (CI has one: the tests must not pass silently).
 pub fn docker_images() {
@@ -150,10 +153,13 @@ impl DockerEnv {
         docker_images();
         let dir = tempfile::tempdir().expect("temp dir");
         let owner = unique("km-test");
-        let runtime =
-            DockerRuntime::connect(DockerConfig::new(dir.path().join("docker"), owner.clone()))
-                .await
-                .expect("connect to the Docker engine");
+        let runtime = DockerRuntime::connect(DockerConfig::new(
+            dir.path().join("docker"),
+            owner.clone(),
+            TEST_SANDBOX_IMAGE,
+        ))
+        .await
+        .expect("connect to the Docker engine");
         DockerEnv { dir, owner, runtime: Arc::new(runtime) }
     }
 
