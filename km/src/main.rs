@@ -56,6 +56,10 @@ enum Command {
     /// scheduler, controller-manager) in the foreground; re-running it resumes the cluster.
     #[command(name = "local-up")]
     LocalUp(km_local_up::Args),
+    /// pid 1 of a native container: runs the program, forwards signals to it, reaps orphans
+    /// and exits with its status (the native runtime runs it; hidden from help).
+    #[command(name = "container-init", hide = true)]
+    ContainerInit(km_runtime::native::init::InitArgs),
 }
 
 impl Command {
@@ -71,15 +75,33 @@ impl Command {
             Command::Executor(args) => rt::block_on(km_executor::run(args)),
             Command::ControllerManager(args) => rt::block_on(km_controller_manager::run(args)),
             Command::LocalUp(args) => rt::block_on(async { Ok(km_local_up::run(args).await?) }),
+            Command::ContainerInit(args) => {
+                // main runs it before logging starts; this arm only completes the match.
+                std::process::exit(i32::from(init_status(km_runtime::native::init::run(args))))
+            }
         }
     }
 }
 
+/// An exit status as the byte a process exits with.
+fn init_status(code: i32) -> u8 {
+    u8::try_from(code.clamp(0, 255)).unwrap_or(u8::MAX)
+}
+
 fn main() -> ExitCode {
     let args = dispatch::normalize_args(std::env::args_os().collect());
-    let cli = Cli::parse_from(args);
-    rt::init_logging(&cli.log);
-    match cli.command.run() {
+    let Cli { log, command } = Cli::parse_from(args);
+    let command = match command {
+        Command::ContainerInit(args) => {
+            // A container's pid 1: no async runtime, and only warnings logged, since its
+            // stderr is the container's log (whose KM_LOG, if any, is the program's).
+            rt::init_logging("warn");
+            return ExitCode::from(init_status(km_runtime::native::init::run(args)));
+        }
+        other => other,
+    };
+    rt::init_logging(&log);
+    match command.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!("{err:#}");

@@ -388,6 +388,12 @@ fn pod_processes(run: &str) -> Vec<(u32, String)> {
         if !vars.contains(&marker.as_bytes()) {
             continue;
         }
+        // A native container's init (`km container-init`) carries the pod's environment
+        // too; its program is the pod's process.
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).nth(1) == Some(b"container-init".as_slice()) {
+            continue;
+        }
         // Zombies have no environment; a process being torn down is not counted.
         let uid = vars
             .iter()

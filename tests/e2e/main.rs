@@ -14,6 +14,7 @@ mod kubelet_api;
 mod local_up;
 mod mesos_agent;
 mod mesos_master;
+mod native_init;
 mod podmaster;
 mod scheduler;
 mod support;

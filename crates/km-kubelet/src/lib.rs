@@ -59,6 +59,8 @@ pub async fn open_runtimes(
     let native = match NativeRuntime::new(NativeConfig {
         root_dir: root_dir.join("native"),
         cgroup_parent: cgroup_parent.to_owned(),
+        // This km binary is every native container's pid 1 (`km container-init`).
+        init: Some(PathBuf::from("/proc/self/exe")),
     }) {
         Ok(rt) => Some(Arc::new(rt)),
         Err(e) => {

@@ -100,6 +100,7 @@ fn main() {
                 NativeRuntime::new(NativeConfig {
                     root_dir: dir.path().join("native"),
                     cgroup_parent: parent,
+                    init: None,
                 })
                 .expect("native runtime (run as root)"),
             );

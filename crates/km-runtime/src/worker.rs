@@ -198,32 +198,47 @@ pub async fn run_pod<R: ContainerRuntime>(
     // Stop: every running container in parallel (with the grace period the stop asked for,
     // else the pod's), then the sandbox.
     let grace = (*stop.borrow()).unwrap_or(plan.grace_period);
-    let stops = running.iter().flatten().map(|r| {
+    let stops = running.iter().enumerate().filter_map(|(index, r)| {
         let rt = rt.clone();
-        let id = r.id.clone();
-        async move {
+        let id = r.as_ref()?.id.clone();
+        Some(async move {
             if let Err(e) = rt.stop_container(&id, grace).await {
                 tracing::warn!("stopping {id}: {e}");
             }
-        }
+            // How the stop ended it, for the final status: asked of the runtime here, as the
+            // tracking task may not have reported it yet.
+            (index, id.clone(), rt.wait(&id).await)
+        })
     });
-    futures::future::join_all(stops).await;
+    let stopped = futures::future::join_all(stops).await;
     drop(running);
+    // One exit per container: the one its tracking task reported, else the stop's.
+    let mut exits: std::collections::BTreeMap<usize, Exit> = std::collections::BTreeMap::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let Event::Exited { index, exit, .. } = ev {
+            exits.insert(index, exit);
+        }
+    }
+    for (index, id, exit) in stopped {
+        match exit {
+            Ok(exit) => {
+                exits.entry(index).or_insert(exit);
+            }
+            Err(e) => tracing::warn!(pod, "the exit of {id}: {e}"),
+        }
+    }
     if let Err(e) = rt.remove_sandbox(&sandbox).await {
         tracing::warn!(pod, "removing the sandbox: {e}");
     }
-    // Drain the exits the stop produced, for the final status.
-    while let Ok(ev) = rx.try_recv() {
-        if let Event::Exited { index, exit, .. } = ev {
-            lc.observe(
-                index,
-                Observation::Exited {
-                    exit_code: exit.exit_code,
-                    reason: exit.reason,
-                    at: exit.finished_at,
-                },
-            );
-        }
+    for (index, exit) in exits {
+        lc.observe(
+            index,
+            Observation::Exited {
+                exit_code: exit.exit_code,
+                reason: exit.reason,
+                at: exit.finished_at,
+            },
+        );
     }
     publish(&lc, &ids, Some(&sandbox), true);
     tracing::info!(pod, "pod stopped and removed");

@@ -15,7 +15,14 @@
 //! - `logs/<container>.log`: stdout and stderr of the container (appended
 //!   across restarts);
 //! - `run/<container>.pid`: pid and kernel start time of the running
-//!   process, to find it again.
+//!   process, to find it again;
+//! - `run/<container>.exit`: the exit status the container's init wrote.
+//!
+//! With [`NativeConfig::init`] (what km always sets) a container's pid 1 is
+//! `km container-init` ([`init`]), which forwards signals to the program,
+//! reaps orphans and exits with the program's status, so a program without a
+//! SIGTERM handler still stops at once and no zombie piles up. Without it the
+//! program itself is pid 1 and ignores the signals it does not handle.
 //!
 //! Containers die with the runtime process (`PR_SET_PDEATHSIG`), so a
 //! runtime that was killed leaves sandboxes but no processes; a restarted
@@ -25,6 +32,7 @@
 
 mod cgroup;
 mod fetch;
+pub mod init;
 mod spawn;
 
 pub use fetch::{ANNOTATION_SHA256_PREFIX, ANNOTATION_URL_PREFIX};
@@ -59,6 +67,10 @@ pub struct NativeConfig {
     pub root_dir: PathBuf,
     /// Cgroup parent, relative to the hierarchy root (`km` by default).
     pub cgroup_parent: String,
+    /// A km binary to run as every container's pid 1 (`km container-init`); km itself passes
+    /// `/proc/self/exe`. `None` runs the program as pid 1 itself, which then ignores the
+    /// signals it has no handler for and leaves orphans unreaped.
+    pub init: Option<PathBuf>,
 }
 
 /// See the module docs.
@@ -67,6 +79,8 @@ pub struct NativeRuntime {
     config: NativeConfig,
     cgroups: cgroup::Cgroups,
     spawner: spawn::Spawner,
+    /// The opened [`NativeConfig::init`].
+    init: Option<Arc<std::os::fd::OwnedFd>>,
     containers: Mutex<HashMap<String, Arc<NativeContainer>>>,
     /// Network namespaces of pods with an isolated network, by sandbox.
     netns: Mutex<HashMap<String, Arc<std::os::fd::OwnedFd>>>,
@@ -115,10 +129,21 @@ impl NativeRuntime {
         let cgroups = cgroup::Cgroups::detect(&parent)?;
         let spawner = spawn::Spawner::new()
             .map_err(|e| Error::Other(format!("starting the spawner thread: {e}")))?;
+        // Opened now: the containers started later run this very binary, even if the file is
+        // replaced meanwhile.
+        let init = match &config.init {
+            Some(path) => Some(Arc::new(
+                std::fs::File::open(path)
+                    .map(std::os::fd::OwnedFd::from)
+                    .map_err(|e| Error::io(path, e))?,
+            )),
+            None => None,
+        };
         Ok(NativeRuntime {
             config,
             cgroups,
             spawner,
+            init,
             containers: Mutex::new(HashMap::new()),
             netns: Mutex::new(HashMap::new()),
             devnull: PathBuf::from("/dev/null"),
@@ -265,7 +290,16 @@ impl NativeRuntime {
                 sandbox.id
             )));
         }
+        let exit_file = dir.join("run").join(format!("{}.exit", c.name));
+        let init = match &self.init {
+            Some(exe) => Some(spawn::InitSpawn {
+                exe: exe.clone(),
+                exit_file: cstr(&exit_file.to_string_lossy())?,
+            }),
+            None => None,
+        };
         Ok(spawn::SpawnRequest {
+            init,
             path: cstr(&path.to_string_lossy())?,
             argv: argv.iter().map(|a| cstr(a)).collect::<Result<_>>()?,
             envp,
@@ -363,6 +397,16 @@ fn process_start_time(pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// How a container that ended with `code` exited (OOMKilled when its cgroup says so).
+fn exit_of(cgroups: &cgroup::Cgroups, sandbox: &str, name: &str, code: i32) -> Exit {
+    let reason = if code != 0 && cgroups.oom_killed(sandbox, name) {
+        "OOMKilled".to_owned()
+    } else {
+        Exit::reason_for(code).to_owned()
+    };
+    Exit { exit_code: code, reason, finished_at: SystemTime::now() }
+}
+
 fn exit_from(status: WaitStatus) -> Option<i32> {
     match status {
         WaitStatus::Exited(_, code) => Some(code),
@@ -432,6 +476,14 @@ impl ContainerRuntime for NativeRuntime {
             None => None,
         };
         let req = self.prepare(sandbox, plan, index, fetched)?;
+        // The status of an earlier run of this container is not this run's.
+        let exit_file = self.sandbox_dir(&sandbox.id).join("run").join(format!("{}.exit", c.name));
+        match std::fs::remove_file(&exit_file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(exit_file, e));
+            }
+            _ => {}
+        }
         let binary = plan.containers[index].command.first().cloned().unwrap_or_default();
         let pid = self.spawner.spawn(req).await.map_err(|e| Error::Exec {
             container: c.name.clone(),
@@ -463,13 +515,7 @@ impl ContainerRuntime for NativeRuntime {
                     }
                 };
                 let _ = std::fs::remove_file(&pid_file);
-                let reason = if code != 0 && cgroups.oom_killed(&sb, &name) {
-                    "OOMKilled".to_owned()
-                } else {
-                    Exit::reason_for(code).to_owned()
-                };
-                let _ =
-                    tx.send(Some(Exit { exit_code: code, reason, finished_at: SystemTime::now() }));
+                let _ = tx.send(Some(exit_of(&cgroups, &sb, &name, code)));
             })
             .map_err(|e| Error::Other(format!("starting a wait thread: {e}")))?;
 

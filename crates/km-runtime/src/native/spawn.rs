@@ -3,6 +3,12 @@
 //! up mounts, hostname, stdio and working directory, then `execve(2)`.
 //! And starting a command inside a running container ([`spawn_inside`]).
 //!
+//! With an init ([`InitSpawn`]) the child execs `km container-init` (from a
+//! descriptor of the km binary, so it needs no path inside the container)
+//! instead of the program, and the init starts the program as its own child
+//! (see [`super::init`]); the init reports a failure to execute the program
+//! on the same pipe the child would have used.
+//!
 //! This is the only module of the crate with `unsafe` code. Everything the
 //! child needs (paths, argv, envp, pointer arrays, file descriptors) is
 //! prepared by the parent before `clone`, so that the child, a copy of a
@@ -32,9 +38,20 @@ pub(crate) struct BindMount {
     pub(crate) read_only: bool,
 }
 
+/// The init a container's program runs under.
+#[derive(Debug)]
+pub(crate) struct InitSpawn {
+    /// The km binary, opened once: a binary replaced on disk since does not matter.
+    pub(crate) exe: std::sync::Arc<OwnedFd>,
+    /// Where the init writes the program's exit status.
+    pub(crate) exit_file: CString,
+}
+
 /// What the child will become.
 #[derive(Debug)]
 pub(crate) struct SpawnRequest {
+    /// Run the program under this init (`km container-init` as pid 1) rather than as pid 1.
+    pub(crate) init: Option<InitSpawn>,
     /// Absolute path of the binary.
     pub(crate) path: CString,
     pub(crate) argv: Vec<CString>,
@@ -66,6 +83,8 @@ pub(crate) enum SpawnError {
     Child { step: &'static str, errno: Errno },
     #[error("the spawner thread is gone")]
     Gone,
+    #[error("an argument of the init contains a NUL byte")]
+    Nul,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Pid, SpawnError>>;
@@ -98,6 +117,9 @@ impl Spawner {
     }
 }
 
+/// The index of "execve" in [`STEPS`], also used by the init.
+const STEP_EXECVE: u32 = 9;
+
 /// Steps the child reports failures of, by index, through the error pipe.
 const STEPS: &[&str] = &[
     "waiting for the parent",
@@ -121,8 +143,34 @@ fn spawn(mut req: SpawnRequest) -> Result<Pid, SpawnError> {
     let (err_r, err_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(SpawnError::Pipe)?;
 
+    // With an init, the child execs `km container-init … -- <program> <args>`, handing it
+    // the error pipe by number.
+    let init_argv: Option<Vec<CString>> = match &req.init {
+        None => None,
+        Some(init) => {
+            let arg = |s: &str| CString::new(s).map_err(|_| SpawnError::Nul);
+            let mut v = vec![
+                arg("km")?,
+                arg("container-init")?,
+                arg("--report-fd")?,
+                arg(&err_w.as_raw_fd().to_string())?,
+                arg("--exit-file")?,
+                init.exit_file.clone(),
+            ];
+            if let Some(arg0) = req.argv.first() {
+                v.push(arg("--arg0")?);
+                v.push(arg0.clone());
+            }
+            v.push(arg("--")?);
+            v.push(req.path.clone());
+            v.extend(req.argv.iter().skip(1).cloned());
+            Some(v)
+        }
+    };
+    let init_fd = req.init.as_ref().map(|i| i.exe.as_raw_fd());
     // Pointer arrays for execve, built before the clone.
-    let mut argv_ptrs: Vec<*const libc::c_char> = req.argv.iter().map(|a| a.as_ptr()).collect();
+    let mut argv_ptrs: Vec<*const libc::c_char> =
+        init_argv.as_ref().unwrap_or(&req.argv).iter().map(|a| a.as_ptr()).collect();
     argv_ptrs.push(std::ptr::null());
     let mut envp_ptrs: Vec<*const libc::c_char> = req.envp.iter().map(|a| a.as_ptr()).collect();
     envp_ptrs.push(std::ptr::null());
@@ -233,8 +281,21 @@ fn spawn(mut req: SpawnRequest) -> Result<Pid, SpawnError> {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&raw mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &raw const set, std::ptr::null_mut());
-            libc::execve(req.path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
-            fail(9)
+            match init_fd {
+                Some(exe) => {
+                    // The init inherits the error pipe (it reports the program's execve).
+                    if libc::fcntl(err_wfd, libc::F_SETFD, 0) != 0 {
+                        return fail(STEP_EXECVE as usize);
+                    }
+                    libc::fexecve(exe, argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+                    // Still here: the pipe must close on the way out again.
+                    libc::fcntl(err_wfd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+                None => {
+                    libc::execve(req.path.as_ptr(), argv_ptrs.as_ptr(), envp_ptrs.as_ptr());
+                }
+            }
+            fail(STEP_EXECVE as usize)
         }
     };
 
@@ -281,6 +342,50 @@ fn spawn(mut req: SpawnRequest) -> Result<Pid, SpawnError> {
         return Err(SpawnError::Child { step: STEPS.get(step).copied().unwrap_or("setup"), errno });
     }
     Ok(pid)
+}
+
+/// Takes ownership of descriptor `fd`, inherited from the process that exec'd this one (the
+/// init's `--report-fd`); `None` when no such descriptor is open.
+pub(crate) fn inherited_fd(fd: i32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: F_GETFD only queries the descriptor. It is open, and by the init's contract it
+    // was inherited for this process alone and nothing else in it owns it.
+    unsafe {
+        if libc::fcntl(fd, libc::F_GETFD) == -1 {
+            return None;
+        }
+        Some(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Makes the child of `command` start with no signal blocked: the init blocks the signals it
+/// waits for, and a signal mask is inherited across fork and exec.
+pub(crate) fn unblock_signals_in_child(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the forked child before exec and only calls sigprocmask
+    // (async-signal-safe) with a set on its own stack.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&nix::sys::signal::SigSet::empty()),
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Reports to the runtime, on its error pipe, that the program's execve failed with `errno`,
+/// in the format the runtime's own child uses.
+pub(crate) fn report_exec_failure(pipe: &OwnedFd, errno: i32) {
+    let mut msg = [0u8; 8];
+    msg[..4].copy_from_slice(&STEP_EXECVE.to_ne_bytes());
+    msg[4..].copy_from_slice(&errno.to_ne_bytes());
+    let _ = nix::unistd::write(pipe, &msg);
 }
 
 /// Creates a network namespace with loopback up and returns a descriptor

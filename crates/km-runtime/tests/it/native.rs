@@ -392,6 +392,7 @@ async fn a_new_runtime_removes_what_an_old_one_left() {
     let second = NativeRuntime::new(NativeConfig {
         root_dir: env.root(),
         cgroup_parent: env.cgroup_parent.clone(),
+        init: None,
     })
     .expect("second runtime");
     let owned = second.list_owned().await.expect("list");
@@ -426,6 +427,7 @@ async fn runtimes_with_other_roots_leave_each_others_pods_alone() {
     let other = NativeRuntime::new(NativeConfig {
         root_dir: other_root.clone(),
         cgroup_parent: env.cgroup_parent.clone(),
+        init: None,
     })
     .expect("other runtime");
     let owned = other.list_owned().await.expect("list");

@@ -95,6 +95,9 @@ impl NativeEnv {
         let runtime = NativeRuntime::new(NativeConfig {
             root_dir: dir.path().join("root"),
             cgroup_parent: cgroup_parent.clone(),
+            // No km binary here to be the containers' init: the programs are pid 1
+            // themselves. tests/e2e/native_init.rs runs the runtime under km's init.
+            init: None,
         })
         .expect("native runtime (tests run as root)");
         NativeEnv { dir, cgroup_parent, runtime: Arc::new(runtime) }
