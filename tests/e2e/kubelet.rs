@@ -1,8 +1,8 @@
 //! `km kubelet` over a manifest directory: pods start for new files, restart
 //! for changed ones, stop for removed ones; a malformed file is reported
 //! with its path while the others run; SIGTERM stops every pod; after
-//! `kill -9` nothing is left running that no pod owns, and the next kubelet
-//! removes what the last one left.
+//! `kill -9` the pods keep running, the next kubelet adopts those whose
+//! manifest is still there (Docker and native) and removes the others.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -288,17 +288,19 @@ fn kubelet_kill_9_leaves_no_orphans() {
     );
     let (m, out) = (env.manifests(), env.out());
     std::fs::write(m.join("n.yaml"), native_manifest("n", "v1", &out)).expect("write n");
+    std::fs::write(m.join("o.yaml"), native_manifest("o", "v1", &out)).expect("write o");
     std::fs::write(m.join("d.yaml"), docker_manifest("d")).expect("write d");
     std::fs::write(m.join("e.yaml"), docker_manifest("e")).expect("write e");
 
     let mut first = env.start("required", "kubelet1.log");
     let running = |name: &str| env.phase(name).as_deref() == Some("Running");
     assert!(
-        wait_until(WAIT, || running("n") && running("d") && running("e")),
+        wait_until(WAIT, || running("n") && running("o") && running("d") && running("e")),
         "all pods run; log:\n{}",
         first.log()
     );
     let pid_n = native_pid(&env.status("n").expect("status n")).expect("pid n");
+    let pid_o = native_pid(&env.status("o").expect("status o")).expect("pid o");
     let old_d = pod_containers(&env, "d");
     let old_e = pod_containers(&env, "e");
     assert_eq!(old_d.len(), 2, "sandbox + container of d: {old_d:?}");
@@ -306,32 +308,33 @@ fn kubelet_kill_9_leaves_no_orphans() {
 
     first.signal("KILL");
     first.wait_timeout(WAIT).expect("kubelet dies");
-    // Native containers die with the kubelet; Docker containers outlive it,
-    // labelled with the pod they belong to.
-    assert!(wait_until(WAIT, || !alive(pid_n)), "the native container died with its kubelet");
+    // Native and Docker containers outlive the kubelet, each found again by
+    // the pod it belongs to.
+    assert!(alive(pid_n) && alive(pid_o), "native containers outlive their kubelet");
     assert_eq!(pod_containers(&env, "d"), old_d);
 
-    // While the kubelet is down, e's manifest goes away.
+    // While the kubelet is down, the manifests of e and o go away.
     std::fs::remove_file(m.join("e.yaml")).expect("remove e");
-    std::fs::remove_file(out.join("n")).expect("reset n's output");
+    std::fs::remove_file(m.join("o.yaml")).expect("remove o");
     let mut second = env.start("required", "kubelet2.log");
-    // n is started again; d's running containers are adopted, not recreated;
-    // e's are removed as orphans.
+    // n's and d's running containers are adopted, not recreated; e's and
+    // o's are removed as orphans.
     assert!(
-        wait_until(WAIT, || read(&out.join("n")) == "v1\n"),
-        "n runs again; log:\n{}",
+        wait_until(WAIT, || pod_containers(&env, "e").is_empty() && !alive(pid_o)),
+        "e and o are removed; log:\n{}",
         second.log()
     );
     assert!(
-        wait_until(WAIT, || pod_containers(&env, "e").is_empty()),
-        "e is removed; log:\n{}",
-        second.log()
-    );
-    assert!(
-        wait_until(WAIT, || running("n") && running("d")),
+        wait_until(WAIT, || second.log().contains("adopted a running container")
+            && running("n")
+            && running("d")),
         "n and d run; log:\n{}",
         second.log()
     );
+    assert!(alive(pid_n), "n's process still runs");
+    let n = env.status("n").expect("status n");
+    assert_eq!(native_pid(&n), Some(pid_n), "n is adopted; log:\n{}", second.log());
+    assert_eq!(n["status"]["containerStatuses"][0]["restartCount"], serde_json::json!(0));
     assert_eq!(pod_containers(&env, "d"), old_d, "d is adopted; log:\n{}", second.log());
     let restarts =
         env.status("d").expect("status d")["status"]["containerStatuses"][0]["restartCount"]
@@ -344,4 +347,5 @@ fn kubelet_kill_9_leaves_no_orphans() {
     let status = second.wait_timeout(WAIT).expect("kubelet exits on SIGTERM");
     assert!(status.success(), "log:\n{}", second.log());
     assert!(env.docker_containers().is_empty(), "SIGTERM removes every Docker container");
+    assert!(!alive(pid_n), "SIGTERM stops the adopted native pod");
 }

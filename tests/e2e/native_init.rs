@@ -20,18 +20,19 @@ use crate::support::km_bin;
 /// A native runtime whose containers run under `km container-init`, in a temporary root and
 /// a cgroup parent of its own (removed, with anything left in it, on drop).
 struct Env {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     cgroup: String,
     runtime: Arc<NativeRuntime>,
     manager: PodManager,
 }
 
-fn runtime(root: &Path, cgroup: &str) -> Arc<NativeRuntime> {
+fn runtime(root: &Path, cgroup: &str, adopt: bool) -> Arc<NativeRuntime> {
     Arc::new(
         NativeRuntime::new(NativeConfig {
             root_dir: root.to_owned(),
             cgroup_parent: cgroup.to_owned(),
             init: Some(km_bin()),
+            adopt,
         })
         .expect("native runtime (the e2e tests run as root)"),
     )
@@ -54,11 +55,19 @@ fn native_pod(name: &str, grace_secs: u64, command: &[&str]) -> k8s::Pod {
 
 impl Env {
     fn new(name: &str) -> Env {
+        Env::with(name, false)
+    }
+
+    fn with(name: &str, adopt: bool) -> Env {
         let dir = tempfile::tempdir().expect("temp dir");
         let cgroup = format!("km-e2e-init-{name}-{}", std::process::id());
-        let runtime = runtime(&dir.path().join("root"), &cgroup);
+        let runtime = runtime(&dir.path().join("root"), &cgroup, adopt);
         let manager = manager(&runtime);
-        Env { _dir: dir, cgroup, runtime, manager }
+        Env { dir, cgroup, runtime, manager }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
     }
 
     fn run(&self, name: &str, grace_secs: u64, command: &[&str]) -> String {
@@ -244,4 +253,72 @@ async fn exit_statuses_and_start_errors_come_through_the_init() {
     let message = waiting.and_then(|w| w.waiting).and_then(|w| w.message).unwrap_or_default();
     assert!(message.contains("execve") && message.contains("EACCES"), "{message}");
     env.manager.stop(&uid).await.expect("stop");
+}
+
+/// Runs `pod` on a runtime of its own in a tokio runtime of its own, as a first km process,
+/// and drops both once it runs, without stopping anything, as kill -9 would: returns the
+/// pod's container pid.
+fn run_in_a_first_runtime(root: PathBuf, cgroup: String, pod: k8s::Pod) -> i32 {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+        rt.block_on(async move {
+            let first = runtime(&root, &cgroup, true);
+            let m = manager(&first);
+            let uid = m.run(&pod).expect("run").uid;
+            let mut rx = m.watch(&uid).expect("watch");
+            let s = tokio::time::timeout(
+                Duration::from_secs(30),
+                rx.wait_for(|s| s.phase == Phase::Running),
+            )
+            .await
+            .expect("Running in time")
+            .expect("snapshot")
+            .clone();
+            let pid = first.pid(s.container_ids[0].as_deref().expect("id")).expect("pid");
+            // Dropping the manager would stop its pods; a killed km never gets to.
+            std::mem::forget(m);
+            pid
+        })
+    })
+    .join()
+    .expect("first runtime")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runtime_adopts_running_containers_and_sees_them_end() {
+    let env = Env::with("adopt", true);
+    let go = env.dir.path().join("go");
+    let script = format!("while [ ! -e {} ]; do sleep 0.05; done; exit 7", go.display());
+    let exits = native_pod("exits", 2, &["/bin/sh", "-c", &script]);
+    let stopped = native_pod("stopped", 600, &["/bin/sleep", "1000"]);
+    let pid_exits = run_in_a_first_runtime(env.root(), env.cgroup.clone(), exits.clone());
+    let pid_stopped = run_in_a_first_runtime(env.root(), env.cgroup.clone(), stopped.clone());
+    // The first km is gone; its containers are not.
+    assert!(Path::new(&format!("/proc/{pid_exits}")).exists());
+    assert!(Path::new(&format!("/proc/{pid_stopped}")).exists());
+
+    // The second km is given the same pods and carries on with their processes.
+    let uid = env.manager.run(&exits).expect("run").uid;
+    let s = env.wait(&uid, "adopted and Running", |s| s.phase == Phase::Running).await;
+    assert_eq!(env.pid(&s), pid_exits, "the running process is adopted, not started again");
+    std::fs::write(&go, "").expect("go");
+    let s = env.wait(&uid, "Failed", |s| s.phase == Phase::Failed).await;
+    let t = terminated(&s).expect("terminated");
+    assert_eq!((t.exit_code, t.reason.as_deref()), (7, Some("Error")), "its init's exit file");
+    env.manager.stop(&uid).await.expect("stop");
+
+    let uid = env.manager.run(&stopped).expect("run").uid;
+    let s = env.wait(&uid, "adopted and Running", |s| s.phase == Phase::Running).await;
+    assert_eq!(env.pid(&s), pid_stopped);
+    let restarts = s.status.container_statuses.as_ref().map(|c| c[0].restart_count);
+    assert_eq!(restarts, Some(0));
+    let mut rx = env.manager.watch(&uid).expect("watch");
+    tokio::time::timeout(Duration::from_secs(60), env.manager.stop(&uid))
+        .await
+        .expect("the adopted pod stops well within its grace period")
+        .expect("stop");
+    let t = terminated(&rx.borrow_and_update()).expect("terminated");
+    assert_eq!(t.exit_code, 128 + 15);
+    let cmdline = std::fs::read(format!("/proc/{pid_stopped}/cmdline")).unwrap_or_default();
+    assert!(cmdline.is_empty(), "the adopted container is gone");
 }

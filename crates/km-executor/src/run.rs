@@ -79,6 +79,8 @@ async fn runtimes(
         scope.docker_owner.clone(),
         &args.pod_infra_container_image,
         args.docker,
+        // An executor's pods die with it; the next executor removes what is left.
+        false,
     )
     .await
 }

@@ -8,11 +8,13 @@
 //! other pods keep running. Pods with `runtimeClassName: native` run on the
 //! native runtime, the others on Docker.
 //!
-//! At start-up the directory is read first: a Docker pod whose manifest is
-//! unchanged adopts the sandbox and containers an earlier run left running
-//! (native containers die with their kubelet and are started again); then
-//! every other pod an earlier run left behind (found by its ownership
-//! labels) is removed. Each pod's
+//! At start-up the directory is read first: a pod whose manifest is
+//! unchanged adopts the sandbox and containers an earlier run left running,
+//! Docker and native alike (native containers outlive a kubelet that dies
+//! without stopping its pods, e.g. on kill -9, and are followed again
+//! through their pid files, a pidfd and their init's exit file); then every
+//! other pod an earlier run left behind (found by its ownership labels) is
+//! removed. SIGTERM or SIGINT stops every pod before the kubelet exits. Each pod's
 //! current status is written to `<root-dir>/status/<namespace>_<name>.json`
 //! (the pod object with `status` filled in); with `--api-servers` each
 //! static pod is also published as a mirror pod with its status, and the
@@ -48,19 +50,23 @@ pub enum DockerMode {
 
 /// The pod runtimes under `root_dir`: the native one (cgroups under `cgroup_parent`) when this
 /// host allows it, and Docker as `docker` says, its containers labelled with `docker_owner`.
-/// Shared by `km kubelet` and `km executor`.
+/// With `adopt_native`, native containers outlive this process and are adopted by the next
+/// one (`km kubelet`); without it they die with it (`km executor`, whose pods must not
+/// outlive it). Shared by `km kubelet` and `km executor`.
 pub async fn open_runtimes(
     root_dir: &std::path::Path,
     cgroup_parent: &str,
     docker_owner: String,
     sandbox_image: &str,
     docker: DockerMode,
+    adopt_native: bool,
 ) -> anyhow::Result<(Option<Arc<NativeRuntime>>, Option<Arc<DockerRuntime>>)> {
     let native = match NativeRuntime::new(NativeConfig {
         root_dir: root_dir.join("native"),
         cgroup_parent: cgroup_parent.to_owned(),
         // This km binary is every native container's pid 1 (`km container-init`).
         init: Some(PathBuf::from("/proc/self/exe")),
+        adopt: adopt_native,
     }) {
         Ok(rt) => Some(Arc::new(rt)),
         Err(e) => {
@@ -153,6 +159,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         owner_label(&args.root_dir),
         &args.pod_infra_container_image,
         args.docker,
+        true,
     )
     .await?;
     let manager =
@@ -160,7 +167,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(dir = %args.manifest_dir.display(), node = node_name, every = ?args.file_check_frequency, "km kubelet running");
 
     // Pods whose manifest is still here adopt what an earlier run left
-    // running (Docker); everything else that run left is removed.
+    // running (Docker and native); everything else that run left is removed.
     let mut sync = Sync {
         scan: Scan::new(),
         running: BTreeMap::new(),

@@ -101,6 +101,7 @@ fn main() {
                     root_dir: dir.path().join("native"),
                     cgroup_parent: parent,
                     init: None,
+                    adopt: false,
                 })
                 .expect("native runtime (run as root)"),
             );

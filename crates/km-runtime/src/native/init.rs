@@ -180,3 +180,9 @@ fn write_exit_file(path: &Path, code: i32) -> std::io::Result<()> {
     std::fs::write(&tmp, format!("{code}\n"))?;
     std::fs::rename(&tmp, path)
 }
+
+/// Reads an exit file written by the init: `None` when there is none (the init was killed
+/// before it could write one) or it holds no number.
+pub(crate) fn read_exit_file(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}

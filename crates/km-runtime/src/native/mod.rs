@@ -24,11 +24,20 @@
 //! SIGTERM handler still stops at once and no zombie piles up. Without it the
 //! program itself is pid 1 and ignores the signals it does not handle.
 //!
-//! Containers die with the runtime process (`PR_SET_PDEATHSIG`), so a
-//! runtime that was killed leaves sandboxes but no processes; a restarted
-//! runtime finds the sandboxes with [`ContainerRuntime::list_owned`] and
-//! removes them (killing anything still in their cgroups). Native
-//! containers are therefore never adopted, only cleaned up.
+//! What happens to containers when the runtime process dies depends on
+//! [`NativeConfig::adopt`]:
+//! - without it (`km executor`) they die with the process
+//!   (`PR_SET_PDEATHSIG`), so a runtime that was killed leaves sandboxes but
+//!   no processes, and the next one removes them;
+//! - with it (`km kubelet`) they keep running, and a runtime started later
+//!   over the same root adopts those of the pods it is given again
+//!   ([`ContainerRuntime::adopt`]: the pid file tells the process, checked by
+//!   its start time; a pidfd tells when it exits, and the init's exit file
+//!   with which status, since it is no longer this process's child).
+//!
+//! Either way a restarted runtime finds what no pod claims with
+//! [`ContainerRuntime::list_owned`] and removes it (killing anything still in
+//! the sandbox's cgroups).
 
 mod cgroup;
 mod fetch;
@@ -71,6 +80,10 @@ pub struct NativeConfig {
     /// `/proc/self/exe`. `None` runs the program as pid 1 itself, which then ignores the
     /// signals it has no handler for and leaves orphans unreaped.
     pub init: Option<PathBuf>,
+    /// Let containers outlive this process, and adopt the running containers of a pod a
+    /// runtime over the same root started earlier. Needs `init` (the status of a container
+    /// that is not this process's child comes from its init's exit file).
+    pub adopt: bool,
 }
 
 /// See the module docs.
@@ -126,6 +139,11 @@ impl NativeRuntime {
             config.cgroup_parent.trim_end_matches('/'),
             owner_segment(&config.root_dir)
         );
+        if config.adopt && config.init.is_none() {
+            return Err(Error::Other(
+                "adopting native containers needs an init (their exit status comes from it)".into(),
+            ));
+        }
         let cgroups = cgroup::Cgroups::detect(&parent)?;
         let spawner = spawn::Spawner::new()
             .map_err(|e| Error::Other(format!("starting the spawner thread: {e}")))?;
@@ -300,6 +318,7 @@ impl NativeRuntime {
         };
         Ok(spawn::SpawnRequest {
             init,
+            die_with_runtime: !self.config.adopt,
             path: cstr(&path.to_string_lossy())?,
             argv: argv.iter().map(|a| cstr(a)).collect::<Result<_>>()?,
             envp,
@@ -407,6 +426,15 @@ fn exit_of(cgroups: &cgroup::Cgroups, sandbox: &str, name: &str, code: i32) -> E
     Exit { exit_code: code, reason, finished_at: SystemTime::now() }
 }
 
+/// The pid and kernel start time a pid file holds.
+fn read_pid_file(path: &Path) -> Option<(i32, u64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut it = text.split_whitespace();
+    let pid = it.next()?.parse().ok()?;
+    let start = it.next()?.parse().ok()?;
+    Some((pid, start))
+}
+
 fn exit_from(status: WaitStatus) -> Option<i32> {
     match status {
         WaitStatus::Exited(_, code) => Some(code),
@@ -425,9 +453,63 @@ impl ContainerRuntime for NativeRuntime {
         "native"
     }
 
-    async fn adopt(&self, _plan: &PodPlan) -> Result<Option<Adopted>> {
-        // Native containers die with the runtime that started them.
-        Ok(None)
+    async fn adopt(&self, plan: &PodPlan) -> Result<Option<Adopted>> {
+        if !self.config.adopt {
+            // The containers died with the runtime that started them.
+            return Ok(None);
+        }
+        let id = format!("{}_{}_{}", plan.key.namespace, plan.key.name, plan.key.uid);
+        let dir = self.sandbox_dir(&id);
+        if !dir.join("pod.json").is_file() {
+            return Ok(None);
+        }
+        // The processes the pid files name, if they are still those processes.
+        let found: Vec<Option<(i32, u64, PathBuf)>> = plan
+            .containers
+            .iter()
+            .map(|c| {
+                let pid_file = dir.join("run").join(format!("{}.pid", c.name));
+                read_pid_file(&pid_file)
+                    .filter(|(pid, start)| process_start_time(*pid) == Some(*start))
+                    .map(|(pid, start)| (pid, start, pid_file))
+            })
+            .collect();
+        let Some((first, _, _)) = found.iter().flatten().next() else { return Ok(None) };
+        if isolated_network(plan) && self.netns(&id).is_none() {
+            // The pod's network namespace lives on in its running containers.
+            let path = PathBuf::from(format!("/proc/{first}/ns/net"));
+            let ns = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+            if let Ok(mut map) = self.netns.lock() {
+                map.insert(id.clone(), Arc::new(ns.into()));
+            }
+        }
+        let mut containers = Vec::with_capacity(found.len());
+        for (c, entry) in plan.containers.iter().zip(found) {
+            let Some((pid, start, pid_file)) = entry else {
+                containers.push(None);
+                continue;
+            };
+            match self.track_adopted(&id, &c.name, Pid::from_raw(pid), start, pid_file) {
+                Ok(started) => containers.push(Some(started)),
+                Err(e) => {
+                    // Not tracked, so not left running beside the instance started instead
+                    // (if it still is that process).
+                    tracing::warn!(
+                        sandbox = id,
+                        container = c.name,
+                        "cannot adopt process {pid}: {e}"
+                    );
+                    if process_start_time(pid) == Some(start) {
+                        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                    }
+                    containers.push(None);
+                }
+            }
+        }
+        Ok(Some(Adopted {
+            sandbox: Sandbox { id, key: plan.key.clone(), pod_ip: None },
+            containers,
+        }))
     }
 
     async fn create_sandbox(&self, plan: &PodPlan) -> Result<Sandbox> {
@@ -803,6 +885,65 @@ impl ContainerRuntime for NativeRuntime {
 }
 
 impl NativeRuntime {
+    /// Follows a running container a runtime started earlier: its exit is seen through a
+    /// pidfd, its status read from the exit file its init writes.
+    fn track_adopted(
+        &self,
+        sandbox: &str,
+        name: &str,
+        pid: Pid,
+        start_time: u64,
+        pid_file: PathBuf,
+    ) -> Result<Started> {
+        let exited =
+            spawn::exit_watch(pid).map_err(|e| Error::Other(format!("watching its pidfd: {e}")))?;
+        // The pid could have been reused between the check and the open.
+        if process_start_time(pid.as_raw()) != Some(start_time) {
+            return Err(Error::Other("the process has exited".into()));
+        }
+        let started_at = std::fs::metadata(&pid_file)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        let dir = self.sandbox_dir(sandbox);
+        let exit_file = dir.join("run").join(format!("{name}.exit"));
+        let (tx, rx) = watch::channel(None);
+        let cgroups = self.cgroups.clone();
+        let (sb, c_name) = (sandbox.to_owned(), name.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = exited.readable().await {
+                tracing::warn!(
+                    sandbox = sb,
+                    container = c_name,
+                    "waiting for an adopted container: {e}"
+                );
+                return;
+            }
+            // No exit file: the init itself was killed (SIGKILL), taking the program with it.
+            let code = init::read_exit_file(&exit_file).unwrap_or(128 + Signal::SIGKILL as i32);
+            let _ = std::fs::remove_file(&pid_file);
+            let _ = tx.send(Some(exit_of(&cgroups, &sb, &c_name, code)));
+        });
+        let id = format!("{sandbox}/{name}/{}", pid.as_raw());
+        let container = Arc::new(NativeContainer {
+            sandbox: sandbox.to_owned(),
+            name: name.to_owned(),
+            pid,
+            exit: rx,
+            log: dir.join("logs").join(format!("{name}.log")),
+        });
+        self.containers
+            .lock()
+            .map_err(|_| Error::Other("container table poisoned".into()))?
+            .insert(id.clone(), container);
+        tracing::info!(
+            sandbox,
+            container = name,
+            pid = pid.as_raw(),
+            "adopted a running container"
+        );
+        Ok(Started { id, started_at })
+    }
+
     /// The sandbox directory of a pod, for tests and log lookups.
     pub fn sandbox_path(&self, sandbox_id: &str) -> PathBuf {
         self.sandbox_dir(sandbox_id)

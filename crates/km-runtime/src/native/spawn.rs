@@ -15,10 +15,11 @@
 //! multi-threaded process, does no allocation and calls only
 //! async-signal-safe functions until `execve`.
 //!
-//! Clones are made by one long-lived thread ([`Spawner`]): the children
-//! get `PR_SET_PDEATHSIG = SIGKILL`, which fires when the *thread* that
-//! created them exits, and a thread from a pool could exit at any time. So
-//! the containers die with the runtime process, never before it.
+//! Clones are made by one long-lived thread ([`Spawner`]): unless the
+//! runtime lets its containers outlive it ([`SpawnRequest::die_with_runtime`]),
+//! the children get `PR_SET_PDEATHSIG = SIGKILL`, which fires when the
+//! *thread* that created them exits, and a thread from a pool could exit at
+//! any time. So such containers die with the runtime process, never before it.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -52,6 +53,8 @@ pub(crate) struct InitSpawn {
 pub(crate) struct SpawnRequest {
     /// Run the program under this init (`km container-init` as pid 1) rather than as pid 1.
     pub(crate) init: Option<InitSpawn>,
+    /// Kill the container when the runtime process dies (`PR_SET_PDEATHSIG`).
+    pub(crate) die_with_runtime: bool,
     /// Absolute path of the binary.
     pub(crate) path: CString,
     pub(crate) argv: Vec<CString>,
@@ -168,6 +171,7 @@ fn spawn(mut req: SpawnRequest) -> Result<Pid, SpawnError> {
         }
     };
     let init_fd = req.init.as_ref().map(|i| i.exe.as_raw_fd());
+    let die_with_runtime = req.die_with_runtime;
     // Pointer arrays for execve, built before the clone.
     let mut argv_ptrs: Vec<*const libc::c_char> =
         init_argv.as_ref().unwrap_or(&req.argv).iter().map(|a| a.as_ptr()).collect();
@@ -206,7 +210,8 @@ fn spawn(mut req: SpawnRequest) -> Result<Pid, SpawnError> {
         // the parent before clone (CStrings, pointer arrays, fds), as
         // async-signal-safety after clone requires.
         unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            if die_with_runtime && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+            {
                 return fail(10);
             }
             let mut byte = 0u8;
@@ -359,6 +364,28 @@ pub(crate) fn inherited_fd(fd: i32) -> Option<OwnedFd> {
         }
         Some(OwnedFd::from_raw_fd(fd))
     }
+}
+
+/// A pidfd of process `pid` (`pidfd_open(2)`) registered with tokio: readable once the process
+/// has exited, whoever its parent is. The caller checks that `pid` is still the process it
+/// means. Needs a tokio runtime.
+pub(crate) fn exit_watch(pid: Pid) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: a plain system call with integer arguments; on success it returns a new
+    // descriptor that nothing else owns.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(|_| std::io::Error::other("pidfd out of range"))?;
+    // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the AsyncFd owns the OwnedFd, which stays open, as the same descriptor, until
+    // the AsyncFd is dropped.
+    unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// Makes the child of `command` start with no signal blocked: the init blocks the signals it

@@ -393,6 +393,7 @@ async fn a_new_runtime_removes_what_an_old_one_left() {
         root_dir: env.root(),
         cgroup_parent: env.cgroup_parent.clone(),
         init: None,
+        adopt: false,
     })
     .expect("second runtime");
     let owned = second.list_owned().await.expect("list");
@@ -428,6 +429,7 @@ async fn runtimes_with_other_roots_leave_each_others_pods_alone() {
         root_dir: other_root.clone(),
         cgroup_parent: env.cgroup_parent.clone(),
         init: None,
+        adopt: false,
     })
     .expect("other runtime");
     let owned = other.list_owned().await.expect("list");

@@ -98,6 +98,7 @@ impl NativeEnv {
             // No km binary here to be the containers' init: the programs are pid 1
             // themselves. tests/e2e/native_init.rs runs the runtime under km's init.
             init: None,
+            adopt: false,
         })
         .expect("native runtime (tests run as root)");
         NativeEnv { dir, cgroup_parent, runtime: Arc::new(runtime) }
