@@ -12,6 +12,7 @@ use km_runtime::PodManager;
 use km_runtime::lifecycle::Phase;
 use km_runtime::native::{NativeConfig, NativeRuntime};
 use km_runtime::pod::NodeContext;
+use km_runtime::runtime::ContainerRuntime as _;
 use km_runtime::status::PodSnapshot;
 use serde_json::json;
 
@@ -222,9 +223,13 @@ async fn orphans_are_reaped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_statuses_and_start_errors_come_through_the_init() {
     let env = Env::new("codes");
-    let uid = env.run("three", 2, &["/bin/sh", "-c", "exit 3"]);
+    let uid = env.run("three", 2, &["/bin/sh", "-c", "exit 1"]);
     let s = env.wait(&uid, "Failed", |s| s.phase == Phase::Failed).await;
-    assert_eq!(terminated(&s).expect("terminated").exit_code, 3);
+    assert_eq!(terminated(&s).expect("terminated").exit_code, 1);
+    // The exit file the init left in the sandbox is no container (its "1" is no pid 1).
+    let owned = env.runtime.list_owned().await.expect("list");
+    let pod = owned.iter().find(|p| p.key.uid == uid).expect("the sandbox is listed");
+    assert!(pod.containers.is_empty(), "nothing runs: {owned:?}");
     env.manager.stop(&uid).await.expect("stop");
 
     let uid = env.run("killed", 2, &["/bin/sh", "-c", "kill -KILL $$"]);

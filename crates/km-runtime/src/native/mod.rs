@@ -832,6 +832,10 @@ impl ContainerRuntime for NativeRuntime {
             let mut containers = Vec::new();
             for pidf in std::fs::read_dir(entry.path().join("run")).into_iter().flatten().flatten()
             {
+                // Only pid files name containers (`run/` also holds the inits' exit files).
+                if pidf.path().extension().is_none_or(|e| e != "pid") {
+                    continue;
+                }
                 let name = pidf
                     .path()
                     .file_stem()
