@@ -102,7 +102,7 @@ pub struct Args {
     pub manifest_dir: PathBuf,
 
     /// How often to read the manifest directory again (e.g. 20s, 500ms).
-    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = parse_period)]
     pub file_check_frequency: Duration,
 
     /// API servers to publish mirror pods, their status and the Node to
@@ -137,6 +137,15 @@ pub struct Args {
     /// running, as Kubernetes' pause does); pulled when the engine lacks it.
     #[arg(long, default_value = km_runtime::docker::DEFAULT_SANDBOX_IMAGE)]
     pub pod_infra_container_image: String,
+}
+
+/// A re-read period: a duration (`20s`, `500ms`) more than zero, as a zero
+/// period would be a busy loop.
+fn parse_period(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s).map_err(|e| format!("invalid duration '{s}': {e}"))? {
+        d if d.is_zero() => Err(format!("invalid duration '{s}': must be more than zero")),
+        d => Ok(d),
+    }
 }
 
 /// Runs `km kubelet` until SIGTERM or SIGINT; then stops every pod.
@@ -537,5 +546,27 @@ mod tests {
         ])
         .expect("parse");
         assert_eq!(cli.args.pod_infra_container_image, "km-test/pause:latest");
+    }
+
+    #[test]
+    fn a_zero_file_check_frequency_is_refused() {
+        let e = Cli::try_parse_from([
+            "kubelet",
+            "--manifest-dir",
+            "/m",
+            "--file-check-frequency",
+            "0s",
+        ])
+        .expect_err("zero is refused");
+        assert!(e.to_string().contains("must be more than zero"), "{e}");
+        let cli = Cli::try_parse_from([
+            "kubelet",
+            "--manifest-dir",
+            "/m",
+            "--file-check-frequency",
+            "500ms",
+        ])
+        .expect("parse");
+        assert_eq!(cli.args.file_check_frequency, std::time::Duration::from_millis(500));
     }
 }
