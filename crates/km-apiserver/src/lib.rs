@@ -120,6 +120,7 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let signals = km_process::StopSignals::install()?;
     let cloud = km_cloud_provider::from_flags(
         args.cloud_provider.as_deref(),
         args.cloud_config.as_deref(),
@@ -147,7 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     api.bootstrap().await.context("creating the system namespaces")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
-        shutdown().await;
+        signals.first().await;
         let _ = stop_tx.send(true);
     });
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -235,20 +236,4 @@ async fn connect(args: &Args) -> anyhow::Result<EtcdStorage> {
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
-}
-
-async fn shutdown() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!("cannot listen for SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down");
 }

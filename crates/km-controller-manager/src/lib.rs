@@ -516,6 +516,7 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the controller-manager until SIGTERM or SIGINT (or until leadership is lost).
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let signals = km_process::StopSignals::install()?;
     args.check()?;
     let client = client(&args).await?;
     let metrics = Arc::new(Metrics::new());
@@ -523,13 +524,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let bound = serve_http(SocketAddr::new(args.address, args.port), metrics.clone()).await?;
         tracing::info!(%bound, "serving /healthz and /metrics");
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let stop = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
+    let stop = signals.first();
     tokio::pin!(stop);
 
     let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
@@ -545,7 +540,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.leader_elect {
         tokio::select! {
             () = election.acquire(&leases) => {}
-            () = &mut stop => return Ok(()),
+            _ = &mut stop => return Ok(()),
         }
     }
     metrics.leader.set(1);
@@ -689,12 +684,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 metrics.leader.set(0);
                 return Err(anyhow::anyhow!(lost)).context("stopping: another controller-manager may lead now");
             }
-            () = &mut stop => {
+            _ = &mut stop => {
                 election.release(&leases).await;
             }
         }
     } else {
-        stop.await;
+        let _ = stop.await;
     }
     tracing::info!("stopped");
     Ok(())

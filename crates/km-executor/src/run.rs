@@ -396,7 +396,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
     let (snap_tx, mut snap_rx) = mpsc::unbounded_channel::<(String, PodSnapshot)>();
     let (stop_tx, mut stop_rx) = mpsc::unbounded_channel::<(String, Stopped)>();
     let mut tick = tokio::time::interval(TICK);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop = km_process::StopSignals::install()?;
     let reason = loop {
         tokio::select! {
             ev = events.recv() => match ev {
@@ -410,8 +410,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
                 if let Some(why) = state.tick(&stop_tx) { break why }
                 let _ = mirror_tx.send(state.static_with_status());
             }
-            _ = term.recv() => break "SIGTERM".to_owned(),
-            _ = tokio::signal::ctrl_c() => break "SIGINT".to_owned(),
+            s = stop.recv() => break s.to_string(),
         }
     };
     tracing::info!(%reason, "shutting down: stopping every pod");

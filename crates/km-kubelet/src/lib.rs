@@ -150,6 +150,7 @@ fn parse_period(s: &str) -> Result<Duration, String> {
 
 /// Runs `km kubelet` until SIGTERM or SIGINT; then stops every pod.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let mut stop = km_process::StopSignals::install()?;
     let node_name = match &args.hostname_override {
         Some(n) => n.clone(),
         None => host_name().unwrap_or_else(|| "localhost".into()),
@@ -213,7 +214,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(tokio::spawn(mirror::run(api_clients, node, mirror_rx)))
     };
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(args.file_check_frequency);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut status_tick = tokio::time::interval(Duration::from_millis(200));
@@ -221,8 +221,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         tokio::select! {
             _ = tick.tick() => sync.read(&manager, &args.manifest_dir, &node_name).await,
             _ = status_tick.tick() => sync.write_status(&manager),
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = stop.recv() => break,
         }
     }
     tracing::info!("stopping every pod");

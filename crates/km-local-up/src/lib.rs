@@ -161,7 +161,7 @@ pub enum Error {
     },
     /// SIGINT or SIGTERM came before the cluster was ready.
     #[error("{0} during start-up; everything started was stopped")]
-    Interrupted(&'static str),
+    Interrupted(km_process::Stop),
 }
 
 /// `km local-up`: brings the cluster up, runs until SIGINT or SIGTERM, and takes it down.

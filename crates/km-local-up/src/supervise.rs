@@ -14,7 +14,6 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
-use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 
 use crate::spec::{self, Health, Layout, Spec};
@@ -70,8 +69,7 @@ fn complain(line: impl std::fmt::Display) {
 pub(crate) async fn run(args: Args) -> Result<(), Error> {
     let started = Instant::now();
     // Installed first: a SIGINT or SIGTERM during start-up stops what was started.
-    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    let mut signals = km_process::StopSignals::install().map_err(Error::Signals)?;
     let km = std::env::current_exe().map_err(Error::CurrentExe)?;
     let etcd = find_etcd(args.etcd_binary.as_deref())?;
     let requested = Requested { agents: args.agents, address: args.address };
@@ -90,9 +88,7 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         .map(|dir| Layout { dir })?;
     let lock = lock(&layout)?;
     let (state, resumed) = prepare(&layout, requested)?;
-    Start { layout, lock, state, resumed, km, etcd }
-        .go(args.timeout, started, &mut sigterm, &mut sigint)
-        .await
+    Start { layout, lock, state, resumed, km, etcd }.go(args.timeout, started, &mut signals).await
 }
 
 /// Everything known before the first process starts.
@@ -110,8 +106,7 @@ impl Start {
         self,
         timeout: Duration,
         started: Instant,
-        sigterm: &mut tokio::signal::unix::Signal,
-        sigint: &mut tokio::signal::unix::Signal,
+        signals: &mut km_process::StopSignals,
     ) -> Result<(), Error> {
         let Start { layout, lock, state, resumed, km, etcd } = self;
         // Orphans of the cluster (pods of an executor killed with SIGKILL, executors of a dead
@@ -137,8 +132,7 @@ impl Start {
         let stages = spec::stages(&state, &cluster.layout, &km, &etcd);
         let outcome = tokio::select! {
             r = cluster.start(stages, timeout) => r,
-            _ = sigterm.recv() => Err(Error::Interrupted("SIGTERM")),
-            _ = sigint.recv() => Err(Error::Interrupted("SIGINT")),
+            stop = signals.recv() => Err(Error::Interrupted(stop)),
         };
         if let Err(e) = outcome {
             if let Error::Component { name, what, .. } = &e {
@@ -160,8 +154,7 @@ impl Start {
         let mut reap = tokio::time::interval(Duration::from_secs(5));
         let end = loop {
             tokio::select! {
-                _ = sigterm.recv() => break Ok("SIGTERM"),
-                _ = sigint.recv() => break Ok("SIGINT"),
+                stop = signals.recv() => break Ok(stop),
                 Some(name) = cluster.died_rx.recv() => break Err(cluster.died(&name)),
                 _ = reap.tick() => cluster.reap_orphan_zombies(),
             }

@@ -104,13 +104,10 @@ pub async fn start(mut cfg: Config) -> Result<Running, StartError> {
 
 /// `km mesos-agent`: runs until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let stop = km_process::StopSignals::install()?;
     let cfg = Config::from_args(&args)?;
     let running = start(cfg).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        r = tokio::signal::ctrl_c() => { r?; tracing::info!("SIGINT: stopping"); }
-    }
+    stop.first().await;
     running.stop().await;
     Ok(())
 }

@@ -139,6 +139,8 @@ fn parse_weights(s: &str) -> Result<BTreeMap<String, f64>, String> {
 
 /// Runs the master until SIGTERM or SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let stop =
+        km_process::StopSignals::install().context("cannot listen for SIGTERM and SIGINT")?.share();
     let credentials = match &args.credentials {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -213,9 +215,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         fence: fence.clone(),
     };
     tracing::info!(%addr, "km mesos-master listening");
+    let server_stop = stop.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, server::router(shared))
-            .with_graceful_shutdown(shutdown_signal())
+            .with_graceful_shutdown(async move {
+                server_stop.wait().await;
+            })
             .await
     });
 
@@ -226,7 +231,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             let ttl = args.etcd_lease_ttl.as_secs().max(2) as i64;
             let mut won = tokio::select! {
                 won = leader::lead(servers, &args.etcd_prefix, &me, ttl, &role_tx, &fence) => won?,
-                _ = shutdown_signal() => return Ok(()),
+                _ = stop.clone().wait() => return Ok(()),
             };
             let saved = leader::load_registry(&mut won.client, &args.etcd_prefix).await?;
             let election = won.election_key();
@@ -292,18 +297,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     loop_task.abort();
     result
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutting down");
 }
 
 #[cfg(test)]

@@ -70,21 +70,11 @@ pub enum Error {
 /// the lease and returns.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::from_args(args)?;
-    let shutdown = shutdown_signal()?;
+    let signals = km_process::StopSignals::install().map_err(Error::Signals)?;
+    let shutdown = async move {
+        let stop = signals.first().await;
+        tracing::info!("received {stop}, leaving the election");
+    };
     driver::run(config, shutdown).await?;
     Ok(())
-}
-
-/// Completes on the first SIGTERM or SIGINT.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Error> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).map_err(Error::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-    Ok(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!("received {name}, leaving the election");
-    })
 }

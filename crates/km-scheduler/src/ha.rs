@@ -399,8 +399,6 @@ async fn keep(
 /// Runs `km scheduler --ha`: stands by, leads when elected, and stands by again after handing
 /// over (SIGUSR1) or losing the lease, until SIGTERM or SIGINT.
 pub(crate) async fn run(settings: Settings, ttl: Duration) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-
     let executor_id = Plan::new(&settings)?.executor_id().to_owned();
     let mut election =
         Election::connect(&settings.etcd_servers, &settings.framework.name, &executor_id, ttl)
@@ -410,7 +408,7 @@ pub(crate) async fn run(settings: Settings, ttl: Duration) -> anyhow::Result<()>
     // from memory.
     let kube = crate::kubeapi::Kube::connect(&settings).await?;
     let feeds = crate::feed::Feeds::start(&kube.watch);
-    let mut terminate = signal(SignalKind::terminate())?;
+    let mut stop = km_process::StopSignals::install()?;
     loop {
         let standby = tokio::spawn(crate::http::serve_standby(
             settings.listen,
@@ -418,8 +416,7 @@ pub(crate) async fn run(settings: Settings, ttl: Duration) -> anyhow::Result<()>
         ));
         let won = tokio::select! {
             won = election.campaign() => won,
-            _ = tokio::signal::ctrl_c() => Err(HaError::Stopped),
-            _ = terminate.recv() => Err(HaError::Stopped),
+            _ = stop.recv() => Err(HaError::Stopped),
         };
         standby.abort();
         let _ = standby.await;

@@ -640,7 +640,7 @@ pub(crate) async fn run(
     let mut refresh = tokio::time::interval(shell.settings.tuning.framework_id_refresh_interval);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut static_poll = tokio::time::interval(STATIC_POD_POLL);
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop = km_process::StopSignals::install()?;
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     let mut mesos_error: Option<String> = None;
     let far = Duration::from_secs(3600);
@@ -658,8 +658,7 @@ pub(crate) async fn run(
             }
         };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break Ended::Stopped,
-            _ = terminate.recv() => break Ended::Stopped,
+            _ = stop.recv() => break Ended::Stopped,
             reason = lost => break Ended::Lost(reason),
             _ = usr1.recv() => {
                 if term.is_some() {
