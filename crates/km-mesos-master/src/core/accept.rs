@@ -368,6 +368,24 @@ impl Master {
             .collect()
     }
 
+    /// Records an executor on its agent the first time one of its tasks launches.
+    fn add_executor(
+        &mut self,
+        agent_id: &str,
+        fw_id: &str,
+        role: &str,
+        executor: &v1::ExecutorInfo,
+    ) {
+        let key = (fw_id.to_owned(), executor.executor_id.value.clone());
+        if let Some(a) = self.agents.get_mut(agent_id)
+            && !a.executors.contains_key(&key)
+        {
+            let resources = bag(&executor.resources).unwrap_or_default();
+            let info = executor.clone();
+            a.executors.insert(key, Executor { info, resources, role: role.to_owned() });
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub(super) fn launch(
         &mut self,
@@ -387,14 +405,7 @@ impl Master {
             }
             executor.resources = self.with_allocation(fw_id, role, &executor.resources);
             executor_id = Some(executor.executor_id.clone());
-            let key = (fw_id.to_owned(), executor.executor_id.value.clone());
-            if let Some(a) = self.agents.get_mut(agent_id)
-                && !a.executors.contains_key(&key)
-            {
-                let resources = bag(&executor.resources).unwrap_or_default();
-                let info = executor.clone();
-                a.executors.insert(key, Executor { info, resources, role: role.to_owned() });
-            }
+            self.add_executor(agent_id, fw_id, role, executor);
         }
         let task_res = bag(&task.resources).unwrap_or_default();
         self.record_task(fw_id, agent_id, role, &task, executor_id, task_res, needed, wall);
@@ -421,14 +432,7 @@ impl Master {
             executor.framework_id = Some(v1::FrameworkId { value: fw_id.into() });
         }
         executor.resources = self.with_allocation(fw_id, role, &executor.resources);
-        let key = (fw_id.to_owned(), executor.executor_id.value.clone());
-        if let Some(a) = self.agents.get_mut(agent_id)
-            && !a.executors.contains_key(&key)
-        {
-            let resources = bag(&executor.resources).unwrap_or_default();
-            let info = executor.clone();
-            a.executors.insert(key, Executor { info, resources, role: role.to_owned() });
-        }
+        self.add_executor(agent_id, fw_id, role, executor);
         let executor_id = group.executor.executor_id.clone();
         // The whole group's resources (tasks and a new executor) are accounted
         // to the agent and charged to the role once.

@@ -124,20 +124,7 @@ impl Master {
         self.out.push(Out::Scheduler(conn, subscribed));
         self.out.push(Out::Scheduler(conn, heartbeat()));
         // Agents resend what this framework has not acknowledged yet.
-        let mut update = agent::Event {
-            update_framework: Some(agent::event::UpdateFramework { framework_info: info.clone() }),
-            ..Default::default()
-        };
-        update.set_type(agent::event::Type::UpdateFramework);
-        let hosting: BTreeSet<String> = self
-            .tasks
-            .iter()
-            .filter(|((f, _), _)| *f == id)
-            .map(|(_, t)| t.task.agent_id.value.clone())
-            .collect();
-        for agent_id in hosting {
-            self.send_agent(&agent_id, update.clone());
-        }
+        self.tell_hosting_agents(&id, &info);
         let view = self.framework_view(&id);
         let mut e = op::Event::default();
         if added {
@@ -444,7 +431,22 @@ impl Master {
             fw.suppressed = suppressed;
         }
         self.registry_dirty = true;
-        // Agents running its tasks learn the new FrameworkInfo.
+        self.tell_hosting_agents(fw_id, &info);
+        let mut e = op::Event::default();
+        e.set_type(op::event::Type::FrameworkUpdated);
+        e.framework_updated =
+            self.framework_view(fw_id).map(|framework| op::event::FrameworkUpdated { framework });
+        self.broadcast_operator(e);
+        self.allocation_wanted = true;
+        tracing::info!(framework_id = %fw_id, name = %info.name, "framework updated");
+        let _ = wall;
+        Ok(())
+    }
+
+    /// Sends UPDATE_FRAMEWORK with `info` to every agent running a task of the
+    /// framework (after a re-subscription they resend its unacknowledged
+    /// updates; after UPDATE_FRAMEWORK they keep the new FrameworkInfo).
+    fn tell_hosting_agents(&mut self, fw_id: &str, info: &v1::FrameworkInfo) {
         let mut update = agent::Event {
             update_framework: Some(agent::event::UpdateFramework { framework_info: info.clone() }),
             ..Default::default()
@@ -459,15 +461,6 @@ impl Master {
         for agent_id in hosting {
             self.send_agent(&agent_id, update.clone());
         }
-        let mut e = op::Event::default();
-        e.set_type(op::event::Type::FrameworkUpdated);
-        e.framework_updated =
-            self.framework_view(fw_id).map(|framework| op::event::FrameworkUpdated { framework });
-        self.broadcast_operator(e);
-        self.allocation_wanted = true;
-        tracing::info!(framework_id = %fw_id, name = %info.name, "framework updated");
-        let _ = wall;
-        Ok(())
     }
 
     /// RECONCILE_OPERATIONS for an operation the master does not know (it
