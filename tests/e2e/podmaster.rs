@@ -254,6 +254,16 @@ fn sigint_of_a_standby_exits_cleanly_and_leaves_the_master_alone() {
     let mut c = Cluster::new(2);
     let master = c.wait_for_master(&c.all(), Duration::from_secs(10));
     let standby = 1 - master;
+    // Signalled once it is running (a process killed by SIGINT before it set up its handlers
+    // would say nothing about the podmaster).
+    assert!(
+        wait_until(Duration::from_secs(10), || c
+            .proc(standby)
+            .log()
+            .contains("joining the election")),
+        "the standby never joined the election\n{}",
+        c.logs()
+    );
     c.proc(standby).signal("INT");
     let status =
         c.proc(standby).wait_timeout(Duration::from_secs(5)).expect("podmaster exits after SIGINT");
