@@ -69,7 +69,8 @@ impl ContentType {
         }
     }
 
-    /// Decodes a message, insisting (as Mesos does) that required fields are present.
+    /// Decodes a message, insisting (as Mesos does) that required fields are present; enum
+    /// numbers the protos do not name are dropped, as Mesos's proto2 parser drops them.
     pub fn decode<M: ReflectMessage + Default>(self, body: &[u8]) -> Result<M, DecodeError> {
         match self {
             ContentType::Json => Ok(json::from_slice(body)?),

@@ -100,12 +100,74 @@ pub(crate) fn decode_protobuf_checked<M: ReflectMessage + Default>(
 ) -> Result<M, DecodeError> {
     // Presence must be read off the wire bytes: prost's structs hold required
     // fields without presence, and re-encoding them would always set them.
-    let dynamic = DynamicMessage::decode(M::default().descriptor(), body)?;
+    let mut dynamic = DynamicMessage::decode(M::default().descriptor(), body)?;
+    let dropped = drop_unknown_enums(&mut dynamic);
     let missing = missing_required(&dynamic);
     if !missing.is_empty() {
         return Err(DecodeError::MissingRequired(missing));
     }
+    if dropped {
+        return Ok(dynamic.transcode_to()?);
+    }
     Ok(M::decode(body)?)
+}
+
+/// Drops enum numbers the descriptor does not name, as Mesos's proto2 parser keeps
+/// them aside as unknown fields: an optional field reads as unset (a required one
+/// then as missing), a repeated field or a map loses the value. prost would keep the
+/// number, and the JSON written from it later (a number where Mesos and
+/// [`from_slice`] expect an enum name) would not read back. Returns whether anything
+/// was dropped.
+fn drop_unknown_enums(msg: &mut DynamicMessage) -> bool {
+    let mut dropped = false;
+    for field in msg.descriptor().fields() {
+        if !msg.has_field(&field) {
+            continue;
+        }
+        let value_kind = match field.kind() {
+            Kind::Message(entry) if field.is_map() => entry.map_entry_value_field().kind(),
+            kind => kind,
+        };
+        let known = |v: &Value| match (v, &value_kind) {
+            (&Value::EnumNumber(n), Kind::Enum(e)) => e.get_value(n).is_some(),
+            _ => true,
+        };
+        let clear = match msg.get_field_mut(&field) {
+            v @ Value::EnumNumber(_) => !known(v),
+            Value::Message(m) => {
+                dropped |= drop_unknown_enums(m);
+                false
+            }
+            Value::List(items) => {
+                let before = items.len();
+                items.retain(|v| known(v));
+                dropped |= items.len() != before;
+                for item in items.iter_mut() {
+                    if let Value::Message(m) = item {
+                        dropped |= drop_unknown_enums(m);
+                    }
+                }
+                false
+            }
+            Value::Map(entries) => {
+                let before = entries.len();
+                entries.retain(|_, v| known(v));
+                dropped |= entries.len() != before;
+                for item in entries.values_mut() {
+                    if let Value::Message(m) = item {
+                        dropped |= drop_unknown_enums(m);
+                    }
+                }
+                false
+            }
+            _ => false,
+        };
+        if clear {
+            msg.clear_field(&field);
+            dropped = true;
+        }
+    }
+    dropped
 }
 
 /// Encodes protobuf as Mesos peers expect it. prost leaves out a map value
@@ -674,6 +736,34 @@ mod tests {
         // The same call with user "u" and name "n" is complete.
         let ok = [0x10, 0x01, 0x1a, 0x08, 0x0a, 0x06, 0x0a, 0x01, b'u', 0x12, 0x01, b'n'];
         assert!(decode_protobuf_checked::<Call>(&ok).is_ok());
+    }
+
+    #[test]
+    fn protobuf_decoding_drops_enum_numbers_mesos_does_not_know() {
+        // As a proto2 parser: an unknown number leaves an optional enum unset...
+        let mut c = Call { r#type: Some(99), ..Default::default() };
+        let mut info = framework("u", "n");
+        info.capabilities = vec![v1::framework_info::Capability { r#type: Some(42) }];
+        c.subscribe = Some(call::Subscribe { framework_info: info, ..Default::default() });
+        let decoded = decode_protobuf_checked::<Call>(&c.encode_to_vec()).unwrap();
+        assert_eq!(decoded.r#type, None);
+        let capabilities = &decoded.subscribe.as_ref().unwrap().framework_info.capabilities;
+        assert_eq!(capabilities, &[v1::framework_info::Capability { r#type: None }]);
+        // ...so what the JSON writer makes of the message reads back.
+        assert!(from_slice::<Call>(&to_vec(&decoded)).is_ok());
+        // ...and a required one missing.
+        let status = TaskStatus { state: 77, ..Default::default() };
+        let e = Event {
+            update: Some(event::Update { status }),
+            r#type: Some(event::Type::Update as i32),
+            ..Default::default()
+        };
+        match decode_protobuf_checked::<Event>(&e.encode_to_vec()) {
+            Err(DecodeError::MissingRequired(fields)) => {
+                assert_eq!(fields, ["update.status.state"])
+            }
+            other => panic!("expected a missing required state, got {other:?}"),
+        }
     }
 
     #[test]
