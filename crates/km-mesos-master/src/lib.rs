@@ -11,11 +11,15 @@
 //! [`allocator`] the DRF order and decline filters, [`server`] the HTTP
 //! endpoints and the event loop, [`sim`] the simulated agents. Resources are
 //! km's shared model (`km_resources`), read and written with
-//! `km_mesos::resources`.
+//! `km_mesos::resources`. `fuzzing` (feature `fuzzing`) drives the endpoints'
+//! decoding and the loop from bytes, for `fuzz/` (see `docs/fuzzing.md`).
 
 mod allocator;
 mod core;
 mod execute;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod leader;
 mod registry;
 mod server;

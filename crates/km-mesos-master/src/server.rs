@@ -134,7 +134,7 @@ pub(crate) struct LoopConfig {
 
 /// Statistics of the allocator, for `/metrics/snapshot` and benchmarks.
 #[derive(Debug, Default)]
-struct AllocStats {
+pub(crate) struct AllocStats {
     runs: u64,
     last_run: Duration,
     total: Duration,
@@ -293,7 +293,7 @@ fn metrics(master: &Master, stats: &AllocStats) -> serde_json::Value {
     })
 }
 
-fn operator_call(
+pub(crate) fn operator_call(
     master: &mut Master,
     c: op::Call,
     now: Instant,
@@ -370,7 +370,11 @@ fn operator_call(
     Ok(Some(r))
 }
 
-fn deliver(master: &mut Master, sinks: &mut HashMap<ConnId, Sink>, stats: &mut AllocStats) {
+pub(crate) fn deliver(
+    master: &mut Master,
+    sinks: &mut HashMap<ConnId, Sink>,
+    stats: &mut AllocStats,
+) {
     for out in master.take_outbox() {
         match out {
             Out::Scheduler(conn, event) => {
@@ -437,7 +441,7 @@ fn rejection(r: Rejection) -> Response {
 }
 
 /// The checks every POST API shares: method, content type, body decoding.
-fn decode_call<M: prost_reflect::ReflectMessage + Default>(
+pub(crate) fn decode_call<M: prost_reflect::ReflectMessage + Default>(
     method: &Method,
     headers: &HeaderMap,
     body: &[u8],
@@ -510,7 +514,7 @@ fn authenticate(shared: &Shared, headers: &HeaderMap) -> Result<Option<String>, 
 }
 
 /// Mesos's call-level validation of scheduler calls (400 when it fails).
-fn validate_scheduler_call(c: &sched::Call) -> Result<(), String> {
+pub(crate) fn validate_scheduler_call(c: &sched::Call) -> Result<(), String> {
     use call::Type as T;
     if c.r#type.is_none() {
         return Err("Expecting 'type' to be present".into());
