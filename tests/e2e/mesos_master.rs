@@ -958,3 +958,26 @@ async fn offer_timeout_weights_suppress_and_refused_calls_through_http() {
             .any(|f| f.framework_info.name == "renamed")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_master_with_event_streams_open() {
+    let mut m = MesosMaster::start(&[]);
+    let mut sub = subscribe(&m, json!({})).await;
+    // An operator stream too: both are responses that never end on their own.
+    let op = post(
+        &format!("{}/api/v1", m.url()),
+        Some(JSON),
+        Some(JSON),
+        None,
+        json!({"type": "SUBSCRIBE"}).to_string(),
+    )
+    .await;
+    assert_eq!(op.status(), 200);
+    m.proc.signal("TERM");
+    let status = tokio::task::block_in_place(|| m.proc.wait_timeout(WAIT))
+        .unwrap_or_else(|| panic!("the master did not exit on SIGTERM:\n{}", m.proc.log()));
+    assert!(status.success(), "exit status {status}:\n{}", m.proc.log());
+    // Its streams end with it.
+    while sub.records.next(WAIT).await.is_some() {}
+    drop(op);
+}

@@ -16,8 +16,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use km_apiserver::api::{Api, ApiConfig};
-use km_apiserver::storage::{EtcdStorage, Storage};
 use serde_json::{Value, json};
 
 struct Etcd(Child, #[allow(dead_code)] tempfile::TempDir);
@@ -82,19 +80,21 @@ async fn main() -> anyhow::Result<()> {
     let watchers = args.get(2).copied().unwrap_or(100);
 
     let (_etcd, url) = start_etcd();
-    let storage = loop {
-        if let Ok(s) = EtcdStorage::connect(std::slice::from_ref(&url), 4).await
-            && s.current_revision().await.is_ok()
-        {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let api = Arc::new(Api::new(Arc::new(storage), ApiConfig::default()));
-    api.bootstrap().await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move { axum::serve(listener, km_apiserver::server::router(api)).await });
+    // The server as `km apiserver` starts it, on any free port.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: km_apiserver::Args,
+    }
+    let cli =
+        <Cli as clap::Parser>::try_parse_from(["apiserver", &format!("--etcd-servers={url}")])?;
+    let mut config = km_apiserver::Config::from_args(&cli.args)?;
+    config.insecure = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+    let server = km_apiserver::start(config).await?;
+    let base = format!(
+        "http://{}",
+        server.insecure_addr().ok_or_else(|| anyhow::anyhow!("no plain-HTTP port"))?
+    );
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
     println!("km apiserver bench: {pods} pods, concurrency {concurrency}, etcd {url}");
 

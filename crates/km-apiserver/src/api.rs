@@ -30,6 +30,8 @@ pub struct ApiConfig {
     pub ranges: Ranges,
     /// How `pods/log` reaches the nodes.
     pub nodes: NodeProxy,
+    /// Whether pod specs may ask for privileged containers.
+    pub allow_privileged: bool,
 }
 
 impl Default for ApiConfig {
@@ -38,6 +40,7 @@ impl Default for ApiConfig {
             bookmark_interval: Duration::from_secs(10),
             ranges: Ranges::default(),
             nodes: NodeProxy::default(),
+            allow_privileged: false,
         }
     }
 }
@@ -203,6 +206,9 @@ impl<S: Storage> Api<S> {
         object::prepare_create(kind, &mut obj, namespace, unix_now())?;
         object::apply_defaults(kind, &mut obj);
         object::validate(kind, &obj)?;
+        if !self.config.allow_privileged {
+            object::forbid_privileged(kind, &obj)?;
+        }
         let name = name_of(&obj).to_owned();
         let ns = obj["metadata"]["namespace"].as_str().map(str::to_owned);
         let key = kind.key(ns.as_deref(), &name);
@@ -418,12 +424,18 @@ impl<S: Storage> Api<S> {
                         .ok_or_else(|| ApiError::not_found(kind, name))?
                 }
             };
-            let (stored, current, mut new) =
-                match plan_update(kind, name, subresource, &mut mutation, &kv) {
-                    Ok(planned) => planned,
-                    Err(_) if cached => continue,
-                    Err(e) => return Err(e),
-                };
+            let (stored, current, mut new) = match plan_update(
+                kind,
+                name,
+                subresource,
+                &mut mutation,
+                &kv,
+                self.config.allow_privileged,
+            ) {
+                Ok(planned) => planned,
+                Err(_) if cached => continue,
+                Err(e) => return Err(e),
+            };
             let claimed = if kind.is("Service") && subresource.is_none() {
                 self.config.ranges.allocate(&*self.storage, kind, &mut new, Some(&stored)).await?
             } else {
@@ -709,6 +721,7 @@ fn plan_update(
     subresource: Option<&str>,
     mutation: &mut Mutation<'_>,
     kv: &crate::storage::Kv,
+    allow_privileged: bool,
 ) -> ApiResult<(Value, Value, Value)> {
     let stored = decode(&kv.value)?;
     let current = with_revision(stored.clone(), kv.mod_revision);
@@ -750,6 +763,9 @@ fn plan_update(
     // that was valid: skip the full (costly) validation.
     if subresource != Some("binding") {
         object::validate(kind, &new)?;
+        if subresource.is_none() && !allow_privileged {
+            object::forbid_privileged(kind, &new)?;
+        }
         object::validate_update(kind, &stored, &new)?;
     }
     Ok((stored, current, new))

@@ -205,6 +205,44 @@ pub fn validate(kind: &Kind, obj: &Value) -> ApiResult<()> {
     if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(kind, name, causes)) }
 }
 
+/// Where a kind keeps the pod spec it runs, if it has one.
+fn pod_spec<'a>(kind: &Kind, obj: &'a Value) -> Option<(&'a Value, &'static str)> {
+    match kind.kind {
+        "Pod" => Some((&obj["spec"], "spec")),
+        "PodTemplate" => Some((&obj["template"]["spec"], "template.spec")),
+        "Deployment"
+        | "ReplicaSet"
+        | "DaemonSet"
+        | "StatefulSet"
+        | "Job"
+        | "ReplicationController" => Some((&obj["spec"]["template"]["spec"], "spec.template.spec")),
+        "CronJob" => Some((
+            &obj["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            "spec.jobTemplate.spec.template.spec",
+        )),
+        _ => None,
+    }
+}
+
+/// For a cluster that does not allow privileged containers (`--allow-privileged=false`):
+/// refuses a pod, or a pod template, with a container that asks for it (422).
+pub fn forbid_privileged(kind: &Kind, obj: &Value) -> ApiResult<()> {
+    let Some((spec, at)) = pod_spec(kind, obj) else { return Ok(()) };
+    let mut causes = Vec::new();
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        let containers = spec[list].as_array().map(Vec::as_slice).unwrap_or_default();
+        for (i, c) in containers.iter().enumerate() {
+            if c["securityContext"]["privileged"] == Value::Bool(true) {
+                causes.push(Cause::forbidden(
+                    format!("{at}.{list}[{i}].securityContext.privileged"),
+                    "disallowed by cluster policy",
+                ));
+            }
+        }
+    }
+    if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(kind, name_of(obj), causes)) }
+}
+
 fn validate_selector_matches(obj: &Value, causes: &mut Vec<Cause>) {
     let selector = &obj["spec"]["selector"];
     let labels = &obj["spec"]["template"]["metadata"]["labels"];

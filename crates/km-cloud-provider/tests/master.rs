@@ -21,43 +21,21 @@ struct MasterCli {
     args: km_mesos_master::Args,
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts `km mesos-master` with one simulated agent and waits until it answers.
-async fn start_master() -> String {
-    let port = free_port();
+/// Starts `km mesos-master` (any free port) with one simulated agent.
+async fn start_master() -> (String, km_mesos_master::Running) {
     let cli = MasterCli::try_parse_from([
         "km-mesos-master",
         "--ip=127.0.0.1",
-        &format!("--port={port}"),
+        "--port=0",
         "--cluster=km-test",
         "--allocation_interval=100ms",
         "--simulate-agents=1",
         "--simulate-agent-resources=cpus:3;mem:3072;disk:1000;ports:[31000-31100]",
     ])
     .unwrap();
-    tokio::spawn(async move {
-        if let Err(e) = km_mesos_master::run(cli.args).await {
-            panic!("km mesos-master failed: {e:#}");
-        }
-    });
-    let url = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::new();
-    let healthy = async {
-        loop {
-            if let Ok(r) = client.get(format!("{url}/health")).send().await
-                && r.status().is_success()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(DEADLINE, healthy).await.expect("km mesos-master answers /health");
-    url
+    let config = km_mesos_master::Config::from_args(&cli.args).unwrap();
+    let master = km_mesos_master::start(config).await.expect("km mesos-master starts");
+    (format!("http://{}", master.addr()), master)
 }
 
 fn agent_config(master: &str, work_dir: &std::path::Path) -> km_mesos_agent::Config {
@@ -188,7 +166,7 @@ fn by_host<'a>(instances: &'a [Instance], hostname: &str) -> &'a Instance {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_of_a_km_master_are_instances() {
-    let master = start_master().await;
+    let (master, running) = start_master().await;
     let mut config = CloudConfig::parse(&format!("[mesos-cloud]\nmesos-master = {master}\n"))
         .expect("config parses");
     config.state_cache_ttl = Duration::ZERO;
@@ -255,5 +233,11 @@ async fn agents_of_a_km_master_are_instances() {
     let gone = tokio::time::timeout(DEADLINE, inactive).await.expect("agent inactive in time");
     assert_eq!(gone.agent_id, agent_id);
     assert!(provider.instance("sim-agent-0").await.unwrap().is_some_and(|i| i.active));
+    // Stopped as on SIGTERM, with the framework's event stream and the operator stream of
+    // `watch` still open.
+    tokio::time::timeout(DEADLINE, running.stop())
+        .await
+        .expect("the master stops in time")
+        .expect("the master stops cleanly");
     drop(framework);
 }

@@ -100,21 +100,12 @@ pub(crate) enum Role {
     Leader,
 }
 
-/// Connects to etcd (`http://host:port` or `host:port`, comma-separated).
-pub(crate) async fn connect(servers: &str) -> anyhow::Result<Client> {
-    let endpoints: Vec<String> = servers
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| if s.contains("://") { s.to_owned() } else { format!("http://{s}") })
-        .collect();
-    if endpoints.is_empty() {
-        return Err(anyhow!("--etcd_servers is empty"));
-    }
+/// Connects to etcd (endpoints as `http://host:port`).
+pub(crate) async fn connect(endpoints: &[String]) -> anyhow::Result<Client> {
     let options = etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(5));
-    Client::connect(&endpoints, Some(options))
+    Client::connect(endpoints, Some(options))
         .await
-        .with_context(|| format!("cannot connect to etcd at {servers}"))
+        .with_context(|| format!("cannot connect to etcd at {}", endpoints.join(",")))
 }
 
 /// Connects and campaigns until this master leads, retrying while etcd is
@@ -122,7 +113,7 @@ pub(crate) async fn connect(servers: &str) -> anyhow::Result<Client> {
 /// and the recovery, not every attempt. Returns the client and a future
 /// that resolves if leadership is lost later.
 pub(crate) async fn lead(
-    servers: &str,
+    endpoints: &[String],
     prefix: &str,
     me: &str,
     ttl_secs: i64,
@@ -132,7 +123,7 @@ pub(crate) async fn lead(
     let mut failing = false;
     loop {
         let attempt = async {
-            let client = connect(servers).await?;
+            let client = connect(endpoints).await?;
             campaign(client, prefix, me.to_owned(), ttl_secs, role.clone(), fence.clone()).await
         };
         match attempt.await {

@@ -7,7 +7,9 @@
 //! `--simulate-agents N` adds in-process agents for scale benchmarks.
 //! [`execute`] is `km mesos-execute`, a one-task framework for trying it out.
 //!
-//! Layout: [`core`] is the state machine (no IO, time as input),
+//! Layout: [`config`] the flags and the settings they make, [`start`] the
+//! server that runs a [`Config`] ([`run`] is both behind the subcommand);
+//! [`core`] is the state machine (no IO, time as input),
 //! [`allocator`] the DRF order and decline filters, [`server`] the HTTP
 //! endpoints and the event loop, [`sim`] the simulated agents. Resources are
 //! km's shared model (`km_resources`), read and written with
@@ -15,6 +17,7 @@
 //! decoding and the loop from bytes, for `fuzz/` (see `docs/fuzzing.md`).
 
 mod allocator;
+pub mod config;
 mod core;
 mod execute;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -25,141 +28,133 @@ mod registry;
 mod server;
 mod sim;
 
-use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use anyhow::Context as _;
 use km_mesos::v1;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
+pub use crate::config::{Args, Config, ConfigError, RegistryConfig, Simulation};
 pub use crate::execute::{ExecuteArgs, execute};
 
-/// Command-line flags of `km mesos-master` (Mesos's spelling where Mesos has the flag).
-#[derive(Debug, Clone, clap::Args)]
-pub struct Args {
-    /// IP address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub ip: IpAddr,
-    /// Port to listen on.
-    #[arg(long, default_value_t = 5050)]
-    pub port: u16,
-    /// Hostname the master advertises (default: the IP).
-    #[arg(long)]
-    pub hostname: Option<String>,
-    /// Period of batch allocations (`1secs`, `500ms`, `2s`).
-    #[arg(long = "allocation_interval", default_value = "1secs", value_parser = parse_period)]
-    pub allocation_interval: Duration,
-    /// Rescind offers not answered within this time (default: never).
-    #[arg(long = "offer_timeout", value_parser = parse_period)]
-    pub offer_timeout: Option<Duration>,
-    /// With `--max_agent_ping_timeouts`: how long a disconnected agent may stay away before its
-    /// tasks are lost (or unreachable for PARTITION_AWARE frameworks).
-    #[arg(long = "agent_ping_timeout", default_value = "15secs", value_parser = parse_period)]
-    pub agent_ping_timeout: Duration,
-    /// See `--agent_ping_timeout`.
-    #[arg(long = "max_agent_ping_timeouts", default_value_t = 5)]
-    pub max_agent_ping_timeouts: u32,
-    /// After a restart, how long the agents in the registry have to re-register before they
-    /// are unreachable and reconciliation answers for their tasks. Mesos insists on at least
-    /// 10 minutes; km takes shorter values too (for tests and small clusters).
-    #[arg(long = "agent_reregister_timeout", default_value = "10mins", value_parser = parse_duration)]
-    pub agent_reregister_timeout: Duration,
-    /// Role weights for DRF, `role1=2,role2=0.5` (default weight 1).
-    #[arg(long, value_parser = parse_weights)]
-    pub weights: Option<BTreeMap<String, f64>>,
-    /// File of principal/secret pairs (JSON `{"credentials":[…]}` or `principal secret` lines);
-    /// when given, HTTP basic authentication is required.
-    #[arg(long)]
-    pub credentials: Option<PathBuf>,
-    /// Directory for the registry: agents and frameworks survive a restart of the master.
-    #[arg(long = "work_dir")]
-    pub work_dir: Option<PathBuf>,
-    /// etcd endpoints (comma-separated): run several masters, one leading. The
-    /// others redirect to the leader; the registry is kept in etcd.
-    #[arg(long = "etcd_servers")]
-    pub etcd_servers: Option<String>,
-    /// Key prefix in etcd for the election and the registry.
-    #[arg(long = "etcd_prefix", default_value = "/km/mesos")]
-    pub etcd_prefix: String,
-    /// Lease of the leading master in etcd: a leader that cannot renew it
-    /// stops, and another takes over after at most this long.
-    #[arg(long = "etcd_lease_ttl", default_value = "10secs", value_parser = parse_duration)]
-    pub etcd_lease_ttl: Duration,
-    /// Cluster name shown in `/master/state`.
-    #[arg(long)]
-    pub cluster: Option<String>,
-    /// Number of in-process simulated agents to register at start.
-    #[arg(long = "simulate-agents", default_value_t = 0)]
-    pub simulate_agents: usize,
-    /// Resources of each simulated agent (`--resources` syntax; `{i}`, `{i%N}` expand per agent).
-    #[arg(
-        long = "simulate-agent-resources",
-        default_value = "cpus:4;mem:16384;disk:100000;ports:[31000-32000]"
-    )]
-    pub simulate_agent_resources: String,
-    /// Attributes of each simulated agent (`--attributes` syntax, same placeholders).
-    #[arg(long = "simulate-agent-attributes", default_value = "rack:r{i%10};zone:z{i%3}")]
-    pub simulate_agent_attributes: String,
-    /// Hostname of each simulated agent (same placeholders).
-    #[arg(long = "simulate-agent-hostname", default_value = "sim-agent-{i}")]
-    pub simulate_agent_hostname: String,
-    /// Delay before a simulated task reports TASK_STARTING and TASK_RUNNING.
-    #[arg(long = "simulate-task-delay", default_value = "0ms", value_parser = parse_duration)]
-    pub simulate_task_delay: Duration,
+/// Why a master could not start, or stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create --work_dir {}: {source}", path.display())]
+    WorkDir { path: std::path::PathBuf, source: std::io::Error },
+    #[error("cannot read the registry: {0}")]
+    Registry(String),
+    #[error("cannot start the simulated agents: {0}")]
+    Simulation(String),
+    #[error("lost leadership; stopping so another master can lead: {0}")]
+    LostLeadership(String),
+    #[error("the master's event loop stopped: {0}")]
+    Loop(String),
+    #[error("the master's event loop panicked")]
+    LoopPanicked,
+    #[error("the HTTP server failed: {0}")]
+    Http(String),
 }
 
-/// Mesos's durations (`5secs`, `500ms`, `1mins`) and the short forms `5s`, `2m`, `1h`, read by
-/// the parser every Mesos-style flag of km uses ([`km_mesos::duration::parse`]).
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    km_mesos::duration::parse(s).map_err(|e| e.to_string())
+/// A started master.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), Error>>,
 }
 
-/// A duration that paces a timer: zero would be a busy loop (or a panic of tokio's interval).
-fn parse_period(s: &str) -> Result<Duration, String> {
-    match parse_duration(s)? {
-        d if d.is_zero() => Err(format!("invalid duration '{s}': must be more than zero")),
-        d => Ok(d),
+impl Running {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Runs until `stop` completes (then stops the master as on SIGTERM) or the master fails.
+    pub async fn run_until(mut self, stop: impl Future) -> Result<(), Error> {
+        tokio::select! {
+            ended = &mut self.task => joined(ended),
+            _ = stop => self.stop().await,
+        }
+    }
+
+    /// Stops serving and ends the event loop; returns once the port is free.
+    pub async fn stop(self) -> Result<(), Error> {
+        self.stop.send_replace(true);
+        joined(self.task.await)
     }
 }
 
-fn parse_weights(s: &str) -> Result<BTreeMap<String, f64>, String> {
-    let mut out = BTreeMap::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (role, w) = part
-            .split_once('=')
-            .ok_or_else(|| format!("invalid weight '{part}': expected role=weight"))?;
-        let w: f64 =
-            w.trim().parse().map_err(|_| format!("invalid weight '{part}': not a number"))?;
-        if !(w.is_finite() && w > 0.0) {
-            return Err(format!("invalid weight '{part}': must be positive"));
-        }
-        out.insert(role.trim().to_owned(), w);
+fn joined(ended: Result<Result<(), Error>, tokio::task::JoinError>) -> Result<(), Error> {
+    match ended {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => Err(Error::LoopPanicked),
+        Err(e) => Err(Error::Loop(e.to_string())),
     }
-    Ok(out)
 }
 
-/// Runs the master until SIGTERM or SIGINT.
-pub async fn run(args: Args) -> anyhow::Result<()> {
-    let stop =
-        km_process::StopSignals::install().context("cannot listen for SIGTERM and SIGINT")?.share();
-    let credentials = match &args.credentials {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read --credentials {}", path.display()))?;
-            let map = server::parse_credentials(&text)
-                .map_err(|e| anyhow::anyhow!("--credentials {}: {e}", path.display()))?;
-            Some(Arc::new(map.into_iter().collect::<HashMap<_, _>>()))
-        }
-        None => None,
-    };
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.ip, args.port))
+/// Starts a master: listens (port 0: any free port), then leads (at once, or once elected
+/// through etcd), recovers the registry and runs the event loop in the background.
+pub async fn start(config: Config) -> Result<Running, Error> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}:{}", args.ip, args.port))?;
-    let addr = listener.local_addr()?;
-    let hostname = args.hostname.clone().unwrap_or_else(|| addr.ip().to_string());
+        .map_err(|source| Error::Listen { addr: config.listen, source })?;
+    let addr =
+        listener.local_addr().map_err(|source| Error::Listen { addr: config.listen, source })?;
+    // A registry file is read before anything is served: a bad one stops the start.
+    let (store, saved) = match &config.registry {
+        RegistryConfig::Dir(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| Error::WorkDir { path: dir.clone(), source })?;
+            let path = dir.join(registry::FILE_NAME);
+            let saved = registry::load(&path).map_err(|e| Error::Registry(format!("{e:#}")))?;
+            (Some(registry::Store::File(path)), saved)
+        }
+        RegistryConfig::None | RegistryConfig::Etcd { .. } => (None, None),
+    };
+    let hostname = config.hostname.clone().unwrap_or_else(|| addr.ip().to_string());
+    let me = format!("{hostname}:{}", addr.port());
+    let (role_tx, role) = watch::channel(match config.registry {
+        RegistryConfig::Etcd { .. } => leader::Role::Unknown,
+        _ => leader::Role::Leader,
+    });
+    let (inputs, rx) = mpsc::unbounded_channel();
+    let fence = leader::Fence::default();
+    let shared = server::Shared {
+        inputs: inputs.clone(),
+        credentials: config.credentials.clone().map(std::sync::Arc::new),
+        me: me.clone(),
+        role,
+        fence: fence.clone(),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let server = tokio::spawn(
+        axum::serve(listener, server::router(shared))
+            .with_graceful_shutdown(until_stopped(stopped.clone()))
+            .into_future(),
+    );
+    tracing::info!(%addr, "km mesos-master listening");
+    let leading = Leading {
+        core: core_config(&config, addr, &hostname),
+        config,
+        me,
+        store,
+        saved,
+        role: role_tx,
+        fence,
+        inputs,
+        rx,
+    };
+    let task = tokio::spawn(leading.lead_and_run(server, stopped));
+    Ok(Running { addr, stop, task })
+}
+
+/// The core's settings for a master listening on `addr`.
+fn core_config(config: &Config, addr: SocketAddr, hostname: &str) -> core::Config {
     let ip_u32 = match addr.ip() {
         IpAddr::V4(v4) => u32::from_ne_bytes(v4.octets()),
         IpAddr::V6(_) => 0,
@@ -169,227 +164,184 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ip: ip_u32,
         port: u32::from(addr.port()),
         pid: Some(format!("master@{}:{}", addr.ip(), addr.port())),
-        hostname: Some(hostname.clone()),
+        hostname: Some(hostname.to_owned()),
         version: Some(env!("CARGO_PKG_VERSION").into()),
         address: Some(v1::Address {
-            hostname: Some(hostname.clone()),
+            hostname: Some(hostname.to_owned()),
             ip: Some(addr.ip().to_string()),
             port: i32::from(addr.port()),
         }),
         ..Default::default()
     };
-    let config = core::Config {
+    tracing::debug!(seed = config.allocator_seed, "allocator seed");
+    core::Config {
         info,
         heartbeat_interval: Duration::from_secs(15),
-        offer_timeout: args.offer_timeout,
-        agent_ping_interval: args.agent_ping_timeout,
-        agent_unreachable_timeout: args
+        offer_timeout: config.offer_timeout,
+        agent_ping_interval: config.agent_ping_timeout,
+        agent_unreachable_timeout: config
             .agent_ping_timeout
-            .checked_mul(args.max_agent_ping_timeouts.max(1))
+            .checked_mul(config.max_agent_ping_timeouts.max(1))
             .unwrap_or(Duration::MAX),
-        agent_reregister_timeout: args.agent_reregister_timeout,
-        weights: args.weights.clone().unwrap_or_default(),
+        agent_reregister_timeout: config.agent_reregister_timeout,
+        weights: config.weights.clone(),
         max_completed_tasks: 1000,
         max_completed_frameworks: 50,
-        seed: rand::random(),
-    };
-    tracing::debug!(seed = config.seed, "allocator seed");
-    let flags = serde_json::json!({
-        "ip": args.ip.to_string(),
-        "port": args.port.to_string(),
-        "allocation_interval": km_mesos::duration::format(args.allocation_interval),
-        "cluster": args.cluster,
-        "work_dir": args.work_dir.as_ref().map(|d| d.display().to_string()),
-        "etcd_servers": args.etcd_servers,
-        "authenticate_frameworks": credentials.is_some().to_string(),
-    });
-    let me = format!("{hostname}:{}", addr.port());
-    let (role_tx, role) = tokio::sync::watch::channel(if args.etcd_servers.is_some() {
-        leader::Role::Unknown
-    } else {
-        leader::Role::Leader
-    });
-    let (inputs, rx) = mpsc::unbounded_channel();
-    let fence = leader::Fence::default();
-    let shared = server::Shared {
-        inputs: inputs.clone(),
-        credentials,
-        me: me.clone(),
-        role,
-        fence: fence.clone(),
-    };
-    tracing::info!(%addr, "km mesos-master listening");
-    let server_stop = stop.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, server::router(shared))
-            .with_graceful_shutdown(async move {
-                server_stop.wait().await;
-            })
-            .await
-    });
-
-    // With etcd, wait to lead; the HTTP server redirects to the leader meanwhile.
-    let mut master = core::Master::new(config, tokio::time::Instant::now(), SystemTime::now());
-    let (store, saved, lost): (Option<registry::Store>, _, _) = match &args.etcd_servers {
-        Some(servers) => {
-            let ttl = args.etcd_lease_ttl.as_secs().max(2) as i64;
-            let mut won = tokio::select! {
-                won = leader::lead(servers, &args.etcd_prefix, &me, ttl, &role_tx, &fence) => won?,
-                _ = stop.clone().wait() => return Ok(()),
-            };
-            let saved = leader::load_registry(&mut won.client, &args.etcd_prefix).await?;
-            let election = won.election_key();
-            (
-                Some(registry::Store::Etcd(won.client, args.etcd_prefix.clone(), election)),
-                saved,
-                Some(won.lost),
-            )
-        }
-        None => match &args.work_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("cannot create --work_dir {}", dir.display()))?;
-                let path = dir.join(registry::FILE_NAME);
-                let saved = registry::load(&path)?;
-                (Some(registry::Store::File(path)), saved, None)
-            }
-            None => (None, None, None),
-        },
-    };
-    if let Some(saved) = saved {
-        master.recover(saved, tokio::time::Instant::now(), SystemTime::now());
+        seed: config.allocator_seed,
     }
-    let loop_config = server::LoopConfig {
-        allocation_interval: args.allocation_interval,
-        registry: store,
-        flags,
-        fence,
-    };
-    let mut loop_task = tokio::spawn(server::run_loop(master, rx, inputs.clone(), loop_config));
-    if args.simulate_agents > 0 {
-        let sim = sim::SimConfig {
-            count: args.simulate_agents,
-            resources: args.simulate_agent_resources.clone(),
-            attributes: args.simulate_agent_attributes.clone(),
-            hostname: args.simulate_agent_hostname.clone(),
-            task_delay: args.simulate_task_delay,
-            // Kept beside a registry file; with etcd the master may move to another host,
-            // where the simulated agents start afresh.
-            checkpoint: match (&args.etcd_servers, &args.work_dir) {
-                (None, Some(dir)) => Some(dir.join(sim::CHECKPOINT)),
-                _ => None,
+}
+
+/// What a started master needs to lead.
+struct Leading {
+    config: Config,
+    core: core::Config,
+    me: String,
+    store: Option<registry::Store>,
+    saved: Option<km_mesos::agent::Registry>,
+    role: watch::Sender<leader::Role>,
+    fence: leader::Fence,
+    inputs: mpsc::UnboundedSender<server::Input>,
+    rx: mpsc::UnboundedReceiver<server::Input>,
+}
+
+impl Leading {
+    /// Waits to lead (with etcd; the HTTP server redirects to the leader meanwhile), recovers
+    /// the registry and runs the event loop. Returns once stopped and the server has ended,
+    /// or with the reason the master cannot go on.
+    async fn lead_and_run(
+        self,
+        mut server: JoinHandle<std::io::Result<()>>,
+        stopped: watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let Leading { config, core, me, mut store, mut saved, role, fence, inputs, rx } = self;
+        let mut lost = None;
+        if let RegistryConfig::Etcd { endpoints, prefix, lease_ttl } = &config.registry {
+            let ttl = i64::try_from(lease_ttl.as_secs().max(2)).unwrap_or(i64::MAX);
+            // Retries until elected: an unreachable etcd only delays leading.
+            let mut won = tokio::select! {
+                won = leader::lead(endpoints, prefix, &me, ttl, &role, &fence) => {
+                    won.map_err(|e| Error::LostLeadership(format!("{e:#}")))?
+                }
+                () = until_stopped(stopped.clone()) => return served(server.await),
+            };
+            saved = leader::load_registry(&mut won.client, prefix)
+                .await
+                .map_err(|e| Error::Registry(format!("{e:#}")))?;
+            let election = won.election_key();
+            lost = Some(won.lost);
+            store = Some(registry::Store::Etcd(won.client, prefix.clone(), election));
+        }
+        let mut master = core::Master::new(core, tokio::time::Instant::now(), SystemTime::now());
+        if let Some(saved) = saved {
+            master.recover(saved, tokio::time::Instant::now(), SystemTime::now());
+        }
+        let flags = flags_json(&config);
+        let loop_config = server::LoopConfig {
+            allocation_interval: config.allocation_interval,
+            registry: store,
+            flags,
+            fence,
+        };
+        let mut loop_task = tokio::spawn(server::run_loop(master, rx, inputs.clone(), loop_config));
+        if let Some(sim) = &config.simulation {
+            let sim = sim::SimConfig {
+                count: sim.count,
+                resources: sim.resources.clone(),
+                attributes: sim.attributes.clone(),
+                hostname: sim.hostname.clone(),
+                task_delay: sim.task_delay,
+                // Kept beside a registry file; with etcd the master may move to another host,
+                // where the simulated agents start afresh.
+                checkpoint: match &config.registry {
+                    RegistryConfig::Dir(dir) => Some(dir.join(sim::CHECKPOINT)),
+                    _ => None,
+                },
+            };
+            if let Err(e) = sim::start(sim, inputs.clone()).await {
+                loop_task.abort();
+                return Err(Error::Simulation(e));
+            }
+        }
+        let lost = async {
+            match lost {
+                Some(lost) => lost.await,
+                None => std::future::pending().await,
+            }
+        };
+        // The loop ends only with the master: if it stops (a panic), the master stops with an
+        // error rather than serve a health check over a loop that answers nothing.
+        let result = tokio::select! {
+            // Ending the loop ends the event streams, whose connections the server's graceful
+            // shutdown waits for.
+            () = until_stopped(stopped) => {
+                loop_task.abort();
+                let _ = (&mut loop_task).await;
+                served((&mut server).await)
+            }
+            ended = &mut server => served(ended),
+            reason = lost => Err(Error::LostLeadership(format!("{reason:#}"))),
+            ended = &mut loop_task => match ended {
+                Ok(Err(e)) => Err(Error::Loop(format!("{e:#}"))),
+                Err(e) if e.is_panic() => Err(Error::LoopPanicked),
+                _ => Err(Error::Loop("it ended".into())),
             },
         };
-        sim::start(sim, inputs.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
+        loop_task.abort();
+        result
     }
-    let lost = async {
-        match lost {
-            Some(lost) => lost.await,
-            None => std::future::pending().await,
-        }
+}
+
+/// Completes once `stop` is sent (or its sender is gone).
+async fn until_stopped(mut stopped: watch::Receiver<bool>) {
+    let _ = stopped.wait_for(|stop| *stop).await;
+}
+
+/// How the HTTP server ended.
+fn served(ended: Result<std::io::Result<()>, tokio::task::JoinError>) -> Result<(), Error> {
+    match ended {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Error::Http(e.to_string())),
+        Err(e) => Err(Error::Http(e.to_string())),
+    }
+}
+
+/// The flags `/master/state` and `/flags` show.
+fn flags_json(config: &Config) -> serde_json::Value {
+    let (work_dir, etcd_servers) = match &config.registry {
+        RegistryConfig::Dir(dir) => (Some(dir.display().to_string()), None),
+        RegistryConfig::Etcd { endpoints, .. } => (None, Some(endpoints.join(","))),
+        RegistryConfig::None => (None, None),
     };
-    // The loop ends only with the process: if it stops (a panic), the process stops with an
-    // error rather than serve a health check over a master that answers nothing.
-    let result = tokio::select! {
-        served = server => served.context("HTTP server task failed")?.context("HTTP server failed"),
-        reason = lost => Err(reason.context("lost leadership; stopping so another master can lead")),
-        ended = &mut loop_task => match ended {
-            Ok(Err(e)) => Err(e.context("the master's event loop stopped")),
-            Err(e) if e.is_panic() => Err(anyhow::anyhow!("the master's event loop panicked; stopping")),
-            _ => Err(anyhow::anyhow!("the master's event loop stopped; stopping")),
-        },
-    };
-    loop_task.abort();
-    result
+    serde_json::json!({
+        "ip": config.listen.ip().to_string(),
+        "port": config.listen.port().to_string(),
+        "allocation_interval": km_mesos::duration::format(config.allocation_interval),
+        "cluster": config.cluster,
+        "work_dir": work_dir,
+        "etcd_servers": etcd_servers,
+        "authenticate_frameworks": config.credentials.is_some().to_string(),
+    })
+}
+
+/// `km mesos-master`: runs until SIGTERM or SIGINT.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let signals = km_process::StopSignals::install()?;
+    let config = Config::from_args(&args)?;
+    let running = start(config).await?;
+    running.run_until(signals.first()).await?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_in_mesos_and_short_forms() {
-        assert_eq!(parse_duration("1secs"), Ok(Duration::from_secs(1)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert_eq!(parse_duration("15secs"), Ok(Duration::from_secs(15)));
-        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
-        assert!(parse_duration("soon").unwrap_err().contains("invalid duration 'soon'"));
-        assert!(parse_duration("-2s").unwrap_err().contains("negative"));
-        assert!(parse_duration("5").unwrap_err().contains("missing unit"));
-    }
-
-    #[test]
-    fn timer_periods_must_be_more_than_zero() {
-        use clap::Parser as _;
-        #[derive(Debug, clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: Args,
-        }
-        for flag in ["--allocation_interval", "--offer_timeout", "--agent_ping_timeout"] {
-            let e = Cli::try_parse_from(["master".to_owned(), format!("{flag}=0secs")])
-                .expect_err("zero is refused");
-            assert!(e.to_string().contains("must be more than zero"), "{flag}: {e}");
-        }
-    }
-
-    #[test]
-    fn every_duration_flag_takes_both_forms() {
-        use clap::Parser as _;
-        #[derive(Debug, clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: Args,
-        }
-        for value in ["5s", "5secs"] {
-            let argv = [
-                "master".to_owned(),
-                format!("--allocation_interval={value}"),
-                format!("--offer_timeout={value}"),
-                format!("--agent_ping_timeout={value}"),
-                format!("--etcd_lease_ttl={value}"),
-                format!("--simulate-task-delay={value}"),
-            ];
-            let a = Cli::try_parse_from(argv).unwrap().args;
-            let five = Duration::from_secs(5);
-            assert_eq!(
-                (a.allocation_interval, a.offer_timeout, a.agent_ping_timeout),
-                (five, Some(five), five)
-            );
-            assert_eq!((a.etcd_lease_ttl, a.simulate_task_delay), (five, five));
-        }
-    }
-
-    #[test]
-    fn weights_parse_and_reject_nonsense() {
-        assert_eq!(
-            parse_weights("a=2, b=0.5").unwrap(),
-            BTreeMap::from([("a".into(), 2.0), ("b".into(), 0.5)])
-        );
-        assert!(parse_weights("a").is_err());
-        assert!(parse_weights("a=-1").is_err());
-    }
-
     #[test]
     fn an_allocation_replays_from_its_seed() {
-        let run = |seed| bench::Cluster::with_seed(12, 2, seed).offered();
+        let run = |seed| crate::bench::Cluster::with_seed(12, 2, seed).offered();
         let first = run(7);
         assert_eq!(first.iter().map(Vec::len).sum::<usize>(), 12, "{first:?}");
         assert_eq!(run(7), first, "the same seed, the same allocation");
         let distinct: std::collections::BTreeSet<_> = (0..8).map(run).collect();
         assert!(distinct.len() > 1, "the seed decides the order agents are visited in");
-    }
-
-    #[test]
-    fn credentials_files_in_both_formats() {
-        let json = server::parse_credentials(r#"{"credentials":[{"principal":"p","secret":"s"}]}"#)
-            .unwrap();
-        assert_eq!(json.get("p").map(String::as_str), Some("s"));
-        let text = server::parse_credentials("# comment\np1 s1\np2 s2\n").unwrap();
-        assert_eq!(text.len(), 2);
-        assert!(server::parse_credentials("just-one-field").is_err());
     }
 }
 

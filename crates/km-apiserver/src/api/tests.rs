@@ -332,3 +332,51 @@ async fn services_get_and_release_addresses() {
         Err(ApiError::Invalid { .. })
     ));
 }
+
+#[tokio::test]
+async fn privileged_containers_follow_the_cluster_policy() {
+    let privileged = |name: &str| {
+        let mut p = pod(name, json!({}));
+        p["spec"]["initContainers"] = json!([{"name": "i", "image": "busybox:1",
+                                             "securityContext": {"privileged": true}}]);
+        p
+    };
+    // Refused by default, as kube-apiserver does without --allow-privileged.
+    let api = api().await;
+    match api.create(pods(), Some("default"), privileged("p")).await {
+        Err(e @ ApiError::Invalid { .. }) => assert_eq!(
+            e.to_string(),
+            "Pod \"p\" is invalid: spec.initContainers[0].securityContext.privileged: \
+             Forbidden: disallowed by cluster policy"
+        ),
+        other => panic!("expected 422, got {other:?}"),
+    }
+    // A template that would make privileged pods is refused too, and so is an update that
+    // makes a pod privileged.
+    let deployments = lookup("apps", "v1", "deployments").expect("deployments");
+    let template = privileged("t");
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}},
+                 "template": {"metadata": {"labels": {"a": "b"}}, "spec": template["spec"]}}});
+    let refused = api.create(deployments, Some("default"), deployment).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.to_string().contains(
+            "spec.template.spec.initContainers[0].securityContext.privileged: Forbidden"
+        )),
+        "{refused:?}"
+    );
+    api.create(pods(), Some("default"), pod("plain", json!({}))).await.expect("plain pod");
+    let patch = json!({"spec": {"containers": [{"name": "c", "image": "busybox:1",
+                                                 "securityContext": {"privileged": true}}]}});
+    let m = Mutation::Patch { content_type: crate::patch::MERGE_PATCH, patch };
+    let refused = api.update(pods(), Some("default"), "plain", None, m).await;
+    assert!(matches!(refused, Err(ApiError::Invalid { .. })), "{refused:?}");
+
+    // Allowed with --allow-privileged=true.
+    let config = ApiConfig { allow_privileged: true, ..ApiConfig::default() };
+    let open = Api::new(Arc::new(MemoryStorage::default()), config);
+    open.bootstrap().await.expect("bootstrap");
+    let created = open.create(pods(), Some("default"), privileged("p")).await.expect("allowed");
+    assert_eq!(created["spec"]["initContainers"][0]["securityContext"]["privileged"], true);
+}
