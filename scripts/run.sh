@@ -62,9 +62,9 @@ fail() { # message: show it, km local-up's output and the cluster's pods, exit 1
   exit 1
 }
 
-echo "== km local-up --data-dir $data --agents 2"
+echo "== km local-up --data-dir $data --agents 2 --pod-infra-container-image km-test/pause:latest"
 t0=$(date +%s.%N)
-"$km" local-up --data-dir "$data" --agents 2 >"$out" 2>&1 &
+"$km" local-up --data-dir "$data" --agents 2 --pod-infra-container-image km-test/pause:latest >"$out" 2>&1 &
 lu_pid=$!
 deadline=$((SECONDS + 120))
 until grep -q "cluster ready" "$out"; do

@@ -14,7 +14,10 @@ const READY: &str = "cluster ready";
 /// A `km local-up` over `data`, its output in `out`.
 fn local_up(data: &Path, out: &Path, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(km_bin());
-    cmd.arg("local-up").arg(format!("--data-dir={}", data.display())).args(extra);
+    cmd.arg("local-up")
+        .arg(format!("--data-dir={}", data.display()))
+        .arg("--pod-infra-container-image=km-test/pause:latest")
+        .args(extra);
     Proc::spawn("km local-up", cmd, out)
 }
 

@@ -74,9 +74,9 @@ pub struct Args {
     pub docker: DockerMode,
 
     /// Image of the per-pod sandbox container of Docker pods, run with its own command (which
-    /// must keep running, as Kubernetes' pause does). The default is km's local test image
-    /// (`tests/images/build.sh`), since the scheduler has no flag yet to hand executors another.
-    #[arg(long = "pod-infra-container-image", default_value = "km-test/pause:latest")]
+    /// must keep running, as Kubernetes' pause does); pulled when the engine lacks it. km
+    /// scheduler sets it from its `--kubelet-pod-infra-container-image`.
+    #[arg(long = "pod-infra-container-image", default_value = km_runtime::docker::DEFAULT_SANDBOX_IMAGE)]
     pub pod_infra_container_image: String,
 }
 

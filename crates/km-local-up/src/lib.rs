@@ -41,6 +41,11 @@ pub struct Args {
     /// The etcd binary [default: `etcd` on PATH, else /usr/bin/etcd].
     #[arg(long)]
     pub etcd_binary: Option<PathBuf>,
+    /// Sandbox (pod infra) image of Docker pods, handed to the executors through the
+    /// scheduler's `--kubelet-pod-infra-container-image` [default: the executor's, Kubernetes'
+    /// pause, pulled when missing]. Give a local image on a machine without a registry.
+    #[arg(long)]
+    pub pod_infra_container_image: Option<String>,
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {

@@ -128,7 +128,13 @@ pub fn api_url(state: &State) -> String {
 
 /// The components in the order they are started, grouped in stages: every component of a
 /// stage starts together once the previous stage is healthy.
-pub fn stages(state: &State, layout: &Layout, km: &Path, etcd: &Path) -> Vec<Vec<Spec>> {
+pub fn stages(
+    state: &State,
+    layout: &Layout,
+    km: &Path,
+    etcd: &Path,
+    infra_image: Option<&str>,
+) -> Vec<Vec<Spec>> {
     let a = state.address;
     let p = &state.ports;
     let etcd_url = format!("http://{a}:{}", p.etcd_client);
@@ -214,19 +220,23 @@ pub fn stages(state: &State, layout: &Layout, km: &Path, etcd: &Path) -> Vec<Vec
         });
     }
     let scheduler_url = format!("http://{a}:{}", p.scheduler);
+    let mut scheduler_args = vec![
+        "scheduler".into(),
+        arg("api-servers", &api),
+        arg("mesos-master", &master),
+        arg("etcd-servers", &etcd_url),
+        arg("address", a),
+        arg("port", p.scheduler),
+        arg("executor-path", format!("file://{}", km.display())),
+        arg("executor-proxy-token-file", &token),
+    ];
+    if let Some(image) = infra_image {
+        scheduler_args.push(arg("kubelet-pod-infra-container-image", image));
+    }
     last.push(Spec {
         name: "scheduler".into(),
         program: km.clone(),
-        args: vec![
-            "scheduler".into(),
-            arg("api-servers", &api),
-            arg("mesos-master", &master),
-            arg("etcd-servers", &etcd_url),
-            arg("address", a),
-            arg("port", p.scheduler),
-            arg("executor-path", format!("file://{}", km.display())),
-            arg("executor-proxy-token-file", &token),
-        ],
+        args: scheduler_args,
         url: scheduler_url.clone(),
         health: Health::Get(format!("{scheduler_url}/healthz")),
         stop: StopRank::Scheduler,
@@ -294,7 +304,7 @@ mod tests {
 
     fn all(agents: usize) -> Vec<Spec> {
         let layout = Layout { dir: PathBuf::from("/data") };
-        stages(&state(agents), &layout, Path::new("/bin/km"), Path::new("/usr/bin/etcd"))
+        stages(&state(agents), &layout, Path::new("/bin/km"), Path::new("/usr/bin/etcd"), None)
             .into_iter()
             .flatten()
             .collect()
@@ -347,6 +357,15 @@ mod tests {
         assert!(cm.contains(&"--host-port-endpoints=true".to_owned()));
         assert!(get("mesos-master").contains(&"--work_dir=/data/mesos-master".to_owned()));
         assert!(get("etcd").contains(&"--data-dir=/data/etcd".to_owned()));
+        assert!(!sched.iter().any(|a| a.contains("infra")), "the executor's default image");
+    }
+
+    #[test]
+    fn the_infra_image_goes_to_the_executors_through_the_scheduler() {
+        let layout = Layout { dir: PathBuf::from("/data") };
+        let specs = stages(&state(1), &layout, Path::new("/km"), Path::new("/etcd"), Some("p:1"));
+        let sched = specs.iter().flatten().find(|s| s.name == "scheduler").unwrap();
+        assert!(sched.args.contains(&"--kubelet-pod-infra-container-image=p:1".to_owned()));
     }
 
     #[test]

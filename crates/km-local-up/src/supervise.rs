@@ -88,7 +88,10 @@ pub(crate) async fn run(args: Args) -> Result<(), Error> {
         .map(|dir| Layout { dir })?;
     let lock = lock(&layout)?;
     let (state, resumed) = prepare(&layout, requested)?;
-    Start { layout, lock, state, resumed, km, etcd }.go(args.timeout, started, &mut signals).await
+    let infra_image = args.pod_infra_container_image.clone();
+    Start { layout, lock, state, resumed, km, etcd, infra_image }
+        .go(args.timeout, started, &mut signals)
+        .await
 }
 
 /// Everything known before the first process starts.
@@ -99,6 +102,8 @@ struct Start {
     resumed: bool,
     km: PathBuf,
     etcd: PathBuf,
+    /// `--pod-infra-container-image`, for the scheduler to hand to the executors.
+    infra_image: Option<String>,
 }
 
 impl Start {
@@ -108,7 +113,7 @@ impl Start {
         started: Instant,
         signals: &mut km_process::StopSignals,
     ) -> Result<(), Error> {
-        let Start { layout, lock, state, resumed, km, etcd } = self;
+        let Start { layout, lock, state, resumed, km, etcd, infra_image } = self;
         // Orphans of the cluster (pods of an executor killed with SIGKILL, executors of a dead
         // agent) are handed to this process, which stops them on the way out.
         if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
@@ -129,7 +134,7 @@ impl Start {
             .map_err(|e| Error::Flag(format!("cannot build an HTTP client: {e}")))?;
         let (died_tx, died_rx) = mpsc::unbounded_channel();
         let mut cluster = Cluster { layout, running: Vec::new(), died_tx, died_rx, http };
-        let stages = spec::stages(&state, &cluster.layout, &km, &etcd);
+        let stages = spec::stages(&state, &cluster.layout, &km, &etcd, infra_image.as_deref());
         let outcome = tokio::select! {
             r = cluster.start(stages, timeout) => r,
             stop = signals.recv() => Err(Error::Interrupted(stop)),

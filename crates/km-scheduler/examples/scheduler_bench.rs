@@ -9,8 +9,8 @@
 //!     [--pods N] [--agents N] [--no-baseline] [--native N] [--docker N] [--replicas N]
 //! ```
 //!
-//! `p` needs the Docker image `km-test/busybox:latest` (`tests/images/build.sh`) unless
-//! `--docker 0`.
+//! `p` needs the Docker images `km-test/busybox:latest` and `km-test/pause:latest`
+//! (`tests/images/build.sh`) unless `--docker 0`.
 //!
 //! The pods are in the API before the scheduler starts; the clock starts when the scheduler is
 //! spawned. Printed per run: time until every pod is bound and Running, pods bound per second,
@@ -873,7 +873,12 @@ async fn p_mesos(native_pods: usize, docker_pods: usize) {
         "P through Mesos: pods created one after another, km scheduler → km mesos-agent → km executor"
     );
     let p = plane(0, AGENT).await;
-    let (_agent, _sched, _port) = real_agent_stack(&p, "p-agent", &[]).await;
+    let (_agent, _sched, _port) = real_agent_stack(
+        &p,
+        "p-agent",
+        &["--kubelet-pod-infra-container-image=km-test/pause:latest"],
+    )
+    .await;
     let client =
         kube::Client::try_from(kube::Config::new(p.api_url.parse().expect("url"))).expect("client");
     let api: Api<Pod> = Api::namespaced(client.clone(), "default");

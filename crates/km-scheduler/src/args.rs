@@ -192,6 +192,12 @@ pub struct Args {
     #[arg(long = "executor-proxy-token-file")]
     pub executor_proxy_token_file: Option<String>,
 
+    /// Image of the sandbox (pod infra) container of the executors' Docker pods, passed on as
+    /// their `--pod-infra-container-image` [default: the executor's, Kubernetes' pause]. Give a
+    /// local image where the agents cannot pull.
+    #[arg(long = "kubelet-pod-infra-container-image")]
+    pub kubelet_pod_infra_container_image: Option<String>,
+
     /// Log filter of the executors (tracing env-filter syntax).
     #[arg(long = "executor-log", default_value = "info")]
     pub executor_log: String,

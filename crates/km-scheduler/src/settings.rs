@@ -302,6 +302,15 @@ impl Settings {
         if args.executor_bindall {
             exec_args.push("--address=0.0.0.0".to_owned());
         }
+        if let Some(image) = &args.kubelet_pod_infra_container_image {
+            if image.trim().is_empty() || image.chars().any(char::is_whitespace) {
+                return Err(flag(
+                    "kubelet-pod-infra-container-image",
+                    format!("{image:?} is not an image reference"),
+                ));
+            }
+            exec_args.push(format!("--pod-infra-container-image={image}"));
+        }
         let base = Scalars::cpus_mem(
             scalar("mesos-executor-cpus", args.mesos_executor_cpus)?,
             scalar("mesos-executor-mem", args.mesos_executor_mem)?,
@@ -536,6 +545,7 @@ mod tests {
             "--executor-bindall",
             "--advertised-address=10.0.0.1:10251",
             "--launch-policy=one-pod-per-offer",
+            "--kubelet-pod-infra-container-image=local/pause:1",
         ])
         .unwrap();
         assert_eq!(s.core.matcher.default_port_mapping, PortMapping::Fixed);
@@ -547,6 +557,11 @@ mod tests {
         assert_eq!(s.core.matcher.strategy, Strategy::Spread { by: Some("rack".into()) });
         assert_eq!(s.executor.source, ExecutorSource::Fetch("http://repo/km".into()));
         assert!(s.executor.args.contains(&"--address=0.0.0.0".to_owned()));
+        assert!(s.executor.args.contains(&"--pod-infra-container-image=local/pause:1".to_owned()));
+        assert!(
+            !settings(&[]).unwrap().executor.args.iter().any(|a| a.contains("infra")),
+            "without the flag the executor keeps its own default"
+        );
         assert_eq!(s.advertised, "http://10.0.0.1:10251");
         assert_eq!(s.core.launch_policy, LaunchPolicy::OnePodPerOffer);
     }
@@ -560,6 +575,10 @@ mod tests {
         );
         assert!(err(&["--failover-timeout=forever"]).starts_with("--failover-timeout"));
         assert!(err(&["--placement=random"]).starts_with("--placement"));
+        assert!(
+            err(&["--kubelet-pod-infra-container-image= "])
+                .starts_with("--kubelet-pod-infra-container-image")
+        );
         assert!(err(&["--executor-path=/no/such/km"]).starts_with("--executor-path"));
         assert!(err(&["--executor-path=file://relative"]).contains("absolute"));
         assert!(err(&["--advertised-address=nohost"]).starts_with("--advertised-address"));

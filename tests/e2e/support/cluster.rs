@@ -68,6 +68,8 @@ impl KmCluster {
             scheduler_args.push(format!("--executor-path=file://{}", km_bin().display()));
         }
         scheduler_args.push(format!("--executor-proxy-token-file={}", token.display()));
+        // Docker pods' sandbox: the local image of tests/images/build.sh (no registry here).
+        scheduler_args.push("--kubelet-pod-infra-container-image=km-test/pause:latest".to_owned());
         scheduler_args.extend(scheduler_extra.iter().map(|s| (*s).to_owned()));
         let mut cluster = KmCluster {
             etcd,
