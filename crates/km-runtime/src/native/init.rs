@@ -172,12 +172,15 @@ fn reap(main: Pid) -> Option<i32> {
     }
 }
 
-/// Writes `code` to `path` through a temporary file, so a reader sees the whole number or
-/// nothing.
+/// Writes `code` to `path` through a temporary file, flushed to disk before the rename, so a
+/// reader sees the whole number or nothing, after a crash of the machine too.
 fn write_exit_file(path: &Path, code: i32) -> std::io::Result<()> {
+    use std::io::Write as _;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, format!("{code}\n"))?;
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(format!("{code}\n").as_bytes())?;
+    file.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
