@@ -205,6 +205,7 @@ impl<S: Storage> Api<S> {
         object::check_type(kind, &obj)?;
         object::prepare_create(kind, &mut obj, namespace, unix_now())?;
         object::apply_defaults(kind, &mut obj);
+        object::drop_nulls(&mut obj);
         object::validate(kind, &obj)?;
         if !self.config.allow_privileged {
             object::forbid_privileged(kind, &obj)?;
@@ -759,6 +760,7 @@ fn plan_update(
     if subresource.is_none() {
         object::apply_defaults(kind, &mut new);
     }
+    object::drop_nulls(&mut new);
     // A binding changes only spec.nodeName and a condition of an object
     // that was valid: skip the full (costly) validation.
     if subresource != Some("binding") {

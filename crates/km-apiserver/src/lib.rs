@@ -24,6 +24,7 @@ pub mod nodeproxy;
 pub mod object;
 pub mod openapi;
 pub mod patch;
+pub mod protobuf;
 pub mod registry;
 pub mod secure;
 pub mod selector;

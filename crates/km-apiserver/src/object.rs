@@ -354,6 +354,20 @@ fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
 }
 
 /// Defaults what kubectl and km rely on.
+/// Removes every `null` member: Kubernetes reads an object into typed fields, where null and
+/// absent are one thing, so a stored object holds neither (nor does the defaulting's own
+/// indexing leave any behind).
+pub fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            map.retain(|_, item| !item.is_null());
+            map.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
 pub fn apply_defaults(kind: &Kind, obj: &mut Value) {
     match kind.kind {
         "Pod" => default_pod_spec(child(obj, "spec")),

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::api::{Api, DeleteOptions, Mutation, Query, parse_query};
 use crate::error::{ApiError, ApiResult};
+use crate::protobuf;
 use crate::registry::{self, KINDS, Kind};
 use crate::storage::Storage;
 use crate::table;
@@ -199,13 +200,20 @@ fn decode_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
-    if content_type.contains("protobuf") {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml (got {content_type})"
-        )));
-    }
     if body.is_empty() {
         return Err(ApiError::BadRequest("the request body is empty".into()));
+    }
+    if protobuf::is_protobuf(content_type) {
+        return protobuf::decode(body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "the body of the request could not be decoded as protobuf: {e}"
+            ))
+        });
+    }
+    if content_type.contains("protobuf") {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {content_type})"
+        )));
     }
     if content_type.contains("yaml") {
         return serde_yaml_ng::from_slice(body).map_err(|e| {
@@ -217,6 +225,43 @@ fn decode_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::BadRequest(format!("the body of the request could not be decoded as JSON: {e}"))
     })
+}
+
+/// Whether the client asks for protobuf before JSON.
+fn wants_protobuf(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(protobuf::preferred)
+}
+
+/// A JSON answer re-encoded in protobuf, for a client that prefers it. What has no protobuf
+/// message (discovery, tables, a body that is not an object) stays JSON, which such clients
+/// read as well.
+async fn negotiated(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/json");
+    if !is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::Internal(format!("cannot read the answer: {e}")).into_response();
+        }
+    };
+    let encoded =
+        serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| protobuf::encode(&v).ok());
+    match encoded {
+        Some(proto) => {
+            parts
+                .headers
+                .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(protobuf::MEDIA_TYPE));
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(proto))
+        }
+        None => Response::from_parts(parts, Body::from(bytes)),
+    }
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {
@@ -249,10 +294,13 @@ async fn resource<S: Storage>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match handle(&api, &method, &uri, &headers, &body).await {
+    let response = match handle(&api, &method, &uri, &headers, &body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
-    }
+    };
+    // A watch answers in protobuf itself; any other answer is converted whole.
+    let watch = parse_query(uri.query()).get("watch").is_some_and(|w| w == "true" || w == "1");
+    if wants_protobuf(&headers) && !watch { negotiated(response).await } else { response }
 }
 
 async fn handle<S: Storage>(
@@ -316,6 +364,27 @@ async fn collection<S: Storage>(
                 stream = futures::StreamExt::boxed(futures::StreamExt::map(stream, move |line| {
                     table::watch_line(kind, &line, &query).unwrap_or(line)
                 }));
+            } else if wants_protobuf(headers) {
+                // One length-prefixed WatchEvent per event line.
+                let frames = futures::StreamExt::filter_map(stream, |line| async move {
+                    match protobuf::watch_line_to_frame(&line) {
+                        Ok(frame) => Some(Bytes::from(frame)),
+                        Err(e) => {
+                            tracing::warn!("a watch event has no protobuf form: {e}");
+                            None
+                        }
+                    }
+                });
+                let body = Body::from_stream(futures::StreamExt::map(
+                    frames,
+                    Ok::<_, std::convert::Infallible>,
+                ));
+                return Ok((
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, protobuf::WATCH_MEDIA_TYPE)],
+                    body,
+                )
+                    .into_response());
             }
             let body = Body::from_stream(futures::StreamExt::map(
                 stream,

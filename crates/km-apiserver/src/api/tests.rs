@@ -380,3 +380,18 @@ async fn privileged_containers_follow_the_cluster_policy() {
     let created = open.create(pods(), Some("default"), privileged("p")).await.expect("allowed");
     assert_eq!(created["spec"]["initContainers"][0]["securityContext"]["privileged"], true);
 }
+
+#[tokio::test]
+async fn stored_objects_hold_no_nulls() {
+    let api = api().await;
+    let mut p = pod("p", json!({}));
+    p["spec"]["initContainers"] = Value::Null;
+    p["spec"]["containers"][0]["ports"] = Value::Null;
+    p["metadata"]["annotations"] = json!({"a": null, "b": "x"});
+    let created = api.create(pods(), Some("default"), p).await.expect("create");
+    let text = serde_json::to_string(&created).expect("json");
+    assert!(!text.contains("null"), "{text}");
+    assert_eq!(created["metadata"]["annotations"], json!({"b": "x"}));
+    let stored = api.get(pods(), Some("default"), "p").await.expect("get");
+    assert!(!serde_json::to_string(&stored).expect("json").contains("null"));
+}

@@ -1,0 +1,617 @@
+//! Kubernetes' protobuf encoding (`application/vnd.kubernetes.protobuf`), for every served kind,
+//! their lists, `Status` and watch events.
+//!
+//! A body is the magic `k8s\0` followed by a `runtime.Unknown`: the object's `apiVersion` and
+//! `kind`, and the object's own message as bytes. Objects are kept as Kubernetes JSON
+//! everywhere else in the server, so this module converts between that JSON and the messages
+//! by reflection over Kubernetes' own definitions (`proto/k8s`, compiled by `build.rs`). The
+//! types whose JSON is not their message's field-by-field form are converted as Kubernetes'
+//! JSON writes them: `Time` and `MicroTime` (RFC 3339), `Duration` (Go's `1h2m3s`), `Quantity`
+//! (a string), `IntOrString` (a number or a string), `RawExtension` and `FieldsV1` (embedded
+//! JSON). Two things the messages do not say come from `proto/k8s/json.txt`: Go writes
+//! non-pointer fields even when they are zero, and where its JSON leaves them out
+//! (`omitempty`) decoding leaves them out too, so a protobuf request means what the same
+//! request in JSON means; and some fields are inline in JSON (a Volume's source, a Probe's
+//! handler): their message's fields sit in the enclosing object.
+//!
+//! A watch in protobuf is a stream of frames, each a 4-byte big-endian length and a
+//! `meta.v1.WatchEvent` whose object is an encoded body as above.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
+
+use base64::Engine as _;
+use prost::Message as _;
+use prost_reflect::ReflectMessage as _;
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind as FieldKind, MapKey, MessageDescriptor,
+    Value as PValue,
+};
+use serde_json::{Map, Value};
+
+/// The media type of Kubernetes' protobuf encoding.
+pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
+/// The media type of a watch stream in protobuf.
+pub const WATCH_MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf;stream=watch";
+
+const MAGIC: &[u8; 4] = b"k8s\0";
+const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";
+const TIME: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.Time";
+const MICRO_TIME: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime";
+const DURATION: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.Duration";
+const FIELDS_V1: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1";
+const QUANTITY: &str = "k8s.io.apimachinery.pkg.api.resource.Quantity";
+const INT_OR_STRING: &str = "k8s.io.apimachinery.pkg.util.intstr.IntOrString";
+const RAW_EXTENSION: &str = "k8s.io.apimachinery.pkg.runtime.RawExtension";
+const UNKNOWN: &str = "k8s.io.apimachinery.pkg.runtime.Unknown";
+const WATCH_EVENT: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.WatchEvent";
+
+static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
+    DescriptorPool::decode(include_bytes!(concat!(env!("OUT_DIR"), "/k8s.bin")).as_slice())
+        .map_err(|e| e.to_string())
+});
+
+/// What Kubernetes' JSON does beyond the messages, per message full name.
+#[derive(Default)]
+struct JsonRules {
+    /// Fields Go's JSON leaves out when zero.
+    omit_zero: HashSet<&'static str>,
+    /// Fields whose message's fields sit in this object's JSON.
+    inline: Vec<&'static str>,
+}
+
+static JSON_RULES: LazyLock<HashMap<&'static str, JsonRules>> = LazyLock::new(|| {
+    let mut rules: HashMap<&'static str, JsonRules> = HashMap::new();
+    for line in include_str!("../../../proto/k8s/json.txt").lines() {
+        let mut words = line.split_whitespace();
+        let (Some(rule), Some(message)) = (words.next(), words.next()) else { continue };
+        let entry = rules.entry(message).or_default();
+        match rule {
+            "omit-zero" => entry.omit_zero.extend(words),
+            "inline" => entry.inline.extend(words),
+            _ => {}
+        }
+    }
+    rules
+});
+
+/// Why a body could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtoError {
+    #[error("the Kubernetes protobuf definitions are unusable: {0}")]
+    Definitions(String),
+    #[error("the body does not start with the protobuf magic number k8s\\0")]
+    NoMagic,
+    #[error("cannot decode {what}: {source}")]
+    Decode { what: String, source: prost::DecodeError },
+    #[error("no protobuf message for apiVersion {api_version:?}, kind {kind:?}")]
+    UnknownType { api_version: String, kind: String },
+    #[error("{field}: {message}")]
+    Field { field: String, message: String },
+}
+
+fn pool() -> Result<&'static DescriptorPool, ProtoError> {
+    POOL.as_ref().map_err(|e| ProtoError::Definitions(e.clone()))
+}
+
+fn message(name: &str) -> Result<MessageDescriptor, ProtoError> {
+    pool()?
+        .get_message_by_name(name)
+        .ok_or_else(|| ProtoError::Definitions(format!("{name} is missing")))
+}
+
+/// Whether `accept` (an Accept header) asks for protobuf before JSON.
+pub fn preferred(accept: &str) -> bool {
+    for range in accept.split(',') {
+        let media = range.split(';').next().unwrap_or_default().trim();
+        if media.eq_ignore_ascii_case(MEDIA_TYPE) {
+            return true;
+        }
+        if media.contains("json") || media.contains("yaml") || media == "*/*" {
+            return false;
+        }
+    }
+    false
+}
+
+/// Whether a Content-Type names the protobuf encoding.
+pub fn is_protobuf(content_type: &str) -> bool {
+    content_type.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case(MEDIA_TYPE)
+}
+
+/// The message of an `apiVersion` and `kind`: `k8s.io.api.<group>.<version>.<Kind>`, or
+/// apimachinery's `meta.v1` for the kinds every group shares (`Status`, `DeleteOptions`, …).
+pub fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
+    let pool = pool().ok()?;
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let short = match group.split('.').next() {
+        None | Some("") => "core",
+        Some(first) => first,
+    };
+    pool.get_message_by_name(&format!("k8s.io.api.{short}.{version}.{kind}"))
+        .or_else(|| pool.get_message_by_name(&format!("{META}.{kind}")))
+}
+
+/// Encodes an object (it names its `apiVersion` and `kind`) as a protobuf body.
+pub fn encode(obj: &Value) -> Result<Vec<u8>, ProtoError> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let desc = message_for(api_version, kind).ok_or_else(|| ProtoError::UnknownType {
+        api_version: api_version.to_owned(),
+        kind: kind.to_owned(),
+    })?;
+    let raw = to_message(&desc, obj, "")?.encode_to_vec();
+    let unknown = message(UNKNOWN)?;
+    let type_meta = message("k8s.io.apimachinery.pkg.runtime.TypeMeta")?;
+    let mut tm = DynamicMessage::new(type_meta);
+    tm.set_field_by_name("apiVersion", PValue::String(api_version.to_owned()));
+    tm.set_field_by_name("kind", PValue::String(kind.to_owned()));
+    let mut envelope = DynamicMessage::new(unknown);
+    envelope.set_field_by_name("typeMeta", PValue::Message(tm));
+    envelope.set_field_by_name("raw", PValue::Bytes(raw.into()));
+    envelope.set_field_by_name("contentEncoding", PValue::String(String::new()));
+    envelope.set_field_by_name("contentType", PValue::String(String::new()));
+    let mut out = MAGIC.to_vec();
+    out.extend(envelope.encode_to_vec());
+    Ok(out)
+}
+
+/// Decodes a protobuf body into Kubernetes JSON, `apiVersion` and `kind` included.
+pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
+    let rest = body.strip_prefix(MAGIC.as_slice()).ok_or(ProtoError::NoMagic)?;
+    let envelope = DynamicMessage::decode(message(UNKNOWN)?, rest).map_err(|source| {
+        ProtoError::Decode { what: "the runtime.Unknown envelope".into(), source }
+    })?;
+    let type_meta = envelope.get_field_by_name("typeMeta");
+    let type_meta = type_meta.as_deref().and_then(PValue::as_message);
+    let text = |name: &str| {
+        type_meta
+            .and_then(|m| m.get_field_by_name(name).and_then(|v| v.as_str().map(str::to_owned)))
+            .unwrap_or_default()
+    };
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    let desc = message_for(&api_version, &kind).ok_or_else(|| ProtoError::UnknownType {
+        api_version: api_version.clone(),
+        kind: kind.clone(),
+    })?;
+    let raw = envelope.get_field_by_name("raw");
+    let raw = raw.as_deref().and_then(PValue::as_bytes).cloned().unwrap_or_default();
+    let msg = DynamicMessage::decode(desc.clone(), raw)
+        .map_err(|source| ProtoError::Decode { what: desc.full_name().to_owned(), source })?;
+    let mut obj = match to_json(&msg) {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    };
+    // apiVersion and kind first, as Kubernetes writes them.
+    let mut out = Map::new();
+    out.insert("apiVersion".into(), Value::String(api_version));
+    out.insert("kind".into(), Value::String(kind));
+    out.append(&mut obj);
+    Ok(Value::Object(out))
+}
+
+/// One frame of a protobuf watch stream: an event of `event_type` (`ADDED`, …) for `obj`.
+pub fn watch_frame(event_type: &str, obj: &Value) -> Result<Vec<u8>, ProtoError> {
+    let event = message(WATCH_EVENT)?;
+    let raw_ext = message(RAW_EXTENSION)?;
+    let mut object = DynamicMessage::new(raw_ext);
+    object.set_field_by_name("raw", PValue::Bytes(encode(obj)?.into()));
+    let mut msg = DynamicMessage::new(event);
+    msg.set_field_by_name("type", PValue::String(event_type.to_owned()));
+    msg.set_field_by_name("object", PValue::Message(object));
+    let bytes = msg.encode_to_vec();
+    let len = u32::try_from(bytes.len()).map_err(|_| ProtoError::Field {
+        field: "watch event".into(),
+        message: "larger than 4 GiB".into(),
+    })?;
+    let mut frame = len.to_be_bytes().to_vec();
+    frame.extend(bytes);
+    Ok(frame)
+}
+
+/// A JSON watch event line (`{"type":…,"object":…}`) as a protobuf frame.
+pub fn watch_line_to_frame(line: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    let event: Value = serde_json::from_slice(line)
+        .map_err(|e| ProtoError::Field { field: "watch event".into(), message: e.to_string() })?;
+    watch_frame(event["type"].as_str().unwrap_or_default(), &event["object"])
+}
+
+fn field_error(path: &str, message: impl Into<String>) -> ProtoError {
+    ProtoError::Field { field: path.trim_start_matches('.').to_owned(), message: message.into() }
+}
+
+/// JSON → the message `desc` (its special forms included).
+fn to_message(
+    desc: &MessageDescriptor,
+    v: &Value,
+    path: &str,
+) -> Result<DynamicMessage, ProtoError> {
+    let mut msg = DynamicMessage::new(desc.clone());
+    match desc.full_name() {
+        TIME | MICRO_TIME => {
+            let text = v.as_str().ok_or_else(|| field_error(path, "expected an RFC 3339 time"))?;
+            let ts: k8s_openapi::jiff::Timestamp =
+                text.parse().map_err(|e| field_error(path, format!("{text:?}: {e}")))?;
+            msg.set_field_by_name("seconds", PValue::I64(ts.as_second()));
+            msg.set_field_by_name("nanos", PValue::I32(ts.subsec_nanosecond()));
+        }
+        DURATION => {
+            let text = v.as_str().ok_or_else(|| field_error(path, "expected a duration"))?;
+            let nanos = parse_go_duration(text)
+                .ok_or_else(|| field_error(path, format!("invalid duration {text:?}")))?;
+            msg.set_field_by_name("duration", PValue::I64(nanos));
+        }
+        QUANTITY => {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return Err(field_error(path, "expected a quantity")),
+            };
+            msg.set_field_by_name("string", PValue::String(text));
+        }
+        INT_OR_STRING => match v {
+            Value::Number(n) => {
+                let n = n
+                    .as_i64()
+                    .and_then(|n| i32::try_from(n).ok())
+                    .ok_or_else(|| field_error(path, format!("{n} is not a 32-bit integer")))?;
+                msg.set_field_by_name("type", PValue::I64(0));
+                msg.set_field_by_name("intVal", PValue::I32(n));
+            }
+            Value::String(s) => {
+                msg.set_field_by_name("type", PValue::I64(1));
+                msg.set_field_by_name("strVal", PValue::String(s.clone()));
+            }
+            _ => return Err(field_error(path, "expected an integer or a string")),
+        },
+        RAW_EXTENSION => {
+            let raw = serde_json::to_vec(v).map_err(|e| field_error(path, e.to_string()))?;
+            msg.set_field_by_name("raw", PValue::Bytes(raw.into()));
+        }
+        FIELDS_V1 => {
+            let raw = serde_json::to_vec(v).map_err(|e| field_error(path, e.to_string()))?;
+            msg.set_field_by_name("Raw", PValue::Bytes(raw.into()));
+        }
+        _ => {
+            let Value::Object(obj) = v else {
+                return Err(field_error(path, format!("expected an object for {}", desc.name())));
+            };
+            let inline = JSON_RULES.get(desc.full_name()).map(|r| r.inline.as_slice());
+            let mut inlined: Vec<(FieldDescriptor, Map<String, Value>)> = Vec::new();
+            for (key, value) in obj {
+                if value.is_null() {
+                    continue;
+                }
+                if let Some(field) =
+                    desc.get_field_by_name(key).or_else(|| desc.get_field_by_json_name(key))
+                {
+                    let at = format!("{path}.{key}");
+                    msg.set_field(&field, field_value(&field, value, &at)?);
+                    continue;
+                }
+                // A key of an inline field's message (a Volume's `emptyDir`, a Probe's
+                // `httpGet`); otherwise one with no place on the wire (apiVersion and kind
+                // live in the envelope).
+                for name in inline.unwrap_or_default() {
+                    let Some(field) = desc.get_field_by_name(name) else { continue };
+                    let FieldKind::Message(inner) = field.kind() else { continue };
+                    if inner.get_field_by_name(key).is_some() || inline_deep(&inner, key) {
+                        match inlined.iter_mut().find(|(f, _)| f == &field) {
+                            Some((_, keys)) => {
+                                keys.insert(key.clone(), value.clone());
+                            }
+                            None => inlined
+                                .push((field, Map::from_iter([(key.clone(), value.clone())]))),
+                        }
+                        break;
+                    }
+                }
+            }
+            for (field, keys) in inlined {
+                let FieldKind::Message(inner) = field.kind() else { continue };
+                let value = to_message(&inner, &Value::Object(keys), path)?;
+                msg.set_field(&field, PValue::Message(value));
+            }
+        }
+    }
+    Ok(msg)
+}
+
+/// Whether `key` belongs to an inline field of `desc` (inline fields nest).
+fn inline_deep(desc: &MessageDescriptor, key: &str) -> bool {
+    JSON_RULES.get(desc.full_name()).is_some_and(|r| {
+        r.inline.iter().any(|name| match desc.get_field_by_name(name).map(|f| f.kind()) {
+            Some(FieldKind::Message(inner)) => {
+                inner.get_field_by_name(key).is_some() || inline_deep(&inner, key)
+            }
+            _ => false,
+        })
+    })
+}
+
+fn field_value(field: &FieldDescriptor, v: &Value, path: &str) -> Result<PValue, ProtoError> {
+    if field.is_map() {
+        let Value::Object(obj) = v else { return Err(field_error(path, "expected an object")) };
+        let FieldKind::Message(entry) = field.kind() else {
+            return Err(field_error(path, "a map without an entry message"));
+        };
+        let value_field = entry.map_entry_value_field();
+        let mut map = HashMap::with_capacity(obj.len());
+        for (k, item) in obj {
+            if item.is_null() {
+                continue;
+            }
+            map.insert(
+                MapKey::String(k.clone()),
+                single(&value_field, item, &format!("{path}.{k}"))?,
+            );
+        }
+        return Ok(PValue::Map(map));
+    }
+    if field.is_list() {
+        let Value::Array(items) = v else { return Err(field_error(path, "expected an array")) };
+        let list = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| single(field, item, &format!("{path}[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok(PValue::List(list));
+    }
+    single(field, v, path)
+}
+
+/// One value of a field (an element, for a list or a map).
+fn single(field: &FieldDescriptor, v: &Value, path: &str) -> Result<PValue, ProtoError> {
+    let bad = |what: &str| field_error(path, format!("expected {what}, got {v}"));
+    Ok(match field.kind() {
+        FieldKind::Message(desc) => PValue::Message(to_message(&desc, v, path)?),
+        FieldKind::String => match v {
+            Value::String(s) => PValue::String(s.clone()),
+            _ => return Err(bad("a string")),
+        },
+        FieldKind::Bool => PValue::Bool(v.as_bool().ok_or_else(|| bad("a boolean"))?),
+        FieldKind::Int32 | FieldKind::Sint32 | FieldKind::Sfixed32 => PValue::I32(
+            integer(v)
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| bad("a 32-bit integer"))?,
+        ),
+        FieldKind::Int64 | FieldKind::Sint64 | FieldKind::Sfixed64 => {
+            PValue::I64(integer(v).ok_or_else(|| bad("an integer"))?)
+        }
+        FieldKind::Uint32 | FieldKind::Fixed32 => PValue::U32(
+            integer(v)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| bad("an unsigned integer"))?,
+        ),
+        FieldKind::Uint64 | FieldKind::Fixed64 => PValue::U64(
+            integer(v)
+                .and_then(|n| u64::try_from(n).ok())
+                .ok_or_else(|| bad("an unsigned integer"))?,
+        ),
+        FieldKind::Double => PValue::F64(v.as_f64().ok_or_else(|| bad("a number"))?),
+        FieldKind::Float => PValue::F32(v.as_f64().ok_or_else(|| bad("a number"))? as f32),
+        FieldKind::Bytes => {
+            let text = v.as_str().ok_or_else(|| bad("base64 data"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|e| field_error(path, format!("invalid base64: {e}")))?;
+            PValue::Bytes(bytes.into())
+        }
+        FieldKind::Enum(_) => PValue::EnumNumber(
+            integer(v).and_then(|n| i32::try_from(n).ok()).ok_or_else(|| bad("an enum number"))?,
+        ),
+    })
+}
+
+/// An integer given as a JSON number (or a whole float, or a numeric string).
+fn integer(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18).map(|f| f as i64)
+        }),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A message → Kubernetes JSON.
+fn to_json(msg: &DynamicMessage) -> Value {
+    let desc = msg.descriptor();
+    let get = |name: &str| msg.get_field_by_name(name).map(|v| v.into_owned());
+    match desc.full_name() {
+        TIME | MICRO_TIME => {
+            let seconds = get("seconds").and_then(|v| v.as_i64()).unwrap_or_default();
+            let nanos = get("nanos").and_then(|v| v.as_i32()).unwrap_or_default();
+            if seconds == 0 && nanos == 0 {
+                // Go's zero time, which its JSON writes as null.
+                return Value::Null;
+            }
+            let Ok(ts) = k8s_openapi::jiff::Timestamp::new(seconds, nanos) else {
+                return Value::Null;
+            };
+            let format = if desc.full_name() == MICRO_TIME {
+                "%Y-%m-%dT%H:%M:%S%.6fZ"
+            } else {
+                "%Y-%m-%dT%H:%M:%SZ"
+            };
+            Value::String(ts.strftime(format).to_string())
+        }
+        DURATION => {
+            let nanos = get("duration").and_then(|v| v.as_i64()).unwrap_or_default();
+            Value::String(format_go_duration(nanos))
+        }
+        QUANTITY => Value::String(
+            get("string").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+        ),
+        INT_OR_STRING => {
+            if get("type").and_then(|v| v.as_i64()) == Some(1) {
+                Value::String(
+                    get("strVal").and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(),
+                )
+            } else {
+                Value::from(get("intVal").and_then(|v| v.as_i32()).unwrap_or_default())
+            }
+        }
+        RAW_EXTENSION | FIELDS_V1 => {
+            let name = if desc.full_name() == FIELDS_V1 { "Raw" } else { "raw" };
+            let raw = get(name).and_then(|v| v.as_bytes().cloned()).unwrap_or_default();
+            if raw.is_empty() {
+                return Value::Null;
+            }
+            if raw.starts_with(MAGIC)
+                && let Ok(obj) = decode(&raw)
+            {
+                return obj;
+            }
+            serde_json::from_slice(&raw).unwrap_or(Value::Null)
+        }
+        name => {
+            let rules = JSON_RULES.get(name);
+            let omit = rules.map(|r| &r.omit_zero);
+            let mut out = Map::new();
+            for (field, value) in msg.fields() {
+                let json = field_json(value);
+                if rules.is_some_and(|r| r.inline.contains(&field.name())) {
+                    if let Value::Object(inner) = json {
+                        out.extend(inner);
+                    }
+                    continue;
+                }
+                let zero = match &json {
+                    Value::Null => true,
+                    Value::Array(a) => a.is_empty(),
+                    Value::String(s) => {
+                        s.is_empty() && omit.is_some_and(|o| o.contains(field.name()))
+                    }
+                    Value::Bool(b) => !b && omit.is_some_and(|o| o.contains(field.name())),
+                    Value::Number(n) => {
+                        n.as_f64() == Some(0.0) && omit.is_some_and(|o| o.contains(field.name()))
+                    }
+                    Value::Object(m) => m.is_empty() && field.is_map(),
+                };
+                if !zero {
+                    out.insert(field.name().to_owned(), json);
+                }
+            }
+            Value::Object(out)
+        }
+    }
+}
+
+fn field_json(value: &PValue) -> Value {
+    match value {
+        PValue::List(items) => Value::Array(items.iter().map(scalar_json).collect()),
+        PValue::Map(map) => {
+            let mut entries: Vec<(String, Value)> = map
+                .iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        MapKey::String(s) => s.clone(),
+                        MapKey::Bool(b) => b.to_string(),
+                        MapKey::I32(n) => n.to_string(),
+                        MapKey::I64(n) => n.to_string(),
+                        MapKey::U32(n) => n.to_string(),
+                        MapKey::U64(n) => n.to_string(),
+                    };
+                    (key, scalar_json(v))
+                })
+                .collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().collect())
+        }
+        other => scalar_json(other),
+    }
+}
+
+fn scalar_json(value: &PValue) -> Value {
+    match value {
+        PValue::Bool(b) => Value::Bool(*b),
+        PValue::I32(n) => Value::from(*n),
+        PValue::I64(n) => Value::from(*n),
+        PValue::U32(n) => Value::from(*n),
+        PValue::U64(n) => Value::from(*n),
+        PValue::F32(n) => Value::from(f64::from(*n)),
+        PValue::F64(n) => Value::from(*n),
+        PValue::String(s) => Value::String(s.clone()),
+        PValue::Bytes(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+        PValue::EnumNumber(n) => Value::from(*n),
+        PValue::Message(m) => to_json(m),
+        PValue::List(items) => Value::Array(items.iter().map(scalar_json).collect()),
+        PValue::Map(_) => Value::Null,
+    }
+}
+
+/// Go's `time.ParseDuration` syntax (`1h2m3.5s`, `300ms`, `-1.5h`) in nanoseconds.
+fn parse_go_duration(text: &str) -> Option<i64> {
+    let (negative, mut rest) = match text.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
+    let mut total: f64 = 0.0;
+    let mut any = false;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * scale;
+        any = true;
+    }
+    if !any || total > i64::MAX as f64 {
+        return None;
+    }
+    let n = total.round() as i64;
+    Some(if negative { -n } else { n })
+}
+
+/// Nanoseconds as Go's `Duration.String` writes them (`1h0m0s`, `1.5s`, `300ms`).
+fn format_go_duration(nanos: i64) -> String {
+    if nanos == 0 {
+        return "0s".into();
+    }
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    if n < 1_000_000_000 {
+        let (value, unit) = if n < 1_000 {
+            (n as f64, "ns")
+        } else if n < 1_000_000 {
+            (n as f64 / 1e3, "µs")
+        } else {
+            (n as f64 / 1e6, "ms")
+        };
+        return format!("{sign}{}{unit}", trim_float(value));
+    }
+    let hours = n / 3_600_000_000_000;
+    let minutes = (n / 60_000_000_000) % 60;
+    let seconds = (n % 60_000_000_000) as f64 / 1e9;
+    let mut out = String::from(sign);
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+    }
+    if hours > 0 || minutes > 0 {
+        out.push_str(&format!("{minutes}m"));
+    }
+    out.push_str(&format!("{}s", trim_float(seconds)));
+    out
+}
+
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.9}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[cfg(test)]
+mod tests;
