@@ -438,34 +438,50 @@ fn bind_status_patches_and_graceful_delete() {
     });
 }
 
-/// kubectl 1.20 runs the user workflow (tests/kubectl/scenario.sh) against
-/// the insecure port.
+/// Every kubectl on the machine (Debian's 1.20 and the Cloud SDK's 1.27 to 1.33) runs the user
+/// workflow (tests/kubectl/scenario.sh) against the insecure port, each against a fresh server;
+/// each version's result is printed, and the failures are listed together.
 #[test]
 fn kubectl_scenario() {
-    let found = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join("kubectl").is_file())
-    });
+    let kubectls = crate::support::all_kubectls();
     assert!(
-        found,
-        "`kubectl` is not on PATH: this test needs kubectl 1.20 (Debian/Ubuntu: `apt-get install kubernetes-client`)"
+        !kubectls.is_empty(),
+        "no kubectl: this test needs kubectl 1.20 (Debian: kubernetes-client, unpacked by scripts/install-deps.sh)"
     );
-    let etcd = Etcd::start();
-    let server = ApiServer::start(&etcd);
     let script =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/kubectl/scenario.sh");
-    let out = std::process::Command::new("bash")
-        .arg(&script)
-        .arg(server.url())
-        .output()
-        .expect("run the kubectl scenario");
-    let text =
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(
-        out.status.success(),
-        "kubectl scenario failed:\n{text}\n--- apiserver log:\n{}",
-        server.proc.log()
-    );
-    assert!(text.contains("all steps passed"), "{text}");
+    let mut failed = Vec::new();
+    for k in &kubectls {
+        let etcd = Etcd::start();
+        let server = ApiServer::start(&etcd);
+        let bin = tempfile::tempdir().expect("bin dir");
+        std::os::unix::fs::symlink(k, bin.path().join("kubectl")).expect("symlink kubectl");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(server.url())
+            .env("KM_KUBECTL_DIR", bin.path())
+            .output()
+            .expect("run the kubectl scenario");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The script's first line on stderr names the client version.
+        let version =
+            String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or_default().to_owned();
+        if out.status.success() && text.contains("all steps passed") {
+            eprintln!("{} ({version}): all steps passed", k.display());
+        } else {
+            eprintln!("{} ({version}): FAILED", k.display());
+            failed.push(format!(
+                "{}:\n{text}\n--- apiserver log:\n{}",
+                k.display(),
+                server.proc.log()
+            ));
+        }
+    }
+    assert!(failed.is_empty(), "the kubectl scenario failed with:\n{}", failed.join("\n\n"));
 }
 
 /// HTTPS on the secure port with rustls, bearer tokens from

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# kubectl 1.20 against `km apiserver`: the user workflow of issue 5.
+# A kubectl against `km apiserver`: the user workflow (create, apply, get in every form,
+# label, annotate, scale, watch, validation, explain, errors, delete).
 # Usage: scenario.sh http://127.0.0.1:<insecure-port>
 # Runs with a temporary HOME (its own kubeconfig); exits non-zero, naming
 # the failed step, on the first unexpected output.
 set -euo pipefail
 
 server=${1:?usage: scenario.sh <server-url>}
-# kubectl 1.20 (Debian kubernetes-client, unpacked by scripts/install-deps.sh)
-# when present; KM_KUBECTL_DIR overrides.
+# The kubectl of KM_KUBECTL_DIR; else kubectl 1.20 (Debian kubernetes-client,
+# unpacked by scripts/install-deps.sh) when present; else the one on PATH.
 kubectl_dir=${KM_KUBECTL_DIR:-/opt/km-tools/kubernetes-client/usr/bin}
 if [ -x "$kubectl_dir/kubectl" ]; then export PATH="$kubectl_dir:$PATH"; fi
 echo "kubectl: $(kubectl version --client --short 2>/dev/null || kubectl version --client | head -1)" >&2
@@ -67,7 +68,8 @@ expect_not 'api'
 
 step="annotate"
 run kubectl annotate deployment web owner=km-team
-expect 'deployment.apps/web annotated'
+# kubectl 1.27 and 1.28 print "annotate" (their own message; the next check reads the value).
+expect 'deployment.apps/web annotated?$'
 run kubectl get deployment web -o 'jsonpath={.metadata.annotations.owner}'
 expect '^km-team$'
 

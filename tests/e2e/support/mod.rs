@@ -68,6 +68,42 @@ pub fn kubectls() -> Vec<std::path::PathBuf> {
     found
 }
 
+/// Every kubectl on the machine: Debian's 1.20 when installed, the one on PATH and every
+/// `kubectl.1.NN` beside its real file, oldest first.
+pub fn all_kubectls() -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let debian = std::path::PathBuf::from("/opt/km-tools/kubernetes-client/usr/bin/kubectl");
+    if debian.is_file() {
+        found.push(debian);
+    }
+    let on_path = std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("kubectl")).find(|k| k.is_file()));
+    let Some(k) = on_path else { return found };
+    let mut versioned: Vec<(u32, std::path::PathBuf)> = std::fs::canonicalize(&k)
+        .ok()
+        .and_then(|real| real.parent().map(std::path::Path::to_path_buf))
+        .and_then(|dir| std::fs::read_dir(dir).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let minor = name.strip_prefix("kubectl.1.")?.parse().ok()?;
+            Some((minor, e.path()))
+        })
+        .collect();
+    versioned.sort();
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+    };
+    // The one on PATH, unless it is one of the versioned files.
+    if !versioned.iter().any(|(_, v)| same(v, &k)) {
+        found.push(k);
+    }
+    found.extend(versioned.into_iter().map(|(_, v)| v));
+    found
+}
+
 pub fn kubectl(bin: &std::path::Path, server: &str, args: &[&str]) -> (bool, String) {
     let home = tempfile::tempdir().expect("kubectl home");
     let out = std::process::Command::new(bin)
