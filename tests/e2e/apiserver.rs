@@ -170,7 +170,7 @@ fn crud_selectors_and_errors() {
         nodes.create(&PostParams::default(), &node).await.expect("create node");
         assert_eq!(nodes.list(&by("zone=a")).await.expect("nodes").items.len(), 1);
     });
-    // Malformed bodies are 400; protobuf bodies 415.
+    // Malformed bodies are 400 (protobuf included); unknown media types 415.
     let path = "/api/v1/namespaces/default/pods";
     let (code, body) =
         http(server.port, "POST", path, Some(("application/json", "{not json"))).expect("answer");
@@ -182,6 +182,9 @@ fn crud_selectors_and_errors() {
     let (code, _) =
         http(server.port, "POST", path, Some(("application/vnd.kubernetes.protobuf", "x")))
             .expect("answer");
+    assert_eq!(code, 400);
+    let (code, _) =
+        http(server.port, "POST", path, Some(("application/x-protobuf", "x"))).expect("answer");
     assert_eq!(code, 415);
     let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: from-yaml\nspec:\n  containers:\n  - name: a\n    image: busybox\n";
     let (code, body) =
@@ -838,4 +841,42 @@ fn protobuf_and_json_answers_agree() {
             "{text}"
         );
     });
+}
+
+/// `resourceVersionMatch=Exact` lists the state at that revision from etcd; once etcd has
+/// compacted it away, the list is 410 naming the revision asked for and the current one.
+#[test]
+fn exact_lists_read_the_past_until_it_is_compacted() {
+    let etcd = Etcd::start();
+    let server = ApiServer::start(&etcd);
+    let put = |data: &str, method: &str, path: &str| {
+        let body = format!(
+            "{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"cm\"}},\"data\":{{\"v\":\"{data}\"}}}}"
+        );
+        let (code, text) =
+            http(server.port, method, path, Some(("application/json", &body))).expect("answer");
+        assert!(code == 200 || code == 201, "{code}: {text}");
+        let obj: serde_json::Value = serde_json::from_str(&text).expect("json");
+        obj["metadata"]["resourceVersion"].as_str().expect("rv").parse::<i64>().expect("number")
+    };
+    let first = put("one", "POST", "/api/v1/namespaces/default/configmaps");
+    let second = put("two", "PUT", "/api/v1/namespaces/default/configmaps/cm");
+    let list = |rv: i64| {
+        http(
+            server.port,
+            "GET",
+            &format!("/api/v1/namespaces/default/configmaps?resourceVersion={rv}&resourceVersionMatch=Exact"),
+            None,
+        )
+        .expect("answer")
+    };
+    let (code, text) = list(first);
+    assert_eq!(code, 200, "{text}");
+    let old: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(old["items"][0]["data"]["v"], "one", "{old}");
+    assert_eq!(old["metadata"]["resourceVersion"], first.to_string());
+    compact_etcd(&etcd, second);
+    let (code, text) = list(first);
+    assert_eq!(code, 410, "{text}");
+    assert!(text.contains(&format!("too old resource version: {first} (")), "{text}");
 }

@@ -67,6 +67,116 @@ fn flag(query: &Query, key: &str) -> bool {
     matches!(query.get(key).map(String::as_str), Some("true" | "1"))
 }
 
+/// How a list or watch chooses its starting point (`resourceVersion`, `resourceVersionMatch`,
+/// `sendInitialEvents`), checked as Kubernetes checks ListOptions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    /// The current state ("", or "0": any recent state will do).
+    Latest,
+    /// At least as new as this revision.
+    NotOlderThan(i64),
+    /// Exactly this revision (lists only).
+    Exact(i64),
+}
+
+/// A list's or watch's start, and for a watch whether it first sends the current state
+/// (as ADDED events, then a bookmark that marks their end when asked with
+/// `sendInitialEvents`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOptions {
+    pub start: Start,
+    /// Watch: send the state at the start as ADDED events first.
+    pub initial_events: bool,
+    /// Watch: mark the end of the initial events with a bookmark (`sendInitialEvents=true`).
+    pub initial_events_end: bool,
+}
+
+fn list_options_invalid(causes: Vec<Cause>) -> ApiError {
+    ApiError::Invalid {
+        group: "meta.k8s.io".into(),
+        kind: "ListOptions".into(),
+        name: String::new(),
+        causes,
+    }
+}
+
+/// Reads and checks the start of a list (`watch` false) or a watch.
+pub fn list_options(kind: &Kind, query: &Query, watch: bool) -> ApiResult<ListOptions> {
+    let rv = query.get("resourceVersion").map(String::as_str).unwrap_or_default();
+    let matching = query.get("resourceVersionMatch").map(String::as_str).unwrap_or_default();
+    let send = query.get("sendInitialEvents").map(|v| v == "true" || v == "1");
+    let paging = query.get("continue").is_some_and(|c| !c.is_empty());
+    let mut causes = Vec::new();
+    if send.is_some() && !watch {
+        causes
+            .push(Cause::forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list"));
+    }
+    if !matching.is_empty() {
+        if watch && send.is_none() {
+            causes.push(Cause::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+            ));
+        }
+        if !matches!(matching, "Exact" | "NotOlderThan") {
+            causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                field: "resourceVersionMatch".into(),
+                message: format!(
+                    "Unsupported value: {matching:?}: supported values: \"Exact\", \"NotOlderThan\", \"\""
+                ),
+            });
+        }
+        if rv.is_empty() && !(watch && send.is_some()) {
+            causes.push(Cause::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        if matching == "Exact" && rv == "0" {
+            causes.push(Cause::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ));
+        }
+        if paging {
+            causes.push(Cause::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden when continue is provided",
+            ));
+        }
+    }
+    if send == Some(true) {
+        if matching != "NotOlderThan" {
+            causes.push(Cause::forbidden(
+                "sendInitialEvents",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
+        }
+        if !flag(query, "allowWatchBookmarks") {
+            causes.push(Cause::forbidden(
+                "allowWatchBookmarks",
+                "allowWatchBookmarks requires setting sendInitialEvents to true",
+            ));
+        }
+    }
+    if !causes.is_empty() {
+        return Err(list_options_invalid(causes));
+    }
+    let start = match (rv, matching) {
+        ("" | "0", _) => Start::Latest,
+        (rv, "Exact") => Start::Exact(parse_rv(kind, rv)?),
+        (rv, _) => Start::NotOlderThan(parse_rv(kind, rv)?),
+    };
+    // Without sendInitialEvents, a watch from "" or "0" starts with the current state, one
+    // from a revision does not; with it, the client says.
+    let initial_events = match send {
+        Some(send) => send,
+        None => watch && start == Start::Latest,
+    };
+    Ok(ListOptions { start, initial_events, initial_events_end: send == Some(true) })
+}
+
 fn parse_rv(kind: &Kind, rv: &str) -> ApiResult<i64> {
     rv.parse::<i64>().map_err(|_| {
         ApiError::invalid(
@@ -315,19 +425,41 @@ impl<S: Storage> Api<S> {
         )?;
         let limit = query.get("limit").and_then(|l| l.parse::<i64>().ok()).unwrap_or(0).max(0);
         let prefix = kind.prefix(namespace);
+        let options = list_options(kind, query, false)?;
         let (revision, start) = match query.get("continue").filter(|c| !c.is_empty()) {
             Some(token) => {
                 let (rv, start) = decode_continue(&prefix, token)?;
                 (rv, Some(start))
             }
-            None => (0, None),
+            None => match options.start {
+                Start::Exact(rv) => (rv, None),
+                Start::NotOlderThan(rv) => {
+                    let current = self
+                        .storage
+                        .current_revision()
+                        .await
+                        .map_err(|e| ApiError::storage(kind, "", e))?;
+                    if rv > current {
+                        return Err(ApiError::Timeout(format!(
+                            "Too large resource version: {rv}, current: {current}"
+                        )));
+                    }
+                    (0, None)
+                }
+                Start::Latest => (0, None),
+            },
         };
-        let page = self.storage.list(&prefix, start.as_deref(), revision, limit).await.map_err(|e| match e {
-            StorageError::Compacted(_) => ApiError::Gone(
+        let page = match self.storage.list(&prefix, start.as_deref(), revision, limit).await {
+            Ok(page) => page,
+            Err(StorageError::Compacted(_)) if start.is_some() => return Err(ApiError::Gone(
                 "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.".into(),
-            ),
-            e => ApiError::storage(kind, "", e),
-        })?;
+            )),
+            Err(StorageError::Compacted(_)) => {
+                let current = self.storage.current_revision().await.unwrap_or(revision);
+                return Err(ApiError::gone_at(revision, current));
+            }
+            Err(e) => return Err(ApiError::storage(kind, "", e)),
+        };
         let revision = if revision > 0 { revision } else { page.revision };
         let filtering = !labels.is_empty() || !fields.is_empty();
         let mut items = Vec::with_capacity(page.items.len());
@@ -364,18 +496,35 @@ impl<S: Storage> Api<S> {
             kind,
             query.get("fieldSelector").map(String::as_str).unwrap_or_default(),
         )?;
-        let rv = query.get("resourceVersion").map(String::as_str).unwrap_or_default();
-        let (from, initial) = if rv.is_empty() || rv == "0" {
-            // Start with the current state as ADDED events.
-            let list = self.list(kind, namespace, &strip_paging(query)).await?;
+        let options = list_options(kind, query, true)?;
+        let (from, initial) = if options.initial_events {
+            // The current state as ADDED events first (not older than the revision asked).
+            let list = self.list(kind, namespace, &strip_list_options(query)).await?;
             let from = list["metadata"]["resourceVersion"]
                 .as_str()
                 .and_then(|r| r.parse().ok())
                 .unwrap_or(0);
+            if let Start::NotOlderThan(rv) = options.start
+                && rv > from
+            {
+                return Err(ApiError::Timeout(format!(
+                    "Too large resource version: {rv}, current: {from}"
+                )));
+            }
             let items = list["items"].as_array().cloned().unwrap_or_default();
             (from, items)
         } else {
-            (parse_rv(kind, rv)?, Vec::new())
+            match options.start {
+                Start::NotOlderThan(rv) | Start::Exact(rv) => (rv, Vec::new()),
+                Start::Latest => {
+                    let current = self
+                        .storage
+                        .current_revision()
+                        .await
+                        .map_err(|e| ApiError::storage(kind, "", e))?;
+                    (current, Vec::new())
+                }
+            }
         };
         let timeout = query
             .get("timeoutSeconds")
@@ -390,6 +539,7 @@ impl<S: Storage> Api<S> {
             fields,
             from,
             initial,
+            initial_events_end: options.initial_events_end,
             bookmark_interval,
             timeout,
         };
@@ -773,10 +923,13 @@ fn plan_update(
     Ok((stored, current, new))
 }
 
-fn strip_paging(query: &Query) -> Query {
+/// A watch's query as the list of its initial state: no paging, no start (the current state).
+fn strip_list_options(query: &Query) -> Query {
     let mut q = query.clone();
-    q.remove("limit");
-    q.remove("continue");
+    for key in ["limit", "continue", "resourceVersion", "resourceVersionMatch", "sendInitialEvents"]
+    {
+        q.remove(key);
+    }
     q
 }
 

@@ -143,13 +143,15 @@ impl ApiError {
                 let ns = key.rsplit('/').next().unwrap_or_default().to_owned();
                 ApiError::NotFound { group: String::new(), plural: "namespaces".into(), name: ns }
             }
-            StorageError::Compacted(_) => ApiError::gone(),
+            StorageError::Compacted(_) => ApiError::Gone("too old resource version".into()),
             StorageError::Backend(e) => ApiError::Internal(format!("storage: {e}")),
         }
     }
 
-    pub fn gone() -> ApiError {
-        ApiError::Gone("too old resource version".into())
+    /// 410 for a watch or list from `asked`, older than what is kept; `current` is the
+    /// newest revision, as Kubernetes says it.
+    pub fn gone_at(asked: i64, current: i64) -> ApiError {
+        ApiError::Gone(format!("too old resource version: {asked} ({current})"))
     }
 
     pub fn code(&self) -> StatusCode {

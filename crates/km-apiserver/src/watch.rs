@@ -248,7 +248,10 @@ impl<S: Storage> Watches<S> {
                     .await
                 {
                     Ok(s) => s,
-                    Err(StorageError::Compacted(_)) => return Ok(gone_stream(&req)),
+                    Err(StorageError::Compacted(_)) => {
+                        let current = self.storage.current_revision().await.unwrap_or(req.from);
+                        return Ok(gone_stream(req.from, current));
+                    }
                     Err(e) => return Err(ApiError::storage(req.kind, "", e)),
                 };
                 Source::Direct { stream, queue: VecDeque::new() }
@@ -263,7 +266,20 @@ impl<S: Storage> Watches<S> {
             interval
         });
         let last = req.from;
-        let initial: VecDeque<Bytes> = req.initial.iter().map(|o| line("ADDED", o)).collect();
+        let mut initial: VecDeque<Bytes> = req.initial.iter().map(|o| line("ADDED", o)).collect();
+        if req.initial_events_end {
+            initial.push_back(line(
+                "BOOKMARK",
+                &json!({
+                    "kind": req.kind.kind,
+                    "apiVersion": req.kind.api_version,
+                    "metadata": {
+                        "resourceVersion": req.from.to_string(),
+                        "annotations": { "k8s.io/initial-events-end": "true" },
+                    },
+                }),
+            ));
+        }
         let watcher =
             Watcher { req, source, pending: initial, deadline, bookmarks, last, done: false };
         Ok(futures::stream::unfold(watcher, |mut w| async move { w.next().await.map(|b| (b, w)) })
@@ -271,9 +287,9 @@ impl<S: Storage> Watches<S> {
     }
 }
 
-fn gone_stream(req: &WatchRequest) -> BoxStream<'static, Bytes> {
-    let _ = req;
-    futures::stream::iter([line("ERROR", &ApiError::gone().status())]).boxed()
+/// A watch that can only say its start is gone: `too old resource version: <asked> (<current>)`.
+fn gone_stream(from: i64, current: i64) -> BoxStream<'static, Bytes> {
+    futures::stream::iter([line("ERROR", &ApiError::gone_at(from, current).status())]).boxed()
 }
 
 /// What one HTTP watcher asked for.
@@ -284,8 +300,10 @@ pub struct WatchRequest {
     pub fields: FieldSelector,
     /// Send changes with revisions above this.
     pub from: i64,
-    /// Objects to send as ADDED first (resourceVersion unset or "0").
+    /// Objects to send as ADDED first (resourceVersion unset or "0", or sendInitialEvents).
     pub initial: Vec<Value>,
+    /// After them, a bookmark annotated `k8s.io/initial-events-end` (sendInitialEvents=true).
+    pub initial_events_end: bool,
     pub bookmark_interval: Option<Duration>,
     pub timeout: Option<Duration>,
 }
@@ -407,7 +425,8 @@ impl Watcher {
                 next = self.source.next() => match next {
                     Next::Event(ev) => self.handle(&ev),
                     Next::Gone => {
-                        self.pending.push_back(line("ERROR", &ApiError::gone().status()));
+                        let current = self.source.known_revision();
+                        self.pending.push_back(line("ERROR", &ApiError::gone_at(self.last, current).status()));
                         self.done = true;
                     }
                     Next::End => self.done = true,

@@ -229,6 +229,110 @@ async fn watch_from_a_compacted_revision_is_gone() {
     assert_eq!(ev["type"], "ERROR");
     assert_eq!(ev["object"]["code"], 410);
     assert_eq!(ev["object"]["reason"], "Expired");
+    // It names the revision asked for and the current one, for the client to re-list from.
+    assert_eq!(
+        ev["object"]["message"],
+        format!("too old resource version: 1 ({})", rv(&b)),
+        "{ev}"
+    );
+}
+
+#[test]
+fn list_options_are_checked_as_kubernetes_does() {
+    use crate::api::{Start, list_options};
+    let opts = |pairs: &[(&str, &str)], watch| list_options(pods(), &query(pairs), watch);
+    let err = |pairs: &[(&str, &str)], watch| match opts(pairs, watch) {
+        Err(e @ ApiError::Invalid { .. }) => e.to_string(),
+        other => panic!("{pairs:?} should be refused, got {other:?}"),
+    };
+    // Lists.
+    assert_eq!(opts(&[], false).unwrap().start, Start::Latest);
+    assert_eq!(opts(&[("resourceVersion", "0")], false).unwrap().start, Start::Latest);
+    assert_eq!(opts(&[("resourceVersion", "7")], false).unwrap().start, Start::NotOlderThan(7));
+    assert_eq!(
+        opts(&[("resourceVersion", "7"), ("resourceVersionMatch", "Exact")], false).unwrap().start,
+        Start::Exact(7)
+    );
+    assert_eq!(
+        err(&[("resourceVersionMatch", "Exact")], false),
+        "ListOptions.meta.k8s.io \"\" is invalid: resourceVersionMatch: Forbidden: \
+         resourceVersionMatch is forbidden unless resourceVersion is provided"
+    );
+    assert!(
+        err(&[("resourceVersion", "0"), ("resourceVersionMatch", "Exact")], false)
+            .contains("resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"")
+    );
+    assert!(
+        err(&[("resourceVersion", "1"), ("resourceVersionMatch", "Soon")], false)
+            .contains("Unsupported value: \"Soon\"")
+    );
+    assert!(err(&[("sendInitialEvents", "true")], false).contains("forbidden for list"));
+    // Watches.
+    let w = opts(&[], true).unwrap();
+    assert!(w.initial_events && !w.initial_events_end, "the legacy start: the state first");
+    let w = opts(&[("resourceVersion", "9")], true).unwrap();
+    assert!(!w.initial_events, "from a revision, only changes");
+    let streaming = [
+        ("sendInitialEvents", "true"),
+        ("resourceVersionMatch", "NotOlderThan"),
+        ("allowWatchBookmarks", "true"),
+    ];
+    let w = opts(&streaming, true).unwrap();
+    assert!(w.initial_events && w.initial_events_end);
+    assert!(err(&streaming[..2], true).contains("allowWatchBookmarks"));
+    assert!(
+        err(&[("sendInitialEvents", "true"), ("allowWatchBookmarks", "true")], true)
+            .contains("requires setting resourceVersionMatch to NotOlderThan")
+    );
+    assert!(
+        err(&[("resourceVersion", "3"), ("resourceVersionMatch", "NotOlderThan")], true)
+            .contains("forbidden for watch unless sendInitialEvents is provided")
+    );
+    let w = opts(&[("sendInitialEvents", "false"), ("resourceVersionMatch", "NotOlderThan")], true)
+        .unwrap();
+    assert!(!w.initial_events, "sendInitialEvents=false: changes only");
+}
+
+#[tokio::test]
+async fn a_streaming_list_ends_its_initial_events_with_a_bookmark() {
+    let api = api().await;
+    api.create(pods(), Some("default"), pod("a", json!({}))).await.expect("create");
+    api.create(pods(), Some("default"), pod("b", json!({}))).await.expect("create");
+    let q = query(&[
+        ("sendInitialEvents", "true"),
+        ("resourceVersionMatch", "NotOlderThan"),
+        ("allowWatchBookmarks", "true"),
+    ]);
+    let mut stream = api.watch(pods(), Some("default"), &q).await.expect("watch");
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let ev = next_event(&mut stream).await;
+        assert_eq!(ev["type"], "ADDED");
+        names.push(ev["object"]["metadata"]["name"].as_str().unwrap_or_default().to_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["a", "b"]);
+    let end = next_event(&mut stream).await;
+    assert_eq!(end["type"], "BOOKMARK");
+    assert_eq!(end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true");
+    api.create(pods(), Some("default"), pod("c", json!({}))).await.expect("create");
+    let next = next_event(&mut stream).await;
+    assert_eq!(
+        (next["type"].as_str(), next["object"]["metadata"]["name"].as_str()),
+        (Some("ADDED"), Some("c"))
+    );
+}
+
+#[tokio::test]
+async fn a_list_newer_than_the_store_is_a_timeout() {
+    let api = api().await;
+    let refused = api.list(pods(), None, &query(&[("resourceVersion", "999999")])).await;
+    match refused {
+        Err(e @ ApiError::Timeout(_)) => {
+            assert!(e.to_string().starts_with("Too large resource version: 999999"), "{e}")
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
 }
 
 #[tokio::test]
