@@ -880,3 +880,62 @@ fn exact_lists_read_the_past_until_it_is_compacted() {
     assert_eq!(code, 410, "{text}");
     assert!(text.contains(&format!("too old resource version: {first} (")), "{text}");
 }
+
+/// `/metrics` counts requests by verb, resource and code under kube-apiserver's names, the
+/// watches open, and the time of every etcd operation.
+#[test]
+fn metrics_count_requests_watches_and_etcd() {
+    let etcd = Etcd::start();
+    let server = ApiServer::start(&etcd);
+    let rt = runtime();
+    rt.block_on(async {
+        let pods: Api<Pod> = Api::namespaced(server.client(), "default");
+        pods.create(&PostParams::default(), &pod("m", json!({}))).await.expect("create");
+        pods.list(&ListParams::default()).await.expect("list");
+        let missing = pods.get("none").await;
+        assert!(missing.is_err());
+        let http = reqwest::Client::new();
+        let watch = http
+            .get(format!("{}/api/v1/namespaces/default/pods?watch=true", server.url()))
+            .send()
+            .await
+            .expect("watch");
+        assert_eq!(watch.status(), 200);
+        let metrics = || async {
+            http.get(format!("{}/metrics", server.url()))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text")
+        };
+        let labels = |verb: &str, scope: &str, code: &str| {
+            format!(
+                "apiserver_request_total{{verb=\"{verb}\",group=\"\",version=\"v1\",resource=\"pods\",subresource=\"\",scope=\"{scope}\",code=\"{code}\"}} 1"
+            )
+        };
+        let text = metrics().await;
+        for want in [
+            labels("POST", "namespace", "201"),
+            labels("LIST", "namespace", "200"),
+            labels("GET", "resource", "404"),
+            "apiserver_longrunning_requests{verb=\"WATCH\",group=\"\",version=\"v1\",resource=\"pods\",subresource=\"\",scope=\"namespace\"} 1".to_owned(),
+            "etcd_request_duration_seconds_count{operation=\"create\",type=\"pods\"}".to_owned(),
+            "apiserver_request_duration_seconds_bucket{".to_owned(),
+        ] {
+            assert!(text.contains(&want), "missing {want} in:\n{text}");
+        }
+        // The watch closes: the gauge comes back to 0.
+        drop(watch);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = metrics().await;
+            if text.contains("apiserver_longrunning_requests{verb=\"WATCH\",group=\"\",version=\"v1\",resource=\"pods\",subresource=\"\",scope=\"namespace\"} 0") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the watch is still counted:\n{text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}

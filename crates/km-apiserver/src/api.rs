@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::alloc::Ranges;
 use crate::error::{ApiError, ApiResult, Cause};
+use crate::metrics::Metrics;
 use crate::nodeproxy::NodeProxy;
 use crate::object::{self, child, name_of, unix_now, with_revision};
 use crate::patch;
@@ -50,6 +51,8 @@ pub struct Api<S> {
     pub storage: Arc<S>,
     pub watches: Watches<S>,
     pub config: ApiConfig,
+    /// What `/metrics` shows.
+    pub metrics: Arc<Metrics>,
 }
 
 /// `namespaces` that always exist and cannot be deleted.
@@ -276,7 +279,12 @@ pub enum Mutation<'a> {
 
 impl<S: Storage> Api<S> {
     pub fn new(storage: Arc<S>, config: ApiConfig) -> Api<S> {
-        Api { watches: Watches::new(storage.clone()), storage, config }
+        Api::with_metrics(storage, config, Arc::new(Metrics::new()))
+    }
+
+    /// [`Api::new`] that counts into `metrics` (which may also time the store).
+    pub fn with_metrics(storage: Arc<S>, config: ApiConfig, metrics: Arc<Metrics>) -> Api<S> {
+        Api { watches: Watches::new(storage.clone()), storage, config, metrics }
     }
 
     /// Creates the namespaces that always exist.

@@ -20,6 +20,7 @@ pub mod alloc;
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod nodeproxy;
 pub mod object;
 pub mod openapi;
@@ -108,8 +109,9 @@ impl Running {
 /// Starts a server: connects to etcd (retrying for `config.etcd_wait`, so etcd may start
 /// after it), creates the system namespaces, binds its ports and serves them.
 pub async fn start(config: Config) -> Result<Running, Error> {
-    let storage = connect(&config).await?;
-    let api = Arc::new(Api::new(Arc::new(storage), config.api.clone()));
+    let metrics = Arc::new(metrics::Metrics::new());
+    let storage = metrics::Timed::new(connect(&config).await?, Arc::clone(&metrics));
+    let api = Arc::new(Api::with_metrics(Arc::new(storage), config.api.clone(), metrics));
     api.bootstrap().await.map_err(|e| Error::Bootstrap(e.to_string()))?;
     serve(api, &config).await
 }

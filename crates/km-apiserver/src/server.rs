@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::api::{Api, DeleteOptions, Mutation, Query, parse_query};
 use crate::error::{ApiError, ApiResult};
+use crate::metrics::RequestLabels;
 use crate::protobuf;
 use crate::registry::{self, KINDS, Kind};
 use crate::storage::Storage;
@@ -29,6 +30,7 @@ pub fn router<S: Storage>(api: Arc<Api<S>>) -> Router {
         .route("/healthz", get(ok))
         .route("/livez", get(ok))
         .route("/readyz", get(ok))
+        .route("/metrics", get(metrics::<S>))
         .route("/api", get(api_versions))
         .route("/apis", get(api_groups))
         .route("/openapi/v2", get(crate::openapi::serve))
@@ -46,6 +48,42 @@ fn json_response(code: StatusCode, value: &Value) -> Response {
 
 async fn ok() -> &'static str {
     "ok"
+}
+
+async fn metrics<S: Storage>(State(api): State<Arc<Api<S>>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], api.metrics.encode())
+        .into_response()
+}
+
+/// kube-apiserver's labels for a request to a resource path.
+fn request_labels(
+    method: &Method,
+    path: &str,
+    query: &Query,
+    headers: &HeaderMap,
+) -> RequestLabels {
+    let Some(t) = parse_path(path) else { return RequestLabels::default() };
+    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let verb = match (method.as_str(), t.name) {
+        ("GET", None) if watch => "WATCH",
+        ("GET", None) => "LIST",
+        ("DELETE", None) => "DELETECOLLECTION",
+        ("PATCH", _) if content_type(headers).starts_with("application/apply-patch") => "APPLY",
+        (m, _) => m,
+    };
+    let scope = match (t.name, t.namespace) {
+        (Some(_), _) => "resource",
+        (None, Some(_)) => "namespace",
+        (None, None) => "cluster",
+    };
+    RequestLabels {
+        verb: verb.to_owned(),
+        group: t.group.to_owned(),
+        version: t.version.to_owned(),
+        resource: t.resource.unwrap_or_default().to_owned(),
+        subresource: t.subresource.unwrap_or_default().to_owned(),
+        scope: scope.to_owned(),
+    }
 }
 
 async fn not_found(uri: Uri) -> Response {
@@ -294,13 +332,29 @@ async fn resource<S: Storage>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let started = std::time::Instant::now();
+    let query = parse_query(uri.query());
+    let labels = request_labels(&method, uri.path(), &query, &headers);
     let response = match handle(&api, &method, &uri, &headers, &body).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     };
+    api.metrics.request(&labels, response.status().as_u16(), started);
     // A watch answers in protobuf itself; any other answer is converted whole.
-    let watch = parse_query(uri.query()).get("watch").is_some_and(|w| w == "true" || w == "1");
-    if wants_protobuf(&headers) && !watch { negotiated(response).await } else { response }
+    if labels.verb == "WATCH" {
+        if !response.status().is_success() {
+            return response;
+        }
+        // Counted as open until its stream is dropped (the client went, or it ended).
+        let open = api.metrics.longrunning(labels);
+        let (parts, body) = response.into_parts();
+        let stream = futures::StreamExt::map(body.into_data_stream(), move |chunk| {
+            let _open = &open;
+            chunk
+        });
+        return Response::from_parts(parts, Body::from_stream(stream));
+    }
+    if wants_protobuf(&headers) { negotiated(response).await } else { response }
 }
 
 async fn handle<S: Storage>(
