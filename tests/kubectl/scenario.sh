@@ -100,6 +100,23 @@ expect '^service/web unchanged$'
 run kubectl get deployment web -o 'jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[0].value} {.metadata.labels.tier} {.metadata.generation}'
 expect '^nginx:1.26 bonjour frontend [0-9]+$'
 
+step="statefulset and disruption budget"
+run kubectl apply -f "$here/db.yaml"
+expect '^statefulset.apps/db created$'
+expect '^poddisruptionbudget.policy/db created$'
+run kubectl get statefulset db
+expect '^NAME +READY +AGE$'
+expect '^db +0/2 +[0-9]+s$'
+run kubectl get pdb db
+expect '^NAME +MIN AVAILABLE +MAX UNAVAILABLE +ALLOWED DISRUPTIONS +AGE$'
+expect '^db +1 +N/A +0 +[0-9]+s$'
+run kubectl scale statefulset db --replicas=3
+expect 'statefulset.apps/db scaled'
+run kubectl get statefulset db -o 'jsonpath={.spec.replicas} {.spec.podManagementPolicy}'
+expect '^3 OrderedReady$'
+run kubectl delete -f "$here/db.yaml"
+expect 'statefulset.apps "db" deleted'
+
 step="invalid YAML"
 run_fails kubectl apply -f "$here/invalid-yaml.yaml"
 expect 'error converting YAML to JSON'
@@ -118,6 +135,8 @@ expect '^deployment.apps/bad-replicas$'
 run kubectl create --dry-run=client -o name -f "$here/all-kinds.yaml"
 expect '^namespace/team-a$'
 expect '^lease.coordination.k8s.io/l$'
+expect '^statefulset.apps/sts$'
+expect '^poddisruptionbudget.policy/pdb$'
 expect_not 'error'
 run kubectl explain deployment.spec.replicas
 expect '^FIELD: +replicas <integer>$'

@@ -199,6 +199,68 @@ pub fn validate(kind: &Kind, obj: &Value) -> ApiResult<()> {
                 ));
             }
         }
+        "StatefulSet" => {
+            validate_selector_matches(obj, &mut causes);
+            validate_pod_spec(&obj["spec"]["template"]["spec"], "spec.template.spec", &mut causes);
+            let spec = &obj["spec"];
+            for field in ["replicas", "revisionHistoryLimit", "minReadySeconds"] {
+                if spec[field].as_i64().is_some_and(|v| v < 0) {
+                    causes.push(Cause::invalid(
+                        format!("spec.{field}"),
+                        &spec[field],
+                        "must be greater than or equal to 0",
+                    ));
+                }
+            }
+            supported(
+                spec,
+                "spec",
+                "podManagementPolicy",
+                &["OrderedReady", "Parallel"],
+                &mut causes,
+            );
+            supported(
+                &spec["updateStrategy"],
+                "spec.updateStrategy",
+                "type",
+                &["RollingUpdate", "OnDelete"],
+                &mut causes,
+            );
+        }
+        "PodDisruptionBudget" => {
+            let spec = &obj["spec"];
+            if !spec["minAvailable"].is_null() && !spec["maxUnavailable"].is_null() {
+                causes.push(Cause::invalid(
+                    "spec",
+                    spec,
+                    "minAvailable and maxUnavailable cannot be both set",
+                ));
+            }
+            for field in ["minAvailable", "maxUnavailable"] {
+                match &spec[field] {
+                    Value::Number(n) if n.as_i64().is_none_or(|n| n < 0) => {
+                        causes.push(Cause::invalid(
+                            format!("spec.{field}"),
+                            &spec[field],
+                            "must be greater than or equal to 0",
+                        ))
+                    }
+                    Value::String(p) if !valid_percent(p) => causes.push(Cause::invalid(
+                        format!("spec.{field}"),
+                        &spec[field],
+                        "must be an integer or a percentage between 0% and 100%",
+                    )),
+                    _ => {}
+                }
+            }
+            supported(
+                spec,
+                "spec",
+                "unhealthyPodEvictionPolicy",
+                &["IfHealthyBudget", "AlwaysAllow"],
+                &mut causes,
+            );
+        }
         "Service" => validate_service(obj, &mut causes),
         _ => {}
     }
@@ -241,6 +303,27 @@ pub fn forbid_privileged(kind: &Kind, obj: &Value) -> ApiResult<()> {
         }
     }
     if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(kind, name_of(obj), causes)) }
+}
+
+/// A field that, when set, must be one of `allowed` (Kubernetes' "Unsupported value").
+fn supported(parent: &Value, at: &str, key: &str, allowed: &[&str], causes: &mut Vec<Cause>) {
+    if let Some(v) = parent[key].as_str()
+        && !allowed.contains(&v)
+    {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: format!("{at}.{key}"),
+            message: format!(
+                "Unsupported value: {v:?}: supported values: {}",
+                allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+}
+
+/// `0%` to `100%`.
+fn valid_percent(text: &str) -> bool {
+    text.strip_suffix('%').and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n <= 100)
 }
 
 fn validate_selector_matches(obj: &Value, causes: &mut Vec<Cause>) {
@@ -427,6 +510,21 @@ pub fn apply_defaults(kind: &Kind, obj: &mut Value) {
             set_default(job, "backoffLimit", json!(6));
             set_default(child(child(job, "template"), "spec"), "restartPolicy", json!("Never"));
             default_template(job);
+        }
+        "StatefulSet" => {
+            let spec = child(obj, "spec");
+            set_default(spec, "replicas", json!(1));
+            set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+            set_default(spec, "revisionHistoryLimit", json!(10));
+            let strategy = child(spec, "updateStrategy");
+            set_default(strategy, "type", json!("RollingUpdate"));
+            if strategy["type"] == "RollingUpdate" {
+                set_default(child(strategy, "rollingUpdate"), "partition", json!(0));
+            }
+            let retention = child(spec, "persistentVolumeClaimRetentionPolicy");
+            set_default(retention, "whenDeleted", json!("Retain"));
+            set_default(retention, "whenScaled", json!("Retain"));
+            default_template(spec);
         }
         "ReplicaSet" | "ReplicationController" => {
             let spec = child(obj, "spec");

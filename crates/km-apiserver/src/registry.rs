@@ -2,7 +2,7 @@
 //! the `k8s_openapi` types (their `Resource` impls), so they cannot drift
 //! from what clients compiled against the same types expect.
 
-use k8s_openapi::api::{apps, batch, coordination, core};
+use k8s_openapi::api::{apps, batch, coordination, core, policy};
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope, Resource};
 use serde_json::Value;
 
@@ -118,9 +118,11 @@ pub static KINDS: &[Kind] = &[
     kind!(apps::v1::ReplicaSet, "replicaset", ["rs"], ["status", "scale"], ["all"]),
     kind!(apps::v1::Deployment, "deployment", ["deploy"], ["status", "scale"], ["all"]),
     kind!(apps::v1::DaemonSet, "daemonset", ["ds"], ["status"], ["all"]),
+    kind!(apps::v1::StatefulSet, "statefulset", ["sts"], ["status", "scale"], ["all"]),
     kind!(batch::v1::Job, "job", [], ["status"], ["all"]),
     kind!(batch::v1::CronJob, "cronjob", ["cj"], ["status"], ["all"]),
     kind!(coordination::v1::Lease, "lease", [], [], []),
+    kind!(policy::v1::PodDisruptionBudget, "poddisruptionbudget", ["pdb"], ["status"], []),
 ];
 
 /// The kind served at `<group>/<version>` under `plural`.

@@ -136,6 +136,18 @@ fn columns(kind: &Kind) -> Vec<(&'static str, &'static str, u8)> {
         "ServiceAccount" => vec![("Secrets", "integer", 0), ("Age", "string", 0)],
         "Endpoints" => vec![("Endpoints", "string", 0), ("Age", "string", 0)],
         "Lease" => vec![("Holder", "string", 0), ("Age", "string", 0)],
+        "StatefulSet" => vec![
+            ("Ready", "string", 0),
+            ("Age", "string", 0),
+            ("Containers", "string", 1),
+            ("Images", "string", 1),
+        ],
+        "PodDisruptionBudget" => vec![
+            ("Min Available", "string", 0),
+            ("Max Unavailable", "string", 0),
+            ("Allowed Disruptions", "integer", 0),
+            ("Age", "string", 0),
+        ],
         "Event" => vec![
             ("Last Seen", "string", 0),
             ("Type", "string", 0),
@@ -300,6 +312,32 @@ fn cells(kind: &Kind, o: &Value, now: i64) -> Vec<Value> {
             vec![json!(or_none(eps)), json!(age(o, now))]
         }
         "Lease" => vec![json!(or_none(s(&spec["holderIdentity"]))), json!(age(o, now))],
+        "StatefulSet" => {
+            let (names, images) = containers(&spec["template"]["spec"]);
+            vec![
+                json!(format!(
+                    "{}/{}",
+                    status["readyReplicas"].as_i64().unwrap_or(0),
+                    spec["replicas"].as_i64().unwrap_or(0)
+                )),
+                json!(age(o, now)),
+                json!(names),
+                json!(images),
+            ]
+        }
+        "PodDisruptionBudget" => {
+            let bound = |v: &Value| match v {
+                Value::Null => "N/A".to_owned(),
+                Value::String(t) => t.clone(),
+                other => other.to_string(),
+            };
+            vec![
+                json!(bound(&spec["minAvailable"])),
+                json!(bound(&spec["maxUnavailable"])),
+                n(&status["disruptionsAllowed"]),
+                json!(age(o, now)),
+            ]
+        }
         "Event" => {
             let obj = &o["involvedObject"];
             vec![

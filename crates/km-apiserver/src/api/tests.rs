@@ -499,3 +499,56 @@ async fn stored_objects_hold_no_nulls() {
     let stored = api.get(pods(), Some("default"), "p").await.expect("get");
     assert!(!serde_json::to_string(&stored).expect("json").contains("null"));
 }
+
+#[tokio::test]
+async fn statefulsets_and_disruption_budgets_are_served_defaulted_and_checked() {
+    let api = api().await;
+    let sts = lookup("apps", "v1", "statefulsets").expect("statefulsets");
+    let pdbs = lookup("policy", "v1", "poddisruptionbudgets").expect("pdbs");
+    let set = |policy: &str| {
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+               "spec": {"serviceName": "db", "podManagementPolicy": policy,
+                        "selector": {"matchLabels": {"app": "db"}},
+                        "template": {"metadata": {"labels": {"app": "db"}},
+                                     "spec": {"containers": [{"name": "c", "image": "busybox:1"}]}}}})
+    };
+    let created = api.create(sts, Some("default"), set("Parallel")).await.expect("create");
+    assert_eq!(created["spec"]["replicas"], 1);
+    assert_eq!(
+        created["spec"]["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+    );
+    assert_eq!(created["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    let scale = api.get_scale(sts, Some("default"), "db").await.expect("scale");
+    assert_eq!(scale["spec"]["replicas"], 1);
+    let refused = api.create(sts, Some("default"), set("Sometimes")).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e
+            .to_string()
+            .contains("spec.podManagementPolicy: Unsupported value: \"Sometimes\"")),
+        "{refused:?}"
+    );
+
+    let budget = |spec: Value| {
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "b"},
+               "spec": spec})
+    };
+    api.create(
+        pdbs,
+        Some("default"),
+        budget(json!({"minAvailable": "50%", "selector": {"matchLabels": {"app": "db"}}})),
+    )
+    .await
+    .expect("a budget");
+    for (spec, says) in [
+        (json!({"minAvailable": 1, "maxUnavailable": 1}), "cannot be both set"),
+        (json!({"maxUnavailable": "150%"}), "percentage between 0% and 100%"),
+        (json!({"minAvailable": -1}), "greater than or equal to 0"),
+    ] {
+        let refused = api.create(pdbs, Some("default"), budget(spec.clone())).await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e.to_string().contains(says)),
+            "{spec}: {refused:?}"
+        );
+    }
+}
