@@ -939,3 +939,62 @@ fn metrics_count_requests_watches_and_etcd() {
         }
     });
 }
+
+/// The `kubernetes` Service in `default` has the first ClusterIP, and its Endpoints are the
+/// API servers alive: one stopped with SIGTERM leaves at once (its lease would last a minute),
+/// one killed with -9 drops out when its lease runs out.
+#[test]
+fn the_kubernetes_service_lists_the_live_api_servers() {
+    let etcd = Etcd::start();
+    let short =
+        ["--identity-lease-duration-seconds=3", "--identity-lease-renew-interval-seconds=1"];
+    let long =
+        ["--identity-lease-duration-seconds=60", "--identity-lease-renew-interval-seconds=1"];
+    let mut a = ApiServer::start_with(&etcd, &short);
+    let mut b = ApiServer::start_with(&etcd, &long);
+    let endpoints = |via: u16| {
+        let (code, text) =
+            http(via, "GET", "/api/v1/namespaces/default/endpoints/kubernetes", None)
+                .unwrap_or_default();
+        if code != 200 {
+            return Vec::new();
+        }
+        let eps: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let mut ports: Vec<u16> = eps["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["ports"][0]["port"].as_u64())
+            .filter_map(|p| u16::try_from(p).ok())
+            .collect();
+        ports.sort_unstable();
+        ports
+    };
+    let wait_for = |via: u16, mut want: Vec<u16>, what: &str| {
+        want.sort_unstable();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = endpoints(via);
+            if got == want {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: endpoints {got:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_for(a.port, vec![a.port, b.port], "both servers");
+    let (code, text) = http(a.port, "GET", "/api/v1/namespaces/default/services/kubernetes", None)
+        .expect("answer");
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("\"clusterIP\":\"10.10.10.1\""), "{text}");
+    b.proc.signal("TERM");
+    assert!(b.proc.wait_timeout(Duration::from_secs(30)).is_some(), "b stops on SIGTERM");
+    wait_for(a.port, vec![a.port], "b left on SIGTERM, well before its lease would run out");
+    let c = ApiServer::start_with(&etcd, &short);
+    wait_for(c.port, vec![a.port, c.port], "c joined");
+    a.proc.kill();
+    wait_for(c.port, vec![c.port], "after kill -9 of a, its lease runs out");
+}

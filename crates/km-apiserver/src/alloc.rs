@@ -41,6 +41,11 @@ impl IpRange {
         n >= self.base && n < self.base + self.size
     }
 
+    /// The range's first address: the `kubernetes` Service's.
+    pub fn first(&self) -> Ipv4Addr {
+        self.nth(0)
+    }
+
     fn nth(&self, i: u32) -> Ipv4Addr {
         Ipv4Addr::from(self.base + i % self.size)
     }

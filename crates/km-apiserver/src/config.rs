@@ -55,9 +55,18 @@ pub struct Args {
     /// The cloud provider's configuration file (mesos-cloud.conf).
     #[arg(long)]
     pub cloud_config: Option<PathBuf>,
-    /// Address advertised to clients and cluster members.
+    /// Address advertised to clients and cluster members: this server's address in the
+    /// Endpoints of the `kubernetes` Service [default: the address the API is served on, or
+    /// 127.0.0.1 when that is 0.0.0.0].
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,
+    /// How long this server stays in the `kubernetes` Endpoints after its last lease renewal
+    /// (kube-apiserver's flag; km's default is short, since its Endpoints follow the leases).
+    #[arg(long, default_value_t = 30)]
+    pub identity_lease_duration_seconds: u64,
+    /// How often this server renews its lease and rewrites the `kubernetes` Endpoints.
+    #[arg(long, default_value_t = 10)]
+    pub identity_lease_renew_interval_seconds: u64,
     /// gRPC connections to etcd, used round-robin.
     #[arg(long, default_value_t = 4)]
     pub etcd_connections: usize,
@@ -105,6 +114,10 @@ pub struct Config {
     pub secure: Option<Secure>,
     /// The API's own settings.
     pub api: ApiConfig,
+    /// This server's address in the `kubernetes` Endpoints, if not the one it serves on.
+    pub advertise_address: Option<IpAddr>,
+    /// Its lease: how long it lasts, how often it is renewed.
+    pub identity_lease: (Duration, Duration),
 }
 
 /// A flag that cannot work.
@@ -132,6 +145,10 @@ pub enum ConfigError {
     Cloud(#[from] km_cloud_provider::CloudError),
     #[error("nothing to serve: both --insecure-port and the secure port are off")]
     NothingToServe,
+    #[error(
+        "--identity-lease-renew-interval-seconds must be more than 0 and less than --identity-lease-duration-seconds"
+    )]
+    IdentityLease,
 }
 
 impl Config {
@@ -201,7 +218,14 @@ impl Config {
             return Err(ConfigError::NothingToServe);
         }
         let nodes = NodeProxy::new(kubelet_token, args.kubelet_timeout).with_cloud(cloud);
+        let (duration, renew) =
+            (args.identity_lease_duration_seconds, args.identity_lease_renew_interval_seconds);
+        if renew == 0 || renew >= duration || duration > 86_400 {
+            return Err(ConfigError::IdentityLease);
+        }
         Ok(Config {
+            advertise_address: args.advertise_address,
+            identity_lease: (Duration::from_secs(duration), Duration::from_secs(renew)),
             etcd_servers,
             etcd_connections: args.etcd_connections,
             etcd_wait: Duration::from_secs(60),
@@ -257,6 +281,10 @@ mod tests {
                 .starts_with("cannot read --kubelet-token-file /nonexistent/token")
         );
         assert_eq!(err(&["--etcd-connections=0"]), ConfigError::NoEtcdConnection.to_string());
+        assert_eq!(
+            err(&["--identity-lease-renew-interval-seconds=30"]),
+            ConfigError::IdentityLease.to_string()
+        );
         let empty = Cli::try_parse_from(["apiserver", "--etcd-servers= "]).unwrap();
         assert!(matches!(Config::from_args(&empty.args), Err(ConfigError::NoEtcdServer)));
     }

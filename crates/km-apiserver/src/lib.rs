@@ -18,6 +18,7 @@
 
 pub mod alloc;
 pub mod api;
+pub mod apiservers;
 pub mod config;
 pub mod error;
 pub mod metrics;
@@ -169,11 +170,34 @@ async fn serve<S: storage::Storage + 'static>(
     if let Some((tcp, wanted)) = insecure {
         let addr = tcp.local_addr().map_err(|source| Error::Listen { addr: wanted, source })?;
         tracing::info!("serving the Kubernetes API on http://{addr}");
-        let serve = axum::serve(tcp, server::router(api)).with_graceful_shutdown(until_stopped());
+        let serve = axum::serve(tcp, server::router(Arc::clone(&api)))
+            .with_graceful_shutdown(until_stopped());
         servers.spawn(async move {
             serve.await.map_err(|source| Error::Serve { scheme: "HTTP", source })
         });
         running.insecure = Some(addr);
+    }
+    // This server in the `kubernetes` Endpoints while it serves; it leaves them on stop.
+    let served = running.secure.map(|a| (a, "https")).or(running.insecure.map(|a| (a, "http")));
+    if let Some((addr, scheme)) = served {
+        let address = match config.advertise_address {
+            Some(ip) => ip,
+            None if !addr.ip().is_unspecified() => addr.ip(),
+            None => std::net::IpAddr::from([127, 0, 0, 1]),
+        };
+        let (lease_duration, renew_interval) = config.identity_lease;
+        let me = apiservers::Identity {
+            address,
+            port: addr.port(),
+            scheme,
+            lease_duration,
+            renew_interval,
+        };
+        let api = Arc::clone(&api);
+        servers.spawn(async move {
+            apiservers::run(api, me, until_stopped()).await;
+            Ok(())
+        });
     }
     running.servers = servers;
     Ok(running)
