@@ -13,6 +13,8 @@ kubectl_dir=${KM_KUBECTL_DIR:-/opt/km-tools/kubernetes-client/usr/bin}
 if [ -x "$kubectl_dir/kubectl" ]; then export PATH="$kubectl_dir:$PATH"; fi
 echo "kubectl: $(kubectl version --client --short 2>/dev/null || kubectl version --client | head -1)" >&2
 here=$(cd "$(dirname "$0")" && pwd)
+minor=$(kubectl version --client -o json 2>/dev/null | sed -n 's/.*"minor": *"\([0-9]*\).*/\1/p' | head -1)
+minor=${minor:-0}
 export HOME=$(mktemp -d "${TMPDIR:-/tmp}/km-kubectl-XXXXXX")
 trap 'rm -rf "$HOME"' EXIT
 kubectl config set-cluster km --server="$server" >/dev/null
@@ -121,7 +123,7 @@ step="invalid YAML"
 run_fails kubectl apply -f "$here/invalid-yaml.yaml"
 expect 'error converting YAML to JSON'
 
-step="client-side validation (/openapi/v2)"
+step="client-side validation (/openapi/v2) and explain (/openapi/v3 from 1.27)"
 run_fails kubectl create -f "$here/invalid-replicas.yaml"
 expect 'error validating data'
 expect 'ValidationError\(Deployment\.spec\.replicas\): invalid type for io\.k8s\.api\.apps\.v1\.DeploymentSpec\.replicas: got "string", expected "integer"'
@@ -141,7 +143,12 @@ expect_not 'error'
 run kubectl explain deployment.spec.replicas
 expect '^FIELD: +replicas <integer>$'
 run kubectl explain pods.spec.containers
-expect '^RESOURCE: +containers <\[\]Object>$'
+if [ "$minor" -ge 27 ]; then
+  # 1.27 and later explain from /openapi/v3 (their format names the item type).
+  expect '^FIELD: +containers <\[\]Container>$'
+else
+  expect '^RESOURCE: +containers <\[\]Object>$'
+fi
 
 step="invalid spec"
 run_fails kubectl create -f "$here/invalid-spec.yaml"

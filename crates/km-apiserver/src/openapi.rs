@@ -5,6 +5,11 @@
 //! rejected client-side ("error validating data"). Other clients get the same
 //! document as JSON.
 //!
+//! `/openapi/v3` lists one OpenAPI 3.0 document per group-version
+//! (`/openapi/v3/api/v1`, `/openapi/v3/apis/apps/v1`, …), which kubectl 1.27
+//! and later prefer for `explain`: the same schemas, under
+//! `components/schemas`.
+//!
 //! The definitions are the JSON schemas of the served kinds (k8s-openapi's
 //! `schemars` impls, named as Kubernetes names them) and of every type they
 //! refer to. The document is built once, on first use, and both encodings are
@@ -58,6 +63,117 @@ pub async fn serve(headers: HeaderMap) -> Response {
     }
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], DOCUMENT.json.clone())
         .into_response()
+}
+
+/// The OpenAPI v3 documents by path (`api/v1`, `apis/apps/v1`), each with the hash its
+/// URL carries (clients cache by URL).
+static V3: LazyLock<Vec<(String, String, Bytes)>> = LazyLock::new(|| {
+    let v2 = document();
+    crate::registry::group_versions()
+        .into_iter()
+        .map(|(group, version)| {
+            let path = if group.is_empty() {
+                format!("api/{version}")
+            } else {
+                format!("apis/{group}/{version}")
+            };
+            let doc = v3_document(&v2, group, version);
+            let body = serde_json::to_vec(&doc).unwrap_or_default();
+            // FNV-1a of the body: changes when the document does.
+            let hash = body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+            (path, format!("{hash:016X}"), Bytes::from(body))
+        })
+        .collect()
+});
+
+/// An OpenAPI 3.0 document with the v2 document's definitions as `components/schemas`, and
+/// for each kind of the group-version its collection and item paths, whose GET names the kind
+/// (`kubectl explain` finds a resource's schema through them).
+fn v3_document(v2: &Value, group: &str, version: &str) -> Value {
+    let mut schemas = v2["definitions"].clone();
+    rewrite_refs(&mut schemas);
+    let mut generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let mut paths = Map::new();
+    for kind in KINDS.iter().filter(|k| k.group == group && k.version == version) {
+        let definition = (kind.schema)(&mut generator);
+        let prefix = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
+        let collection = if kind.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}", kind.plural)
+        } else {
+            format!("{prefix}/{}", kind.plural)
+        };
+        let gvk = json!({ "group": group, "kind": kind.kind, "version": version });
+        let get = |action: &str| {
+            json!({ "get": {
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+                "responses": { "200": {
+                    "description": "OK",
+                    "content": { "application/json": { "schema": {
+                        "$ref": format!("#/components/schemas/{definition}")
+                    } } },
+                } },
+            } })
+        };
+        paths.insert(collection.clone(), get("list"));
+        paths.insert(format!("{collection}/{{name}}"), get("get"));
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": v2["info"],
+        "paths": paths,
+        "components": { "schemas": schemas },
+    })
+}
+
+/// `#/definitions/X` → `#/components/schemas/X`.
+fn rewrite_refs(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::String(r)) = map.get_mut("$ref")
+                && let Some(name) = r.strip_prefix("#/definitions/")
+            {
+                *r = format!("#/components/schemas/{name}");
+            }
+            map.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+/// `/openapi/v3`: where each group-version's document is.
+pub async fn serve_v3_root() -> Response {
+    let paths: Map<String, Value> = V3
+        .iter()
+        .map(|(path, hash, _)| {
+            (
+                path.clone(),
+                json!({ "serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}") }),
+            )
+        })
+        .collect();
+    let body = serde_json::to_vec(&json!({ "paths": paths })).unwrap_or_default();
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `/openapi/v3/<group-version path>`.
+pub async fn serve_v3(axum::extract::Path(path): axum::extract::Path<String>) -> Response {
+    match V3.iter().find(|(p, _, _)| *p == path) {
+        Some((_, _, body)) => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.clone())
+                .into_response()
+        }
+        None => {
+            (StatusCode::NOT_FOUND, format!("no OpenAPI v3 document for {path}")).into_response()
+        }
+    }
 }
 
 /// The swagger 2.0 document (JSON): no paths, the definitions of every
@@ -155,6 +271,8 @@ const PATCH_STRATEGIES: &[(&str, &str, &str, Option<&str>)] = &[
     ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", "merge", Some("type")),
     ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", "merge", Some("type")),
     ("io.k8s.api.apps.v1.DaemonSetStatus", "conditions", "merge", Some("type")),
+    ("io.k8s.api.apps.v1.StatefulSetStatus", "conditions", "merge", Some("type")),
+    ("io.k8s.api.policy.v1.PodDisruptionBudgetStatus", "conditions", "merge", Some("type")),
 ];
 
 /// Rewrites JSON-schema forms into what OpenAPI v2 (and kube-openapi's
@@ -266,6 +384,28 @@ fn schema_to_protobuf(schema: &Value) -> pb::Schema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v3_has_a_document_per_group_version_with_paths_that_name_their_kinds() {
+        let paths: Vec<&str> = V3.iter().map(|(p, _, _)| p.as_str()).collect();
+        for want in ["api/v1", "apis/apps/v1", "apis/batch/v1", "apis/policy/v1"] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+        let (_, hash, body) = V3.iter().find(|(p, _, _)| p == "apis/apps/v1").unwrap();
+        assert_eq!(hash.len(), 16);
+        let text = std::str::from_utf8(body).unwrap();
+        assert!(!text.contains("#/definitions/"), "every $ref points into components/schemas");
+        let doc: Value = serde_json::from_slice(body).unwrap();
+        let get = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["get"];
+        assert_eq!(get["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+        let schema = get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("#/components/schemas/");
+        assert!(doc["components"]["schemas"][schema]["properties"]["spec"].is_object(), "{schema}");
+        let core: Value = serde_json::from_slice(&V3[0].2).unwrap();
+        assert!(core["paths"]["/api/v1/nodes/{name}"]["get"].is_object(), "cluster-scoped path");
+    }
 
     #[test]
     fn every_served_kind_has_a_definition_with_its_gvk() {

@@ -34,6 +34,8 @@ pub fn router<S: Storage>(api: Arc<Api<S>>) -> Router {
         .route("/api", get(api_versions))
         .route("/apis", get(api_groups))
         .route("/openapi/v2", get(crate::openapi::serve))
+        .route("/openapi/v3", get(crate::openapi::serve_v3_root))
+        .route("/openapi/v3/{*path}", get(crate::openapi::serve_v3))
         .route("/api/v1/namespaces/{namespace}/pods/{name}/exec", any(pod_exec::<S>))
         .route("/api/{*rest}", any(resource::<S>))
         .route("/apis/{*rest}", any(resource::<S>))
