@@ -17,6 +17,9 @@ km apiserver speaks Kubernetes' protobuf encoding by reflection over these files
   (`replicas: 0` is not "unset").
   `inline <message> <field>`: a field whose message's fields appear in the JSON of the
   enclosing object itself (Go's `json:",inline"`, e.g. a Volume's VolumeSource).
+  `patch <message> <field> <strategy> [<merge key>]`: the field's strategic-merge-patch
+  strategy (`merge`, `retainKeys`, `merge,retainKeys`) and a list's merge key, from the Go
+  tags `patchStrategy` and `patchMergeKey`.
 """
 
 import os
@@ -79,12 +82,12 @@ FIELD = re.compile(r'^\s*([\w.]+)(?:\s+(\S+))?\s+`(.*)`')
 
 def go_fields(go_text):
     """struct name -> (proto names of non-pointer fields whose JSON tag has omitempty,
-    proto names of inline fields)."""
+    proto names of inline fields, {proto name: (patch strategy, merge key)})."""
     out, current = {}, None
     for line in go_text.splitlines():
         m = re.match(r"^type (\w+) struct \{", line)
         if m:
-            current = out.setdefault(m.group(1), (set(), set()))
+            current = out.setdefault(m.group(1), (set(), set(), {}))
             continue
         if line.startswith("}"):
             current = None
@@ -104,6 +107,10 @@ def go_fields(go_text):
         proto = named.group(1) if named else name.split(".")[-1][:1].lower() + name.split(".")[-1][1:]
         if not json:
             continue
+        strategy = re.search(r'patchStrategy:"([^"]*)"', tags)
+        if strategy:
+            key = re.search(r'patchMergeKey:"([^"]*)"', tags)
+            current[2][proto] = (strategy.group(1), key.group(1) if key else "")
         options = json.group(1).split(",")
         if json.group(1).startswith(",") and "inline" in options[1:]:
             current[1].add(proto)
@@ -140,7 +147,10 @@ def main():
             if name.endswith(".go") and not name.endswith("_test.go") and "generated" not in name:
                 with open(os.path.join(src, name)) as f:
                     go += f.read() + "\n"
-        for struct, (names, inline) in sorted(go_fields(go).items()):
+        for struct, (names, inline, patches) in sorted(go_fields(go).items()):
+            for name, (strategy, key) in sorted(patches.items()):
+                if name in fields.get(struct, {}):
+                    omit.append(f"patch {package}.{struct} {name} {strategy} {key}".rstrip())
             scalar = sorted(n for n in names if fields.get(struct, {}).get(n) in SCALARS)
             if scalar:
                 omit.append(f"omit-zero {package}.{struct} {' '.join(scalar)}")

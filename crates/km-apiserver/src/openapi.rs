@@ -197,9 +197,17 @@ pub fn document() -> Value {
     for schema in definitions.values_mut() {
         normalize(schema);
     }
-    for &(definition, property, strategy, key) in PATCH_STRATEGIES {
+    // The strategic-merge-patch directives of Kubernetes' Go types (their patchStrategy and
+    // patchMergeKey tags), which Kubernetes serves and the k8s-openapi schemas lack. Once
+    // kubectl has a schema for a kind, `apply` computes its patch from these: without them
+    // every list is replaced wholesale and re-applying an unchanged Service says "configured".
+    for (message, property, strategy, key) in crate::protobuf::patch_rules() {
+        let Some(definition) = message.strip_prefix("k8s.io.").map(|m| format!("io.k8s.{m}"))
+        else {
+            continue;
+        };
         if let Some(Value::Object(field)) = definitions
-            .get_mut(definition)
+            .get_mut(&definition)
             .and_then(|d| d.pointer_mut(&format!("/properties/{property}")))
         {
             field.insert("x-kubernetes-patch-strategy".into(), strategy.into());
@@ -226,54 +234,6 @@ pub fn document() -> Value {
         "definitions": definitions,
     })
 }
-
-/// The strategic-merge-patch directives of Kubernetes' Go types (their
-/// `patchStrategy`/`patchMergeKey` struct tags), which Kubernetes serves as
-/// `x-kubernetes-patch-strategy`/`x-kubernetes-patch-merge-key` and the
-/// k8s-openapi schemas lack. Once kubectl has a schema for a kind, `apply`
-/// computes its patch from these (not from its compiled-in types): without
-/// them every list is replaced wholesale and re-applying an unchanged
-/// Service reports "configured". Covers the types reachable from the served
-/// kinds.
-const PATCH_STRATEGIES: &[(&str, &str, &str, Option<&str>)] = &[
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", "merge", None),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", "merge", Some("uid")),
-    ("io.k8s.api.core.v1.PodSpec", "volumes", "merge,retainKeys", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "initContainers", "merge", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "containers", "merge", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "ephemeralContainers", "merge", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "imagePullSecrets", "merge", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "hostAliases", "merge", Some("ip")),
-    ("io.k8s.api.core.v1.PodSpec", "topologySpreadConstraints", "merge", Some("topologyKey")),
-    ("io.k8s.api.core.v1.PodSpec", "resourceClaims", "merge,retainKeys", Some("name")),
-    ("io.k8s.api.core.v1.PodSpec", "schedulingGates", "merge", Some("name")),
-    ("io.k8s.api.core.v1.Container", "ports", "merge", Some("containerPort")),
-    ("io.k8s.api.core.v1.Container", "env", "merge", Some("name")),
-    ("io.k8s.api.core.v1.Container", "volumeMounts", "merge", Some("mountPath")),
-    ("io.k8s.api.core.v1.Container", "volumeDevices", "merge", Some("devicePath")),
-    ("io.k8s.api.core.v1.EphemeralContainer", "ports", "merge", Some("containerPort")),
-    ("io.k8s.api.core.v1.EphemeralContainer", "env", "merge", Some("name")),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeMounts", "merge", Some("mountPath")),
-    ("io.k8s.api.core.v1.EphemeralContainer", "volumeDevices", "merge", Some("devicePath")),
-    ("io.k8s.api.core.v1.PodStatus", "conditions", "merge", Some("type")),
-    ("io.k8s.api.core.v1.PodStatus", "podIPs", "merge", Some("ip")),
-    ("io.k8s.api.core.v1.PodStatus", "hostIPs", "merge", Some("ip")),
-    ("io.k8s.api.core.v1.PodStatus", "resourceClaimStatuses", "merge,retainKeys", Some("name")),
-    ("io.k8s.api.core.v1.ServiceSpec", "ports", "merge", Some("port")),
-    ("io.k8s.api.core.v1.ServiceStatus", "conditions", "merge", Some("type")),
-    ("io.k8s.api.core.v1.NodeSpec", "podCIDRs", "merge", None),
-    ("io.k8s.api.core.v1.NodeStatus", "conditions", "merge", Some("type")),
-    ("io.k8s.api.core.v1.NodeStatus", "addresses", "merge", Some("type")),
-    ("io.k8s.api.core.v1.NamespaceStatus", "conditions", "merge", Some("type")),
-    ("io.k8s.api.core.v1.ServiceAccount", "secrets", "merge", Some("name")),
-    ("io.k8s.api.core.v1.ReplicationControllerStatus", "conditions", "merge", Some("type")),
-    ("io.k8s.api.apps.v1.DeploymentSpec", "strategy", "retainKeys", None),
-    ("io.k8s.api.apps.v1.DeploymentStatus", "conditions", "merge", Some("type")),
-    ("io.k8s.api.apps.v1.ReplicaSetStatus", "conditions", "merge", Some("type")),
-    ("io.k8s.api.apps.v1.DaemonSetStatus", "conditions", "merge", Some("type")),
-    ("io.k8s.api.apps.v1.StatefulSetStatus", "conditions", "merge", Some("type")),
-    ("io.k8s.api.policy.v1.PodDisruptionBudgetStatus", "conditions", "merge", Some("type")),
-];
 
 /// Rewrites JSON-schema forms into what OpenAPI v2 (and kube-openapi's
 /// parser in kubectl) expects: an untyped `x-kubernetes-int-or-string`
@@ -425,10 +385,16 @@ mod tests {
         }
         let spec = &definitions["io.k8s.api.apps.v1.DeploymentSpec"];
         assert_eq!(spec["properties"]["replicas"]["type"], "integer");
-        for &(definition, property, strategy, _) in PATCH_STRATEGIES {
-            let field = &definitions[definition]["properties"][property];
-            assert_eq!(field["x-kubernetes-patch-strategy"], strategy, "{definition}.{property}");
-        }
+        // The patch strategies of the Go types, where the served kinds reach them.
+        let containers = &definitions["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-strategy"], "merge");
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        let volumes = &definitions["io.k8s.api.core.v1.PodSpec"]["properties"]["volumes"];
+        assert_eq!(volumes["x-kubernetes-patch-strategy"], "merge,retainKeys");
+        let strategy = &spec["properties"]["strategy"];
+        assert_eq!(strategy["x-kubernetes-patch-strategy"], "retainKeys");
+        let taints = &definitions["io.k8s.api.core.v1.NodeSpec"]["properties"]["taints"];
+        assert!(taints.get("x-kubernetes-patch-strategy").is_none(), "taints are replaced");
         assert_eq!(
             spec["properties"]["template"]["$ref"],
             "#/definitions/io.k8s.api.core.v1.PodTemplateSpec"

@@ -1,11 +1,13 @@
 //! PATCH bodies: JSON patch (RFC 6902), JSON merge patch (RFC 7386) and
-//! Kubernetes strategic merge patch for the built-in kinds (lists merged by
-//! their merge keys; `$patch`, `$retainKeys`, `$setElementOrder` and
-//! `$deleteFromPrimitiveList` directives).
+//! Kubernetes strategic merge patch for the built-in kinds: how each list merges (by a merge
+//! key, as a set, or replaced) comes from the kind's types, as Kubernetes' Go types declare it
+//! ([`PatchMeta`]); the directives `$patch`, `$retainKeys`, `$setElementOrder` and
+//! `$deleteFromPrimitiveList` are honoured.
 
 use serde_json::{Map, Value};
 
 use crate::error::{ApiError, ApiResult};
+use crate::protobuf::PatchMeta;
 use crate::registry::Kind;
 
 pub const JSON_PATCH: &str = "application/json-patch+json";
@@ -53,8 +55,15 @@ pub fn apply(
                     "a strategic merge patch must be a JSON object".into(),
                 ));
             };
+            let meta = PatchMeta::of_kind(kind.api_version, kind.kind);
+            if !meta.is_known() {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "the body of the request was in an unknown format - strategic merge patch is not supported for {}",
+                    kind.kind
+                )));
+            }
             match &mut current {
-                Value::Object(map) => merge_map(map, patch),
+                Value::Object(map) => merge_map(map, patch, &meta),
                 other => *other = Value::Object(clean_map(patch)),
             }
             Ok(current)
@@ -67,40 +76,6 @@ pub fn apply(
             "the body of the request was in an unknown format - accepted media types include: {JSON_PATCH}, {MERGE_PATCH}, {STRATEGIC_MERGE_PATCH} (got {other:?})"
         ))),
     }
-}
-
-/// The merge key of a list field, judged by its name (and, for `ports`,
-/// by its elements: container ports merge on containerPort, service ports
-/// on port).
-fn merge_key(field: &str, sample: Option<&Value>) -> Option<&'static str> {
-    Some(match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "env"
-        | "volumes"
-        | "imagePullSecrets" => "name",
-        "volumeMounts" => "mountPath",
-        "volumeDevices" => "devicePath",
-        "hostAliases" => "ip",
-        "conditions" | "addresses" => "type",
-        "ownerReferences" => "uid",
-        "taints" => "key",
-        "topologySpreadConstraints" => "topologyKey",
-        "ports" => {
-            if sample.is_some_and(|s| s.get("containerPort").is_some()) {
-                "containerPort"
-            } else {
-                "port"
-            }
-        }
-        _ => return None,
-    })
-}
-
-/// Primitive lists merged as sets rather than replaced.
-fn is_set_list(field: &str) -> bool {
-    field == "finalizers"
 }
 
 fn is_directive(key: &str) -> bool {
@@ -134,7 +109,7 @@ fn clean_map(map: &Map<String, Value>) -> Map<String, Value> {
         .collect()
 }
 
-fn merge_map(original: &mut Map<String, Value>, patch: &Map<String, Value>) {
+fn merge_map(original: &mut Map<String, Value>, patch: &Map<String, Value>, meta: &PatchMeta) {
     if patch.get("$patch").and_then(Value::as_str) == Some("replace") {
         *original = clean_map(patch);
         return;
@@ -161,15 +136,16 @@ fn merge_map(original: &mut Map<String, Value>, patch: &Map<String, Value>) {
                     continue;
                 }
                 match original.get_mut(key) {
-                    Some(Value::Object(o)) => merge_map(o, p),
+                    Some(Value::Object(o)) => merge_map(o, p, &meta.field(key).child),
                     _ => {
                         original.insert(key.clone(), Value::Object(clean_map(p)));
                     }
                 }
             }
             Value::Array(p) => {
+                let field = meta.field(key);
                 let merged = match original.get_mut(key) {
-                    Some(Value::Array(o)) => merge_list(key, o, p),
+                    Some(Value::Array(o)) => merge_list(&field, o, p),
                     _ => false,
                 };
                 if !merged {
@@ -184,26 +160,59 @@ fn merge_map(original: &mut Map<String, Value>, patch: &Map<String, Value>) {
     if let Some(Value::Array(retain)) = patch.get("$retainKeys") {
         original.retain(|k, _| retain.iter().any(|r| r == k));
     }
+    // The order the client's list had (kubectl sends it for lists it merged by key).
+    for (key, order) in patch {
+        let (Some(field), Value::Array(order)) = (key.strip_prefix("$setElementOrder/"), order)
+        else {
+            continue;
+        };
+        let merge_key = meta.field(field).merge_key;
+        if let Some(Value::Array(list)) = original.get_mut(field) {
+            set_element_order(list, order, merge_key);
+        }
+    }
 }
 
-/// Merges `patch` into `original` in place; `false` means "replace instead".
-fn merge_list(field: &str, original: &mut Vec<Value>, patch: &[Value]) -> bool {
+/// Puts the elements `order` names first, in its order; the others keep theirs after them.
+fn set_element_order(list: &mut [Value], order: &[Value], merge_key: Option<&str>) {
+    let id = |item: &Value| match merge_key {
+        Some(k) => item.get(k).cloned(),
+        None => Some(item.clone()),
+    };
+    let wanted: Vec<Option<Value>> =
+        order.iter().map(|o| if merge_key.is_some() { id(o) } else { Some(o.clone()) }).collect();
+    let rank = |item: &Value| {
+        let key = id(item);
+        wanted.iter().position(|w| key.is_some() && *w == key).unwrap_or(usize::MAX)
+    };
+    // A stable sort: the unnamed ones keep their relative order, after the named.
+    list.sort_by_key(rank);
+}
+
+/// Merges `patch` into `original` in place; `false` means "replace instead" (a list without a
+/// merge strategy, or `$patch: replace`).
+fn merge_list(
+    field: &crate::protobuf::FieldPatch,
+    original: &mut Vec<Value>,
+    patch: &[Value],
+) -> bool {
     if patch.iter().any(|p| {
         p.as_object()
             .is_some_and(|m| m.len() == 1 && m.get("$patch") == Some(&Value::from("replace")))
     }) {
         return false;
     }
-    if is_set_list(field) {
+    if !field.strategy.is_some_and(|s| s.split(',').any(|s| s == "merge")) {
+        return false;
+    }
+    let Some(key) = field.merge_key else {
+        // A list of primitives merged as a set (finalizers).
         for p in patch {
             if !original.contains(p) {
                 original.push(p.clone());
             }
         }
         return true;
-    }
-    let Some(key) = merge_key(field, patch.first().or(original.first())) else {
-        return false;
     };
     for p in patch {
         let Some(pm) = p.as_object() else { continue };
@@ -216,7 +225,7 @@ fn merge_list(field: &str, original: &mut Vec<Value>, patch: &[Value]) -> bool {
             continue;
         }
         match position.and_then(|i| original.get_mut(i)) {
-            Some(Value::Object(o)) => merge_map(o, pm),
+            Some(Value::Object(o)) => merge_map(o, pm, &field.child),
             _ => original.push(Value::Object(clean_map(pm))),
         }
     }
@@ -254,38 +263,102 @@ mod tests {
         );
     }
 
-    #[test]
-    fn ports_key_on_container_port_and_service_port() {
-        let out = smp(
-            json!({"c": {"ports": [{"containerPort": 80, "name": "http"}]}, "s": {"ports": [{"port": 80, "targetPort": 8080}]}}),
-            json!({"c": {"ports": [{"containerPort": 80, "name": "web"}, {"containerPort": 443}]}, "s": {"ports": [{"port": 80, "targetPort": 9090}]}}),
-        );
-        assert_eq!(
-            out["c"]["ports"],
-            json!([{"containerPort": 80, "name": "web"}, {"containerPort": 443}])
-        );
-        assert_eq!(out["s"]["ports"], json!([{"port": 80, "targetPort": 9090}]));
+    fn kind(group: &str, plural: &str) -> &'static Kind {
+        crate::registry::lookup(group, "v1", plural).expect("served")
     }
 
     #[test]
-    fn directives() {
+    fn lists_merge_on_the_keys_the_types_declare() {
+        // Container ports on containerPort, Service ports on port.
         let out = smp(
-            json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x"]},
-                   "spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}, "args": ["1", "2"], "volumes": [{"name": "v"}]}}),
-            json!({"metadata": {"labels": {"b": null, "c": "3"}, "finalizers": ["y"]},
-                   "$setElementOrder/volumes": [{"name": "v"}],
-                   "spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}, "args": ["3"], "volumes": [{"$patch": "replace"}, {"name": "w"}]}}),
+            json!({"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 80, "name": "http"}]}]}}),
+            json!({"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 80, "name": "web"}, {"containerPort": 443}]}]}}),
         );
-        assert_eq!(out["metadata"]["labels"], json!({"a": "1", "c": "3"}));
+        assert_eq!(
+            out["spec"]["containers"][0]["ports"],
+            json!([{"containerPort": 80, "name": "web"}, {"containerPort": 443}])
+        );
+        let svc = apply(
+            kind("", "services"),
+            STRATEGIC_MERGE_PATCH,
+            json!({"spec": {"ports": [{"port": 80, "targetPort": 8080}, {"port": 81}]}}),
+            &json!({"spec": {"ports": [{"port": 80, "targetPort": 9090}]}}),
+        )
+        .unwrap();
+        assert_eq!(svc["spec"]["ports"], json!([{"port": 80, "targetPort": 9090}, {"port": 81}]));
+        // Owner references on uid; finalizers as a set.
+        let out = smp(
+            json!({"metadata": {"ownerReferences": [{"uid": "1", "name": "a"}], "finalizers": ["x"]}}),
+            json!({"metadata": {"ownerReferences": [{"uid": "2", "name": "b"}], "finalizers": ["y", "x"]}}),
+        );
+        assert_eq!(out["metadata"]["ownerReferences"].as_array().map(Vec::len), Some(2));
         assert_eq!(out["metadata"]["finalizers"], json!(["x", "y"]));
-        assert_eq!(out["spec"]["strategy"], json!({"type": "Recreate"}));
-        assert_eq!(out["spec"]["args"], json!(["3"]));
-        assert_eq!(out["spec"]["volumes"], json!([{"name": "w"}]));
+    }
+
+    #[test]
+    fn lists_without_a_strategy_are_replaced() {
+        // A Node's taints have no merge key in Kubernetes' types (a guess by field name
+        // would have merged them on `key`); an Endpoints' subsets neither.
+        let node = apply(
+            kind("", "nodes"),
+            STRATEGIC_MERGE_PATCH,
+            json!({"spec": {"taints": [{"key": "a", "effect": "NoSchedule"}, {"key": "b", "effect": "NoSchedule"}]}}),
+            &json!({"spec": {"taints": [{"key": "a", "effect": "NoExecute"}]}}),
+        )
+        .unwrap();
+        assert_eq!(node["spec"]["taints"], json!([{"key": "a", "effect": "NoExecute"}]));
+        let eps = apply(
+            kind("", "endpoints"),
+            STRATEGIC_MERGE_PATCH,
+            json!({"subsets": [{"addresses": [{"ip": "10.0.0.1"}]}, {"addresses": [{"ip": "10.0.0.2"}]}]}),
+            &json!({"subsets": [{"addresses": [{"ip": "10.0.0.3"}]}]}),
+        )
+        .unwrap();
+        assert_eq!(eps["subsets"], json!([{"addresses": [{"ip": "10.0.0.3"}]}]));
+        // A Pod's container args are a plain list.
         let out = smp(
-            json!({"spec": {"a": {"x": 1}, "b": [1, 2]}}),
-            json!({"spec": {"a": {"$patch": "delete"}, "$deleteFromPrimitiveList/b": [1]}}),
+            json!({"spec": {"containers": [{"name": "a", "args": ["1", "2"]}]}}),
+            json!({"spec": {"containers": [{"name": "a", "args": ["3"]}]}}),
         );
-        assert_eq!(out, json!({"spec": {"b": [2]}}));
+        assert_eq!(out["spec"]["containers"][0]["args"], json!(["3"]));
+    }
+
+    #[test]
+    fn set_element_order_orders_the_merged_list() {
+        let out = smp(
+            json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}, {"name": "side"}]}}),
+            json!({"spec": {"$setElementOrder/containers": [{"name": "c"}, {"name": "b"}, {"name": "a"}],
+                            "containers": [{"name": "c", "image": "c:1"}]}}),
+        );
+        let names: Vec<&str> = out["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, ["c", "b", "a", "side"], "named first in order, the rest after");
+    }
+
+    #[test]
+    fn retain_keys_and_volume_sources() {
+        let deployments = crate::registry::lookup("apps", "v1", "deployments").unwrap();
+        let out = apply(
+            deployments,
+            STRATEGIC_MERGE_PATCH,
+            json!({"spec": {"strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1}}}}),
+            &json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}}),
+        )
+        .unwrap();
+        assert_eq!(out["spec"]["strategy"], json!({"type": "Recreate"}));
+        // Volumes merge on name; their source is an inline field of the Volume.
+        let out = smp(
+            json!({"spec": {"volumes": [{"name": "v", "emptyDir": {}}, {"name": "w", "emptyDir": {}}]}}),
+            json!({"spec": {"volumes": [{"name": "v", "$retainKeys": ["name", "secret"], "secret": {"secretName": "s"}}]}}),
+        );
+        assert_eq!(
+            out["spec"]["volumes"],
+            json!([{"name": "v", "secret": {"secretName": "s"}}, {"name": "w", "emptyDir": {}}])
+        );
     }
 
     #[test]

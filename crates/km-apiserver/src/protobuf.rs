@@ -58,6 +58,8 @@ struct JsonRules {
     omit_zero: HashSet<&'static str>,
     /// Fields whose message's fields sit in this object's JSON.
     inline: Vec<&'static str>,
+    /// Strategic-merge-patch strategy and merge key, by field.
+    patch: HashMap<&'static str, (&'static str, Option<&'static str>)>,
 }
 
 static JSON_RULES: LazyLock<HashMap<&'static str, JsonRules>> = LazyLock::new(|| {
@@ -69,6 +71,11 @@ static JSON_RULES: LazyLock<HashMap<&'static str, JsonRules>> = LazyLock::new(||
         match rule {
             "omit-zero" => entry.omit_zero.extend(words),
             "inline" => entry.inline.extend(words),
+            "patch" => {
+                if let (Some(field), Some(strategy)) = (words.next(), words.next()) {
+                    entry.patch.insert(field, (strategy, words.next()));
+                }
+            }
             _ => {}
         }
     }
@@ -315,6 +322,80 @@ fn to_message(
         }
     }
     Ok(msg)
+}
+
+/// Every declared patch strategy: (message full name, field, strategy, merge key).
+pub fn patch_rules() -> Vec<(&'static str, &'static str, &'static str, Option<&'static str>)> {
+    let mut out: Vec<_> = JSON_RULES
+        .iter()
+        .flat_map(|(message, rules)| {
+            rules.patch.iter().map(|(field, (strategy, key))| (*message, *field, *strategy, *key))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// What a strategic merge patch needs to know of a message: its fields' types and their
+/// patch strategies, as Kubernetes' Go types declare them.
+#[derive(Debug, Clone, Default)]
+pub struct PatchMeta(Option<MessageDescriptor>);
+
+/// One field of a [`PatchMeta`].
+#[derive(Debug, Clone, Default)]
+pub struct FieldPatch {
+    /// The field's message (a list's element, a map's value), if it is one.
+    pub child: PatchMeta,
+    /// `merge`, `retainKeys`, `merge,retainKeys`, `replace`, or none (replace).
+    pub strategy: Option<&'static str>,
+    /// The key list elements merge on.
+    pub merge_key: Option<&'static str>,
+}
+
+impl PatchMeta {
+    /// The meta of a served kind (none for a kind without a message).
+    pub fn of_kind(api_version: &str, kind: &str) -> PatchMeta {
+        PatchMeta(message_for(api_version, kind))
+    }
+
+    /// Whether anything is known (a kind without a message has no patch strategies).
+    pub fn is_known(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// The field `key` of the JSON object (inline fields included).
+    pub fn field(&self, key: &str) -> FieldPatch {
+        let Some(desc) = &self.0 else { return FieldPatch::default() };
+        let Some((owner, field)) = find_field(desc, key) else { return FieldPatch::default() };
+        let rule =
+            JSON_RULES.get(owner.full_name()).and_then(|r| r.patch.get(field.name()).copied());
+        let child = match field.kind() {
+            FieldKind::Message(m) if field.is_map() => match m.map_entry_value_field().kind() {
+                FieldKind::Message(v) => Some(v),
+                _ => None,
+            },
+            FieldKind::Message(m) => Some(m),
+            _ => None,
+        };
+        FieldPatch {
+            child: PatchMeta(child),
+            strategy: rule.map(|(s, _)| s),
+            merge_key: rule.and_then(|(_, k)| k),
+        }
+    }
+}
+
+/// The message that holds JSON key `key` of `desc` (itself, or an inline field's), and the
+/// field.
+fn find_field(desc: &MessageDescriptor, key: &str) -> Option<(MessageDescriptor, FieldDescriptor)> {
+    if let Some(f) = desc.get_field_by_name(key) {
+        return Some((desc.clone(), f));
+    }
+    let rules = JSON_RULES.get(desc.full_name())?;
+    rules.inline.iter().find_map(|name| match desc.get_field_by_name(name)?.kind() {
+        FieldKind::Message(inner) => find_field(&inner, key),
+        _ => None,
+    })
 }
 
 /// Whether `key` belongs to an inline field of `desc` (inline fields nest).
