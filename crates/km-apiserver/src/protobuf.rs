@@ -147,7 +147,7 @@ pub fn encode(obj: &Value) -> Result<Vec<u8>, ProtoError> {
         api_version: api_version.to_owned(),
         kind: kind.to_owned(),
     })?;
-    let raw = to_message(&desc, obj, "")?.encode_to_vec();
+    let raw = to_message(&desc, obj, &Path::Root)?.encode_to_vec();
     let unknown = message(UNKNOWN)?;
     let type_meta = message("k8s.io.apimachinery.pkg.runtime.TypeMeta")?;
     let mut tm = DynamicMessage::new(type_meta);
@@ -223,15 +223,34 @@ pub fn watch_line_to_frame(line: &[u8]) -> Result<Vec<u8>, ProtoError> {
     watch_frame(event["type"].as_str().unwrap_or_default(), &event["object"])
 }
 
-fn field_error(path: &str, message: impl Into<String>) -> ProtoError {
-    ProtoError::Field { field: path.trim_start_matches('.').to_owned(), message: message.into() }
+/// Where in the object a value is (`spec.containers[0].name`), built only for an error.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => Ok(()),
+            Path::Key(Path::Root, key) => write!(f, "{key}"),
+            Path::Key(parent, key) => write!(f, "{parent}.{key}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+fn field_error(path: &Path<'_>, message: impl Into<String>) -> ProtoError {
+    ProtoError::Field { field: path.to_string(), message: message.into() }
 }
 
 /// JSON → the message `desc` (its special forms included).
 fn to_message(
     desc: &MessageDescriptor,
     v: &Value,
-    path: &str,
+    path: &Path<'_>,
 ) -> Result<DynamicMessage, ProtoError> {
     let mut msg = DynamicMessage::new(desc.clone());
     match desc.full_name() {
@@ -292,7 +311,7 @@ fn to_message(
                 if let Some(field) =
                     desc.get_field_by_name(key).or_else(|| desc.get_field_by_json_name(key))
                 {
-                    let at = format!("{path}.{key}");
+                    let at = Path::Key(path, key);
                     msg.set_field(&field, field_value(&field, value, &at)?);
                     continue;
                 }
@@ -410,7 +429,7 @@ fn inline_deep(desc: &MessageDescriptor, key: &str) -> bool {
     })
 }
 
-fn field_value(field: &FieldDescriptor, v: &Value, path: &str) -> Result<PValue, ProtoError> {
+fn field_value(field: &FieldDescriptor, v: &Value, path: &Path<'_>) -> Result<PValue, ProtoError> {
     if field.is_map() {
         let Value::Object(obj) = v else { return Err(field_error(path, "expected an object")) };
         let FieldKind::Message(entry) = field.kind() else {
@@ -422,10 +441,7 @@ fn field_value(field: &FieldDescriptor, v: &Value, path: &str) -> Result<PValue,
             if item.is_null() {
                 continue;
             }
-            map.insert(
-                MapKey::String(k.clone()),
-                single(&value_field, item, &format!("{path}.{k}"))?,
-            );
+            map.insert(MapKey::String(k.clone()), single(&value_field, item, &Path::Key(path, k))?);
         }
         return Ok(PValue::Map(map));
     }
@@ -434,7 +450,7 @@ fn field_value(field: &FieldDescriptor, v: &Value, path: &str) -> Result<PValue,
         let list = items
             .iter()
             .enumerate()
-            .map(|(i, item)| single(field, item, &format!("{path}[{i}]")))
+            .map(|(i, item)| single(field, item, &Path::Index(path, i)))
             .collect::<Result<Vec<_>, _>>()?;
         return Ok(PValue::List(list));
     }
@@ -442,7 +458,7 @@ fn field_value(field: &FieldDescriptor, v: &Value, path: &str) -> Result<PValue,
 }
 
 /// One value of a field (an element, for a list or a map).
-fn single(field: &FieldDescriptor, v: &Value, path: &str) -> Result<PValue, ProtoError> {
+fn single(field: &FieldDescriptor, v: &Value, path: &Path<'_>) -> Result<PValue, ProtoError> {
     let bad = |what: &str| field_error(path, format!("expected {what}, got {v}"));
     Ok(match field.kind() {
         FieldKind::Message(desc) => PValue::Message(to_message(&desc, v, path)?),
