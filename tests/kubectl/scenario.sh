@@ -81,6 +81,33 @@ expect 'deployment.apps/web scaled'
 run kubectl get deployment web -o 'jsonpath={.spec.replicas}'
 expect '^5$'
 
+step="patch (strategic, merge, json)"
+run kubectl patch deployment web -p '{"spec":{"template":{"spec":{"containers":[{"name":"nginx","env":[{"name":"MODE","value":"patched"}]}]}}}}'
+expect 'deployment.apps/web patched'
+# Strategic: the container list merged on its name, so the image stays.
+run kubectl get deployment web -o 'jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[?(@.name=="MODE")].value}'
+expect '^nginx:1.25 patched$'
+run kubectl patch deployment web --type=merge -p '{"metadata":{"labels":{"patched":"merge"}}}'
+expect 'deployment.apps/web patched'
+run kubectl patch deployment web --type=json -p '[{"op":"add","path":"/spec/minReadySeconds","value":3}]'
+expect 'deployment.apps/web patched'
+run kubectl get deployment web -o 'jsonpath={.metadata.labels.patched} {.spec.minReadySeconds}'
+expect '^merge 3$'
+run_fails kubectl patch deployment web --type=json -p '[{"op":"test","path":"/spec/minReadySeconds","value":4}]'
+expect 'The request is invalid|is invalid'
+
+step="get -o json, replace"
+run kubectl get deployment api -o json
+expect '"kind": "Deployment"'
+expect '"replicas": 1'
+json_out=$(mktemp)
+kubectl get deployment api -o json | sed 's/"replicas": 1/"replicas": 4/' >"$json_out"
+run kubectl replace -f "$json_out"
+rm -f "$json_out"
+expect '^deployment.apps/api replaced$'
+run kubectl get deployment api -o 'jsonpath={.spec.replicas}'
+expect '^4$'
+
 step="get -w"
 watch_out=$(mktemp)
 kubectl get deployment web -w >"$watch_out" 2>&1 &

@@ -27,10 +27,11 @@ pub fn apply(
         JSON_PATCH => {
             let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                 .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
+            let name = current["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             json_patch::patch(&mut current, &ops).map_err(|e| {
                 ApiError::invalid(
                     kind,
-                    "",
+                    &name,
                     vec![crate::error::Cause {
                         reason: "FieldValueInvalid",
                         field: "patch".into(),
