@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use base64::Engine as _;
-use prost::Message as _;
+use prost::encoding::{WireType, encode_key, encode_varint};
 use prost_reflect::ReflectMessage as _;
 use prost_reflect::{
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind as FieldKind, MapKey, MessageDescriptor,
@@ -44,7 +44,6 @@ const QUANTITY: &str = "k8s.io.apimachinery.pkg.api.resource.Quantity";
 const INT_OR_STRING: &str = "k8s.io.apimachinery.pkg.util.intstr.IntOrString";
 const RAW_EXTENSION: &str = "k8s.io.apimachinery.pkg.runtime.RawExtension";
 const UNKNOWN: &str = "k8s.io.apimachinery.pkg.runtime.Unknown";
-const WATCH_EVENT: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.WatchEvent";
 
 static POOL: LazyLock<Result<DescriptorPool, String>> = LazyLock::new(|| {
     DescriptorPool::decode(include_bytes!(concat!(env!("OUT_DIR"), "/k8s.bin")).as_slice())
@@ -147,19 +146,19 @@ pub fn encode(obj: &Value) -> Result<Vec<u8>, ProtoError> {
         api_version: api_version.to_owned(),
         kind: kind.to_owned(),
     })?;
-    let raw = to_message(&desc, obj, &Path::Root)?.encode_to_vec();
-    let unknown = message(UNKNOWN)?;
-    let type_meta = message("k8s.io.apimachinery.pkg.runtime.TypeMeta")?;
-    let mut tm = DynamicMessage::new(type_meta);
-    tm.set_field_by_name("apiVersion", PValue::String(api_version.to_owned()));
-    tm.set_field_by_name("kind", PValue::String(kind.to_owned()));
-    let mut envelope = DynamicMessage::new(unknown);
-    envelope.set_field_by_name("typeMeta", PValue::Message(tm));
-    envelope.set_field_by_name("raw", PValue::Bytes(raw.into()));
-    envelope.set_field_by_name("contentEncoding", PValue::String(String::new()));
-    envelope.set_field_by_name("contentType", PValue::String(String::new()));
-    let mut out = MAGIC.to_vec();
-    out.extend(envelope.encode_to_vec());
+    let mut raw = Vec::with_capacity(1024);
+    write_message(&desc, obj, &Path::Root, &mut raw)?;
+    // runtime.Unknown: typeMeta 1 (apiVersion 1, kind 2), raw 2, contentEncoding 3,
+    // contentType 4.
+    let mut type_meta = Vec::with_capacity(api_version.len() + kind.len() + 4);
+    put_bytes(&mut type_meta, 1, api_version.as_bytes());
+    put_bytes(&mut type_meta, 2, kind.as_bytes());
+    let mut out = Vec::with_capacity(raw.len() + type_meta.len() + 16);
+    out.extend_from_slice(MAGIC);
+    put_bytes(&mut out, 1, &type_meta);
+    put_bytes(&mut out, 2, &raw);
+    put_bytes(&mut out, 3, b"");
+    put_bytes(&mut out, 4, b"");
     Ok(out)
 }
 
@@ -199,14 +198,12 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
 
 /// One frame of a protobuf watch stream: an event of `event_type` (`ADDED`, …) for `obj`.
 pub fn watch_frame(event_type: &str, obj: &Value) -> Result<Vec<u8>, ProtoError> {
-    let event = message(WATCH_EVENT)?;
-    let raw_ext = message(RAW_EXTENSION)?;
-    let mut object = DynamicMessage::new(raw_ext);
-    object.set_field_by_name("raw", PValue::Bytes(encode(obj)?.into()));
-    let mut msg = DynamicMessage::new(event);
-    msg.set_field_by_name("type", PValue::String(event_type.to_owned()));
-    msg.set_field_by_name("object", PValue::Message(object));
-    let bytes = msg.encode_to_vec();
+    // meta.v1.WatchEvent: type 1, object 2 (a RawExtension: raw 1).
+    let mut object = Vec::new();
+    put_bytes(&mut object, 1, &encode(obj)?);
+    let mut bytes = Vec::with_capacity(object.len() + event_type.len() + 8);
+    put_bytes(&mut bytes, 1, event_type.as_bytes());
+    put_bytes(&mut bytes, 2, &object);
     let len = u32::try_from(bytes.len()).map_err(|_| ProtoError::Field {
         field: "watch event".into(),
         message: "larger than 4 GiB".into(),
@@ -246,57 +243,66 @@ fn field_error(path: &Path<'_>, message: impl Into<String>) -> ProtoError {
     ProtoError::Field { field: path.to_string(), message: message.into() }
 }
 
-/// JSON → the message `desc` (its special forms included).
-fn to_message(
+/// A field's tag and a varint.
+fn put_varint(buf: &mut Vec<u8>, number: u32, value: u64) {
+    encode_key(number, WireType::Varint, buf);
+    encode_varint(value, buf);
+}
+
+/// A field's tag and length-delimited bytes.
+fn put_bytes(buf: &mut Vec<u8>, number: u32, bytes: &[u8]) {
+    encode_key(number, WireType::LengthDelimited, buf);
+    encode_varint(bytes.len() as u64, buf);
+    buf.extend_from_slice(bytes);
+}
+
+/// JSON → the bytes of the message `desc` (its special forms included), written straight
+/// into `buf`. Field numbers of the special forms are Kubernetes' (Time: seconds 1, nanos 2;
+/// Duration: duration 1; Quantity: string 1; IntOrString: type 1, intVal 2, strVal 3;
+/// RawExtension and FieldsV1: raw 1).
+fn write_message(
     desc: &MessageDescriptor,
     v: &Value,
     path: &Path<'_>,
-) -> Result<DynamicMessage, ProtoError> {
-    let mut msg = DynamicMessage::new(desc.clone());
+    buf: &mut Vec<u8>,
+) -> Result<(), ProtoError> {
     match desc.full_name() {
         TIME | MICRO_TIME => {
             let text = v.as_str().ok_or_else(|| field_error(path, "expected an RFC 3339 time"))?;
             let ts: k8s_openapi::jiff::Timestamp =
                 text.parse().map_err(|e| field_error(path, format!("{text:?}: {e}")))?;
-            msg.set_field_by_name("seconds", PValue::I64(ts.as_second()));
-            msg.set_field_by_name("nanos", PValue::I32(ts.subsec_nanosecond()));
+            put_varint(buf, 1, ts.as_second() as u64);
+            put_varint(buf, 2, i64::from(ts.subsec_nanosecond()) as u64);
         }
         DURATION => {
             let text = v.as_str().ok_or_else(|| field_error(path, "expected a duration"))?;
             let nanos = parse_go_duration(text)
                 .ok_or_else(|| field_error(path, format!("invalid duration {text:?}")))?;
-            msg.set_field_by_name("duration", PValue::I64(nanos));
+            put_varint(buf, 1, nanos as u64);
         }
-        QUANTITY => {
-            let text = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                _ => return Err(field_error(path, "expected a quantity")),
-            };
-            msg.set_field_by_name("string", PValue::String(text));
-        }
+        QUANTITY => match v {
+            Value::String(s) => put_bytes(buf, 1, s.as_bytes()),
+            Value::Number(n) => put_bytes(buf, 1, n.to_string().as_bytes()),
+            _ => return Err(field_error(path, "expected a quantity")),
+        },
         INT_OR_STRING => match v {
             Value::Number(n) => {
                 let n = n
                     .as_i64()
                     .and_then(|n| i32::try_from(n).ok())
                     .ok_or_else(|| field_error(path, format!("{n} is not a 32-bit integer")))?;
-                msg.set_field_by_name("type", PValue::I64(0));
-                msg.set_field_by_name("intVal", PValue::I32(n));
+                put_varint(buf, 1, 0);
+                put_varint(buf, 2, i64::from(n) as u64);
             }
             Value::String(s) => {
-                msg.set_field_by_name("type", PValue::I64(1));
-                msg.set_field_by_name("strVal", PValue::String(s.clone()));
+                put_varint(buf, 1, 1);
+                put_bytes(buf, 3, s.as_bytes());
             }
             _ => return Err(field_error(path, "expected an integer or a string")),
         },
-        RAW_EXTENSION => {
+        RAW_EXTENSION | FIELDS_V1 => {
             let raw = serde_json::to_vec(v).map_err(|e| field_error(path, e.to_string()))?;
-            msg.set_field_by_name("raw", PValue::Bytes(raw.into()));
-        }
-        FIELDS_V1 => {
-            let raw = serde_json::to_vec(v).map_err(|e| field_error(path, e.to_string()))?;
-            msg.set_field_by_name("Raw", PValue::Bytes(raw.into()));
+            put_bytes(buf, 1, &raw);
         }
         _ => {
             let Value::Object(obj) = v else {
@@ -311,8 +317,7 @@ fn to_message(
                 if let Some(field) =
                     desc.get_field_by_name(key).or_else(|| desc.get_field_by_json_name(key))
                 {
-                    let at = Path::Key(path, key);
-                    msg.set_field(&field, field_value(&field, value, &at)?);
+                    write_field(&field, value, &Path::Key(path, key), buf)?;
                     continue;
                 }
                 // A key of an inline field's message (a Volume's `emptyDir`, a Probe's
@@ -334,13 +339,11 @@ fn to_message(
                 }
             }
             for (field, keys) in inlined {
-                let FieldKind::Message(inner) = field.kind() else { continue };
-                let value = to_message(&inner, &Value::Object(keys), path)?;
-                msg.set_field(&field, PValue::Message(value));
+                write_single(&field, &Value::Object(keys), path, buf)?;
             }
         }
     }
-    Ok(msg)
+    Ok(())
 }
 
 /// Every declared patch strategy: (message full name, field, strategy, merge key).
@@ -429,75 +432,125 @@ fn inline_deep(desc: &MessageDescriptor, key: &str) -> bool {
     })
 }
 
-fn field_value(field: &FieldDescriptor, v: &Value, path: &Path<'_>) -> Result<PValue, ProtoError> {
+fn write_field(
+    field: &FieldDescriptor,
+    v: &Value,
+    path: &Path<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<(), ProtoError> {
     if field.is_map() {
         let Value::Object(obj) = v else { return Err(field_error(path, "expected an object")) };
         let FieldKind::Message(entry) = field.kind() else {
             return Err(field_error(path, "a map without an entry message"));
         };
         let value_field = entry.map_entry_value_field();
-        let mut map = HashMap::with_capacity(obj.len());
+        let mut pair = Vec::new();
         for (k, item) in obj {
             if item.is_null() {
                 continue;
             }
-            map.insert(MapKey::String(k.clone()), single(&value_field, item, &Path::Key(path, k))?);
+            pair.clear();
+            put_bytes(&mut pair, 1, k.as_bytes());
+            write_single(&value_field, item, &Path::Key(path, k), &mut pair)?;
+            put_bytes(buf, field.number(), &pair);
         }
-        return Ok(PValue::Map(map));
+        return Ok(());
     }
     if field.is_list() {
         let Value::Array(items) = v else { return Err(field_error(path, "expected an array")) };
-        let list = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| single(field, item, &Path::Index(path, i)))
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(PValue::List(list));
+        for (i, item) in items.iter().enumerate() {
+            write_single(field, item, &Path::Index(path, i), buf)?;
+        }
+        return Ok(());
     }
-    single(field, v, path)
+    write_single(field, v, path, buf)
 }
 
-/// One value of a field (an element, for a list or a map).
-fn single(field: &FieldDescriptor, v: &Value, path: &Path<'_>) -> Result<PValue, ProtoError> {
+/// One value of a field (an element, for a list or a map), with its tag.
+fn write_single(
+    field: &FieldDescriptor,
+    v: &Value,
+    path: &Path<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<(), ProtoError> {
     let bad = |what: &str| field_error(path, format!("expected {what}, got {v}"));
-    Ok(match field.kind() {
-        FieldKind::Message(desc) => PValue::Message(to_message(&desc, v, path)?),
+    let number = field.number();
+    match field.kind() {
+        FieldKind::Message(desc) => {
+            let mut inner = Vec::new();
+            write_message(&desc, v, path, &mut inner)?;
+            put_bytes(buf, number, &inner);
+        }
         FieldKind::String => match v {
-            Value::String(s) => PValue::String(s.clone()),
+            Value::String(s) => put_bytes(buf, number, s.as_bytes()),
             _ => return Err(bad("a string")),
         },
-        FieldKind::Bool => PValue::Bool(v.as_bool().ok_or_else(|| bad("a boolean"))?),
-        FieldKind::Int32 | FieldKind::Sint32 | FieldKind::Sfixed32 => PValue::I32(
-            integer(v)
-                .and_then(|n| i32::try_from(n).ok())
-                .ok_or_else(|| bad("a 32-bit integer"))?,
-        ),
-        FieldKind::Int64 | FieldKind::Sint64 | FieldKind::Sfixed64 => {
-            PValue::I64(integer(v).ok_or_else(|| bad("an integer"))?)
+        FieldKind::Bool => {
+            put_varint(buf, number, u64::from(v.as_bool().ok_or_else(|| bad("a boolean"))?))
         }
-        FieldKind::Uint32 | FieldKind::Fixed32 => PValue::U32(
-            integer(v)
+        FieldKind::Int32 | FieldKind::Enum(_) => {
+            let n = integer(v)
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| bad("a 32-bit integer"))?;
+            put_varint(buf, number, i64::from(n) as u64);
+        }
+        FieldKind::Int64 => {
+            put_varint(buf, number, integer(v).ok_or_else(|| bad("an integer"))? as u64)
+        }
+        FieldKind::Uint32 => {
+            let n = integer(v)
                 .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| bad("an unsigned integer"))?,
-        ),
-        FieldKind::Uint64 | FieldKind::Fixed64 => PValue::U64(
-            integer(v)
+                .ok_or_else(|| bad("an unsigned integer"))?;
+            put_varint(buf, number, u64::from(n));
+        }
+        FieldKind::Uint64 => {
+            let n = integer(v)
                 .and_then(|n| u64::try_from(n).ok())
-                .ok_or_else(|| bad("an unsigned integer"))?,
-        ),
-        FieldKind::Double => PValue::F64(v.as_f64().ok_or_else(|| bad("a number"))?),
-        FieldKind::Float => PValue::F32(v.as_f64().ok_or_else(|| bad("a number"))? as f32),
+                .ok_or_else(|| bad("an unsigned integer"))?;
+            put_varint(buf, number, n);
+        }
+        FieldKind::Sint32 => {
+            let n = integer(v)
+                .and_then(|n| i32::try_from(n).ok())
+                .ok_or_else(|| bad("a 32-bit integer"))?;
+            put_varint(buf, number, u64::from(((n << 1) ^ (n >> 31)) as u32));
+        }
+        FieldKind::Sint64 => {
+            let n = integer(v).ok_or_else(|| bad("an integer"))?;
+            put_varint(buf, number, ((n << 1) ^ (n >> 63)) as u64);
+        }
+        FieldKind::Fixed32 | FieldKind::Sfixed32 => {
+            let n = integer(v).ok_or_else(|| bad("an integer"))?;
+            let n = u32::try_from(n)
+                .or_else(|_| i32::try_from(n).map(|n| n as u32))
+                .map_err(|_| bad("a 32-bit integer"))?;
+            encode_key(number, WireType::ThirtyTwoBit, buf);
+            buf.extend_from_slice(&n.to_le_bytes());
+        }
+        FieldKind::Fixed64 | FieldKind::Sfixed64 => {
+            let n = integer(v).ok_or_else(|| bad("an integer"))?;
+            encode_key(number, WireType::SixtyFourBit, buf);
+            buf.extend_from_slice(&n.to_le_bytes());
+        }
+        FieldKind::Double => {
+            let n = v.as_f64().ok_or_else(|| bad("a number"))?;
+            encode_key(number, WireType::SixtyFourBit, buf);
+            buf.extend_from_slice(&n.to_le_bytes());
+        }
+        FieldKind::Float => {
+            let n = v.as_f64().ok_or_else(|| bad("a number"))? as f32;
+            encode_key(number, WireType::ThirtyTwoBit, buf);
+            buf.extend_from_slice(&n.to_le_bytes());
+        }
         FieldKind::Bytes => {
             let text = v.as_str().ok_or_else(|| bad("base64 data"))?;
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(text)
                 .map_err(|e| field_error(path, format!("invalid base64: {e}")))?;
-            PValue::Bytes(bytes.into())
+            put_bytes(buf, number, &bytes);
         }
-        FieldKind::Enum(_) => PValue::EnumNumber(
-            integer(v).and_then(|n| i32::try_from(n).ok()).ok_or_else(|| bad("an enum number"))?,
-        ),
-    })
+    }
+    Ok(())
 }
 
 /// An integer given as a JSON number (or a whole float, or a numeric string).
