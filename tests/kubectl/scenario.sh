@@ -112,9 +112,17 @@ step="get -w"
 watch_out=$(mktemp)
 kubectl get deployment web -w >"$watch_out" 2>&1 &
 watcher=$!
-sleep 1
+# The watch has started once it printed the current state; the change shows up after it.
+until_seen() { # pattern: wait (30 s at most) until the watch printed a matching line
+  local deadline=$((SECONDS + 30))
+  until grep -qE -- "$1" "$watch_out"; do
+    [ $SECONDS -lt $deadline ] || { out=$(cat "$watch_out"); fail "the watch never printed /$1/"; }
+    sleep 0.1
+  done
+}
+until_seen '^web +0/5 '
 run kubectl scale deployment web --replicas=3
-sleep 1
+until_seen '^web +0/3 '
 kill "$watcher" 2>/dev/null || true
 wait "$watcher" 2>/dev/null || true
 out=$(cat "$watch_out"); rm -f "$watch_out"
