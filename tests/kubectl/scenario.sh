@@ -154,6 +154,12 @@ expect '^3 OrderedReady$'
 run kubectl delete -f "$here/db.yaml"
 expect 'statefulset.apps "db" deleted'
 
+step="auth can-i (every request is allowed: no authorizer yet)"
+run kubectl auth can-i create pods
+expect '^yes$'
+run kubectl auth can-i --list
+expect '^\*\.\* +\[\] +\[\] +\[\*\]$'
+
 step="invalid YAML"
 run_fails kubectl apply -f "$here/invalid-yaml.yaml"
 expect 'error converting YAML to JSON'

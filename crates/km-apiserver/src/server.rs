@@ -122,8 +122,59 @@ async fn api_versions() -> Response {
     )
 }
 
+/// authorization.k8s.io/v1: the reviews a client asks of what it may do (`kubectl auth
+/// can-i`). They are answered, never stored; every request is allowed (km apiserver has no
+/// authorizer yet, as kube-apiserver's AlwaysAllow mode).
+const AUTHORIZATION: (&str, &str) = ("authorization.k8s.io", "v1");
+const REVIEWS: &[(&str, &str)] = &[
+    ("selfsubjectaccessreviews", "SelfSubjectAccessReview"),
+    ("selfsubjectrulesreviews", "SelfSubjectRulesReview"),
+];
+
+/// The served group-versions: the stored kinds' and authorization's.
+fn all_group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut gvs = registry::group_versions();
+    gvs.push(AUTHORIZATION);
+    gvs
+}
+
+/// Answers a review: allowed, whatever was asked.
+fn review(
+    resource: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> ApiResult<Response> {
+    let Some((_, kind)) = REVIEWS.iter().find(|(plural, _)| *plural == resource) else {
+        return Err(ApiError::NotFound {
+            group: AUTHORIZATION.0.into(),
+            plural: resource.into(),
+            name: String::new(),
+        });
+    };
+    if method != Method::POST {
+        return Err(method_not_allowed(method));
+    }
+    let mut obj = decode_body(headers, body)?;
+    if !obj.is_object() {
+        return Err(ApiError::BadRequest(format!("a {kind} must be an object")));
+    }
+    obj["apiVersion"] = json!(format!("{}/{}", AUTHORIZATION.0, AUTHORIZATION.1));
+    obj["kind"] = json!(kind);
+    obj["status"] = if *kind == "SelfSubjectAccessReview" {
+        json!({ "allowed": true, "reason": "km apiserver allows every request (no authorizer, as --authorization-mode=AlwaysAllow)" })
+    } else {
+        json!({
+            "resourceRules": [{ "verbs": ["*"], "apiGroups": ["*"], "resources": ["*"] }],
+            "nonResourceRules": [{ "verbs": ["*"], "nonResourceURLs": ["*"] }],
+            "incomplete": false,
+        })
+    };
+    Ok(json_response(StatusCode::CREATED, &obj))
+}
+
 fn group_doc(group: &str) -> Value {
-    let versions: Vec<Value> = registry::group_versions()
+    let versions: Vec<Value> = all_group_versions()
         .into_iter()
         .filter(|(g, _)| *g == group)
         .map(|(g, v)| json!({ "groupVersion": format!("{g}/{v}"), "version": v }))
@@ -139,7 +190,7 @@ fn group_doc(group: &str) -> Value {
 
 async fn api_groups() -> Response {
     let mut groups: Vec<&str> =
-        registry::group_versions().into_iter().map(|(g, _)| g).filter(|g| !g.is_empty()).collect();
+        all_group_versions().into_iter().map(|(g, _)| g).filter(|g| !g.is_empty()).collect();
     groups.dedup();
     let groups: Vec<Value> = groups.into_iter().map(group_doc).collect();
     json_response(
@@ -150,6 +201,14 @@ async fn api_groups() -> Response {
 
 fn resource_list(group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
+    if (group, version) == AUTHORIZATION {
+        for (plural, kind) in REVIEWS {
+            resources.push(json!({
+                "name": plural, "singularName": "", "namespaced": false, "kind": kind,
+                "verbs": ["create"],
+            }));
+        }
+    }
     for kind in KINDS.iter().filter(|k| k.group == group && k.version == version) {
         resources.push(json!({
             "name": kind.plural,
@@ -377,11 +436,14 @@ async fn handle<S: Storage>(
         if method != Method::GET {
             return Err(ApiError::MethodNotAllowed(format!("{method} is not supported here")));
         }
-        if registry::group_versions().contains(&(target.group, target.version)) {
+        if all_group_versions().contains(&(target.group, target.version)) {
             return Ok(json_response(StatusCode::OK, &resource_list(target.group, target.version)));
         }
         return Err(not_found());
     };
+    if (target.group, target.version) == AUTHORIZATION && target.name.is_none() {
+        return review(resource, method, headers, body);
+    }
     let kind = registry::lookup(target.group, target.version, resource).ok_or_else(not_found)?;
     if target.namespace.is_some() && !kind.namespaced {
         return Err(not_found());
@@ -669,5 +731,20 @@ mod tests {
         }
         let apps = resource_list("apps", "v1");
         assert_eq!(apps["groupVersion"], "apps/v1");
+        let authz = resource_list("authorization.k8s.io", "v1");
+        assert_eq!(authz["resources"][0]["name"], "selfsubjectaccessreviews");
+        assert_eq!(authz["resources"][0]["verbs"], json!(["create"]));
+    }
+
+    #[test]
+    fn access_reviews_are_answered_allowed() {
+        let headers = HeaderMap::new();
+        let body = Bytes::from_static(
+            br#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","spec":{"resourceAttributes":{"verb":"create","resource":"pods"}}}"#,
+        );
+        let answer = review("selfsubjectaccessreviews", &Method::POST, &headers, &body).unwrap();
+        assert_eq!(answer.status(), StatusCode::CREATED);
+        assert!(review("selfsubjectaccessreviews", &Method::GET, &headers, &body).is_err());
+        assert!(review("tokenreviews", &Method::POST, &headers, &body).is_err());
     }
 }
