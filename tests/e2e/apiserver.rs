@@ -709,7 +709,12 @@ fn every_kubectl_creates_and_reads_through_protobuf() {
     let etcd = Etcd::start();
     let server = ApiServer::start(&etcd);
     let url = server.url();
-    for (i, k) in crate::support::kubectls().iter().enumerate() {
+    let kubectls = crate::support::kubectls();
+    assert!(
+        !kubectls.is_empty(),
+        "no kubectl on this machine (scripts/install-deps.sh unpacks 1.20)"
+    );
+    for (i, k) in kubectls.iter().enumerate() {
         let run = |args: &[&str]| {
             let (ok, out) = crate::support::kubectl(k, &url, args);
             assert!(

@@ -181,11 +181,15 @@ pub fn list_options(kind: &Kind, query: &Query, watch: bool) -> ApiResult<ListOp
 }
 
 fn parse_rv(kind: &Kind, rv: &str) -> ApiResult<i64> {
-    rv.parse::<i64>().map_err(|_| {
+    rv.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
         ApiError::invalid(
             kind,
             "",
-            vec![Cause::invalid("resourceVersion", &json!(rv), "must be a decimal integer")],
+            vec![Cause::invalid(
+                "resourceVersion",
+                &json!(rv),
+                "must be a decimal integer, 0 or more",
+            )],
         )
     })
 }

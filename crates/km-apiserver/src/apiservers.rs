@@ -159,7 +159,8 @@ async fn write_endpoints<S: Storage>(api: &Api<S>, now_micros: i64) -> ApiResult
     for lease in list["items"].as_array().into_iter().flatten() {
         let renewed = lease["spec"]["renewTime"].as_str().and_then(parse_micro_time);
         let duration = lease["spec"]["leaseDurationSeconds"].as_i64().unwrap_or(0);
-        let alive = renewed.is_some_and(|r| r + duration.saturating_mul(1_000_000) > now_micros);
+        let alive = renewed
+            .is_some_and(|r| r.saturating_add(duration.saturating_mul(1_000_000)) > now_micros);
         let endpoint = lease["metadata"]["annotations"][ENDPOINT_ANNOTATION].as_str();
         if let (true, Some(url)) = (alive, endpoint.and_then(|e| e.parse::<http::Uri>().ok())) {
             let scheme = url.scheme_str().unwrap_or("http").to_owned();

@@ -564,6 +564,25 @@ fn integer(v: &Value) -> Option<i64> {
     }
 }
 
+/// How many protobuf bodies may sit inside one another (RawExtensions).
+const MAX_NESTED: u8 = 4;
+
+thread_local! {
+    static NESTED: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` one nesting level deeper; `None` past [`MAX_NESTED`].
+fn nested<T>(f: impl FnOnce() -> Option<T>) -> Option<T> {
+    let depth = NESTED.with(std::cell::Cell::get);
+    if depth >= MAX_NESTED {
+        return None;
+    }
+    NESTED.with(|n| n.set(depth + 1));
+    let out = f();
+    NESTED.with(|n| n.set(depth));
+    out
+}
+
 /// A message → Kubernetes JSON.
 fn to_json(msg: &DynamicMessage) -> Value {
     let desc = msg.descriptor();
@@ -608,8 +627,11 @@ fn to_json(msg: &DynamicMessage) -> Value {
             if raw.is_empty() {
                 return Value::Null;
             }
-            if raw.starts_with(MAGIC)
-                && let Ok(obj) = decode(&raw)
+            // An embedded object may itself be a protobuf body (RawExtension only; FieldsV1 is
+            // always JSON), nested at most a few levels: a body must not recurse the stack away.
+            if desc.full_name() == RAW_EXTENSION
+                && raw.starts_with(MAGIC)
+                && let Some(obj) = nested(|| decode(&raw).ok())
             {
                 return obj;
             }

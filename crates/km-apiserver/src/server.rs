@@ -64,7 +64,17 @@ fn request_labels(
     query: &Query,
     headers: &HeaderMap,
 ) -> RequestLabels {
+    // Only what the server serves becomes a label: a path made up by a client must not grow
+    // the metrics without bound.
     let Some(t) = parse_path(path) else { return RequestLabels::default() };
+    let served = t.resource.is_some_and(|r| {
+        (t.group, t.version) == AUTHORIZATION && REVIEWS.iter().any(|(p, _)| *p == r)
+            || registry::lookup(t.group, t.version, r)
+                .is_some_and(|k| t.subresource.is_none_or(|sub| k.subresources.contains(&sub)))
+    });
+    if !served {
+        return RequestLabels::default();
+    }
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     let verb = match (method.as_str(), t.name) {
         ("GET", None) if watch => "WATCH",
@@ -734,6 +744,27 @@ mod tests {
         let authz = resource_list("authorization.k8s.io", "v1");
         assert_eq!(authz["resources"][0]["name"], "selfsubjectaccessreviews");
         assert_eq!(authz["resources"][0]["verbs"], json!(["create"]));
+    }
+
+    #[test]
+    fn metric_labels_name_only_what_is_served() {
+        let h = HeaderMap::new();
+        let q = Query::new();
+        let l =
+            request_labels(&Method::GET, "/apis/apps/v1/namespaces/x/deployments/d/scale", &q, &h);
+        assert_eq!(
+            (l.verb.as_str(), l.resource.as_str(), l.subresource.as_str()),
+            ("GET", "deployments", "scale")
+        );
+        let l = request_labels(&Method::GET, "/api/v1/pods", &q, &h);
+        assert_eq!((l.verb.as_str(), l.scope.as_str()), ("LIST", "cluster"));
+        for made_up in ["/apis/x/y/zs", "/api/v1/pods/p/nothing", "/api/v1/random-123"] {
+            assert_eq!(
+                request_labels(&Method::GET, made_up, &q, &h),
+                RequestLabels::default(),
+                "{made_up}"
+            );
+        }
     }
 
     #[test]

@@ -267,6 +267,10 @@ fn list_options_are_checked_as_kubernetes_does() {
             .contains("Unsupported value: \"Soon\"")
     );
     assert!(err(&[("sendInitialEvents", "true")], false).contains("forbidden for list"));
+    assert!(
+        err(&[("resourceVersion", "-5"), ("resourceVersionMatch", "Exact")], false)
+            .contains("resourceVersion")
+    );
     // Watches.
     let w = opts(&[], true).unwrap();
     assert!(w.initial_events && !w.initial_events_end, "the legacy start: the state first");

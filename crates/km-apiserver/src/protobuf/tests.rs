@@ -356,3 +356,43 @@ fn go_durations_read_and_write() {
     assert_eq!(parse_go_duration("soon"), None);
     assert_eq!(parse_go_duration("1y"), None);
 }
+
+/// A body whose managedFields hold a body whose managedFields hold a body … decodes without
+/// recursing: FieldsV1 is JSON, never a nested protobuf body.
+#[test]
+fn nested_bodies_cannot_recurse_the_stack_away() {
+    use k8s_pb::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
+    use k8s_pb::apimachinery::pkg::runtime::{TypeMeta, Unknown};
+    let wrap = |inner: Vec<u8>| {
+        let pod = k8s_pb::api::core::v1::Pod {
+            metadata: Some(ObjectMeta {
+                name: Some("p".into()),
+                managed_fields: vec![ManagedFieldsEntry {
+                    fields_v1: Some(FieldsV1 { raw: Some(inner) }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut body = b"k8s\0".to_vec();
+        body.extend(
+            Unknown {
+                type_meta: Some(TypeMeta {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                }),
+                raw: Some(pod.encode_to_vec()),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        body
+    };
+    let mut body = b"{}".to_vec();
+    for _ in 0..20_000 {
+        body = wrap(body);
+    }
+    let obj = decode(&body).expect("decodes");
+    assert_eq!(obj["metadata"]["managedFields"][0]["fieldsV1"], Value::Null, "not JSON: dropped");
+}
