@@ -20,6 +20,11 @@ km apiserver speaks Kubernetes' protobuf encoding by reflection over these files
   `patch <message> <field> <strategy> [<merge key>]`: the field's strategic-merge-patch
   strategy (`merge`, `retainKeys`, `merge,retainKeys`) and a list's merge key, from the Go
   tags `patchStrategy` and `patchMergeKey`.
+  `list <message> <field> <atomic|set|map> [<key>,...]`: a list's type for server-side apply,
+  from the markers `+listType` and `+listMapKey` above the Go field (a list without one merges
+  as its patch strategy says, or is atomic).
+  `atomic <message> [<field>]`: a struct (`+structType=atomic` above the type) or a field
+  (`+structType=atomic`, `+mapType=atomic`) that server-side apply owns and replaces whole.
 """
 
 import os
@@ -80,14 +85,28 @@ def proto_fields(text):
 FIELD = re.compile(r'^\s*([\w.]+)(?:\s+(\S+))?\s+`(.*)`')
 
 
+MARKER = re.compile(r"^\s*//\s*\+(listType|listMapKey|structType|mapType)=(\w+)\s*$")
+
+
 def go_fields(go_text):
     """struct name -> (proto names of non-pointer fields whose JSON tag has omitempty,
-    proto names of inline fields, {proto name: (patch strategy, merge key)})."""
-    out, current = {}, None
+    proto names of inline fields, {proto name: (patch strategy, merge key)},
+    {proto name: (list type, [map keys])}, atomic fields, whether the struct is atomic)."""
+    out, current, markers = {}, None, []
     for line in go_text.splitlines():
+        marker = MARKER.match(line)
+        if marker:
+            markers.append(marker.groups())
+            continue
+        if not line.strip().startswith("//"):
+            pending, markers = markers, []
+        else:
+            continue
         m = re.match(r"^type (\w+) struct \{", line)
         if m:
-            current = out.setdefault(m.group(1), (set(), set(), {}))
+            current = out.setdefault(m.group(1), (set(), set(), {}, {}, set(), []))
+            if ("structType", "atomic") in pending:
+                current[5].append(True)
             continue
         if line.startswith("}"):
             current = None
@@ -107,6 +126,14 @@ def go_fields(go_text):
         proto = named.group(1) if named else name.split(".")[-1][:1].lower() + name.split(".")[-1][1:]
         if not json:
             continue
+        for key, value in pending:
+            if key == "listType":
+                current[3][proto] = (value, current[3].get(proto, ("", []))[1])
+            elif key == "listMapKey":
+                kind, keys = current[3].get(proto, ("map", []))
+                current[3][proto] = (kind, keys + [value])
+            elif value == "atomic":
+                current[4].add(proto)
         strategy = re.search(r'patchStrategy:"([^"]*)"', tags)
         if strategy:
             key = re.search(r'patchMergeKey:"([^"]*)"', tags)
@@ -147,7 +174,17 @@ def main():
             if name.endswith(".go") and not name.endswith("_test.go") and "generated" not in name:
                 with open(os.path.join(src, name)) as f:
                     go += f.read() + "\n"
-        for struct, (names, inline, patches) in sorted(go_fields(go).items()):
+        for struct, (names, inline, patches, lists, atomic, whole) in sorted(go_fields(go).items()):
+            if struct not in fields:
+                continue
+            if whole:
+                omit.append(f"atomic {package}.{struct}")
+            for name in sorted(atomic):
+                if name in fields[struct]:
+                    omit.append(f"atomic {package}.{struct} {name}")
+            for name, (kind, keys) in sorted(lists.items()):
+                if name in fields[struct]:
+                    omit.append(f"list {package}.{struct} {name} {kind} {','.join(keys)}".rstrip())
             for name, (strategy, key) in sorted(patches.items()):
                 if name in fields.get(struct, {}):
                     omit.append(f"patch {package}.{struct} {name} {strategy} {key}".rstrip())

@@ -1003,3 +1003,115 @@ fn the_kubernetes_service_lists_the_live_api_servers() {
     a.proc.kill();
     wait_for(c.port, vec![c.port], "after kill -9 of a, its lease runs out");
 }
+
+/// Server-side apply through kube-rs (a client that is not kubectl): an apply creates, records
+/// its manager, conflicts with another manager's field (409 naming both), takes it over when
+/// forced, and removes what it stops applying; an ordinary update is recorded under the
+/// client's User-Agent; a dry run stores nothing.
+#[test]
+fn server_side_apply_records_managers_and_conflicts() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let etcd = Etcd::start();
+    let server = ApiServer::start(&etcd);
+    let rt = runtime();
+    rt.block_on(async {
+        let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+        let applied = |data: serde_json::Value| {
+            json!({ "apiVersion": "v1", "kind": "ConfigMap", "metadata": { "name": "cfg" }, "data": data })
+        };
+        let managers = |cm: &ConfigMap| -> Vec<String> {
+            let mut out: Vec<String> = cm
+                .metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e.manager.clone().unwrap_or_default(),
+                        e.operation.clone().unwrap_or_default()
+                    )
+                })
+                .collect();
+            out.sort();
+            out
+        };
+        let ci = PatchParams::apply("ci");
+        let cm = cms
+            .patch("cfg", &ci, &Patch::Apply(applied(json!({"a": "1", "b": "2"}))))
+            .await
+            .expect("apply creates");
+        assert_eq!(managers(&cm), ["ci/Apply"]);
+
+        // Another manager changes "a" with an ordinary merge patch.
+        let edit = PatchParams { field_manager: Some("editor".into()), ..Default::default() };
+        cms.patch("cfg", &edit, &Patch::Merge(json!({"data": {"a": "9"}}))).await.expect("edit");
+
+        let err = cms
+            .patch("cfg", &ci, &Patch::Apply(applied(json!({"a": "1", "b": "2"}))))
+            .await
+            .expect_err("conflict");
+        let st = status(err);
+        assert_eq!(st.code, 409);
+        assert_eq!(st.reason, "Conflict");
+        assert_eq!(
+            st.message,
+            "Apply failed with 1 conflict: conflict with \"editor\" using v1: .data.a"
+        );
+
+        // Dropping "b" and not touching "a" is no conflict; "b" goes.
+        let cm = cms
+            .patch("cfg", &ci, &Patch::Apply(applied(json!({"c": "3"}))))
+            .await
+            .expect("apply without a");
+        let data = cm.data.clone().unwrap_or_default();
+        assert_eq!(data.get("a").map(String::as_str), Some("9"), "the editor's field stays");
+        assert!(!data.contains_key("b"), "{data:?}");
+        assert_eq!(data.get("c").map(String::as_str), Some("3"));
+
+        // A dry run answers the outcome and stores nothing.
+        let mut dry = PatchParams::apply("ci").force();
+        dry.dry_run = true;
+        let answer = cms
+            .patch("cfg", &dry, &Patch::Apply(applied(json!({"a": "1", "c": "3"}))))
+            .await
+            .expect("dry run");
+        assert_eq!(answer.data.unwrap_or_default().get("a").map(String::as_str), Some("1"));
+        let stored = cms.get("cfg").await.expect("get");
+        assert_eq!(stored.data.clone().unwrap_or_default().get("a").map(String::as_str), Some("9"));
+
+        let cm = cms
+            .patch("cfg", &PatchParams::apply("ci").force(), &Patch::Apply(applied(json!({"a": "1", "c": "3"}))))
+            .await
+            .expect("forced");
+        assert_eq!(cm.data.unwrap_or_default().get("a").map(String::as_str), Some("1"));
+        let stored = cms.get("cfg").await.expect("get");
+        assert_eq!(managers(&stored), ["ci/Apply"], "the editor owned only a, which moved");
+
+        // An update without fieldManager is recorded under the User-Agent's product name.
+        let http = reqwest::Client::new();
+        let r = http
+            .patch(format!("{}/api/v1/namespaces/default/configmaps/cfg", server.url()))
+            .header("Content-Type", "application/merge-patch+json")
+            .header("User-Agent", "my-tool/2.1 (linux)")
+            .body(r#"{"data":{"d":"4"}}"#)
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(r.status(), 200);
+        let stored = cms.get("cfg").await.expect("get");
+        assert_eq!(managers(&stored), ["ci/Apply", "my-tool/Update"]);
+
+        // An apply patch without a manager is refused.
+        let r = http
+            .patch(format!("{}/api/v1/namespaces/default/configmaps/cfg", server.url()))
+            .header("Content-Type", "application/apply-patch+yaml")
+            .body("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cfg}\n")
+            .send()
+            .await
+            .expect("PATCH");
+        assert_eq!(r.status(), 400);
+        let text = r.text().await.unwrap_or_default();
+        assert!(text.contains("fieldManager: Required value"), "{text}");
+    });
+}

@@ -137,6 +137,40 @@ expect '^service/web unchanged$'
 run kubectl get deployment web -o 'jsonpath={.spec.template.spec.containers[0].image} {.spec.template.spec.containers[0].env[0].value} {.metadata.labels.tier} {.metadata.generation}'
 expect '^nginx:1.26 bonjour frontend [0-9]+$'
 
+step="apply --server-side (managed fields, conflicts, --force-conflicts, --field-manager, dry run)"
+managed=""
+if [ "$minor" -ge 21 ]; then managed="--show-managed-fields"; fi
+fields='{range .metadata.managedFields[*]}{.manager}/{.operation}{" "}{end}'
+run kubectl apply --server-side -f "$here/cache.yaml"
+expect '^deployment.apps/cache serverside-applied$'
+run kubectl get deployment cache $managed -o "jsonpath=$fields"
+expect '^kubectl/Apply $'
+run kubectl get deployment cache $managed -o 'jsonpath={.metadata.managedFields[0].fieldsV1}'
+expect '"k:\{\\"name\\":\\"redis\\"\}"'
+run kubectl scale deployment cache --replicas=4
+run_fails kubectl apply --server-side -f "$here/cache.yaml"
+expect 'Apply failed with 1 conflict: conflict with "kubectl[^"]*"( with subresource "scale")? using apps/v1: \.spec\.replicas'
+expect 'force-conflicts'
+run kubectl apply --server-side --force-conflicts -f "$here/cache.yaml"
+expect '^deployment.apps/cache serverside-applied$'
+run kubectl get deployment cache -o 'jsonpath={.spec.replicas}'
+expect '^2$'
+run kubectl apply --server-side --field-manager=ci -f "$here/cache.yaml"
+run kubectl get deployment cache $managed -o "jsonpath=$fields"
+expect 'ci/Apply'
+expect 'kubectl/Apply'
+sed 's/replicas: 2/replicas: 7/' "$here/cache.yaml" | sed 's/^  name: cache$/  name: cache/' >"$HOME/cache-7.yaml"
+run kubectl apply --server-side --force-conflicts --dry-run=server -f "$HOME/cache-7.yaml"
+expect 'serverside-applied \(server dry run\)'
+run kubectl get deployment cache -o 'jsonpath={.spec.replicas}'
+expect '^2$'
+run kubectl create deployment dry --image=nginx --dry-run=server -o name
+expect '^deployment.apps/dry$'
+run_fails kubectl get deployment dry
+expect 'NotFound'
+run kubectl delete deployment cache
+expect 'deployment.apps "cache" deleted'
+
 step="statefulset and disruption budget"
 run kubectl apply -f "$here/db.yaml"
 expect '^statefulset.apps/db created$'

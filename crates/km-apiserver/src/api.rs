@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 
 use crate::alloc::Ranges;
 use crate::error::{ApiError, ApiResult, Cause};
+use crate::managed::{self, Writer};
 use crate::metrics::Metrics;
 use crate::nodeproxy::NodeProxy;
 use crate::object::{self, child, name_of, unix_now, with_revision};
@@ -61,6 +62,35 @@ pub const SYSTEM_NAMESPACES: &[&str] =
 
 /// Query parameters, last value wins.
 pub type Query = HashMap<String, String>;
+
+/// Who asks for a write, and how.
+#[derive(Debug, Clone, Default)]
+pub struct Write {
+    /// The field manager the write is recorded for in `metadata.managedFields` (none: the
+    /// server's own bookkeeping, not recorded).
+    pub manager: Option<String>,
+    /// `dryRun=All`: everything a write does but storing it.
+    pub dry_run: bool,
+}
+
+impl Write {
+    /// The manager's entry, for a write through `subresource`.
+    fn writer(&self, subresource: Option<&str>) -> Option<Writer> {
+        let manager = self.manager.clone()?;
+        Some(Writer { manager, subresource: subresource.unwrap_or_default().to_owned() })
+    }
+}
+
+/// `dryRun` of a request: absent, or `All` (the only value Kubernetes knows).
+pub fn dry_run(query: &Query) -> ApiResult<bool> {
+    match query.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All") => Ok(true),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "Invalid dry run value: {other:?}: supported values: \"All\""
+        ))),
+    }
+}
 
 pub fn parse_query(raw: Option<&str>) -> Query {
     form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).into_owned().collect()
@@ -232,6 +262,8 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
     pub propagation: Option<String>,
+    /// `dryRun=All` (query or body): checked, not done.
+    pub dry_run: bool,
 }
 
 impl DeleteOptions {
@@ -254,6 +286,8 @@ impl DeleteOptions {
                         .or_else(|| query.get("orphanDependents").map(|v| v == "true" || v == "1"));
                     orphan.map(|o| if o { "Orphan" } else { "Background" }.to_owned())
                 }),
+            dry_run: query.get("dryRun").is_some_and(|v| v == "All")
+                || body["dryRun"].as_array().is_some_and(|a| a.iter().any(|v| v == "All")),
         }
     }
 
@@ -277,6 +311,8 @@ pub enum Mutation<'a> {
     Replace(Value),
     /// PATCH with this content type.
     Patch { content_type: &'a str, patch: Value },
+    /// Server-side apply of this configuration (`force`: take conflicting fields over).
+    Apply { config: Value, force: bool },
     /// Any change computed from the current object (binding, scale, delete).
     With(Box<dyn FnMut(Value) -> ApiResult<Value> + Send + 'a>),
 }
@@ -305,29 +341,49 @@ impl<S: Storage> Api<S> {
         Ok(())
     }
 
+    /// A create by the server itself (not recorded in managedFields).
     pub async fn create(
         &self,
         kind: &'static Kind,
         namespace: Option<&str>,
         obj: Value,
     ) -> ApiResult<Value> {
-        let created = self.create_object(kind, namespace, obj).await?;
-        if kind.is("Namespace") {
+        self.create_as(kind, namespace, obj, &Write::default()).await
+    }
+
+    pub async fn create_as(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        obj: Value,
+        write: &Write,
+    ) -> ApiResult<Value> {
+        let writer = write.writer(None);
+        let created =
+            self.create_object(kind, namespace, obj, writer.as_ref(), write.dry_run).await?;
+        if kind.is("Namespace") && !write.dry_run {
             self.create_default_service_account(name_of(&created)).await;
         }
         Ok(created)
     }
 
+    /// Creates `obj`, recorded for `writer` (none: its `managedFields`, if any, are kept as
+    /// they are, which is how an apply that creates hands over its managers).
     async fn create_object(
         &self,
         kind: &'static Kind,
         namespace: Option<&str>,
         mut obj: Value,
+        writer: Option<&Writer>,
+        dry_run: bool,
     ) -> ApiResult<Value> {
         object::check_type(kind, &obj)?;
-        object::prepare_create(kind, &mut obj, namespace, unix_now())?;
+        let requested = obj["metadata"].get("managedFields").cloned();
+        let now = unix_now();
+        object::prepare_create(kind, &mut obj, namespace, now)?;
         object::apply_defaults(kind, &mut obj);
         object::drop_nulls(&mut obj);
+        managed::track_update(kind, writer, None, &mut obj, requested.as_ref(), now)?;
         object::validate(kind, &obj)?;
         if !self.config.allow_privileged {
             object::forbid_privileged(kind, &obj)?;
@@ -346,6 +402,9 @@ impl<S: Storage> Api<S> {
                 kind.plural
             )));
         }
+        if dry_run {
+            return Ok(obj);
+        }
         let claimed = if kind.is("Service") {
             self.config.ranges.allocate(&*self.storage, kind, &mut obj, None).await?
         } else {
@@ -363,7 +422,7 @@ impl<S: Storage> Api<S> {
     async fn create_default_service_account(&self, namespace: &str) {
         let Some(sa) = registry::by_kind("ServiceAccount") else { return };
         let obj = json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "default" } });
-        if let Err(e) = self.create_object(sa, Some(namespace), obj).await
+        if let Err(e) = self.create_object(sa, Some(namespace), obj, None, false).await
             && !matches!(e, ApiError::AlreadyExists { .. })
         {
             tracing::warn!("default service account in {namespace}: {e}");
@@ -558,15 +617,90 @@ impl<S: Storage> Api<S> {
         self.watches.watch(req).await
     }
 
-    /// Read-modify-write of one object until the store accepts it.
+    /// An update by the server itself (not recorded in managedFields).
     pub async fn update(
         &self,
         kind: &'static Kind,
         namespace: Option<&str>,
         name: &str,
         subresource: Option<&str>,
-        mut mutation: Mutation<'_>,
+        mutation: Mutation<'_>,
     ) -> ApiResult<Value> {
+        self.update_as(kind, namespace, name, subresource, mutation, &Write::default()).await
+    }
+
+    /// Server-side apply: the object as applied, and whether the apply created it.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        config: Value,
+        force: bool,
+        write: &Write,
+    ) -> ApiResult<(Value, bool)> {
+        let Some(writer) = write.writer(subresource) else {
+            return Err(ApiError::BadRequest(
+                "PATCH with an apply patch requires a fieldManager".into(),
+            ));
+        };
+        if !config.is_object() {
+            return Err(ApiError::BadRequest("an apply patch must be an object".into()));
+        }
+        for (field, want) in [("apiVersion", kind.api_version), ("kind", kind.kind)] {
+            match config.get(field).and_then(Value::as_str) {
+                Some(v) if v == want => {}
+                Some(v) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "{field} of the apply patch ({v}) is not {want}, the {field} of {}",
+                        kind.plural
+                    )));
+                }
+                None => {
+                    return Err(ApiError::BadRequest(format!(
+                        "an apply patch must name its {field} ({want})"
+                    )));
+                }
+            }
+        }
+        let mutation = Mutation::Apply { config: config.clone(), force };
+        match self.update_as(kind, namespace, name, subresource, mutation, write).await {
+            Ok(obj) => Ok((obj, false)),
+            Err(ApiError::NotFound { .. }) if subresource.is_none() => {
+                if config["metadata"]["name"].as_str().is_some_and(|n| n != name) {
+                    return Err(ApiError::BadRequest(format!(
+                        "the name of the object ({}) does not match the name on the URL ({name})",
+                        config["metadata"]["name"].as_str().unwrap_or_default()
+                    )));
+                }
+                let mut obj = managed::apply(kind, &writer, None, &config, force, unix_now())?;
+                child(&mut obj, "metadata")["name"] = json!(name);
+                let created = self.create_object(kind, namespace, obj, None, write.dry_run).await?;
+                Ok((created, true))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Read-modify-write of one object until the store accepts it, recorded for `write`'s
+    /// manager.
+    pub async fn update_as(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        name: &str,
+        subresource: Option<&str>,
+        mut mutation: Mutation<'_>,
+        write: &Write,
+    ) -> ApiResult<Value> {
+        let writer = match subresource {
+            // A binding is the scheduler's, a finalize the namespace controller's: both are
+            // the server's bookkeeping, not recorded.
+            Some("binding" | "finalize") => None,
+            _ => write.writer(subresource),
+        };
         let key = kind.key(namespace, name);
         // The first read comes from the watch cache when one runs; after a
         // lost compare-and-swap the store hands back the winner's value.
@@ -594,6 +728,7 @@ impl<S: Storage> Api<S> {
                 &mut mutation,
                 &kv,
                 self.config.allow_privileged,
+                writer.as_ref(),
             ) {
                 Ok(planned) => planned,
                 Err(_) if cached => continue,
@@ -624,6 +759,10 @@ impl<S: Storage> Api<S> {
                     continue;
                 }
                 return Ok(current);
+            }
+            if write.dry_run {
+                self.config.ranges.release(&*self.storage, &claimed).await;
+                return Ok(with_revision(new, kv.mod_revision));
             }
             let result = self.storage.update(&key, bytes, kv.mod_revision).await;
             if result.is_err() {
@@ -769,6 +908,9 @@ impl<S: Storage> Api<S> {
                     ),
                 ));
             }
+            if options.dry_run {
+                return Ok(with_revision(obj, kv.mod_revision));
+            }
             let now = unix_now();
             // Foreground and orphan deletion: the garbage collector deals with the dependents
             // first, then removes the finalizer, which completes the deletion.
@@ -843,6 +985,7 @@ impl<S: Storage> Api<S> {
         name: &str,
         content_type: Option<&str>,
         body: Value,
+        write: &Write,
     ) -> ApiResult<Value> {
         let mutation = Mutation::With(Box::new(move |mut obj: Value| {
             let mut scale = scale_of(&obj);
@@ -870,7 +1013,7 @@ impl<S: Storage> Api<S> {
             }
             Ok(obj)
         }));
-        let obj = self.update(kind, namespace, name, None, mutation).await?;
+        let obj = self.update_as(kind, namespace, name, Some("scale"), mutation, write).await?;
         Ok(scale_of(&obj))
     }
 }
@@ -885,18 +1028,33 @@ fn plan_update(
     mutation: &mut Mutation<'_>,
     kv: &crate::storage::Kv,
     allow_privileged: bool,
+    writer: Option<&Writer>,
 ) -> ApiResult<(Value, Value, Value)> {
     let stored = decode(&kv.value)?;
     let current = with_revision(stored.clone(), kv.mod_revision);
-    let desired = match mutation {
+    let now = unix_now();
+    let (desired, recorded) = match mutation {
         Mutation::Replace(body) => {
             object::check_type(kind, body)?;
-            body.clone()
+            (body.clone(), writer)
         }
         Mutation::Patch { content_type, patch } => {
-            patch::apply(kind, content_type, current.clone(), patch)?
+            (patch::apply(kind, content_type, current.clone(), patch)?, writer)
         }
-        Mutation::With(f) => f(current.clone())?,
+        Mutation::With(f) => (f(current.clone())?, writer),
+        // The apply has recorded its managers already.
+        Mutation::Apply { config, force } => {
+            let Some(applier) = writer else {
+                return Err(ApiError::BadRequest("an apply needs a field manager".into()));
+            };
+            (managed::apply(kind, applier, Some(&stored), config, *force, now)?, None)
+        }
+    };
+    // Managers a request sets itself replace the stored ones (an update through a
+    // subresource cannot set them).
+    let requested = match subresource {
+        None => desired["metadata"].get("managedFields").cloned(),
+        Some(_) => None,
     };
     if let Some(body_name) = desired["metadata"]["name"].as_str()
         && body_name != name
@@ -931,6 +1089,16 @@ fn plan_update(
             object::forbid_privileged(kind, &new)?;
         }
         object::validate_update(kind, &stored, &new)?;
+    }
+    match subresource {
+        Some("binding" | "finalize") => {
+            if let Some(m) = stored["metadata"].get("managedFields") {
+                child(&mut new, "metadata")["managedFields"] = m.clone();
+            }
+        }
+        _ => {
+            managed::track_update(kind, recorded, Some(&stored), &mut new, requested.as_ref(), now)?
+        }
     }
     Ok((stored, current, new))
 }

@@ -56,6 +56,9 @@ pub enum ApiError {
     Conflict { group: String, plural: String, name: String, message: String },
     #[error("{} \"{name}\" is invalid: {}", qualified(.kind, .group), summary(.causes))]
     Invalid { group: String, kind: String, name: String, causes: Vec<Cause> },
+    /// 409 of a server-side apply that would change fields other managers own.
+    #[error("{message}")]
+    FieldConflicts { message: String, causes: Vec<Cause> },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -157,7 +160,9 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::FieldConflicts { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -175,7 +180,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::FieldConflicts { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::Forbidden(_) => "Forbidden",
@@ -210,11 +215,11 @@ impl ApiError {
                 "name": name,
                 "group": group,
                 "kind": kind,
-                "causes": causes
-                    .iter()
-                    .map(|c| json!({ "reason": c.reason, "message": c.message, "field": c.field }))
-                    .collect::<Vec<_>>(),
+                "causes": causes_json(causes),
             })),
+            ApiError::FieldConflicts { causes, .. } => {
+                Some(json!({ "causes": causes_json(causes) }))
+            }
             _ => None,
         };
         if let Some(details) = details {
@@ -222,6 +227,13 @@ impl ApiError {
         }
         status
     }
+}
+
+fn causes_json(causes: &[Cause]) -> Vec<Value> {
+    causes
+        .iter()
+        .map(|c| json!({ "reason": c.reason, "message": c.message, "field": c.field }))
+        .collect()
 }
 
 impl IntoResponse for ApiError {

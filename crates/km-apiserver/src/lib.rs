@@ -21,6 +21,7 @@ pub mod api;
 pub mod apiservers;
 pub mod config;
 pub mod error;
+pub mod managed;
 pub mod metrics;
 pub mod nodeproxy;
 pub mod object;

@@ -176,8 +176,53 @@ pub async fn serve_v3(axum::extract::Path(path): axum::extract::Path<String>) ->
     }
 }
 
-/// The swagger 2.0 document (JSON): no paths, the definitions of every
-/// served kind and of the types they refer to.
+/// The query parameters of a write, as Kubernetes documents them on each operation.
+const WRITE_PARAMETERS: [(&str, &str, &str); 3] = [
+    ("dryRun", "string", "All: check and answer everything, store nothing."),
+    ("fieldManager", "string", "the name the change is recorded for in managedFields"),
+    ("force", "boolean", "an apply takes over fields other managers own"),
+];
+
+/// Item paths with their PATCH operation (naming the kind and the write parameters):
+/// kubectl before 1.22 looks a kind's dryRun support up there.
+fn v2_paths() -> Map<String, Value> {
+    let mut paths = Map::new();
+    for kind in KINDS {
+        let prefix = if kind.group.is_empty() {
+            format!("/api/{}", kind.version)
+        } else {
+            format!("/apis/{}/{}", kind.group, kind.version)
+        };
+        let item = if kind.namespaced {
+            format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", kind.plural)
+        } else {
+            format!("{prefix}/{}/{{name}}", kind.plural)
+        };
+        let parameters: Vec<Value> = WRITE_PARAMETERS
+            .iter()
+            .map(|(name, ty, about)| {
+                json!({ "name": name, "in": "query", "type": ty, "description": about })
+            })
+            .collect();
+        paths.insert(
+            item,
+            json!({ "patch": {
+                "consumes": [
+                    crate::patch::JSON_PATCH,
+                    crate::patch::MERGE_PATCH,
+                    crate::patch::STRATEGIC_MERGE_PATCH,
+                    crate::patch::APPLY_PATCH,
+                ],
+                "parameters": parameters,
+                GVK_EXTENSION: { "group": kind.group, "kind": kind.kind, "version": kind.version },
+            } }),
+        );
+    }
+    paths
+}
+
+/// The swagger 2.0 document (JSON): the item paths' PATCH operations, the definitions of
+/// every served kind and of the types they refer to.
 pub fn document() -> Value {
     let mut generator = schemars::generate::SchemaSettings::draft2020_12()
         .with(|s| {
@@ -230,7 +275,7 @@ pub fn document() -> Value {
     json!({
         "swagger": "2.0",
         "info": { "title": "km apiserver", "version": format!("v{major}.{minor}.0-km") },
-        "paths": {},
+        "paths": v2_paths(),
         "definitions": definitions,
     })
 }
@@ -272,9 +317,69 @@ pub fn to_protobuf(doc: &Value) -> pb::Document {
             version: str_of(&info, "version"),
             description: str_of(&info, "description"),
         }),
-        paths: Some(pb::Paths::default()),
+        paths: Some(pb::Paths {
+            vendor_extension: Vec::new(),
+            path: doc["paths"]
+                .as_object()
+                .map(|paths| paths.iter().map(|(name, item)| path_item(name, item)).collect())
+                .unwrap_or_default(),
+        }),
         definitions: Some(pb::Definitions {
             additional_properties: named_schemas(doc.get("definitions")),
+        }),
+    }
+}
+
+fn path_item(name: &str, item: &Value) -> pb::NamedPathItem {
+    let patch = &item["patch"];
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default()
+    };
+    let parameters = patch["parameters"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            let text = |k: &str| p[k].as_str().unwrap_or_default().to_owned();
+            let query = pb::QueryParameterSubSchema {
+                required: false,
+                r#in: text("in"),
+                description: text("description"),
+                name: text("name"),
+                r#type: text("type"),
+            };
+            pb::ParametersItem {
+                oneof: Some(pb::parameters_item::Oneof::Parameter(pb::Parameter {
+                    oneof: Some(pb::parameter::Oneof::NonBodyParameter(pb::NonBodyParameter {
+                        oneof: Some(pb::non_body_parameter::Oneof::QueryParameterSubSchema(query)),
+                    })),
+                })),
+            }
+        })
+        .collect();
+    let vendor_extension = patch
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| k.starts_with("x-"))
+                .map(|(k, v)| pb::NamedAny {
+                    name: k.clone(),
+                    value: Some(pb::Any { yaml: serde_yaml_ng::to_string(v).unwrap_or_default() }),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pb::NamedPathItem {
+        name: name.to_owned(),
+        value: Some(pb::PathItem {
+            patch: Some(pb::Operation {
+                consumes: strings(&patch["consumes"]),
+                parameters,
+                vendor_extension,
+            }),
         }),
     }
 }

@@ -59,6 +59,12 @@ struct JsonRules {
     inline: Vec<&'static str>,
     /// Strategic-merge-patch strategy and merge key, by field.
     patch: HashMap<&'static str, (&'static str, Option<&'static str>)>,
+    /// Server-side apply's list type (`atomic`, `set`, `map`) and map keys, by field.
+    list: HashMap<&'static str, (&'static str, Vec<&'static str>)>,
+    /// The whole message is atomic for server-side apply.
+    atomic: bool,
+    /// Fields that are atomic for server-side apply.
+    atomic_fields: HashSet<&'static str>,
 }
 
 static JSON_RULES: LazyLock<HashMap<&'static str, JsonRules>> = LazyLock::new(|| {
@@ -75,6 +81,18 @@ static JSON_RULES: LazyLock<HashMap<&'static str, JsonRules>> = LazyLock::new(||
                     entry.patch.insert(field, (strategy, words.next()));
                 }
             }
+            "list" => {
+                if let (Some(field), Some(kind)) = (words.next(), words.next()) {
+                    let keys = words.next().map(|k| k.split(',').collect()).unwrap_or_default();
+                    entry.list.insert(field, (kind, keys));
+                }
+            }
+            "atomic" => match words.next() {
+                Some(field) => {
+                    entry.atomic_fields.insert(field);
+                }
+                None => entry.atomic = true,
+            },
             _ => {}
         }
     }
@@ -403,6 +421,102 @@ impl PatchMeta {
             child: PatchMeta(child),
             strategy: rule.map(|(s, _)| s),
             merge_key: rule.and_then(|(_, k)| k),
+        }
+    }
+}
+
+/// How server-side apply sees a value: which parts of it a field manager can own apart.
+#[derive(Debug, Clone)]
+pub enum Shape {
+    /// Nothing is known (a field the types do not declare): objects are granular, lists atomic.
+    Untyped,
+    /// Owned whole: a scalar, or an atomic list, map or struct.
+    Leaf,
+    /// An object whose fields are the message's (inline fields included).
+    Struct(MessageDescriptor),
+    /// An object with free keys (labels, resource lists); each value has the shape given.
+    Map(Box<Shape>),
+    /// A list whose items are owned one by one, and the shape of an item.
+    List(ListType, Box<Shape>),
+}
+
+/// How a non-atomic list's items are told apart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListType {
+    /// By their value (a list of scalars used as a set).
+    Set,
+    /// By the values of these fields (an associative list).
+    Map(Vec<&'static str>),
+}
+
+impl Shape {
+    /// The shape of a served kind's objects.
+    pub fn of_kind(api_version: &str, kind: &str) -> Shape {
+        match message_for(api_version, kind) {
+            Some(m) => Shape::of_message(m),
+            None => Shape::Untyped,
+        }
+    }
+
+    fn of_message(m: MessageDescriptor) -> Shape {
+        let name = m.full_name();
+        let scalar_like = [TIME, MICRO_TIME, DURATION, FIELDS_V1, QUANTITY, INT_OR_STRING];
+        if scalar_like.contains(&name) || name == RAW_EXTENSION {
+            return Shape::Leaf;
+        }
+        if JSON_RULES.get(name).is_some_and(|r| r.atomic) {
+            return Shape::Leaf;
+        }
+        Shape::Struct(m)
+    }
+
+    /// The shape of field `key` of an object of this shape.
+    pub fn field(&self, key: &str) -> Shape {
+        match self {
+            Shape::Untyped => Shape::Untyped,
+            Shape::Leaf => Shape::Leaf,
+            Shape::Map(value) => (**value).clone(),
+            Shape::List(..) => Shape::Untyped,
+            Shape::Struct(desc) => {
+                let Some((owner, field)) = find_field(desc, key) else { return Shape::Untyped };
+                let rules = JSON_RULES.get(owner.full_name());
+                if rules.is_some_and(|r| r.atomic_fields.contains(field.name())) {
+                    return Shape::Leaf;
+                }
+                let element = |kind: FieldKind| match kind {
+                    FieldKind::Message(m) => Shape::of_message(m),
+                    _ => Shape::Leaf,
+                };
+                if field.is_map() {
+                    let FieldKind::Message(entry) = field.kind() else { return Shape::Untyped };
+                    return Shape::Map(Box::new(element(entry.map_entry_value_field().kind())));
+                }
+                if !field.is_list() {
+                    return element(field.kind());
+                }
+                let item = element(field.kind());
+                let declared = rules.and_then(|r| r.list.get(field.name()));
+                let patch = rules.and_then(|r| r.patch.get(field.name()));
+                let list_type = match (declared, patch) {
+                    (Some(("map", keys)), _) if !keys.is_empty() => ListType::Map(keys.clone()),
+                    (Some(("set", _)), _) => ListType::Set,
+                    (Some(_), _) => return Shape::Leaf,
+                    (None, Some((strategy, Some(key)))) if strategy.contains("merge") => {
+                        ListType::Map(vec![*key])
+                    }
+                    (None, Some((strategy, None))) if strategy.contains("merge") => ListType::Set,
+                    _ => return Shape::Leaf,
+                };
+                Shape::List(list_type, Box::new(item))
+            }
+        }
+    }
+
+    /// The shape of an item of a list of this shape.
+    pub fn item(&self) -> Shape {
+        match self {
+            Shape::List(_, item) => (**item).clone(),
+            _ => Shape::Untyped,
         }
     }
 }

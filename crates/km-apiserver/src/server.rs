@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
 
-use crate::api::{Api, DeleteOptions, Mutation, Query, parse_query};
+use crate::api::{Api, DeleteOptions, Mutation, Query, Write, parse_query};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::RequestLabels;
 use crate::protobuf;
@@ -531,7 +531,8 @@ async fn collection<S: Storage>(
             if ns.is_none() && kind.namespaced {
                 return Err(method_not_allowed(method));
             }
-            let obj = api.create(kind, ns, decode_body(headers, body)?).await?;
+            let write = write_of(query, headers)?;
+            let obj = api.create_as(kind, ns, decode_body(headers, body)?, &write).await?;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
         Method::DELETE => {
@@ -576,14 +577,14 @@ async fn item<S: Storage>(
             Ok(json_response(StatusCode::OK, &obj))
         }
         Method::PUT => {
-            let obj = api
-                .update(kind, ns, name, None, Mutation::Replace(decode_body(headers, body)?))
-                .await?;
+            let write = write_of(query, headers)?;
+            let replace = Mutation::Replace(decode_body(headers, body)?);
+            let obj = api.update_as(kind, ns, name, None, replace, &write).await?;
             Ok(json_response(StatusCode::OK, &obj))
         }
         Method::PATCH => {
-            let obj = patch(api, kind, ns, name, None, headers, body).await?;
-            Ok(json_response(StatusCode::OK, &obj))
+            let (obj, code) = patch(api, kind, ns, name, None, query, headers, body).await?;
+            Ok(json_response(code, &obj))
         }
         Method::DELETE => {
             let options_body =
@@ -600,18 +601,57 @@ fn content_type(headers: &HeaderMap) -> &str {
     headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default()
 }
 
+/// The field manager and dry-run mode a write request asks for.
+fn write_of(query: &Query, headers: &HeaderMap) -> ApiResult<Write> {
+    let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
+    let manager =
+        crate::managed::manager_name(query.get("fieldManager").map(String::as_str), agent)
+            .map_err(ApiError::BadRequest)?;
+    Ok(Write { manager: Some(manager), dry_run: crate::api::dry_run(query)? })
+}
+
+/// A PATCH: the patched object and its status code (201 when an apply created it).
+#[allow(clippy::too_many_arguments)]
 async fn patch<S: Storage>(
     api: &Api<S>,
     kind: &'static Kind,
     ns: Option<&str>,
     name: &str,
     subresource: Option<&str>,
+    query: &Query,
     headers: &HeaderMap,
     body: &Bytes,
-) -> ApiResult<Value> {
+) -> ApiResult<(Value, StatusCode)> {
     let ct = content_type(headers).to_owned();
     if ct.is_empty() {
         return Err(ApiError::UnsupportedMediaType("a PATCH needs a Content-Type".into()));
+    }
+    let write = write_of(query, headers)?;
+    let force = match query.get("force").map(String::as_str) {
+        None => None,
+        Some("true" | "1") => Some(true),
+        Some("false" | "0") => Some(false),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!("force: invalid value {other:?}")));
+        }
+    };
+    if ct.starts_with(crate::patch::APPLY_PATCH) {
+        let config: Value = serde_yaml_ng::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("invalid apply patch: {e}")))?;
+        if write.manager.as_deref().is_none_or(str::is_empty) {
+            return Err(ApiError::BadRequest(
+                "fieldManager: Required value: is required for apply patch".into(),
+            ));
+        }
+        let force = force.unwrap_or(false);
+        let (obj, created) = api.apply(kind, ns, name, subresource, config, force, &write).await?;
+        let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+        return Ok((obj, code));
+    }
+    if force.is_some() {
+        return Err(ApiError::BadRequest(
+            "force: Invalid value: may not be specified for non-apply patch".into(),
+        ));
     }
     let patch: Value = if ct.contains("yaml") {
         serde_yaml_ng::from_slice(body)
@@ -620,7 +660,8 @@ async fn patch<S: Storage>(
         serde_json::from_slice(body)
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch body: {e}")))?
     };
-    api.update(kind, ns, name, subresource, Mutation::Patch { content_type: &ct, patch }).await
+    let mutation = Mutation::Patch { content_type: &ct, patch };
+    Ok((api.update_as(kind, ns, name, subresource, mutation, &write).await?, StatusCode::OK))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -647,48 +688,40 @@ async fn subresource<S: Storage>(
             Ok(json_response(StatusCode::CREATED, &status))
         }
         ("finalize", Method::PUT) if kind.is("Namespace") => {
-            let obj = api
-                .update(
-                    kind,
-                    None,
-                    name,
-                    Some("finalize"),
-                    Mutation::Replace(decode_body(headers, body)?),
-                )
-                .await?;
+            let write = write_of(query, headers)?;
+            let replace = Mutation::Replace(decode_body(headers, body)?);
+            let obj = api.update_as(kind, None, name, Some("finalize"), replace, &write).await?;
             Ok(json_response(StatusCode::OK, &obj))
         }
         ("status", Method::GET) => {
             Ok(json_response(StatusCode::OK, &api.get(kind, ns, name).await?))
         }
         ("status", Method::PUT) => {
-            let obj = api
-                .update(
-                    kind,
-                    ns,
-                    name,
-                    Some("status"),
-                    Mutation::Replace(decode_body(headers, body)?),
-                )
-                .await?;
+            let write = write_of(query, headers)?;
+            let replace = Mutation::Replace(decode_body(headers, body)?);
+            let obj = api.update_as(kind, ns, name, Some("status"), replace, &write).await?;
             Ok(json_response(StatusCode::OK, &obj))
         }
-        ("status", Method::PATCH) => Ok(json_response(
-            StatusCode::OK,
-            &patch(api, kind, ns, name, Some("status"), headers, body).await?,
-        )),
+        ("status", Method::PATCH) => {
+            let (obj, code) =
+                patch(api, kind, ns, name, Some("status"), query, headers, body).await?;
+            Ok(json_response(code, &obj))
+        }
         ("scale", Method::GET) => {
             Ok(json_response(StatusCode::OK, &api.get_scale(kind, ns, name).await?))
         }
         ("scale", Method::PUT) => {
-            let scale = api.update_scale(kind, ns, name, None, decode_body(headers, body)?).await?;
+            let write = write_of(query, headers)?;
+            let body = decode_body(headers, body)?;
+            let scale = api.update_scale(kind, ns, name, None, body, &write).await?;
             Ok(json_response(StatusCode::OK, &scale))
         }
         ("scale", Method::PATCH) => {
             let ct = content_type(headers).to_owned();
             let patch: Value = serde_json::from_slice(body)
                 .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch body: {e}")))?;
-            let scale = api.update_scale(kind, ns, name, Some(&ct), patch).await?;
+            let write = write_of(query, headers)?;
+            let scale = api.update_scale(kind, ns, name, Some(&ct), patch, &write).await?;
             Ok(json_response(StatusCode::OK, &scale))
         }
         _ => Err(method_not_allowed(method)),

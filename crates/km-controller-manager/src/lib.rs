@@ -277,6 +277,14 @@ async fn client(args: &Args) -> anyhow::Result<kube::Client> {
         config.cluster_url = url.parse().with_context(|| format!("--master {url:?}"))?;
     }
     config.connect_timeout = Some(Duration::from_secs(5));
+    // The API server records the controllers' writes under this name (managedFields).
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!(
+            "km-controller-manager/",
+            env!("CARGO_PKG_VERSION")
+        )),
+    ));
     kube::Client::try_from(config).context("building the API client")
 }
 

@@ -62,6 +62,10 @@ pub fn clients(urls: &[String]) -> Result<Vec<kube::Client>, MirrorError> {
             config.connect_timeout = Some(Duration::from_secs(5));
             config.read_timeout = Some(Duration::from_secs(15));
             config.write_timeout = Some(Duration::from_secs(15));
+            config.headers.push((
+                http::header::USER_AGENT,
+                http::HeaderValue::from_static(concat!("km-kubelet/", env!("CARGO_PKG_VERSION"))),
+            ));
             kube::Client::try_from(config).map_err(|e| bad(e.to_string()))
         })
         .collect()

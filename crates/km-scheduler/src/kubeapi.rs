@@ -90,6 +90,11 @@ async fn config_for(settings: &Settings, url: Option<&str>) -> Result<kube::Conf
         })?;
     }
     config.connect_timeout = Some(Duration::from_secs(5));
+    // The API server records the scheduler's writes under this name (managedFields).
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(concat!("km-scheduler/", env!("CARGO_PKG_VERSION"))),
+    ));
     Ok(config)
 }
 
