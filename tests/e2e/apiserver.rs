@@ -442,7 +442,8 @@ fn bind_status_patches_and_graceful_delete() {
 }
 
 /// Every kubectl on the machine (Debian's 1.20 and the Cloud SDK's 1.27 to 1.33) runs the user
-/// workflow (tests/kubectl/scenario.sh) against the insecure port, each against a fresh server;
+/// workflow (tests/kubectl/scenario.sh) against the insecure port of a server with RBAC, each
+/// against a fresh server;
 /// each version's result is printed, and the failures are listed together.
 #[test]
 fn kubectl_scenario() {
@@ -456,7 +457,8 @@ fn kubectl_scenario() {
     let mut failed = Vec::new();
     for k in &kubectls {
         let etcd = Etcd::start();
-        let server = ApiServer::start(&etcd);
+        // RBAC on: the insecure port acts as a superuser, the scenario's --as users do not.
+        let server = ApiServer::start_with(&etcd, &["--authorization-mode=RBAC"]);
         let bin = tempfile::tempdir().expect("bin dir");
         std::os::unix::fs::symlink(k, bin.path().join("kubectl")).expect("symlink kubectl");
         let out = std::process::Command::new("bash")
@@ -487,10 +489,12 @@ fn kubectl_scenario() {
     assert!(failed.is_empty(), "the kubectl scenario failed with:\n{}", failed.join("\n\n"));
 }
 
-/// HTTPS on the secure port with rustls, bearer tokens from
-/// --token-auth-file: 401 without a known token.
+/// HTTPS on the secure port with rustls, bearer tokens from --token-auth-file (401 without a
+/// known token), and RBAC: a member of system:masters may do anything, a user nothing but
+/// what a binding gives (403 naming user, verb and resource until then), km scheduler's user
+/// what its bootstrap role gives.
 #[test]
-fn secure_port_with_tokens() {
+fn secure_port_with_tokens_and_rbac() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().expect("tempdir");
     // A CA and a serving certificate for 127.0.0.1 signed by it.
@@ -510,7 +514,11 @@ openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -
     let (ca, cert, key) =
         (dir.path().join("ca.crt"), dir.path().join("tls.crt"), dir.path().join("tls.key"));
     let tokens = dir.path().join("tokens.csv");
-    std::fs::write(&tokens, "s3cret,admin,1,\"system:masters\"\n").expect("token file");
+    std::fs::write(
+        &tokens,
+        "s3cret,admin,1,\"system:masters\"\njane-token,jane,2\nsched-token,system:km-scheduler,3\n",
+    )
+    .expect("token file");
     let port = crate::support::free_port();
     let server = ApiServer::start_with(
         &etcd,
@@ -520,6 +528,7 @@ openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -
             &format!("--tls-cert-file={}", cert.display()),
             &format!("--tls-private-key-file={}", key.display()),
             &format!("--token-auth-file={}", tokens.display()),
+            "--authorization-mode=RBAC",
         ],
     );
     let kubeconfig = |token: &str| {
@@ -549,6 +558,56 @@ openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -
         let bad: Api<Namespace> = Api::all(client_for("wrong").await);
         let err = status(bad.list(&ListParams::default()).await.expect_err("bad token"));
         assert_eq!((err.code, err.reason.as_str()), (401, "Unauthorized"));
+
+        let jane = client_for("jane-token").await;
+        let err = status(
+            Api::<Namespace>::all(jane.clone()).list(&ListParams::default()).await.expect_err("403"),
+        );
+        assert_eq!((err.code, err.reason.as_str()), (403, "Forbidden"));
+        assert_eq!(
+            err.message,
+            "namespaces is forbidden: User \"jane\" cannot list resource \"namespaces\" in API group \"\" at the cluster scope"
+        );
+        let jane_pods: Api<Pod> = Api::namespaced(jane.clone(), "default");
+        assert_eq!(status(jane_pods.list(&ListParams::default()).await.expect_err("403")).code, 403);
+        // A binding to the bootstrap `view` role in default lets her read pods there.
+        let admin = client_for("s3cret").await;
+        let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+            Api::namespaced(admin.clone(), "default");
+        let binding = obj(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": { "name": "jane-views" },
+            "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view" },
+            "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "jane" }],
+        }));
+        bindings.create(&PostParams::default(), &binding).await.expect("binding");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match jane_pods.list(&ListParams::default()).await {
+                Ok(_) => break,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert_eq!(status(e).code, 403);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("the binding never took effect: {e}"),
+            }
+        }
+        let err = status(
+            jane_pods.create(&PostParams::default(), &pod("p", json!({}))).await.expect_err("view"),
+        );
+        assert_eq!(err.code, 403, "view does not create");
+        // She may not grant herself more than she holds.
+        let jane_bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+            Api::namespaced(jane.clone(), "default");
+        let err = status(jane_bindings.create(&PostParams::default(), &binding).await.expect_err("no"));
+        assert_eq!(err.code, 403);
+
+        // km scheduler's user: pods and nodes everywhere, bindings, no secrets.
+        let sched = client_for("sched-token").await;
+        Api::<Pod>::all(sched.clone()).list(&ListParams::default()).await.expect("pods");
+        Api::<Node>::all(sched.clone()).list(&ListParams::default()).await.expect("nodes");
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::all(sched);
+        assert_eq!(status(secrets.list(&ListParams::default()).await.expect_err("no")).code, 403);
     });
     // The insecure port still answers without credentials.
     assert_eq!(http(server.port, "GET", "/api/v1/namespaces", None).map(|(c, _)| c), Some(200));

@@ -188,11 +188,41 @@ expect '^3 OrderedReady$'
 run kubectl delete -f "$here/db.yaml"
 expect 'statefulset.apps "db" deleted'
 
-step="auth can-i (every request is allowed: no authorizer yet)"
+step="RBAC: roles, bindings, impersonation, can-i, denials, no escalation"
+# The server runs with --authorization-mode=RBAC; the insecure port acts as a superuser, which
+# may impersonate (--as) users who have only what their bindings give.
 run kubectl auth can-i create pods
 expect '^yes$'
-run kubectl auth can-i --list
-expect '^\*\.\* +\[\] +\[\] +\[\*\]$'
+run kubectl create namespace team
+run kubectl create role pod-reader --verb=get,list,watch --resource=pods -n team
+expect '^role.rbac.authorization.k8s.io/pod-reader created$'
+run kubectl create rolebinding jane-reads --role=pod-reader --user=jane -n team
+expect '^rolebinding.rbac.authorization.k8s.io/jane-reads created$'
+run kubectl get rolebindings -n team
+expect '^NAME +ROLE +AGE$'
+expect '^jane-reads +Role/pod-reader +[0-9]+s$'
+run kubectl auth can-i list pods -n team --as=jane
+expect '^yes$'
+run_fails kubectl auth can-i create pods -n team --as=jane
+expect '^no$'
+run kubectl get pods -n team --as=jane
+expect 'No resources found'
+run_fails kubectl create configmap settings -n team --from-literal=a=b --as=jane
+expect 'configmaps is forbidden: User "jane" cannot create resource "configmaps" in API group "" in the namespace "team"'
+run_fails kubectl get pods -n default --as=jane
+expect 'pods is forbidden: User "jane" cannot list resource "pods" in API group "" in the namespace "default"'
+run_fails kubectl get nodes --as=jane
+expect 'nodes is forbidden: User "jane" cannot list resource "nodes" in API group "" at the cluster scope'
+# An admin of the namespace may grant what she holds there, and nothing more.
+run kubectl create rolebinding jane-admin --clusterrole=admin --user=jane -n team
+run kubectl create role cm-writer --verb=create --resource=configmaps -n team --as=jane
+expect '^role.rbac.authorization.k8s.io/cm-writer created$'
+run_fails kubectl create role node-lister --verb=list --resource=nodes -n team --as=jane
+expect 'attempting to grant RBAC permissions not currently held'
+run_fails kubectl create clusterrolebinding jane-root --clusterrole=cluster-admin --user=jane --as=jane
+expect 'forbidden: User "jane" cannot create resource "clusterrolebindings"'
+run_fails kubectl get pods -n team --as=bob --as-group=devs
+expect 'pods is forbidden: User "bob" cannot list resource "pods"'
 
 step="invalid YAML"
 run_fails kubectl apply -f "$here/invalid-yaml.yaml"

@@ -34,6 +34,8 @@ pub struct ApiConfig {
     pub nodes: NodeProxy,
     /// Whether pod specs may ask for privileged containers.
     pub allow_privileged: bool,
+    /// `--authorization-mode`.
+    pub authorization: crate::authz::Mode,
 }
 
 impl Default for ApiConfig {
@@ -43,6 +45,7 @@ impl Default for ApiConfig {
             ranges: Ranges::default(),
             nodes: NodeProxy::default(),
             allow_privileged: false,
+            authorization: crate::authz::Mode::AlwaysAllow,
         }
     }
 }
@@ -54,6 +57,8 @@ pub struct Api<S> {
     pub config: ApiConfig,
     /// What `/metrics` shows.
     pub metrics: Arc<Metrics>,
+    /// Who may do what.
+    pub authorizer: Arc<crate::authz::Authorizer>,
 }
 
 /// `namespaces` that always exist and cannot be deleted.
@@ -71,6 +76,21 @@ pub struct Write {
     pub manager: Option<String>,
     /// `dryRun=All`: everything a write does but storing it.
     pub dry_run: bool,
+    /// A last check of the object to store (the RBAC escalation check).
+    pub guard: Option<Guard>,
+}
+
+/// A check of the object a write would store.
+pub type Check = dyn Fn(&Value) -> ApiResult<()> + Send + Sync;
+
+/// A [`Check`] carried by a [`Write`].
+#[derive(Clone)]
+pub struct Guard(pub Arc<Check>);
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Guard")
+    }
 }
 
 impl Write {
@@ -324,15 +344,23 @@ impl<S: Storage> Api<S> {
 
     /// [`Api::new`] that counts into `metrics` (which may also time the store).
     pub fn with_metrics(storage: Arc<S>, config: ApiConfig, metrics: Arc<Metrics>) -> Api<S> {
-        Api { watches: Watches::new(storage.clone()), storage, config, metrics }
+        let authorizer = Arc::new(crate::authz::Authorizer::new(config.authorization));
+        Api { watches: Watches::new(storage.clone()), storage, config, metrics, authorizer }
     }
 
-    /// Creates the namespaces that always exist.
+    /// Creates the namespaces that always exist and the bootstrap RBAC roles and bindings
+    /// (those that are absent: an operator's changes to them stay).
     pub async fn bootstrap(&self) -> ApiResult<()> {
         let kind = ns_kind();
         for name in SYSTEM_NAMESPACES {
             let obj =
                 json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": name } });
+            match self.create(kind, None, obj).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for (kind, obj) in crate::authz::bootstrap_objects() {
             match self.create(kind, None, obj).await {
                 Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                 Err(e) => return Err(e),
@@ -359,8 +387,9 @@ impl<S: Storage> Api<S> {
         write: &Write,
     ) -> ApiResult<Value> {
         let writer = write.writer(None);
+        let guard = write.guard.as_ref();
         let created =
-            self.create_object(kind, namespace, obj, writer.as_ref(), write.dry_run).await?;
+            self.create_object(kind, namespace, obj, writer.as_ref(), write.dry_run, guard).await?;
         if kind.is("Namespace") && !write.dry_run {
             self.create_default_service_account(name_of(&created)).await;
         }
@@ -376,6 +405,7 @@ impl<S: Storage> Api<S> {
         mut obj: Value,
         writer: Option<&Writer>,
         dry_run: bool,
+        guard: Option<&Guard>,
     ) -> ApiResult<Value> {
         object::check_type(kind, &obj)?;
         let requested = obj["metadata"].get("managedFields").cloned();
@@ -387,6 +417,9 @@ impl<S: Storage> Api<S> {
         object::validate(kind, &obj)?;
         if !self.config.allow_privileged {
             object::forbid_privileged(kind, &obj)?;
+        }
+        if let Some(Guard(check)) = guard {
+            check(&obj)?;
         }
         let name = name_of(&obj).to_owned();
         let ns = obj["metadata"]["namespace"].as_str().map(str::to_owned);
@@ -422,7 +455,7 @@ impl<S: Storage> Api<S> {
     async fn create_default_service_account(&self, namespace: &str) {
         let Some(sa) = registry::by_kind("ServiceAccount") else { return };
         let obj = json!({ "apiVersion": "v1", "kind": "ServiceAccount", "metadata": { "name": "default" } });
-        if let Err(e) = self.create_object(sa, Some(namespace), obj, None, false).await
+        if let Err(e) = self.create_object(sa, Some(namespace), obj, None, false, None).await
             && !matches!(e, ApiError::AlreadyExists { .. })
         {
             tracing::warn!("default service account in {namespace}: {e}");
@@ -677,7 +710,9 @@ impl<S: Storage> Api<S> {
                 }
                 let mut obj = managed::apply(kind, &writer, None, &config, force, unix_now())?;
                 child(&mut obj, "metadata")["name"] = json!(name);
-                let created = self.create_object(kind, namespace, obj, None, write.dry_run).await?;
+                let guard = write.guard.as_ref();
+                let created =
+                    self.create_object(kind, namespace, obj, None, write.dry_run, guard).await?;
                 Ok((created, true))
             }
             Err(e) => Err(e),
@@ -734,6 +769,14 @@ impl<S: Storage> Api<S> {
                 Err(_) if cached => continue,
                 Err(e) => return Err(e),
             };
+            if let Some(Guard(check)) = &write.guard
+                && let Err(e) = check(&new)
+            {
+                if cached {
+                    continue;
+                }
+                return Err(e);
+            }
             let claimed = if kind.is("Service") && subresource.is_none() {
                 self.config.ranges.allocate(&*self.storage, kind, &mut new, Some(&stored)).await?
             } else {

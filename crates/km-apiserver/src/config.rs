@@ -42,6 +42,11 @@ pub struct Args {
     /// false, such pods and pod templates are refused (422), as by kube-apiserver.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
     pub allow_privileged: bool,
+    /// How requests are authorized: `AlwaysAllow` (every request), `RBAC` (roles and bindings
+    /// of rbac.authorization.k8s.io/v1; `system:masters` and the insecure port may do
+    /// anything) or `AlwaysDeny`.
+    #[arg(long, default_value = "AlwaysAllow")]
+    pub authorization_mode: crate::authz::Mode,
     /// CIDR from which Services get their ClusterIP.
     #[arg(long, default_value = "10.0.0.0/24")]
     pub service_cluster_ip_range: String,
@@ -236,6 +241,7 @@ impl Config {
                 ranges,
                 nodes,
                 allow_privileged: args.allow_privileged,
+                authorization: args.authorization_mode,
             },
         })
     }

@@ -56,6 +56,9 @@ pub enum ApiError {
     Conflict { group: String, plural: String, name: String, message: String },
     #[error("{} \"{name}\" is invalid: {}", qualified(.kind, .group), summary(.causes))]
     Invalid { group: String, kind: String, name: String, causes: Vec<Cause> },
+    /// 403 of a request the authorizer refused (details name the resource).
+    #[error("{message}")]
+    Denied { group: String, plural: String, name: String, message: String },
     /// 409 of a server-side apply that would change fields other managers own.
     #[error("{message}")]
     FieldConflicts { message: String, causes: Vec<Cause> },
@@ -165,7 +168,7 @@ impl ApiError {
             | ApiError::FieldConflicts { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) | ApiError::Denied { .. } => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
@@ -183,7 +186,7 @@ impl ApiError {
             ApiError::Conflict { .. } | ApiError::FieldConflicts { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
-            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::Forbidden(_) | ApiError::Denied { .. } => "Forbidden",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::NotAcceptable(_) => "NotAcceptable",
@@ -219,6 +222,13 @@ impl ApiError {
             })),
             ApiError::FieldConflicts { causes, .. } => {
                 Some(json!({ "causes": causes_json(causes) }))
+            }
+            ApiError::Denied { group, plural, name, .. } if !plural.is_empty() => {
+                let mut d = json!({ "group": group, "kind": plural });
+                if !name.is_empty() {
+                    d["name"] = json!(name);
+                }
+                Some(d)
             }
             _ => None,
         };

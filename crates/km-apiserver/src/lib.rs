@@ -19,6 +19,7 @@
 pub mod alloc;
 pub mod api;
 pub mod apiservers;
+pub mod authz;
 pub mod config;
 pub mod error;
 pub mod managed;
@@ -28,6 +29,7 @@ pub mod object;
 pub mod openapi;
 pub mod patch;
 pub mod protobuf;
+pub mod rbac;
 pub mod registry;
 pub mod secure;
 pub mod selector;
@@ -115,6 +117,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let storage = metrics::Timed::new(connect(&config).await?, Arc::clone(&metrics));
     let api = Arc::new(Api::with_metrics(Arc::new(storage), config.api.clone(), metrics));
     api.bootstrap().await.map_err(|e| Error::Bootstrap(e.to_string()))?;
+    api.authorizer
+        .start_feed(Arc::clone(&api.storage))
+        .await
+        .map_err(|e| Error::Bootstrap(format!("loading the RBAC policy: {e}")))?;
     serve(api, &config).await
 }
 
@@ -171,8 +177,10 @@ async fn serve<S: storage::Storage + 'static>(
     if let Some((tcp, wanted)) = insecure {
         let addr = tcp.local_addr().map_err(|source| Error::Listen { addr: wanted, source })?;
         tracing::info!("serving the Kubernetes API on http://{addr}");
-        let serve = axum::serve(tcp, server::router(Arc::clone(&api)))
-            .with_graceful_shutdown(until_stopped());
+        // The insecure port's requests act as a superuser (local use only).
+        let router = server::router(Arc::clone(&api))
+            .layer(axum::middleware::from_fn(authz::unsecured_port));
+        let serve = axum::serve(tcp, router).with_graceful_shutdown(until_stopped());
         servers.spawn(async move {
             serve.await.map_err(|source| Error::Serve { scheme: "HTTP", source })
         });

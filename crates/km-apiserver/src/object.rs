@@ -45,6 +45,17 @@ fn is_subdomain(s: &str) -> bool {
 /// Name rules: namespaces (and container names) are DNS labels, other
 /// objects DNS subdomains.
 pub fn validate_name(kind: &Kind, name: &str) -> Option<Cause> {
+    if kind.group == "rbac.authorization.k8s.io" {
+        // RBAC names only need to be a path segment (`system:controller:x` is one).
+        let bad = name.is_empty() || name == "." || name == ".." || name.contains(['/', '%']);
+        return bad.then(|| {
+            Cause::invalid(
+                "metadata.name",
+                &json!(name),
+                "may not be '.' or '..', or contain '/' or '%'",
+            )
+        });
+    }
     let (ok, rule) = if kind.is("Namespace") {
         (is_label(name), DNS1123_LABEL)
     } else {
@@ -137,6 +148,8 @@ pub fn validate(kind: &Kind, obj: &Value) -> ApiResult<()> {
         causes.push(c);
     }
     match kind.kind {
+        "Role" | "ClusterRole" => validate_rules(kind, obj, &mut causes),
+        "RoleBinding" | "ClusterRoleBinding" => validate_binding(kind, obj, &mut causes),
         "Pod" => validate_pod_spec(&obj["spec"], "spec", &mut causes),
         "Deployment" | "ReplicaSet" | "DaemonSet" => {
             validate_selector_matches(obj, &mut causes);
@@ -751,9 +764,100 @@ pub fn prepare_update(
     new
 }
 
+fn validate_rules(kind: &Kind, obj: &Value, causes: &mut Vec<Cause>) {
+    let empty = Vec::new();
+    for (i, rule) in obj["rules"].as_array().unwrap_or(&empty).iter().enumerate() {
+        let at = |f: &str| format!("rules[{i}].{f}");
+        let len = |f: &str| rule[f].as_array().map_or(0, Vec::len);
+        if len("verbs") == 0 {
+            causes.push(Cause::required(at("verbs"), "verbs must contain at least one value"));
+        }
+        if len("nonResourceURLs") > 0 {
+            if kind.is("Role") {
+                causes.push(Cause::invalid(
+                    at("nonResourceURLs"),
+                    &rule["nonResourceURLs"],
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if len("apiGroups") > 0 || len("resources") > 0 {
+                causes.push(Cause::invalid(
+                    at("nonResourceURLs"),
+                    &rule["nonResourceURLs"],
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+        } else {
+            if len("apiGroups") == 0 {
+                causes.push(Cause::required(
+                    at("apiGroups"),
+                    "resource rules must supply at least one api group",
+                ));
+            }
+            if len("resources") == 0 {
+                causes.push(Cause::required(
+                    at("resources"),
+                    "resource rules must supply at least one resource",
+                ));
+            }
+        }
+    }
+}
+
+fn validate_binding(kind: &Kind, obj: &Value, causes: &mut Vec<Cause>) {
+    let role_ref = &obj["roleRef"];
+    if role_ref["apiGroup"].as_str() != Some("rbac.authorization.k8s.io") {
+        causes.push(Cause::invalid(
+            "roleRef.apiGroup",
+            &role_ref["apiGroup"],
+            "supported values: \"rbac.authorization.k8s.io\"",
+        ));
+    }
+    let kinds: &[&str] =
+        if kind.is("ClusterRoleBinding") { &["ClusterRole"] } else { &["Role", "ClusterRole"] };
+    if !role_ref["kind"].as_str().is_some_and(|k| kinds.contains(&k)) {
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            field: "roleRef.kind".into(),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                role_ref["kind"],
+                kinds.iter().map(|k| format!("{k:?}")).collect::<Vec<_>>().join(", ")
+            ),
+        });
+    }
+    if role_ref["name"].as_str().is_none_or(str::is_empty) {
+        causes.push(Cause::required("roleRef.name", ""));
+    }
+    let empty = Vec::new();
+    for (i, subject) in obj["subjects"].as_array().unwrap_or(&empty).iter().enumerate() {
+        let at = |f: &str| format!("subjects[{i}].{f}");
+        if subject["name"].as_str().is_none_or(str::is_empty) {
+            causes.push(Cause::required(at("name"), ""));
+        }
+        match subject["kind"].as_str() {
+            Some("User" | "Group") => {}
+            Some("ServiceAccount") => {
+                if subject["namespace"].as_str().is_none_or(str::is_empty) && kind.is("ClusterRoleBinding") {
+                    causes.push(Cause::required(at("namespace"), ""));
+                }
+            }
+            _ => causes.push(Cause {
+                reason: "FieldValueNotSupported",
+                field: at("kind"),
+                message: format!("Unsupported value: {}: supported values: \"ServiceAccount\", \"User\", \"Group\"", subject["kind"]),
+            }),
+        }
+    }
+}
+
 /// Validation of an update beyond the create rules: immutable fields.
 pub fn validate_update(kind: &Kind, old: &Value, new: &Value) -> ApiResult<()> {
     let mut causes = Vec::new();
+    if (kind.is("RoleBinding") || kind.is("ClusterRoleBinding")) && old["roleRef"] != new["roleRef"]
+    {
+        causes.push(Cause::invalid("roleRef", &new["roleRef"], "cannot change roleRef"));
+    }
     if kind.is("Pod") {
         let old_node = old["spec"]["nodeName"].as_str().unwrap_or_default();
         let new_node = new["spec"]["nodeName"].as_str().unwrap_or_default();

@@ -2,7 +2,7 @@
 //! the `k8s_openapi` types (their `Resource` impls), so they cannot drift
 //! from what clients compiled against the same types expect.
 
-use k8s_openapi::api::{apps, batch, coordination, core, policy};
+use k8s_openapi::api::{apps, batch, coordination, core, policy, rbac};
 use k8s_openapi::{ClusterResourceScope, ListableResource, NamespaceResourceScope, Resource};
 use serde_json::Value;
 
@@ -123,6 +123,10 @@ pub static KINDS: &[Kind] = &[
     kind!(batch::v1::CronJob, "cronjob", ["cj"], ["status"], ["all"]),
     kind!(coordination::v1::Lease, "lease", [], [], []),
     kind!(policy::v1::PodDisruptionBudget, "poddisruptionbudget", ["pdb"], ["status"], []),
+    kind!(rbac::v1::ClusterRole, "clusterrole", [], [], []),
+    kind!(rbac::v1::ClusterRoleBinding, "clusterrolebinding", [], [], []),
+    kind!(rbac::v1::Role, "role", [], [], []),
+    kind!(rbac::v1::RoleBinding, "rolebinding", [], [], []),
 ];
 
 /// The kind served at `<group>/<version>` under `plural`.

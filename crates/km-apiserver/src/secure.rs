@@ -180,11 +180,12 @@ fn split_csv(line: &str) -> Vec<String> {
     fields.into_iter().map(|f| f.trim().to_owned()).collect()
 }
 
-/// Middleware: 401 unless the request carries a known bearer token.
-/// Health endpoints stay anonymous, as kube-apiserver's do.
+/// Middleware: 401 unless the request carries a known bearer token, whose user (in the
+/// group `system:authenticated`) the request then acts as. Health endpoints stay anonymous,
+/// as kube-apiserver's do.
 pub async fn authenticate(
     State(tokens): State<Arc<Tokens>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if matches!(request.uri().path(), "/healthz" | "/livez" | "/readyz") {
@@ -199,6 +200,11 @@ pub async fn authenticate(
     match token.and_then(|t| tokens.user(t)) {
         Some(user) => {
             tracing::debug!(user = %user.name, "authenticated");
+            let mut user = user.clone();
+            if !user.groups.iter().any(|g| g == crate::rbac::AUTHENTICATED) {
+                user.groups.push(crate::rbac::AUTHENTICATED.into());
+            }
+            request.extensions_mut().insert(user);
             next.run(request).await
         }
         None => ApiError::Unauthorized("Unauthorized".into()).into_response(),

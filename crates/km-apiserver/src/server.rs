@@ -6,18 +6,20 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use serde_json::{Value, json};
 
-use crate::api::{Api, DeleteOptions, Mutation, Query, Write, parse_query};
+use crate::api::{Api, DeleteOptions, Guard, Mutation, Query, Write, parse_query};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics::RequestLabels;
 use crate::protobuf;
+use crate::rbac::Attributes;
 use crate::registry::{self, KINDS, Kind};
+use crate::secure::User;
 use crate::storage::Storage;
 use crate::table;
 
@@ -40,6 +42,7 @@ pub fn router<S: Storage>(api: Arc<Api<S>>) -> Router {
         .route("/api/{*rest}", any(resource::<S>))
         .route("/apis/{*rest}", any(resource::<S>))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(api.clone(), crate::authz::authorize::<S>))
         .with_state(api)
 }
 
@@ -148,8 +151,11 @@ fn all_group_versions() -> Vec<(&'static str, &'static str)> {
     gvs
 }
 
-/// Answers a review: allowed, whatever was asked.
-fn review(
+/// Answers a SelfSubjectAccessReview (may the requesting user do this?) or a
+/// SelfSubjectRulesReview (what may they do in a namespace?) from the authorizer.
+fn review<S: Storage>(
+    api: &Api<S>,
+    user: &User,
     resource: &str,
     method: &Method,
     headers: &HeaderMap,
@@ -172,13 +178,56 @@ fn review(
     obj["apiVersion"] = json!(format!("{}/{}", AUTHORIZATION.0, AUTHORIZATION.1));
     obj["kind"] = json!(kind);
     obj["status"] = if *kind == "SelfSubjectAccessReview" {
-        json!({ "allowed": true, "reason": "km apiserver allows every request (no authorizer, as --authorization-mode=AlwaysAllow)" })
+        let spec = &obj["spec"];
+        let text = |v: &Value, k: &str| v[k].as_str().unwrap_or_default().to_owned();
+        let a = match spec.get("nonResourceAttributes") {
+            Some(n) if !n.is_null() => {
+                Attributes { verb: text(n, "verb"), path: text(n, "path"), ..Default::default() }
+            }
+            _ => {
+                let r = &spec["resourceAttributes"];
+                let mut a = Attributes::resource(
+                    &text(r, "verb"),
+                    &text(r, "group"),
+                    &text(r, "resource"),
+                    &text(r, "namespace"),
+                    &text(r, "name"),
+                );
+                a.subresource = text(r, "subresource");
+                a
+            }
+        };
+        let allowed = api.authorizer.allows(user, &a);
+        let mode = api.authorizer.mode();
+        let reason = match (mode, allowed) {
+            (crate::authz::Mode::AlwaysAllow, _) => {
+                "km apiserver runs with --authorization-mode=AlwaysAllow".to_owned()
+            }
+            (_, true) => format!("allowed by the {mode:?} authorizer for user {:?}", user.name),
+            (_, false) => String::new(),
+        };
+        json!({ "allowed": allowed, "reason": reason })
     } else {
-        json!({
-            "resourceRules": [{ "verbs": ["*"], "apiGroups": ["*"], "resources": ["*"] }],
-            "nonResourceRules": [{ "verbs": ["*"], "nonResourceURLs": ["*"] }],
-            "incomplete": false,
-        })
+        let namespace = obj["spec"]["namespace"].as_str().unwrap_or_default().to_owned();
+        let rules = api.authorizer.rules_for(user, &namespace);
+        let (urls, resources): (Vec<_>, Vec<_>) =
+            rules.iter().partition(|r| !r.non_resource_urls.is_empty());
+        let resource_rules: Vec<Value> = resources
+            .iter()
+            .map(|r| {
+                json!({
+                    "verbs": r.verbs,
+                    "apiGroups": r.api_groups,
+                    "resources": r.resources,
+                    "resourceNames": r.resource_names,
+                })
+            })
+            .collect();
+        let url_rules: Vec<Value> = urls
+            .iter()
+            .map(|r| json!({ "verbs": r.verbs, "nonResourceURLs": r.non_resource_urls }))
+            .collect();
+        json!({ "resourceRules": resource_rules, "nonResourceRules": url_rules, "incomplete": false })
     };
     Ok(json_response(StatusCode::CREATED, &obj))
 }
@@ -261,16 +310,16 @@ fn resource_list(group: &str, version: &str) -> Value {
 
 /// A parsed resource path.
 #[derive(Debug, PartialEq, Eq)]
-struct Target<'a> {
-    group: &'a str,
-    version: &'a str,
-    namespace: Option<&'a str>,
-    resource: Option<&'a str>,
-    name: Option<&'a str>,
-    subresource: Option<&'a str>,
+pub(crate) struct Target<'a> {
+    pub group: &'a str,
+    pub version: &'a str,
+    pub namespace: Option<&'a str>,
+    pub resource: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub subresource: Option<&'a str>,
 }
 
-fn parse_path(path: &str) -> Option<Target<'_>> {
+pub(crate) fn parse_path(path: &str) -> Option<Target<'_>> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segs.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
@@ -398,6 +447,7 @@ async fn pod_exec<S: Storage>(
 
 async fn resource<S: Storage>(
     State(api): State<Arc<Api<S>>>,
+    user: Option<Extension<User>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -406,7 +456,8 @@ async fn resource<S: Storage>(
     let started = std::time::Instant::now();
     let query = parse_query(uri.query());
     let labels = request_labels(&method, uri.path(), &query, &headers);
-    let response = match handle(&api, &method, &uri, &headers, &body).await {
+    let user = user.map(|Extension(u)| u).unwrap_or_else(crate::authz::anonymous);
+    let response = match handle(&api, &method, &uri, &headers, &body, &user).await {
         Ok(response) => response,
         Err(err) => err.into_response(),
     };
@@ -434,6 +485,7 @@ async fn handle<S: Storage>(
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
+    user: &User,
 ) -> ApiResult<Response> {
     let not_found = || ApiError::NotFound {
         group: String::new(),
@@ -452,21 +504,33 @@ async fn handle<S: Storage>(
         return Err(not_found());
     };
     if (target.group, target.version) == AUTHORIZATION && target.name.is_none() {
-        return review(resource, method, headers, body);
+        return review(api, user, resource, method, headers, body);
     }
     let kind = registry::lookup(target.group, target.version, resource).ok_or_else(not_found)?;
+    let guard = grant_guard(api, kind, user);
+    let guard = guard.as_ref();
     if target.namespace.is_some() && !kind.namespaced {
         return Err(not_found());
     }
     let ns = if kind.namespaced { target.namespace } else { None };
     match (target.name, target.subresource) {
-        (None, _) => collection(api, kind, ns, method, &query, headers, body).await,
-        (Some(name), None) => item(api, kind, ns, name, method, &query, headers, body).await,
+        (None, _) => collection(api, kind, ns, method, &query, headers, body, guard).await,
+        (Some(name), None) => item(api, kind, ns, name, method, &query, headers, body, guard).await,
         (Some(name), Some(sub)) if kind.subresources.contains(&sub) => {
-            subresource(api, kind, ns, name, sub, method, &query, headers, body).await
+            subresource(api, kind, ns, name, sub, method, &query, headers, body, guard).await
         }
         (Some(_), Some(_)) => Err(not_found()),
     }
+}
+
+/// The escalation check of writes to RBAC objects by `user` (RBAC mode only).
+fn grant_guard<S: Storage>(api: &Api<S>, kind: &'static Kind, user: &User) -> Option<Guard> {
+    let rbac = matches!(kind.kind, "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding");
+    if !rbac || api.authorizer.mode() != crate::authz::Mode::Rbac {
+        return None;
+    }
+    let (authz, user) = (Arc::clone(&api.authorizer), user.clone());
+    Some(Guard(Arc::new(move |obj: &Value| authz.check_grant(&user, kind, obj))))
 }
 
 fn method_not_allowed(method: &Method) -> ApiError {
@@ -475,6 +539,7 @@ fn method_not_allowed(method: &Method) -> ApiError {
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn collection<S: Storage>(
     api: &Api<S>,
     kind: &'static Kind,
@@ -483,6 +548,7 @@ async fn collection<S: Storage>(
     query: &Query,
     headers: &HeaderMap,
     body: &Bytes,
+    guard: Option<&Guard>,
 ) -> ApiResult<Response> {
     match *method {
         Method::GET if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => {
@@ -531,7 +597,7 @@ async fn collection<S: Storage>(
             if ns.is_none() && kind.namespaced {
                 return Err(method_not_allowed(method));
             }
-            let write = write_of(query, headers)?;
+            let write = write_of(query, headers, guard)?;
             let obj = api.create_as(kind, ns, decode_body(headers, body)?, &write).await?;
             Ok(json_response(StatusCode::CREATED, &obj))
         }
@@ -566,6 +632,7 @@ async fn item<S: Storage>(
     query: &Query,
     headers: &HeaderMap,
     body: &Bytes,
+    guard: Option<&Guard>,
 ) -> ApiResult<Response> {
     match *method {
         Method::GET => {
@@ -577,13 +644,13 @@ async fn item<S: Storage>(
             Ok(json_response(StatusCode::OK, &obj))
         }
         Method::PUT => {
-            let write = write_of(query, headers)?;
+            let write = write_of(query, headers, guard)?;
             let replace = Mutation::Replace(decode_body(headers, body)?);
             let obj = api.update_as(kind, ns, name, None, replace, &write).await?;
             Ok(json_response(StatusCode::OK, &obj))
         }
         Method::PATCH => {
-            let (obj, code) = patch(api, kind, ns, name, None, query, headers, body).await?;
+            let (obj, code) = patch(api, kind, ns, name, None, query, headers, body, guard).await?;
             Ok(json_response(code, &obj))
         }
         Method::DELETE => {
@@ -602,12 +669,16 @@ fn content_type(headers: &HeaderMap) -> &str {
 }
 
 /// The field manager and dry-run mode a write request asks for.
-fn write_of(query: &Query, headers: &HeaderMap) -> ApiResult<Write> {
+fn write_of(query: &Query, headers: &HeaderMap, guard: Option<&Guard>) -> ApiResult<Write> {
     let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok());
     let manager =
         crate::managed::manager_name(query.get("fieldManager").map(String::as_str), agent)
             .map_err(ApiError::BadRequest)?;
-    Ok(Write { manager: Some(manager), dry_run: crate::api::dry_run(query)? })
+    Ok(Write {
+        manager: Some(manager),
+        dry_run: crate::api::dry_run(query)?,
+        guard: guard.cloned(),
+    })
 }
 
 /// A PATCH: the patched object and its status code (201 when an apply created it).
@@ -621,12 +692,13 @@ async fn patch<S: Storage>(
     query: &Query,
     headers: &HeaderMap,
     body: &Bytes,
+    guard: Option<&Guard>,
 ) -> ApiResult<(Value, StatusCode)> {
     let ct = content_type(headers).to_owned();
     if ct.is_empty() {
         return Err(ApiError::UnsupportedMediaType("a PATCH needs a Content-Type".into()));
     }
-    let write = write_of(query, headers)?;
+    let write = write_of(query, headers, guard)?;
     let force = match query.get("force").map(String::as_str) {
         None => None,
         Some("true" | "1") => Some(true),
@@ -675,6 +747,7 @@ async fn subresource<S: Storage>(
     query: &Query,
     headers: &HeaderMap,
     body: &Bytes,
+    guard: Option<&Guard>,
 ) -> ApiResult<Response> {
     match (sub, method.clone()) {
         ("log", Method::GET) => {
@@ -688,7 +761,7 @@ async fn subresource<S: Storage>(
             Ok(json_response(StatusCode::CREATED, &status))
         }
         ("finalize", Method::PUT) if kind.is("Namespace") => {
-            let write = write_of(query, headers)?;
+            let write = write_of(query, headers, guard)?;
             let replace = Mutation::Replace(decode_body(headers, body)?);
             let obj = api.update_as(kind, None, name, Some("finalize"), replace, &write).await?;
             Ok(json_response(StatusCode::OK, &obj))
@@ -697,21 +770,21 @@ async fn subresource<S: Storage>(
             Ok(json_response(StatusCode::OK, &api.get(kind, ns, name).await?))
         }
         ("status", Method::PUT) => {
-            let write = write_of(query, headers)?;
+            let write = write_of(query, headers, guard)?;
             let replace = Mutation::Replace(decode_body(headers, body)?);
             let obj = api.update_as(kind, ns, name, Some("status"), replace, &write).await?;
             Ok(json_response(StatusCode::OK, &obj))
         }
         ("status", Method::PATCH) => {
             let (obj, code) =
-                patch(api, kind, ns, name, Some("status"), query, headers, body).await?;
+                patch(api, kind, ns, name, Some("status"), query, headers, body, guard).await?;
             Ok(json_response(code, &obj))
         }
         ("scale", Method::GET) => {
             Ok(json_response(StatusCode::OK, &api.get_scale(kind, ns, name).await?))
         }
         ("scale", Method::PUT) => {
-            let write = write_of(query, headers)?;
+            let write = write_of(query, headers, guard)?;
             let body = decode_body(headers, body)?;
             let scale = api.update_scale(kind, ns, name, None, body, &write).await?;
             Ok(json_response(StatusCode::OK, &scale))
@@ -720,7 +793,7 @@ async fn subresource<S: Storage>(
             let ct = content_type(headers).to_owned();
             let patch: Value = serde_json::from_slice(body)
                 .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch body: {e}")))?;
-            let write = write_of(query, headers)?;
+            let write = write_of(query, headers, guard)?;
             let scale = api.update_scale(kind, ns, name, Some(&ct), patch, &write).await?;
             Ok(json_response(StatusCode::OK, &scale))
         }
@@ -800,15 +873,67 @@ mod tests {
         }
     }
 
-    #[test]
-    fn access_reviews_are_answered_allowed() {
+    #[tokio::test]
+    async fn access_reviews_answer_from_the_authorizer() {
+        use crate::api::ApiConfig;
+        use crate::storage::MemoryStorage;
+        let config = ApiConfig { authorization: crate::authz::Mode::Rbac, ..Default::default() };
+        let api = Api::new(Arc::new(MemoryStorage::default()), config);
+        api.bootstrap().await.expect("bootstrap");
+        api.authorizer.start_feed(Arc::clone(&api.storage)).await.expect("policy");
         let headers = HeaderMap::new();
-        let body = Bytes::from_static(
-            br#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectAccessReview","spec":{"resourceAttributes":{"verb":"create","resource":"pods"}}}"#,
+        let ask = |verb: &str, resource: &str| {
+            Bytes::from(
+                json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+                       "spec": {"resourceAttributes": {"verb": verb, "resource": resource, "namespace": "default"}}})
+                .to_string(),
+            )
+        };
+        let allowed = |answer: Response| async move {
+            assert_eq!(answer.status(), StatusCode::CREATED);
+            let body = axum::body::to_bytes(answer.into_body(), 1 << 20).await.expect("body");
+            serde_json::from_slice::<Value>(&body).expect("json")["status"]["allowed"].clone()
+        };
+        let jane = User {
+            name: "jane".into(),
+            uid: String::new(),
+            groups: vec!["system:authenticated".into()],
+        };
+        let r = review(
+            &api,
+            &jane,
+            "selfsubjectaccessreviews",
+            &Method::POST,
+            &headers,
+            &ask("create", "pods"),
         );
-        let answer = review("selfsubjectaccessreviews", &Method::POST, &headers, &body).unwrap();
-        assert_eq!(answer.status(), StatusCode::CREATED);
-        assert!(review("selfsubjectaccessreviews", &Method::GET, &headers, &body).is_err());
-        assert!(review("tokenreviews", &Method::POST, &headers, &body).is_err());
+        assert_eq!(allowed(r.expect("review")).await, json!(false));
+        let admin = crate::authz::unsecured();
+        let r = review(
+            &api,
+            &admin,
+            "selfsubjectaccessreviews",
+            &Method::POST,
+            &headers,
+            &ask("create", "pods"),
+        );
+        assert_eq!(allowed(r.expect("review")).await, json!(true));
+        let rules = Bytes::from_static(
+            br#"{"apiVersion":"authorization.k8s.io/v1","kind":"SelfSubjectRulesReview","spec":{"namespace":"default"}}"#,
+        );
+        let r = review(&api, &jane, "selfsubjectrulesreviews", &Method::POST, &headers, &rules)
+            .expect("rules");
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.expect("body");
+        let v: Value = serde_json::from_slice(&body).expect("json");
+        let urls = v["status"]["nonResourceRules"].to_string();
+        assert!(
+            urls.contains("/healthz") && urls.contains("/apis/*"),
+            "discovery for the authenticated: {urls}"
+        );
+        assert!(
+            review(&api, &jane, "selfsubjectaccessreviews", &Method::GET, &headers, &rules)
+                .is_err()
+        );
+        assert!(review(&api, &jane, "tokenreviews", &Method::POST, &headers, &rules).is_err());
     }
 }

@@ -136,6 +136,13 @@ fn columns(kind: &Kind) -> Vec<(&'static str, &'static str, u8)> {
         "ServiceAccount" => vec![("Secrets", "integer", 0), ("Age", "string", 0)],
         "Endpoints" => vec![("Endpoints", "string", 0), ("Age", "string", 0)],
         "Lease" => vec![("Holder", "string", 0), ("Age", "string", 0)],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            ("Role", "string", 0),
+            ("Age", "string", 0),
+            ("Users", "string", 1),
+            ("Groups", "string", 1),
+            ("ServiceAccounts", "string", 1),
+        ],
         "StatefulSet" => vec![
             ("Ready", "string", 0),
             ("Age", "string", 0),
@@ -312,6 +319,29 @@ fn cells(kind: &Kind, o: &Value, now: i64) -> Vec<Value> {
             vec![json!(or_none(eps)), json!(age(o, now))]
         }
         "Lease" => vec![json!(or_none(s(&spec["holderIdentity"]))), json!(age(o, now))],
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let of = |kind: &str| {
+                let names: Vec<String> = o["subjects"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| match x["namespace"].as_str() {
+                        Some(ns) if kind == "ServiceAccount" => format!("{ns}/{}", s(&x["name"])),
+                        _ => s(&x["name"]).to_owned(),
+                    })
+                    .collect();
+                names.join(", ")
+            };
+            vec![
+                json!(format!("{}/{}", s(&o["roleRef"]["kind"]), s(&o["roleRef"]["name"]))),
+                json!(age(o, now)),
+                json!(of("User")),
+                json!(of("Group")),
+                json!(of("ServiceAccount")),
+            ]
+        }
         "StatefulSet" => {
             let (names, images) = containers(&spec["template"]["spec"]);
             vec![

@@ -134,6 +134,13 @@ fn sample(kind: &str, api_version: &str) -> Value {
                                          "status": {"currentHealthy": 2, "desiredHealthy": 1,
                                                     "disruptionsAllowed": 1, "expectedPods": 3,
                                                     "observedGeneration": 3}}),
+        "ClusterRole" | "Role" => json!({"rules": [
+            {"verbs": ["get", "list"], "apiGroups": [""], "resources": ["pods", "pods/log"], "resourceNames": ["a"]},
+            {"verbs": ["get"], "nonResourceURLs": ["/healthz"]}]}),
+        "ClusterRoleBinding" | "RoleBinding" => json!({
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "jane"},
+                         {"kind": "ServiceAccount", "name": "bot", "namespace": "x"}]}),
         other => panic!("no sample for {other}: add one"),
     };
     let (Value::Object(o), Value::Object(b)) = (&mut obj, body) else { unreachable!() };
@@ -245,6 +252,10 @@ fn bytes_agree_with_the_generated_types_for_every_served_kind() {
             "StatefulSet" => through::<apps::v1::StatefulSet>(&obj),
             "PodDisruptionBudget" => through::<k8s_pb::api::policy::v1::PodDisruptionBudget>(&obj),
             "PodList" => through::<core::v1::PodList>(&obj),
+            "ClusterRole" => through::<k8s_pb::api::rbac::v1::ClusterRole>(&obj),
+            "ClusterRoleBinding" => through::<k8s_pb::api::rbac::v1::ClusterRoleBinding>(&obj),
+            "Role" => through::<k8s_pb::api::rbac::v1::Role>(&obj),
+            "RoleBinding" => through::<k8s_pb::api::rbac::v1::RoleBinding>(&obj),
             "Status" => through::<k8s_pb::apimachinery::pkg::apis::meta::v1::Status>(&obj),
             other => panic!("no generated type named for {other}: add it"),
         };
