@@ -1174,3 +1174,94 @@ fn server_side_apply_records_managers_and_conflicts() {
         assert!(text.contains("fieldManager: Required value"), "{text}");
     });
 }
+
+/// Client certificates (--client-ca-file): a certificate signed by the authority is its
+/// Common Name's user in its Organizations' groups (kubectl with --client-certificate); one
+/// from another authority is refused in the handshake; a request without one is a 401.
+#[test]
+fn client_certificates_name_users_and_groups() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=km-test-ca -keyout ca.key -out ca.crt 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=km-apiserver -keyout tls.key -out tls.csr 2>/dev/null
+printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > ext.cnf
+openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out tls.crt 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj '/O=devs/O=oncall/CN=jane' -keyout jane.key -out jane.csr 2>/dev/null
+printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.cnf
+openssl x509 -req -in jane.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile client.cnf -out jane.crt 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other-ca -keyout other.key -out other.crt 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj '/O=system:masters/CN=mallory' -keyout mallory.key -out mallory.csr 2>/dev/null
+openssl x509 -req -in mallory.csr -CA other.crt -CAkey other.key -CAcreateserial -days 1 -extfile client.cnf -out mallory.crt 2>/dev/null
+"#;
+    let made = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl makes test certificates");
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let port = crate::support::free_port();
+    let server = ApiServer::start_with(
+        &etcd,
+        &[
+            "--bind-address=127.0.0.1",
+            &format!("--secure-port={port}"),
+            &format!("--tls-cert-file={}", file("tls.crt")),
+            &format!("--tls-private-key-file={}", file("tls.key")),
+            &format!("--client-ca-file={}", file("ca.crt")),
+            "--authorization-mode=RBAC",
+        ],
+    );
+    let listening = crate::support::process::wait_until(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(listening, "the secure port does not listen; the log:\n{}", server.proc.log());
+    let kubectl = crate::support::all_kubectls().into_iter().last().expect("a kubectl");
+    let home = tempfile::tempdir().expect("home");
+    let run = |who: Option<&str>, args: &[&str]| {
+        let mut cmd = std::process::Command::new(&kubectl);
+        cmd.env("HOME", home.path())
+            .arg(format!("--server=https://127.0.0.1:{port}"))
+            .arg(format!("--certificate-authority={}", file("ca.crt")));
+        if let Some(who) = who {
+            cmd.arg(format!("--client-certificate={}", file(&format!("{who}.crt"))))
+                .arg(format!("--client-key={}", file(&format!("{who}.key"))));
+        }
+        let out =
+            cmd.args(args).stdin(std::process::Stdio::null()).output().expect("run kubectl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(Some("jane"), &["get", "pods", "-n", "default"]);
+    assert!(!ok);
+    assert!(
+        text.contains("pods is forbidden: User \"jane\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
+        "{text}"
+    );
+    let (ok, text) = run(Some("mallory"), &["get", "pods", "-n", "default"]);
+    assert!(!ok && !text.contains("forbidden") && !text.contains("No resources"), "{text}");
+    // Without credentials: a 401, on which kubectl asks for a user name (stdin is empty).
+    let (ok, text) = run(None, &["get", "pods", "-n", "default"]);
+    assert!(!ok && (text.contains("Unauthorized") || text.contains("Username")), "{text}");
+    // The group from her certificate's Organization gets `view` in default.
+    let binding = r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{"name":"devs-view"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},"subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"oncall"}]}"#;
+    let created = http(
+        server.port,
+        "POST",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
+        Some(("application/json", binding)),
+    );
+    assert_eq!(created.map(|(c, _)| c), Some(201));
+    let allowed = crate::support::process::wait_until(Duration::from_secs(30), || {
+        run(Some("jane"), &["get", "pods", "-n", "default"]).0
+    });
+    assert!(allowed, "{}", run(Some("jane"), &["get", "pods", "-n", "default"]).1);
+    let (_, text) = run(Some("jane"), &["auth", "can-i", "create", "pods", "-n", "default"]);
+    assert_eq!(text.trim(), "no");
+}

@@ -38,6 +38,11 @@ pub struct Args {
     /// CSV of `token,user,uid[,"group1,group2"]` for the HTTPS port.
     #[arg(long)]
     pub token_auth_file: Option<PathBuf>,
+    /// PEM bundle of certificate authorities: a client certificate signed by one of them
+    /// authenticates its request on the HTTPS port as the user of its Common Name, in the
+    /// groups of its Organizations.
+    #[arg(long)]
+    pub client_ca_file: Option<PathBuf>,
     /// Whether pods may ask for privileged containers (`securityContext.privileged`); when
     /// false, such pods and pod templates are refused (422), as by kube-apiserver.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
@@ -100,8 +105,11 @@ pub struct Secure {
     pub addr: SocketAddr,
     /// Certificate and key.
     pub tls: Arc<tokio_rustls::rustls::ServerConfig>,
-    /// Bearer tokens it authenticates (none: anonymous requests are served).
+    /// Bearer tokens it authenticates.
     pub tokens: Option<Tokens>,
+    /// Whether client certificates are verified (`--client-ca-file`). With neither tokens nor
+    /// client certificates, requests are anonymous.
+    pub client_certificates: bool,
 }
 
 /// A server's settings, checked: what [`crate::start`] runs.
@@ -201,7 +209,7 @@ impl Config {
         let secure = match (&args.tls_cert_file, &args.tls_private_key_file) {
             _ if args.secure_port == 0 => None,
             (Some(cert), Some(key)) => {
-                let tls = secure::server_config(cert, key)?;
+                let tls = secure::server_config(cert, key, args.client_ca_file.as_deref())?;
                 let tokens = match &args.token_auth_file {
                     Some(path) => Some(Tokens::parse(&read("--token-auth-file", path)?).map_err(
                         |message| ConfigError::TokenFile { path: path.clone(), message },
@@ -212,6 +220,7 @@ impl Config {
                     addr: SocketAddr::new(args.bind_address, args.secure_port),
                     tls,
                     tokens,
+                    client_certificates: args.client_ca_file.is_some(),
                 })
             }
             (None, None) => None,

@@ -155,18 +155,18 @@ async fn serve<S: storage::Storage + 'static>(
         let listen = |source| Error::Listen { addr: s.addr, source };
         let addr = tcp.local_addr().map_err(listen)?;
         let listener = secure::TlsListener::new(tcp, s.tls.clone()).map_err(listen)?;
-        let mut router = server::router(api.clone());
-        match &s.tokens {
-            Some(tokens) => {
-                router = router.layer(axum::middleware::from_fn_with_state(
-                    Arc::new(tokens.clone()),
-                    secure::authenticate,
-                ));
-            }
-            None => {
-                tracing::warn!("no --token-auth-file: the secure port serves anonymous requests")
-            }
+        if s.tokens.is_none() && !s.client_certificates {
+            tracing::warn!(
+                "neither --token-auth-file nor --client-ca-file: the secure port's requests are anonymous"
+            );
         }
+        let authn = Arc::new(secure::Authn {
+            tokens: s.tokens.clone(),
+            client_certificates: s.client_certificates,
+        });
+        let router = server::router(api.clone())
+            .layer(axum::middleware::from_fn_with_state(authn, secure::authenticate))
+            .into_make_service_with_connect_info::<secure::Peer>();
         tracing::info!("serving the Kubernetes API on https://{addr}");
         let serve = axum::serve(listener, router).with_graceful_shutdown(until_stopped());
         servers.spawn(async move {

@@ -1,5 +1,6 @@
-//! The secure port: HTTPS with rustls (ring provider) and bearer tokens
-//! from a kube-apiserver `--token-auth-file` (CSV: `token,user,uid[,"g1,g2"]`).
+//! The secure port: HTTPS with rustls (ring provider); users from client certificates signed
+//! by a `--client-ca-file` authority (Common Name: the user, Organizations: the groups) and
+//! from bearer tokens of a kube-apiserver `--token-auth-file` (CSV: `token,user,uid[,"g1,g2"]`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,10 +34,17 @@ pub enum TlsConfigError {
     Versions(rustls::Error),
     #[error("TLS certificate of {} and key of {}: {source}", cert.display(), key.display())]
     CertificateAndKey { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    #[error("--client-ca-file {}: {message}", path.display())]
+    ClientCa { path: PathBuf, message: String },
 }
 
-/// A rustls server config from PEM files.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
+/// A rustls server config from PEM files; with `client_ca`, client certificates signed by its
+/// authorities are verified (and optional: token users need none).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsConfigError> {
     let certs = CertificateDer::pem_file_iter(cert)
         .map_err(|source| TlsConfigError::Read { path: cert.to_owned(), source })?
         .collect::<Result<Vec<_>, _>>()
@@ -44,16 +52,33 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
     let private_key = PrivateKeyDer::from_pem_file(key)
         .map_err(|source| TlsConfigError::Key { path: key.to_owned(), source })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(TlsConfigError::Versions)?
-        .with_no_client_auth()
-        .with_single_cert(certs, private_key)
-        .map_err(|source| TlsConfigError::CertificateAndKey {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            source,
-        })?;
+        .map_err(TlsConfigError::Versions)?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let bad = |message: String| TlsConfigError::ClientCa { path: path.to_owned(), message };
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+                roots.add(ca.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("holds no certificate".into()));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(certs, private_key).map_err(|source| {
+        TlsConfigError::CertificateAndKey { cert: cert.to_owned(), key: key.to_owned(), source }
+    })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -121,6 +146,44 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
+/// The user of a connection's verified client certificate, if it presented one.
+#[derive(Debug, Clone, Default)]
+pub struct Peer(pub Option<User>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Peer {
+        let (_, session) = stream.io().get_ref();
+        Peer(session.peer_certificates().and_then(|chain| chain.first()).and_then(certificate_user))
+    }
+}
+
+/// The user a certificate names: Common Name, Organizations as groups.
+pub fn certificate_user(cert: &CertificateDer<'_>) -> Option<User> {
+    use x509_cert::der::Decode as _;
+    use x509_cert::der::asn1::{PrintableStringRef, Utf8StringRef};
+    let cert = x509_cert::Certificate::from_der(cert.as_ref()).ok()?;
+    let (mut name, mut groups) = (None, Vec::new());
+    for rdn in cert.tbs_certificate().subject().iter_rdn() {
+        for atv in rdn.iter() {
+            let text = atv
+                .value
+                .decode_as::<Utf8StringRef<'_>>()
+                .map(|s| s.as_str().to_owned())
+                .or_else(|_| {
+                    atv.value.decode_as::<PrintableStringRef<'_>>().map(|s| s.as_str().to_owned())
+                });
+            let Ok(text) = text else { continue };
+            match atv.oid.to_string().as_str() {
+                "2.5.4.3" => name = Some(text),
+                "2.5.4.10" => groups.push(text),
+                _ => {}
+            }
+        }
+    }
+    let name = name.filter(|n| !n.is_empty())?;
+    Some(User { name, uid: String::new(), groups })
+}
+
 /// Who a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -180,27 +243,44 @@ fn split_csv(line: &str) -> Vec<String> {
     fields.into_iter().map(|f| f.trim().to_owned()).collect()
 }
 
-/// Middleware: 401 unless the request carries a known bearer token, whose user (in the
-/// group `system:authenticated`) the request then acts as. Health endpoints stay anonymous,
-/// as kube-apiserver's do.
+/// How the secure port tells who a request is from.
+#[derive(Debug, Clone, Default)]
+pub struct Authn {
+    pub tokens: Option<Tokens>,
+    pub client_certificates: bool,
+}
+
+/// Middleware: the request's user is its connection's verified client certificate's, else its
+/// bearer token's (a token that is not known is a 401, as is a request with neither when the
+/// port has tokens or client certificates to check); the user joins `system:authenticated`.
+/// Health endpoints stay anonymous, as kube-apiserver's do.
 pub async fn authenticate(
-    State(tokens): State<Arc<Tokens>>,
+    State(authn): State<Arc<Authn>>,
     mut request: Request,
     next: Next,
 ) -> Response {
     if matches!(request.uri().path(), "/healthz" | "/livez" | "/readyz") {
         return next.run(request).await;
     }
+    let from_cert =
+        request.extensions().get::<axum::extract::ConnectInfo<Peer>>().and_then(|c| c.0.0.clone());
     let token = request
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match token.and_then(|t| tokens.user(t)) {
-        Some(user) => {
+    let user = match (from_cert, token) {
+        (Some(user), _) => Some(user),
+        (None, Some(t)) => authn.tokens.as_ref().and_then(|tokens| tokens.user(t)).cloned(),
+        (None, None) if authn.tokens.is_none() && !authn.client_certificates => {
+            return next.run(request).await;
+        }
+        (None, None) => None,
+    };
+    match user {
+        Some(mut user) => {
             tracing::debug!(user = %user.name, "authenticated");
-            let mut user = user.clone();
             if !user.groups.iter().any(|g| g == crate::rbac::AUTHENTICATED) {
                 user.groups.push(crate::rbac::AUTHENTICATED.into());
             }
@@ -231,12 +311,12 @@ mod tests {
     fn tls_files_that_do_not_work_are_errors_naming_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("missing.pem");
-        let err = server_config(&missing, &missing).expect_err("no such file");
+        let err = server_config(&missing, &missing, None).expect_err("no such file");
         assert!(matches!(err, TlsConfigError::Read { .. }), "{err:?}");
         assert!(err.to_string().contains("missing.pem"), "{err}");
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "").expect("write");
-        let err = server_config(&empty, &empty).expect_err("no key");
+        let err = server_config(&empty, &empty, None).expect_err("no key");
         assert!(matches!(err, TlsConfigError::Key { .. }), "{err:?}");
         assert!(err.to_string().starts_with("reading the key in "), "{err}");
     }
