@@ -1229,8 +1229,7 @@ openssl x509 -req -in mallory.csr -CA other.crt -CAkey other.key -CAcreateserial
             cmd.arg(format!("--client-certificate={}", file(&format!("{who}.crt"))))
                 .arg(format!("--client-key={}", file(&format!("{who}.key"))));
         }
-        let out =
-            cmd.args(args).stdin(std::process::Stdio::null()).output().expect("run kubectl");
+        let out = cmd.args(args).stdin(std::process::Stdio::null()).output().expect("run kubectl");
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -1264,4 +1263,105 @@ openssl x509 -req -in mallory.csr -CA other.crt -CAkey other.key -CAcreateserial
     assert!(allowed, "{}", run(Some("jane"), &["get", "pods", "-n", "default"]).1);
     let (_, text) = run(Some("jane"), &["auth", "can-i", "create", "pods", "-n", "default"]);
     assert_eq!(text.trim(), "no");
+}
+
+/// ServiceAccount tokens: `kubectl create token` (a TokenRequest) gives a token that
+/// authenticates on the secure port as system:serviceaccount:<ns>:<name> (403 until a binding
+/// names the account, then allowed); a token outlives neither its account nor a forgery.
+#[test]
+fn service_account_tokens_authenticate_their_account() {
+    let etcd = Etcd::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=km-test-ca -keyout ca.key -out ca.crt 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -subj /CN=km-apiserver -keyout tls.key -out tls.csr 2>/dev/null
+printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > ext.cnf
+openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out tls.crt 2>/dev/null
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out sa.key 2>/dev/null
+"#;
+    let made = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir.path())
+        .output()
+        .expect("openssl makes test certificates");
+    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let port = crate::support::free_port();
+    let server = ApiServer::start_with(
+        &etcd,
+        &[
+            "--bind-address=127.0.0.1",
+            &format!("--secure-port={port}"),
+            &format!("--tls-cert-file={}", file("tls.crt")),
+            &format!("--tls-private-key-file={}", file("tls.key")),
+            &format!("--service-account-signing-key-file={}", file("sa.key")),
+            "--authorization-mode=RBAC",
+        ],
+    );
+    let listening = crate::support::process::wait_until(Duration::from_secs(30), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(listening, "the secure port does not listen; the log:\n{}", server.proc.log());
+    // `kubectl create token` exists from 1.24: the newest kubectl on the machine.
+    let kubectl = crate::support::all_kubectls().into_iter().last().expect("a kubectl");
+    let home = tempfile::tempdir().expect("home");
+    let kubectl_insecure = |args: &[&str]| {
+        let out = std::process::Command::new(&kubectl)
+            .env("HOME", home.path())
+            .arg(format!("--server={}", server.url()))
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    kubectl_insecure(&["create", "serviceaccount", "bot", "-n", "default"]);
+    let token = kubectl_insecure(&["create", "token", "bot", "-n", "default", "--duration=20m"]);
+    assert_eq!(token.matches('.').count(), 2, "a JSON Web Token: {token}");
+    let as_bot = |token: &str| {
+        let out = std::process::Command::new(&kubectl)
+            .env("HOME", home.path())
+            .arg(format!("--server=https://127.0.0.1:{port}"))
+            .arg(format!("--certificate-authority={}", file("ca.crt")))
+            .arg(format!("--token={token}"))
+            .args(["get", "configmaps", "-n", "default"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run kubectl");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = as_bot(&token);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("configmaps is forbidden: User \"system:serviceaccount:default:bot\" cannot list resource \"configmaps\""),
+        "{text}"
+    );
+    kubectl_insecure(&[
+        "create",
+        "rolebinding",
+        "bot-view",
+        "--clusterrole=view",
+        "--serviceaccount=default:bot",
+        "-n",
+        "default",
+    ]);
+    let allowed = crate::support::process::wait_until(Duration::from_secs(30), || as_bot(&token).0);
+    assert!(allowed, "{}", as_bot(&token).1);
+    // A tampered token is nobody.
+    let mut forged = token.clone();
+    forged.pop();
+    forged.push(if token.ends_with('A') { 'B' } else { 'A' });
+    let (ok, text) = as_bot(&forged);
+    assert!(!ok && (text.contains("Unauthorized") || text.contains("Username")), "{text}");
+    // An account deleted and made again is another account: the old token is refused.
+    kubectl_insecure(&["delete", "serviceaccount", "bot", "-n", "default"]);
+    kubectl_insecure(&["create", "serviceaccount", "bot", "-n", "default"]);
+    let (ok, text) = as_bot(&token);
+    assert!(!ok && (text.contains("Unauthorized") || text.contains("Username")), "{text}");
 }

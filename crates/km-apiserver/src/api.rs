@@ -36,6 +36,8 @@ pub struct ApiConfig {
     pub allow_privileged: bool,
     /// `--authorization-mode`.
     pub authorization: crate::authz::Mode,
+    /// Signs and checks ServiceAccount tokens (none: TokenRequests are refused).
+    pub service_accounts: Option<Arc<crate::satoken::Signer>>,
 }
 
 impl Default for ApiConfig {
@@ -46,6 +48,7 @@ impl Default for ApiConfig {
             nodes: NodeProxy::default(),
             allow_privileged: false,
             authorization: crate::authz::Mode::AlwaysAllow,
+            service_accounts: None,
         }
     }
 }

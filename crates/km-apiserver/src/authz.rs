@@ -369,6 +369,20 @@ pub async fn authorize<S: Storage>(
     next: Next,
 ) -> Response {
     let user = request.extensions().get::<User>().cloned().unwrap_or_else(anonymous);
+    // A ServiceAccount token is good while its account is: the same one (uid), not a new
+    // account of the same name.
+    if let Some(rest) = user.name.strip_prefix("system:serviceaccount:")
+        && !user.uid.is_empty()
+        && let Some((ns, name)) = rest.split_once(':')
+    {
+        let live = match registry::by_kind("ServiceAccount") {
+            Some(kind) => api.get(kind, Some(ns), name).await.ok(),
+            None => None,
+        };
+        if live.as_ref().and_then(|sa| sa["metadata"]["uid"].as_str()) != Some(user.uid.as_str()) {
+            return ApiError::Unauthorized("Unauthorized".into()).into_response();
+        }
+    }
     let user = match impersonate(&api.authorizer, user, request.headers()) {
         Ok(u) => u,
         Err(e) => return e.into_response(),

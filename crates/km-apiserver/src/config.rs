@@ -43,6 +43,14 @@ pub struct Args {
     /// groups of its Organizations.
     #[arg(long)]
     pub client_ca_file: Option<PathBuf>,
+    /// PEM PKCS#8 private key (ECDSA P-256 or RSA) that signs ServiceAccount tokens; every API
+    /// server of a cluster needs the same one. Without it the server makes a key of its own at
+    /// start, and its tokens end with it.
+    #[arg(long)]
+    pub service_account_signing_key_file: Option<PathBuf>,
+    /// The issuer (`iss`) of ServiceAccount tokens, also the audience they are accepted for.
+    #[arg(long, default_value = "https://kubernetes.default.svc")]
+    pub service_account_issuer: String,
     /// Whether pods may ask for privileged containers (`securityContext.privileged`); when
     /// false, such pods and pod templates are refused (422), as by kube-apiserver.
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false)]
@@ -136,6 +144,8 @@ pub struct Config {
 /// A flag that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error(transparent)]
+    ServiceAccountKey(#[from] crate::satoken::KeyError),
     #[error("--etcd-servers names no server")]
     NoEtcdServer,
     #[error("--etcd-connections must be at least 1")]
@@ -206,6 +216,11 @@ impl Config {
             }
             None => None,
         };
+        let issuer = &args.service_account_issuer;
+        let service_accounts = match &args.service_account_signing_key_file {
+            Some(path) => crate::satoken::Signer::from_file(path, issuer)?,
+            None => crate::satoken::Signer::ephemeral(issuer)?,
+        };
         let secure = match (&args.tls_cert_file, &args.tls_private_key_file) {
             _ if args.secure_port == 0 => None,
             (Some(cert), Some(key)) => {
@@ -251,6 +266,7 @@ impl Config {
                 nodes,
                 allow_privileged: args.allow_privileged,
                 authorization: args.authorization_mode,
+                service_accounts: Some(Arc::new(service_accounts)),
             },
         })
     }

@@ -31,6 +31,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod rbac;
 pub mod registry;
+pub mod satoken;
 pub mod secure;
 pub mod selector;
 pub mod server;
@@ -163,6 +164,7 @@ async fn serve<S: storage::Storage + 'static>(
         let authn = Arc::new(secure::Authn {
             tokens: s.tokens.clone(),
             client_certificates: s.client_certificates,
+            service_accounts: config.api.service_accounts.clone(),
         });
         let router = server::router(api.clone())
             .layer(axum::middleware::from_fn_with_state(authn, secure::authenticate))

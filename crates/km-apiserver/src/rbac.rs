@@ -432,6 +432,7 @@ pub fn bootstrap() -> Vec<Value> {
         rule(&write, &[""], &core_workloads),
         rule(&all_verbs, &[""], &["secrets"]),
         rule(&["create", "get"], &[""], &["pods/exec"]),
+        rule(&["create"], &[""], &["serviceaccounts/token"]),
         rule(&write, &["apps"], &apps),
         rule(&write, &["batch"], &batch),
         rule(&write, &["policy"], &policy),

@@ -107,7 +107,7 @@ pub static KINDS: &[Kind] = &[
     kind!(core::v1::Event, "event", ["ev"], [], []),
     kind!(core::v1::ConfigMap, "configmap", ["cm"], [], []),
     kind!(core::v1::Secret, "secret", [], [], []),
-    kind!(core::v1::ServiceAccount, "serviceaccount", ["sa"], [], []),
+    kind!(core::v1::ServiceAccount, "serviceaccount", ["sa"], ["token"], []),
     kind!(
         core::v1::ReplicationController,
         "replicationcontroller",

@@ -248,6 +248,8 @@ fn split_csv(line: &str) -> Vec<String> {
 pub struct Authn {
     pub tokens: Option<Tokens>,
     pub client_certificates: bool,
+    /// Checks ServiceAccount tokens (the JSON Web Tokens of TokenRequests).
+    pub service_accounts: Option<Arc<crate::satoken::Signer>>,
 }
 
 /// Middleware: the request's user is its connection's verified client certificate's, else its
@@ -272,7 +274,12 @@ pub async fn authenticate(
         .map(str::trim);
     let user = match (from_cert, token) {
         (Some(user), _) => Some(user),
-        (None, Some(t)) => authn.tokens.as_ref().and_then(|tokens| tokens.user(t)).cloned(),
+        (None, Some(t)) => {
+            authn.tokens.as_ref().and_then(|tokens| tokens.user(t)).cloned().or_else(|| {
+                let signer = authn.service_accounts.as_ref()?;
+                signer.verify(t, crate::object::unix_now()).map(|claims| claims.user())
+            })
+        }
         (None, None) if authn.tokens.is_none() && !authn.client_certificates => {
             return next.run(request).await;
         }

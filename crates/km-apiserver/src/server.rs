@@ -284,6 +284,9 @@ fn resource_list(group: &str, version: &str) -> Value {
                 "log" => ("Pod", json!(["get"]), None),
                 "exec" => ("PodExecOptions", json!(["create", "get"]), None),
                 "finalize" => ("Namespace", json!(["update"]), None),
+                "token" => {
+                    ("TokenRequest", json!(["create"]), Some(("authentication.k8s.io", "v1")))
+                }
                 "scale" => {
                     ("Scale", json!(["get", "patch", "update"]), Some(("autoscaling", "v1")))
                 }
@@ -522,6 +525,85 @@ async fn handle<S: Storage>(
         (Some(_), Some(_)) => Err(not_found()),
     }
 }
+
+/// A TokenRequest for service account `name`: a signed token for it, for the audiences and
+/// lifetime asked (at least 10 minutes, at most 48 hours, an hour by default).
+async fn token_request<S: Storage>(
+    api: &Api<S>,
+    ns: &str,
+    name: &str,
+    mut request: Value,
+) -> ApiResult<Value> {
+    let Some(signer) = &api.config.service_accounts else {
+        return Err(ApiError::Internal("this server signs no service account tokens".into()));
+    };
+    if !request.is_object() {
+        return Err(ApiError::BadRequest("a TokenRequest must be an object".into()));
+    }
+    let kind = registry::by_kind("ServiceAccount")
+        .ok_or_else(|| ApiError::Internal("ServiceAccount is not served".into()))?;
+    let account = api.get(kind, Some(ns), name).await?;
+    let spec = &request["spec"];
+    let seconds = match &spec["expirationSeconds"] {
+        Value::Null => crate::satoken::DEFAULT_EXPIRATION,
+        v => match v.as_i64() {
+            Some(s) if s >= crate::satoken::MIN_EXPIRATION => s.min(crate::satoken::MAX_EXPIRATION),
+            _ => {
+                let token_kind = TOKEN_REQUEST_KIND;
+                return Err(ApiError::invalid(
+                    token_kind,
+                    name,
+                    vec![crate::error::Cause::invalid(
+                        "spec.expirationSeconds",
+                        v,
+                        "may not specify a duration less than 10 minutes",
+                    )],
+                ));
+            }
+        },
+    };
+    let audiences: Vec<String> = spec["audiences"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let claims = crate::satoken::Claims {
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+        uid: account["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
+    };
+    let now = crate::object::unix_now();
+    let token = signer
+        .issue(&claims, &audiences, now, seconds)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    request["apiVersion"] = json!("authentication.k8s.io/v1");
+    request["kind"] = json!("TokenRequest");
+    request["metadata"]["name"] = json!(name);
+    request["metadata"]["namespace"] = json!(ns);
+    request["metadata"]["creationTimestamp"] = json!(crate::object::rfc3339(now));
+    request["spec"]["expirationSeconds"] = json!(seconds);
+    request["status"] = json!({
+        "token": token,
+        "expirationTimestamp": crate::object::rfc3339(now.saturating_add(seconds)),
+    });
+    Ok(request)
+}
+
+/// What a TokenRequest's 422s name.
+static TOKEN_REQUEST_KIND: &Kind = &Kind {
+    group: "authentication.k8s.io",
+    version: "v1",
+    api_version: "authentication.k8s.io/v1",
+    kind: "TokenRequest",
+    list_kind: "TokenRequestList",
+    plural: "tokenrequests",
+    singular: "tokenrequest",
+    namespaced: true,
+    short_names: &[],
+    subresources: &[],
+    categories: &[],
+    decode: |_| Ok(()),
+    schema: |_| String::new(),
+};
 
 /// The escalation check of writes to RBAC objects by `user` (RBAC mode only).
 fn grant_guard<S: Storage>(api: &Api<S>, kind: &'static Kind, user: &User) -> Option<Guard> {
@@ -765,6 +847,11 @@ async fn subresource<S: Storage>(
             let replace = Mutation::Replace(decode_body(headers, body)?);
             let obj = api.update_as(kind, None, name, Some("finalize"), replace, &write).await?;
             Ok(json_response(StatusCode::OK, &obj))
+        }
+        ("token", Method::POST) if kind.is("ServiceAccount") => {
+            let ns = ns.unwrap_or("default");
+            let request = decode_body(headers, body)?;
+            Ok(json_response(StatusCode::CREATED, &token_request(api, ns, name, request).await?))
         }
         ("status", Method::GET) => {
             Ok(json_response(StatusCode::OK, &api.get(kind, ns, name).await?))
