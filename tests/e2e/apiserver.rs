@@ -459,12 +459,19 @@ fn kubectl_scenario() {
         let etcd = Etcd::start();
         // RBAC on: the insecure port acts as a superuser, the scenario's --as users do not.
         let server = ApiServer::start_with(&etcd, &["--authorization-mode=RBAC"]);
+        // The controllers beside it, for the rollout step.
+        let mut cm_cmd = std::process::Command::new(crate::support::km_bin());
+        cm_cmd.arg("controller-manager").arg(format!("--master={}", server.url())).arg("--port=0");
+        let cm_log = tempfile::NamedTempFile::new().expect("log file");
+        let _controllers =
+            crate::support::process::Proc::spawn("km controller-manager", cm_cmd, cm_log.path());
         let bin = tempfile::tempdir().expect("bin dir");
         std::os::unix::fs::symlink(k, bin.path().join("kubectl")).expect("symlink kubectl");
         let out = std::process::Command::new("bash")
             .arg(&script)
             .arg(server.url())
             .env("KM_KUBECTL_DIR", bin.path())
+            .env("KM_ROLLOUT", "1")
             .output()
             .expect("run the kubectl scenario");
         let text = format!(

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A kubectl against `km apiserver`: the user workflow (create, apply, get in every form,
-# label, annotate, scale, watch, validation, explain, errors, delete).
-# Usage: scenario.sh http://127.0.0.1:<insecure-port>
+# label, annotate, scale, patch, replace, watch, server-side apply, RBAC, validation, explain,
+# errors, delete; with KM_ROLLOUT=1 and a km controller-manager beside the server, rollout).
+# Usage: scenario.sh http://127.0.0.1:<insecure-port>   (the server runs --authorization-mode=RBAC)
 # Runs with a temporary HOME (its own kubeconfig); exits non-zero, naming
 # the failed step, on the first unexpected output.
 set -euo pipefail
@@ -41,7 +42,7 @@ expect '^service/web created$'
 step="get (default columns)"
 run kubectl get deployments
 expect '^NAME +READY +UP-TO-DATE +AVAILABLE +AGE$'
-expect '^web +0/2 +0 +0 +[0-9]+s$'
+expect '^web +0/2 +[02] +0 +[0-9]+s$'  # UP-TO-DATE is 2 once a controller-manager runs
 expect '^api +0/1 '
 run kubectl get services
 expect '^NAME +TYPE +CLUSTER-IP +EXTERNAL-IP +PORT\(S\) +AGE$'
@@ -50,7 +51,7 @@ expect '^web +ClusterIP +10\.10\.10\.[0-9]+ +<none> +80/TCP '
 step="get -o wide"
 run kubectl get deployment web -o wide
 expect '^NAME +READY +UP-TO-DATE +AVAILABLE +AGE +CONTAINERS +IMAGES +SELECTOR$'
-expect '^web +0/2 +0 +0 +[0-9]+s +nginx +nginx:1.25 +app=web$'
+expect '^web +0/2 +[02] +0 +[0-9]+s +nginx +nginx:1.25 +app=web$'
 
 step="get -o yaml"
 run kubectl get deployment web -o yaml
@@ -144,7 +145,7 @@ fields='{range .metadata.managedFields[*]}{.manager}/{.operation}{" "}{end}'
 run kubectl apply --server-side -f "$here/cache.yaml"
 expect '^deployment.apps/cache serverside-applied$'
 run kubectl get deployment cache $managed -o "jsonpath=$fields"
-expect '^kubectl/Apply $'
+expect '^kubectl/Apply( km-controller-manager/Update)* $'
 run kubectl get deployment cache $managed -o 'jsonpath={.metadata.managedFields[0].fieldsV1}'
 expect '"k:\{\\"name\\":\\"redis\\"\}"'
 run kubectl scale deployment cache --replicas=4
@@ -170,6 +171,36 @@ run_fails kubectl get deployment dry
 expect 'NotFound'
 run kubectl delete deployment cache
 expect 'deployment.apps "cache" deleted'
+
+if [ "${KM_ROLLOUT:-}" = 1 ]; then
+  # Needs km controller-manager beside the server (its deployment controller writes the
+  # ReplicaSets whose revisions rollout reads); no replicas, so no pods need to run.
+  step="rollout (status, history, undo, restart, pause, resume)"
+  run kubectl create deployment roll --image=nginx:1.25 --replicas=0
+  run kubectl rollout status deployment roll --timeout=60s
+  expect 'deployment "roll" successfully rolled out'
+  run kubectl set image deployment/roll nginx=nginx:1.26
+  run kubectl rollout status deployment roll --timeout=60s
+  expect 'successfully rolled out'
+  run kubectl rollout history deployment roll
+  expect '^1 +<none>$'
+  expect '^2 +<none>$'
+  run kubectl rollout undo deployment roll
+  expect 'deployment.apps/roll rolled back'
+  run kubectl get deployment roll -o 'jsonpath={.spec.template.spec.containers[0].image}'
+  expect '^nginx:1.25$'
+  run kubectl rollout restart deployment roll
+  expect 'deployment.apps/roll restarted'
+  run kubectl get deployment roll -o 'jsonpath={.spec.template.metadata.annotations}'
+  expect 'kubectl.kubernetes.io/restartedAt'
+  run kubectl rollout pause deployment roll
+  expect 'deployment.apps/roll paused'
+  run kubectl rollout resume deployment roll
+  expect 'deployment.apps/roll resumed'
+  run kubectl rollout status deployment roll --timeout=60s
+  expect 'successfully rolled out'
+  run kubectl delete deployment roll
+fi
 
 step="statefulset and disruption budget"
 run kubectl apply -f "$here/db.yaml"
