@@ -15,7 +15,7 @@
 //! atomic lists and structs whole. The functions here take the time as an argument and do no
 //! IO.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde_json::{Map, Value, json};
 
@@ -28,6 +28,10 @@ use crate::registry::Kind;
 /// [`ANCIENT_CHANGES`], as Kubernetes does, so the list cannot grow without bound.
 const MAX_UPDATE_ENTRIES: usize = 10;
 const ANCIENT_CHANGES: &str = "ancient-changes";
+/// The most entries an object's managedFields may have (each write adds at most one, and
+/// Update entries beyond [`MAX_UPDATE_ENTRIES`] fold; only a request that sets the list itself
+/// can come near).
+const MAX_ENTRIES: usize = 1000;
 /// The longest field manager name accepted.
 pub const MAX_MANAGER_LENGTH: usize = 128;
 
@@ -239,14 +243,27 @@ fn item_pe(list: &ListType, item: &Value) -> Result<Pe, String> {
     }
 }
 
-/// Items of a list by their path elements (the first of duplicates wins).
-fn indexed<'a>(list: &ListType, items: &'a [Value]) -> Vec<(Pe, &'a Value)> {
-    let mut out: Vec<(Pe, &Value)> = Vec::with_capacity(items.len());
+/// Items of a list by their path elements, in order (the first of duplicates wins), with an
+/// index by path element (lists can be long: no lookup is a scan).
+struct Indexed<'a> {
+    items: Vec<(Pe, &'a Value)>,
+    by_pe: HashMap<Pe, &'a Value>,
+}
+
+impl<'a> Indexed<'a> {
+    fn get(&self, pe: &Pe) -> Option<&'a Value> {
+        self.by_pe.get(pe).copied()
+    }
+}
+
+fn indexed<'a>(list: &ListType, items: &'a [Value]) -> Indexed<'a> {
+    let mut out = Indexed { items: Vec::with_capacity(items.len()), by_pe: HashMap::new() };
     for item in items {
         if let Ok(pe) = item_pe(list, item)
-            && !out.iter().any(|(p, _)| *p == pe)
+            && !out.by_pe.contains_key(&pe)
         {
-            out.push((pe, item));
+            out.by_pe.insert(pe.clone(), item);
+            out.items.push((pe, item));
         }
     }
     out
@@ -343,14 +360,14 @@ pub fn compare(old: Option<&Value>, new: Option<&Value>, shape: &Shape) -> Compa
             let olds = indexed(list, o.and_then(Value::as_array).unwrap_or(&empty));
             let news = indexed(list, n.and_then(Value::as_array).unwrap_or(&empty));
             let mut out = Comparison::default();
-            for (pe, ov) in &olds {
-                let nv = news.iter().find(|(p, _)| p == pe).map(|(_, v)| *v);
+            for (pe, ov) in &olds.items {
+                let nv = news.get(pe);
                 let mut child = compare(Some(ov), nv, item);
                 child.removed.member |= nv.is_none();
                 out.attach(pe, child);
             }
-            for (pe, nv) in &news {
-                if !olds.iter().any(|(p, _)| p == pe) {
+            for (pe, nv) in &news.items {
+                if olds.get(pe).is_none() {
                     let mut child = compare(None, Some(nv), item);
                     child.added.member = true;
                     out.attach(pe, child);
@@ -392,20 +409,20 @@ pub fn merge(live: Option<&Value>, config: &Value, shape: &Shape) -> Value {
         (Shape::List(list, item), Value::Array(old), Value::Array(new)) => {
             let news = indexed(list, new);
             let mut out: Vec<Value> = Vec::with_capacity(old.len() + new.len());
-            let mut seen: Vec<Pe> = Vec::new();
+            let mut seen: HashSet<Pe> = HashSet::new();
             for ov in old {
                 match item_pe(list, ov) {
                     Ok(pe) => {
-                        match news.iter().find(|(p, _)| *p == pe) {
-                            Some((_, nv)) => out.push(merge(Some(ov), nv, item)),
+                        match news.get(&pe) {
+                            Some(nv) => out.push(merge(Some(ov), nv, item)),
                             None => out.push(ov.clone()),
                         }
-                        seen.push(pe);
+                        seen.insert(pe);
                     }
                     Err(_) => out.push(ov.clone()),
                 }
             }
-            for (pe, nv) in news {
+            for (pe, nv) in news.items {
                 if !seen.contains(&pe) {
                     out.push(nv.clone());
                 }
@@ -492,7 +509,7 @@ fn prune_child(
 }
 
 /// What a manager's entry is told apart by.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ManagerKey {
     pub manager: String,
     /// `Apply` or `Update`.
@@ -524,7 +541,11 @@ impl Managed {
 
     pub fn decode(value: &Value) -> Result<Managed, String> {
         let Value::Array(items) = value else { return Err("must be a list".into()) };
+        if items.len() > MAX_ENTRIES {
+            return Err(format!("{} entries: at most {MAX_ENTRIES} are kept", items.len()));
+        }
         let mut out = Managed::default();
+        let mut at: HashMap<ManagerKey, usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let text = |k: &str| item.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
             let operation = match item.get("operation").and_then(Value::as_str) {
@@ -551,9 +572,12 @@ impl Managed {
                 subresource: text("subresource"),
             };
             let time = item.get("time").and_then(Value::as_str).map(str::to_owned);
-            match out.0.iter_mut().find(|e| e.key == key) {
-                Some(e) => e.set.union(&set),
-                None => out.0.push(Entry { key, api_version: text("apiVersion"), time, set }),
+            match at.get(&key) {
+                Some(&i) => out.0[i].set.union(&set),
+                None => {
+                    at.insert(key.clone(), out.0.len());
+                    out.0.push(Entry { key, api_version: text("apiVersion"), time, set });
+                }
             }
         }
         Ok(out)

@@ -282,6 +282,15 @@ fn bad_configurations_and_managers_are_refused_with_the_reason() {
     assert_eq!(err.code().as_u16(), 422);
     assert!(err.to_string().contains("metadata.managedFields"), "{err}");
 
+    let many: Vec<Value> = (0..1001)
+        .map(
+            |i| json!({"manager": format!("m{i}"), "operation": "Update", "fieldsV1": {"f:a": {}}}),
+        )
+        .collect();
+    let err = track_update(kind, Some(&writer("m")), None, &mut obj, Some(&Value::Array(many)), 0)
+        .expect_err("too many");
+    assert!(err.to_string().contains("at most 1000"), "{err}");
+
     assert_eq!(manager_name(None, Some("kubectl/v1.32.0 (linux/amd64)")).as_deref(), Ok("kubectl"));
     assert_eq!(manager_name(Some("mine"), Some("kubectl/v1")).as_deref(), Ok("mine"));
     assert!(manager_name(Some(&"x".repeat(129)), None).is_err());
