@@ -227,7 +227,19 @@ async fn killing_the_leading_master_host_moves_scheduler_and_controller_manager(
     let backends = |port: u16| -> Vec<SocketAddr> {
         (1..=HOSTS).filter_map(|i| format!("{}:{port}", net.ip(i)).parse().ok()).collect()
     };
-    tokio::spawn(balancer(format!("{gw}:{api_lb}").parse().expect("addr"), backends(8080)));
+    tokio::spawn(balancer(format!("{gw}:{api_lb}").parse().expect("addr"), backends(6443)));
+    // The cluster's certificates: the components reach the API servers over HTTPS as their
+    // own users (RBAC), as the manifests say.
+    let pki = dir.path().join("pki");
+    let mut make_pki = Command::new("bash");
+    make_pki
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-pki.sh"))
+        .arg(&pki)
+        .arg(format!("https://{gw}:{api_lb}"))
+        .arg(gw.to_string())
+        .args((1..=HOSTS).map(|i| net.ip(i)));
+    let made = make_pki.output().expect("scripts/make-pki.sh");
+    assert!(made.status.success(), "make-pki.sh: {}", String::from_utf8_lossy(&made.stderr));
     tokio::spawn(balancer(format!("{gw}:{sched_lb}").parse().expect("addr"), backends(10251)));
 
     // Mesos on the machine itself.
@@ -279,6 +291,8 @@ async fn killing_the_leading_master_host_moves_scheduler_and_controller_manager(
             ("MANIFEST_SOURCE_DIR", "/srv/km/manifests".to_owned()),
             ("KUBELET_MANIFEST_DIR", "/etc/kubernetes/manifests".to_owned()),
             ("CLOUD_CONFIG", "/etc/kubernetes/mesos-cloud.conf".to_owned()),
+            ("PKI_DIR", pki.display().to_string()),
+            ("NODE_KUBECONFIG", pki.join("node.kubeconfig").display().to_string()),
         ];
         std::fs::write(&cloud, render("mesos-cloud.conf", &vars)).expect("cloud config");
         for f in ["scheduler.yaml", "controller-manager.yaml"] {
@@ -362,7 +376,12 @@ async fn killing_the_leading_master_host_moves_scheduler_and_controller_manager(
         out
     };
 
-    let config = kube::Config::new(format!("http://{gw}:{api_lb}").parse().expect("url"));
+    // The test acts as the cluster's administrator (system:masters).
+    let admin =
+        kube::config::Kubeconfig::read_from(pki.join("admin.kubeconfig")).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(admin, &Default::default())
+        .await
+        .expect("admin kubeconfig");
     let client = kube::Client::try_from(config).expect("client");
     let system: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
     let started = Instant::now();
@@ -418,6 +437,24 @@ async fn killing_the_leading_master_host_moves_scheduler_and_controller_manager(
         assert!(Instant::now() < deadline, "the Deployment's pod never ran:\n{}", logs());
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // Its status came from the executor over HTTPS as a node (RBAC allowed the write): its
+    // managedFields name the executor's client for the status subresource.
+    loop {
+        let pod = pods.get(&first).await.expect("the pod");
+        let by_executor = pod.metadata.managed_fields.iter().flatten().any(|e| {
+            e.manager.as_deref() == Some("km-kubelet") && e.subresource.as_deref() == Some("status")
+        });
+        if by_executor {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status write from the executor: {:?}\n{}",
+            pod.metadata.managed_fields,
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let task = |p: &Pod| {
         p.metadata.annotations.as_ref().and_then(|a| a.get("k8s.mesosphere.io/taskId")).cloned()
     };

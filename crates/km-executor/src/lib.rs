@@ -38,6 +38,11 @@ pub struct Args {
     #[arg(long = "api-servers", value_delimiter = ',')]
     pub api_servers: Vec<String>,
 
+    /// Credentials (and certificate authority) for the API servers: a kubeconfig on the agent
+    /// whose current context's user this executor acts as.
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+
     /// Exit after this long without pods (0: never).
     #[arg(long = "suicide-timeout", default_value = "20m", value_parser = humantime::parse_duration)]
     pub suicide_timeout: Duration,

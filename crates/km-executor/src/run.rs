@@ -336,7 +336,7 @@ pub(crate) async fn run(args: Args) -> anyhow::Result<()> {
         docker,
         NodeContext { node_name: node_name.clone(), host_ip: host_ip.clone() },
     ));
-    let api = km_kubelet::mirror::clients(&args.api_servers)?;
+    let api = km_kubelet::mirror::clients(&args.api_servers, args.kubeconfig.as_deref()).await?;
     let statuses = StatusWriter::start(api.first().cloned());
     let metrics = Arc::new(Metrics::new());
     let listen = std::net::SocketAddr::new(

@@ -110,6 +110,11 @@ pub struct Args {
     #[arg(long, value_delimiter = ',')]
     pub api_servers: Vec<String>,
 
+    /// Credentials (and certificate authority) for the API servers: a kubeconfig whose current
+    /// context's user this kubelet acts as (a node is `system:node:<name>` in `system:nodes`).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+
     /// Where sandboxes, logs and status files live.
     #[arg(long, default_value = "/var/lib/km/kubelet")]
     pub root_dir: PathBuf,
@@ -156,7 +161,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => host_name().unwrap_or_else(|| "localhost".into()),
     };
     let host_ip = args.node_ip.clone().unwrap_or_else(default_ip);
-    let api_clients = mirror::clients(&args.api_servers)?;
+    let api_clients = mirror::clients(&args.api_servers, args.kubeconfig.as_deref()).await?;
     std::fs::create_dir_all(&args.root_dir)
         .with_context(|| format!("creating {}", args.root_dir.display()))?;
     let status_dir = args.root_dir.join("status");

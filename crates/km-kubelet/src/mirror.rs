@@ -44,20 +44,50 @@ pub enum MirrorError {
         #[source]
         source: kube::Error,
     },
+    /// A `--kubeconfig` that cannot be used.
+    #[error("--kubeconfig {path}: {message}")]
+    Kubeconfig { path: String, message: String },
     /// The Node does not exist and this process does not create it.
     #[error("node {0} does not exist (it is registered by km scheduler or km controller-manager)")]
     NoNode(String),
 }
 
-/// A kube-rs client per `--api-servers` URL (short timeouts). Must be
-/// called within a tokio runtime.
-pub fn clients(urls: &[String]) -> Result<Vec<kube::Client>, MirrorError> {
+/// A kube-rs client per `--api-servers` URL (short timeouts), with the credentials and
+/// certificate authority of `kubeconfig` when given (its current context; the URLs replace its
+/// server). Must be called within a tokio runtime.
+pub async fn clients(
+    urls: &[String],
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<Vec<kube::Client>, MirrorError> {
+    let base = match kubeconfig {
+        Some(path) => {
+            let bad = |message: String| MirrorError::Kubeconfig {
+                path: path.display().to_string(),
+                message,
+            };
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+            let options = kube::config::KubeConfigOptions::default();
+            Some(
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| bad(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
     urls.iter()
         .map(|url| {
             let bad = |message: String| MirrorError::BadUrl { url: url.clone(), message };
             let uri: http::Uri =
                 url.parse().map_err(|e: http::uri::InvalidUri| bad(e.to_string()))?;
-            let mut config = kube::Config::new(uri);
+            let mut config = match &base {
+                Some(base) => {
+                    let mut c = base.clone();
+                    c.cluster_url = uri;
+                    c
+                }
+                None => kube::Config::new(uri),
+            };
             // A silent server must not hold up pod starts for minutes.
             config.connect_timeout = Some(Duration::from_secs(5));
             config.read_timeout = Some(Duration::from_secs(15));

@@ -173,6 +173,11 @@ pub struct Args {
     )]
     pub executor_api_servers: Vec<String>,
 
+    /// A kubeconfig on every agent that executors use for credentials with the API servers
+    /// (passed to them as --kubeconfig).
+    #[arg(long = "executor-kubeconfig")]
+    pub executor_kubeconfig: Option<String>,
+
     /// An executor with no pods exits after this long (0 never).
     #[arg(long = "executor-suicide-timeout", default_value = "20m")]
     pub executor_suicide_timeout: String,

@@ -287,6 +287,9 @@ impl Settings {
             format!("--log={}", args.executor_log),
             format!("--allow-privileged={}", args.allow_privileged),
         ];
+        if let Some(kubeconfig) = &args.executor_kubeconfig {
+            exec_args.push(format!("--kubeconfig={kubeconfig}"));
+        }
         if !executor_api_servers.is_empty() {
             exec_args.push(format!("--api-servers={}", executor_api_servers.join(",")));
         }
