@@ -236,7 +236,7 @@ async fn killing_the_leading_master_host_moves_scheduler_and_controller_manager(
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/make-pki.sh"))
         .arg(&pki)
         .arg(format!("https://{gw}:{api_lb}"))
-        .arg(gw.to_string())
+        .arg(&gw)
         .args((1..=HOSTS).map(|i| net.ip(i)));
     let made = make_pki.output().expect("scripts/make-pki.sh");
     assert!(made.status.success(), "make-pki.sh: {}", String::from_utf8_lossy(&made.stderr));
