@@ -535,9 +535,16 @@ mod tests {
         assert!(!r.failing);
     }
 
-    #[test]
-    fn bad_api_server_urls_are_named() {
-        let Err(err) = clients(&["http://[bad".into()]) else { panic!("a bad url is refused") };
+    #[tokio::test]
+    async fn bad_api_server_urls_and_kubeconfigs_are_named() {
+        let Err(err) = clients(&["http://[bad".into()], None).await else {
+            panic!("a bad url is refused")
+        };
         assert!(err.to_string().contains("http://[bad"), "{err}");
+        let missing = std::path::Path::new("/nonexistent/node.kubeconfig");
+        let Err(err) = clients(&["http://127.0.0.1:1".into()], Some(missing)).await else {
+            panic!("a missing kubeconfig is refused")
+        };
+        assert!(err.to_string().starts_with("--kubeconfig /nonexistent/node.kubeconfig"), "{err}");
     }
 }
