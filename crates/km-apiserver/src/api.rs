@@ -119,8 +119,19 @@ pub fn parse_query(raw: Option<&str>) -> Query {
     form_urlencoded::parse(raw.unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
-fn flag(query: &Query, key: &str) -> bool {
-    matches!(query.get(key).map(String::as_str), Some("true" | "1"))
+/// A boolean query parameter as Go's `strconv.ParseBool` reads it (`1`, `t`, `T`, `TRUE`,
+/// `true`, `True`; the false forms alike); `None` when absent or not a boolean.
+pub fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// Whether the boolean query parameter `key` is set true.
+pub fn flag(query: &Query, key: &str) -> bool {
+    query.get(key).and_then(|v| parse_bool(v)) == Some(true)
 }
 
 /// How a list or watch chooses its starting point (`resourceVersion`, `resourceVersionMatch`,
@@ -160,7 +171,7 @@ fn list_options_invalid(causes: Vec<Cause>) -> ApiError {
 pub fn list_options(kind: &Kind, query: &Query, watch: bool) -> ApiResult<ListOptions> {
     let rv = query.get("resourceVersion").map(String::as_str).unwrap_or_default();
     let matching = query.get("resourceVersionMatch").map(String::as_str).unwrap_or_default();
-    let send = query.get("sendInitialEvents").map(|v| v == "true" || v == "1");
+    let send = query.get("sendInitialEvents").map(|v| parse_bool(v) == Some(true));
     let paging = query.get("continue").is_some_and(|c| !c.is_empty());
     let mut causes = Vec::new();
     if send.is_some() && !watch {
@@ -304,9 +315,9 @@ impl DeleteOptions {
                 .or_else(|| query.get("propagationPolicy").cloned())
                 .or_else(|| {
                     // The older form of `propagationPolicy: Orphan`.
-                    let orphan = body["orphanDependents"]
-                        .as_bool()
-                        .or_else(|| query.get("orphanDependents").map(|v| v == "true" || v == "1"));
+                    let orphan = body["orphanDependents"].as_bool().or_else(|| {
+                        query.get("orphanDependents").map(|v| parse_bool(v) == Some(true))
+                    });
                     orphan.map(|o| if o { "Orphan" } else { "Background" }.to_owned())
                 }),
             dry_run: query.get("dryRun").is_some_and(|v| v == "All")

@@ -266,7 +266,7 @@ fn put(policy: &mut Policy, kind: &Kind, key: &str, obj: Option<&Value>) {
 pub fn attributes(method: &Method, path: &str, query: &Query) -> Attributes {
     let verb_of = |has_name: bool| match *method {
         Method::GET | Method::HEAD if !has_name => {
-            if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
+            if crate::api::flag(query, "watch") {
                 "watch"
             } else {
                 "list"

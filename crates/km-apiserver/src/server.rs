@@ -78,7 +78,7 @@ fn request_labels(
     if !served {
         return RequestLabels::default();
     }
-    let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let watch = crate::api::flag(query, "watch");
     let verb = match (method.as_str(), t.name) {
         ("GET", None) if watch => "WATCH",
         ("GET", None) => "LIST",
@@ -633,7 +633,7 @@ async fn collection<S: Storage>(
     guard: Option<&Guard>,
 ) -> ApiResult<Response> {
     match *method {
-        Method::GET if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) => {
+        Method::GET if crate::api::flag(query, "watch") => {
             let mut stream = api.watch(kind, ns, query).await?;
             if wants_table(headers) {
                 let query = query.clone();
@@ -781,13 +781,12 @@ async fn patch<S: Storage>(
         return Err(ApiError::UnsupportedMediaType("a PATCH needs a Content-Type".into()));
     }
     let write = write_of(query, headers, guard)?;
-    let force = match query.get("force").map(String::as_str) {
+    let force = match query.get("force") {
         None => None,
-        Some("true" | "1") => Some(true),
-        Some("false" | "0") => Some(false),
-        Some(other) => {
-            return Err(ApiError::BadRequest(format!("force: invalid value {other:?}")));
-        }
+        Some(v) => match crate::api::parse_bool(v) {
+            Some(b) => Some(b),
+            None => return Err(ApiError::BadRequest(format!("force: invalid value {v:?}"))),
+        },
     };
     if ct.starts_with(crate::patch::APPLY_PATCH) {
         let config: Value = serde_yaml_ng::from_slice(body)
