@@ -3,6 +3,8 @@
 #   protoc (Debian protobuf-compiler, with libprotobuf-dev's well-known types) for the etcd client's and km's protos,
 #   etcd (Debian etcd-server) for the podmaster and API server tests,
 #   kubectl (Debian kubernetes-client) as an outside client of km apiserver,
+#   the Python Kubernetes client (Debian python3-kubernetes) as another one,
+#   for tests/python/client.py,
 #   a static busybox (Debian busybox-static) from which the pod-runtime tests
 #   build their Docker images (there is no registry), unzip for the agent's
 #   fetcher.
@@ -16,6 +18,9 @@ command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 [ -f /usr/include/google/protobuf/duration.proto ] || need+=(libprotobuf-dev)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+# Debian's package goes into Debian's python3, which need not be the first
+# python3 on PATH (pyenv, a virtualenv); tests/e2e/python_client.rs looks there too.
+/usr/bin/python3 -c 'import kubernetes' >/dev/null 2>&1 || need+=(python3-kubernetes)
 command -v unzip >/dev/null 2>&1 || need+=(unzip)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)

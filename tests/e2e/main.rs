@@ -16,5 +16,6 @@ mod mesos_agent;
 mod mesos_master;
 mod native_init;
 mod podmaster;
+mod python_client;
 mod scheduler;
 mod support;
