@@ -339,6 +339,59 @@ impl DeleteOptions {
     }
 }
 
+/// A list answer: its metadata and each item as stored (JSON text) with its revision.
+pub struct StoredList {
+    pub kind: &'static Kind,
+    pub metadata: Value,
+    pub items: Vec<(Bytes, i64)>,
+}
+
+impl StoredList {
+    /// The list as a value.
+    pub fn into_value(self) -> ApiResult<Value> {
+        let items = self
+            .items
+            .iter()
+            .map(|(bytes, rev)| decode(bytes).map(|o| with_revision(o, *rev)))
+            .collect::<ApiResult<Vec<Value>>>()?;
+        Ok(json!({
+            "kind": self.kind.list_kind,
+            "apiVersion": self.kind.api_version,
+            "metadata": self.metadata,
+            "items": items,
+        }))
+    }
+
+    /// The list as JSON text, each item's stored text with its resourceVersion put in (no
+    /// value of the whole list is built: a list of many objects costs little more memory than
+    /// its answer).
+    pub fn to_json(&self) -> ApiResult<Vec<u8>> {
+        let size: usize = self.items.iter().map(|(b, _)| b.len() + 32).sum();
+        let mut out = Vec::with_capacity(size + 256);
+        let head = json!({ "kind": self.kind.list_kind, "apiVersion": self.kind.api_version, "metadata": self.metadata });
+        let head = serde_json::to_vec(&head).map_err(|e| ApiError::Internal(e.to_string()))?;
+        // `{"apiVersion":…,"kind":…,"metadata":{…}` then `,"items":[…]}`.
+        out.extend_from_slice(&head[..head.len().saturating_sub(1)]);
+        out.extend_from_slice(b",\"items\":[");
+        for (i, (bytes, rev)) in self.items.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match object::with_revision_bytes(bytes, *rev) {
+                Some(item) => out.extend_from_slice(&item),
+                None => {
+                    let obj = with_revision(decode(bytes)?, *rev);
+                    let text =
+                        serde_json::to_vec(&obj).map_err(|e| ApiError::Internal(e.to_string()))?;
+                    out.extend_from_slice(&text);
+                }
+            }
+        }
+        out.extend_from_slice(b"]}");
+        Ok(out)
+    }
+}
+
 /// How an update's new object is derived from the current one.
 pub enum Mutation<'a> {
     /// PUT: the request body.
@@ -528,12 +581,23 @@ impl<S: Storage> Api<S> {
         self.config.nodes.pod_exec(&pod, node.as_ref(), query, request).await
     }
 
+    /// A list as a value (tables, protobuf, the server's own reads).
     pub async fn list(
         &self,
         kind: &'static Kind,
         namespace: Option<&str>,
         query: &Query,
     ) -> ApiResult<Value> {
+        self.list_stored(kind, namespace, query).await?.into_value()
+    }
+
+    /// A list with its items as stored: answered as JSON text without building values.
+    pub async fn list_stored(
+        &self,
+        kind: &'static Kind,
+        namespace: Option<&str>,
+        query: &Query,
+    ) -> ApiResult<StoredList> {
         let labels = LabelSelector::parse(
             query.get("labelSelector").map(String::as_str).unwrap_or_default(),
         )?;
@@ -580,13 +644,6 @@ impl<S: Storage> Api<S> {
         };
         let revision = if revision > 0 { revision } else { page.revision };
         let filtering = !labels.is_empty() || !fields.is_empty();
-        let mut items = Vec::with_capacity(page.items.len());
-        for kv in &page.items {
-            let obj = with_revision(decode(&kv.value)?, kv.mod_revision);
-            if !filtering || (labels.matches(&obj) && fields.matches(&obj)) {
-                items.push(obj);
-            }
-        }
         let mut metadata = json!({ "resourceVersion": revision.to_string() });
         if page.more
             && let Some(last) = page.items.last()
@@ -596,9 +653,17 @@ impl<S: Storage> Api<S> {
                 metadata["remainingItemCount"] = json!(page.count - page.items.len() as i64);
             }
         }
-        Ok(
-            json!({ "kind": kind.list_kind, "apiVersion": kind.api_version, "metadata": metadata, "items": items }),
-        )
+        let mut items = Vec::with_capacity(page.items.len());
+        for kv in page.items {
+            if filtering {
+                let obj = with_revision(decode(&kv.value)?, kv.mod_revision);
+                if !(labels.matches(&obj) && fields.matches(&obj)) {
+                    continue;
+                }
+            }
+            items.push((kv.value, kv.mod_revision));
+        }
+        Ok(StoredList { kind, metadata, items })
     }
 
     pub async fn watch(

@@ -905,10 +905,88 @@ pub fn with_revision(mut obj: Value, revision: i64) -> Value {
     obj
 }
 
+/// [`with_revision`] on a stored object's JSON text, without parsing it into a value: the
+/// `resourceVersion` goes first into the top-level `metadata` object. `None` when the text has
+/// no top-level metadata object or already names a resourceVersion in it (then parse it).
+pub fn with_revision_bytes(json: &[u8], revision: i64) -> Option<Vec<u8>> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let mut key_start: Option<usize> = None;
+    let mut last_key: &[u8] = b"";
+    let mut meta_open: Option<usize> = None;
+    for (i, &b) in json.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => {
+                    in_string = false;
+                    if let Some(start) = key_start.take() {
+                        last_key = &json[start..i];
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                // A string right after `{` or `,` at an object level is a key.
+                let prev = json[..i].iter().rev().find(|c| !c.is_ascii_whitespace());
+                if matches!(prev, Some(b'{' | b',')) {
+                    key_start = Some(i + 1);
+                }
+            }
+            b'{' | b'[' => {
+                if b == b'{' && depth == 1 && last_key == b"metadata" && meta_open.is_none() {
+                    meta_open = Some(i);
+                }
+                depth += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 1 && meta_open.is_some() {
+                    break;
+                }
+            }
+            b':' if depth == 2 && meta_open.is_some() && last_key == b"resourceVersion" => {
+                return None;
+            }
+            _ => {}
+        }
+    }
+    let open = meta_open?;
+    let empty = json[open + 1..].iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'}');
+    let field = format!("\"resourceVersion\":\"{revision}\"{}", if empty { "" } else { "," });
+    let mut out = Vec::with_capacity(json.len() + field.len());
+    out.extend_from_slice(&json[..=open]);
+    out.extend_from_slice(field.as_bytes());
+    out.extend_from_slice(&json[open + 1..]);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::registry::lookup;
+
+    #[test]
+    fn a_revision_goes_into_stored_text_as_into_the_value() {
+        for obj in [
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"metadata": "{\"x\": 1}", "k\"metadata\"": "v"}, "metadata": {"name": "a", "labels": {"metadata": "x"}}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {}, "spec": {"metadata": {"resourceVersion": "1"}}}),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "annotations": {"a": "}{\\\""}}, "spec": {"template": {"metadata": {"labels": {"a": "b"}}}}}),
+        ] {
+            let text = serde_json::to_vec(&obj).expect("json");
+            let out = with_revision_bytes(&text, 42).expect("has metadata");
+            let parsed: Value = serde_json::from_slice(&out).expect("still JSON");
+            assert_eq!(parsed, with_revision(obj.clone(), 42), "{}", String::from_utf8_lossy(&out));
+        }
+        assert!(with_revision_bytes(br#"{"metadata":{"resourceVersion":"3"}}"#, 4).is_none());
+        assert!(with_revision_bytes(br#"{"kind":"X"}"#, 4).is_none());
+        assert!(with_revision_bytes(b"", 4).is_none());
+        assert!(with_revision_bytes(b"}}}", 4).is_none());
+    }
 
     fn pods() -> &'static Kind {
         lookup("", "v1", "pods").expect("pods")

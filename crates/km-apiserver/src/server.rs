@@ -669,11 +669,14 @@ async fn collection<S: Storage>(
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
         Method::GET => {
-            let list = api.list(kind, ns, query).await?;
+            let list = api.list_stored(kind, ns, query).await?;
             if wants_table(headers) {
+                let list = list.into_value()?;
                 return Ok(json_response(StatusCode::OK, &table::list_table(kind, &list, query)));
             }
-            Ok(json_response(StatusCode::OK, &list))
+            // Written from the stored texts (protobuf is converted from this answer).
+            let body = list.to_json()?;
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
         }
         Method::POST => {
             if ns.is_none() && kind.namespaced {
