@@ -14,7 +14,7 @@ use kube::api::{
 use kube::core::Status;
 use serde_json::json;
 
-use crate::support::apiserver::{ApiServer, compact_etcd, http};
+use crate::support::apiserver::{ApiServer, SecureApiServer, compact_etcd, http};
 use crate::support::etcd::Etcd;
 use crate::support::runtime;
 
@@ -504,44 +504,20 @@ fn kubectl_scenario() {
 fn secure_port_with_tokens_and_rbac() {
     let etcd = Etcd::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    // A CA and a serving certificate for 127.0.0.1 signed by it.
-    let script = r#"set -e
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=km-test-ca -keyout ca.key -out ca.crt
-openssl req -newkey rsa:2048 -nodes -subj /CN=km-apiserver -keyout tls.key -out tls.csr
-printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > ext.cnf
-openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out tls.crt
-"#;
-    let made = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir.path())
-        .output()
-        .expect("openssl makes test certificates");
-    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
-    let (ca, cert, key) =
-        (dir.path().join("ca.crt"), dir.path().join("tls.crt"), dir.path().join("tls.key"));
     let tokens = dir.path().join("tokens.csv");
     std::fs::write(
         &tokens,
         "s3cret,admin,1,\"system:masters\"\njane-token,jane,2\nsched-token,system:km-scheduler,3\n",
     )
     .expect("token file");
-    let port = crate::support::free_port();
-    let server = ApiServer::start_with(
+    let secure = SecureApiServer::start(
         &etcd,
-        &[
-            "--bind-address=127.0.0.1",
-            &format!("--secure-port={port}"),
-            &format!("--tls-cert-file={}", cert.display()),
-            &format!("--tls-private-key-file={}", key.display()),
-            &format!("--token-auth-file={}", tokens.display()),
-            "--authorization-mode=RBAC",
-        ],
+        &[&format!("--token-auth-file={}", tokens.display()), "--authorization-mode=RBAC"],
     );
+    let (port, server, ca) = (secure.port, &secure.server, secure.file("ca.crt"));
     let kubeconfig = |token: &str| {
         format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: km\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: km\n  context:\n    cluster: km\n    user: u\ncurrent-context: km\n",
-            ca.display()
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: km\n  cluster:\n    server: https://127.0.0.1:{port}\n    certificate-authority: {ca}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: km\n  context:\n    cluster: km\n    user: u\ncurrent-context: km\n"
         )
     };
     let client_for = |token: &str| {
@@ -553,11 +529,6 @@ openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -
             kube::Client::try_from(config).expect("client")
         }
     };
-    // The secure listener starts beside the insecure one that answered the health check.
-    let listening = crate::support::process::wait_until(std::time::Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(listening, "the secure port does not listen; the log:\n{}", server.proc.log());
     runtime().block_on(async {
         let good: Api<Namespace> = Api::all(client_for("s3cret").await);
         let list = good.list(&ListParams::default()).await.expect("list over https with a token");
@@ -1188,61 +1159,25 @@ fn server_side_apply_records_managers_and_conflicts() {
 #[test]
 fn client_certificates_name_users_and_groups() {
     let etcd = Etcd::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let script = r#"set -e
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=km-test-ca -keyout ca.key -out ca.crt 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj /CN=km-apiserver -keyout tls.key -out tls.csr 2>/dev/null
-printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > ext.cnf
-openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out tls.crt 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj '/O=devs/O=oncall/CN=jane' -keyout jane.key -out jane.csr 2>/dev/null
-printf 'basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n' > client.cnf
-openssl x509 -req -in jane.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile client.cnf -out jane.crt 2>/dev/null
+    let secure = SecureApiServer::start(&etcd, &["--authorization-mode=RBAC"]);
+    secure.client_certificate("jane", "/O=devs/O=oncall/CN=jane");
+    // Mallory claims system:masters with a certificate of her own authority.
+    let mallory = r#"set -e
 openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other-ca -keyout other.key -out other.crt 2>/dev/null
 openssl req -newkey rsa:2048 -nodes -subj '/O=system:masters/CN=mallory' -keyout mallory.key -out mallory.csr 2>/dev/null
 openssl x509 -req -in mallory.csr -CA other.crt -CAkey other.key -CAcreateserial -days 1 -extfile client.cnf -out mallory.crt 2>/dev/null
 "#;
     let made = std::process::Command::new("bash")
         .arg("-c")
-        .arg(script)
-        .current_dir(dir.path())
+        .arg(mallory)
+        .current_dir(std::path::Path::new(&secure.file("")))
         .output()
-        .expect("openssl makes test certificates");
+        .expect("openssl");
     assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
-    let file = |name: &str| dir.path().join(name).display().to_string();
-    let port = crate::support::free_port();
-    let server = ApiServer::start_with(
-        &etcd,
-        &[
-            "--bind-address=127.0.0.1",
-            &format!("--secure-port={port}"),
-            &format!("--tls-cert-file={}", file("tls.crt")),
-            &format!("--tls-private-key-file={}", file("tls.key")),
-            &format!("--client-ca-file={}", file("ca.crt")),
-            "--authorization-mode=RBAC",
-        ],
-    );
-    let listening = crate::support::process::wait_until(Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(listening, "the secure port does not listen; the log:\n{}", server.proc.log());
     let kubectl = crate::support::all_kubectls().into_iter().last().expect("a kubectl");
-    let home = tempfile::tempdir().expect("home");
     let run = |who: Option<&str>, args: &[&str]| {
-        let mut cmd = std::process::Command::new(&kubectl);
-        cmd.env("HOME", home.path())
-            .arg(format!("--server=https://127.0.0.1:{port}"))
-            .arg(format!("--certificate-authority={}", file("ca.crt")));
-        if let Some(who) = who {
-            cmd.arg(format!("--client-certificate={}", file(&format!("{who}.crt"))))
-                .arg(format!("--client-key={}", file(&format!("{who}.key"))));
-        }
-        let out = cmd.args(args).stdin(std::process::Stdio::null()).output().expect("run kubectl");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        let auth = who.map(|w| secure.as_certificate(w)).unwrap_or_default();
+        secure.kubectl(&kubectl, &auth, args)
     };
     let (ok, text) = run(Some("jane"), &["get", "pods", "-n", "default"]);
     assert!(!ok);
@@ -1258,7 +1193,7 @@ openssl x509 -req -in mallory.csr -CA other.crt -CAkey other.key -CAcreateserial
     // The group from her certificate's Organization gets `view` in default.
     let binding = r#"{"apiVersion":"rbac.authorization.k8s.io/v1","kind":"RoleBinding","metadata":{"name":"devs-view"},"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"view"},"subjects":[{"apiGroup":"rbac.authorization.k8s.io","kind":"Group","name":"oncall"}]}"#;
     let created = http(
-        server.port,
+        secure.server.port,
         "POST",
         "/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings",
         Some(("application/json", binding)),
@@ -1278,38 +1213,8 @@ openssl x509 -req -in mallory.csr -CA other.crt -CAkey other.key -CAcreateserial
 #[test]
 fn service_account_tokens_authenticate_their_account() {
     let etcd = Etcd::start();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let script = r#"set -e
-openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=km-test-ca -keyout ca.key -out ca.crt 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj /CN=km-apiserver -keyout tls.key -out tls.csr 2>/dev/null
-printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' > ext.cnf
-openssl x509 -req -in tls.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 -extfile ext.cnf -out tls.crt 2>/dev/null
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out sa.key 2>/dev/null
-"#;
-    let made = std::process::Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .current_dir(dir.path())
-        .output()
-        .expect("openssl makes test certificates");
-    assert!(made.status.success(), "openssl: {}", String::from_utf8_lossy(&made.stderr));
-    let file = |name: &str| dir.path().join(name).display().to_string();
-    let port = crate::support::free_port();
-    let server = ApiServer::start_with(
-        &etcd,
-        &[
-            "--bind-address=127.0.0.1",
-            &format!("--secure-port={port}"),
-            &format!("--tls-cert-file={}", file("tls.crt")),
-            &format!("--tls-private-key-file={}", file("tls.key")),
-            &format!("--service-account-signing-key-file={}", file("sa.key")),
-            "--authorization-mode=RBAC",
-        ],
-    );
-    let listening = crate::support::process::wait_until(Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    assert!(listening, "the secure port does not listen; the log:\n{}", server.proc.log());
+    let secure = SecureApiServer::start(&etcd, &["--authorization-mode=RBAC"]);
+    let server = &secure.server;
     // `kubectl create token` exists from 1.24: the newest kubectl on the machine.
     let kubectl = crate::support::all_kubectls().into_iter().last().expect("a kubectl");
     let home = tempfile::tempdir().expect("home");
@@ -1327,21 +1232,11 @@ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out sa.key 2>/de
     let token = kubectl_insecure(&["create", "token", "bot", "-n", "default", "--duration=20m"]);
     assert_eq!(token.matches('.').count(), 2, "a JSON Web Token: {token}");
     let as_bot = |token: &str| {
-        let out = std::process::Command::new(&kubectl)
-            .env("HOME", home.path())
-            .arg(format!("--server=https://127.0.0.1:{port}"))
-            .arg(format!("--certificate-authority={}", file("ca.crt")))
-            .arg(format!("--token={token}"))
-            .args(["get", "configmaps", "-n", "default"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run kubectl");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        secure.kubectl(
+            &kubectl,
+            &[format!("--token={token}")],
+            &["get", "configmaps", "-n", "default"],
+        )
     };
     let (ok, text) = as_bot(&token);
     assert!(!ok, "{text}");
