@@ -362,6 +362,20 @@ impl StoredList {
         }))
     }
 
+    /// The list in Kubernetes' protobuf encoding, item by item (each stored text parsed and
+    /// encoded in turn).
+    pub fn to_protobuf(&self) -> ApiResult<Vec<u8>> {
+        let items =
+            self.items.iter().map(|(bytes, rev)| decode(bytes).map(|o| with_revision(o, *rev)));
+        crate::protobuf::encode_list(
+            self.kind.api_version,
+            self.kind.list_kind,
+            &self.metadata,
+            items,
+        )?
+        .map_err(|e| ApiError::Internal(format!("encoding the list in protobuf: {e}")))
+    }
+
     /// The list as JSON text, each item's stored text with its resourceVersion put in (no
     /// value of the whole list is built: a list of many objects costs little more memory than
     /// its answer).

@@ -180,6 +180,56 @@ pub fn encode(obj: &Value) -> Result<Vec<u8>, ProtoError> {
     Ok(out)
 }
 
+/// Encodes a list (`<Kind>List` of `api_version`) item by item: `items` yields each object in
+/// turn, so the whole list never exists as one value (a long list costs little more memory
+/// than its answer).
+pub fn encode_list<E>(
+    api_version: &str,
+    list_kind: &str,
+    metadata: &Value,
+    items: impl IntoIterator<Item = Result<Value, E>>,
+) -> Result<Result<Vec<u8>, ProtoError>, E> {
+    let unknown = || ProtoError::UnknownType {
+        api_version: api_version.to_owned(),
+        kind: list_kind.to_owned(),
+    };
+    let Some(desc) = message_for(api_version, list_kind) else { return Ok(Err(unknown())) };
+    let (Some(meta_field), Some(items_field)) =
+        (desc.get_field_by_name("metadata"), desc.get_field_by_name("items"))
+    else {
+        return Ok(Err(unknown()));
+    };
+    let (FieldKind::Message(meta_desc), FieldKind::Message(item_desc)) =
+        (meta_field.kind(), items_field.kind())
+    else {
+        return Ok(Err(unknown()));
+    };
+    let mut raw = Vec::with_capacity(1024);
+    let mut inner = Vec::with_capacity(1024);
+    if let Err(e) = write_message(&meta_desc, metadata, &Path::Root, &mut inner) {
+        return Ok(Err(e));
+    }
+    put_bytes(&mut raw, meta_field.number(), &inner);
+    for item in items {
+        let item = item?;
+        inner.clear();
+        if let Err(e) = write_message(&item_desc, &item, &Path::Root, &mut inner) {
+            return Ok(Err(e));
+        }
+        put_bytes(&mut raw, items_field.number(), &inner);
+    }
+    let mut type_meta = Vec::with_capacity(api_version.len() + list_kind.len() + 4);
+    put_bytes(&mut type_meta, 1, api_version.as_bytes());
+    put_bytes(&mut type_meta, 2, list_kind.as_bytes());
+    let mut out = Vec::with_capacity(raw.len() + type_meta.len() + 16);
+    out.extend_from_slice(MAGIC);
+    put_bytes(&mut out, 1, &type_meta);
+    put_bytes(&mut out, 2, &raw);
+    put_bytes(&mut out, 3, b"");
+    put_bytes(&mut out, 4, b"");
+    Ok(Ok(out))
+}
+
 /// Decodes a protobuf body into Kubernetes JSON, `apiVersion` and `kind` included.
 pub fn decode(body: &[u8]) -> Result<Value, ProtoError> {
     let rest = body.strip_prefix(MAGIC.as_slice()).ok_or(ProtoError::NoMagic)?;

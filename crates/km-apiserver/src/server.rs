@@ -674,7 +674,12 @@ async fn collection<S: Storage>(
                 let list = list.into_value()?;
                 return Ok(json_response(StatusCode::OK, &table::list_table(kind, &list, query)));
             }
-            // Written from the stored texts (protobuf is converted from this answer).
+            // Written from the stored texts, item by item.
+            if wants_protobuf(headers) {
+                let body = list.to_protobuf()?;
+                return Ok((StatusCode::OK, [(header::CONTENT_TYPE, protobuf::MEDIA_TYPE)], body)
+                    .into_response());
+            }
             let body = list.to_json()?;
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response())
         }

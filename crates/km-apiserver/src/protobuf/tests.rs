@@ -407,3 +407,20 @@ fn nested_bodies_cannot_recurse_the_stack_away() {
     let obj = decode(&body).expect("decodes");
     assert_eq!(obj["metadata"]["managedFields"][0]["fieldsV1"], Value::Null, "not JSON: dropped");
 }
+
+#[test]
+fn lists_encoded_item_by_item_decode_as_the_lists_encoded_whole() {
+    let list = samples().into_iter().find(|o| o["kind"] == "PodList").expect("a PodList sample");
+    let items: Vec<Value> = list["items"].as_array().cloned().unwrap_or_default();
+    assert!(!items.is_empty());
+    let whole = encode(&list).expect("whole");
+    let streamed = encode_list::<()>("v1", "PodList", &list["metadata"], items.into_iter().map(Ok))
+        .expect("items")
+        .expect("encoded");
+    // The same message (fields in number order here, in the value's key order there).
+    assert_eq!(streamed.len(), whole.len());
+    assert_eq!(decode(&streamed).expect("decodes"), decode(&whole).expect("decodes"));
+    assert!(
+        encode_list::<()>("v1", "NoSuchList", &json!({}), std::iter::empty()).expect("ok").is_err()
+    );
+}
