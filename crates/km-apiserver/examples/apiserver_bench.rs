@@ -11,49 +11,14 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-struct Etcd(Child, #[allow(dead_code)] tempfile::TempDir);
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn start_etcd() -> (Etcd, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (client, peer) = (free_port(), free_port());
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .arg(format!("--data-dir={}", dir.path().join("data").display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=default={peer_url}"))
-        .arg("--log-level=error")
-        .arg("--logger=zap")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start etcd (is it on PATH?)");
-    (Etcd(child, dir), client_url)
-}
+#[path = "support/etcd.rs"]
+mod etcd;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
@@ -79,7 +44,8 @@ async fn main() -> anyhow::Result<()> {
     let concurrency = args.get(1).copied().unwrap_or(128);
     let watchers = args.get(2).copied().unwrap_or(100);
 
-    let (_etcd, url) = start_etcd();
+    let etcd = etcd::Etcd::start().expect("start etcd (is it on PATH?)");
+    let url = etcd.url.clone();
     // The server as `km apiserver` starts it, on any free port.
     #[derive(clap::Parser)]
     struct Cli {

@@ -17,6 +17,9 @@
 //! each a quarter of the pods, so that neither encoding always meets the smaller store.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[path = "support/etcd.rs"]
+mod etcd;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -56,27 +59,6 @@ impl Drop for Killed {
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn start_etcd() -> anyhow::Result<(Killed, String)> {
-    let dir = tempfile::tempdir()?;
-    let (client, peer) = (free_port()?, free_port()?);
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .arg(format!("--data-dir={}", dir.path().join("data").display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=default={peer_url}"))
-        .arg("--log-level=error")
-        .arg("--logger=zap")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start etcd (is it on PATH?)")?;
-    Ok((Killed(child, Some(dir)), client_url))
 }
 
 /// The server: in this process, or `km apiserver` as a child process.
@@ -294,7 +276,8 @@ fn median(mut xs: Vec<Duration>) -> Duration {
 async fn main() -> anyhow::Result<()> {
     let opts = <Opts as clap::Parser>::parse();
     let (pods, concurrency) = (opts.pods, opts.concurrency.max(1));
-    let (_etcd, etcd_url) = start_etcd()?;
+    let etcd = etcd::Etcd::start().context("start etcd (is it on PATH?)")?;
+    let etcd_url = etcd.url.clone();
     let (server, base) = start_server(opts.km.as_ref(), &etcd_url).await?;
     let pid = server.pid();
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
