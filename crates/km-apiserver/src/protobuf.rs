@@ -166,18 +166,22 @@ pub fn encode(obj: &Value) -> Result<Vec<u8>, ProtoError> {
     })?;
     let mut raw = Vec::with_capacity(1024);
     write_message(&desc, obj, &Path::Root, &mut raw)?;
-    // runtime.Unknown: typeMeta 1 (apiVersion 1, kind 2), raw 2, contentEncoding 3,
-    // contentType 4.
+    Ok(envelope(api_version, kind, &raw))
+}
+
+/// The magic and the `runtime.Unknown` around a message's bytes: typeMeta 1 (apiVersion 1,
+/// kind 2), raw 2, contentEncoding 3, contentType 4.
+fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
     let mut type_meta = Vec::with_capacity(api_version.len() + kind.len() + 4);
     put_bytes(&mut type_meta, 1, api_version.as_bytes());
     put_bytes(&mut type_meta, 2, kind.as_bytes());
     let mut out = Vec::with_capacity(raw.len() + type_meta.len() + 16);
     out.extend_from_slice(MAGIC);
     put_bytes(&mut out, 1, &type_meta);
-    put_bytes(&mut out, 2, &raw);
+    put_bytes(&mut out, 2, raw);
     put_bytes(&mut out, 3, b"");
     put_bytes(&mut out, 4, b"");
-    Ok(out)
+    out
 }
 
 /// Encodes a list (`<Kind>List` of `api_version`) item by item: `items` yields each object in
@@ -218,16 +222,7 @@ pub fn encode_list<E>(
         }
         put_bytes(&mut raw, items_field.number(), &inner);
     }
-    let mut type_meta = Vec::with_capacity(api_version.len() + list_kind.len() + 4);
-    put_bytes(&mut type_meta, 1, api_version.as_bytes());
-    put_bytes(&mut type_meta, 2, list_kind.as_bytes());
-    let mut out = Vec::with_capacity(raw.len() + type_meta.len() + 16);
-    out.extend_from_slice(MAGIC);
-    put_bytes(&mut out, 1, &type_meta);
-    put_bytes(&mut out, 2, &raw);
-    put_bytes(&mut out, 3, b"");
-    put_bytes(&mut out, 4, b"");
-    Ok(Ok(out))
+    Ok(Ok(envelope(api_version, list_kind, &raw)))
 }
 
 /// Decodes a protobuf body into Kubernetes JSON, `apiVersion` and `kind` included.
