@@ -1229,6 +1229,15 @@ fn service_account_tokens_authenticate_their_account() {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     kubectl_insecure(&["create", "serviceaccount", "bot", "-n", "default"]);
+    // Lifetimes shorter than 10 minutes, or not numbers, are refused with the reason.
+    let path = "/api/v1/namespaces/default/serviceaccounts/bot/token";
+    for (asked, why) in [("60", "less than 10 minutes"), ("\"1h\"", "a whole number of seconds")] {
+        let body = format!("{{\"spec\":{{\"expirationSeconds\":{asked}}}}}");
+        let answer = http(server.port, "POST", path, Some(("application/json", &body)));
+        let (code, text) = answer.expect("an answer");
+        assert_eq!(code, 422, "{text}");
+        assert!(text.contains(why), "{text}");
+    }
     let token = kubectl_insecure(&["create", "token", "bot", "-n", "default", "--duration=20m"]);
     assert_eq!(token.matches('.').count(), 2, "a JSON Web Token: {token}");
     let as_bot = |token: &str| {

@@ -548,16 +548,16 @@ async fn token_request<S: Storage>(
         Value::Null => crate::satoken::DEFAULT_EXPIRATION,
         v => match v.as_i64() {
             Some(s) if s >= crate::satoken::MIN_EXPIRATION => s.min(crate::satoken::MAX_EXPIRATION),
-            _ => {
-                let token_kind = TOKEN_REQUEST_KIND;
+            other => {
+                let why = if other.is_some() {
+                    "may not specify a duration less than 10 minutes"
+                } else {
+                    "must be a whole number of seconds"
+                };
                 return Err(ApiError::invalid(
-                    token_kind,
+                    TOKEN_REQUEST_KIND,
                     name,
-                    vec![crate::error::Cause::invalid(
-                        "spec.expirationSeconds",
-                        v,
-                        "may not specify a duration less than 10 minutes",
-                    )],
+                    vec![crate::error::Cause::invalid("spec.expirationSeconds", v, why)],
                 ));
             }
         },
