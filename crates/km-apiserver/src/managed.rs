@@ -864,8 +864,20 @@ pub fn track_update(
         operation: "Update",
         subresource: writer.subresource.clone(),
     };
-    let old_plain = old.map(without_managed);
-    let new_plain = without_managed(new);
+    // A status write changes the status alone (and only its fields are tracked): compare that
+    // much, not the whole object.
+    let status_only = |obj: &Value| {
+        let mut only = Map::new();
+        if let Some(status) = obj.get("status") {
+            only.insert("status".into(), status.clone());
+        }
+        Value::Object(only)
+    };
+    let (old_plain, new_plain) = if writer.subresource == "status" {
+        (old.map(status_only), status_only(new))
+    } else {
+        (old.map(without_managed), without_managed(new))
+    };
     // Forced: an ordinary write never conflicts.
     let cmp = reassign(kind, writer, &key, old_plain.as_ref(), &new_plain, &mut managed, true)
         .unwrap_or_default();
