@@ -8,8 +8,9 @@
 # kubectl: a Deployment of 3 behind a Service, a native-runtime pod and a
 # Docker pod, all run through Mesos. It waits until they are Running, shows
 # `kubectl get nodes,pods,svc,endpoints -o wide`, reaches every endpoint of the
-# Service at its HostIP:HostPort with curl and shows `kubectl logs` of the
-# Docker pod. It exits non-zero when a step fails.
+# Service at its HostIP:HostPort with curl, shows `kubectl logs` of the
+# Docker pod, and restarts the Deployment with `kubectl restart` (km as a
+# kubectl plugin). It exits non-zero when a step fails.
 #
 # With KM_RUN_ONCE=1 it then stops km local-up with SIGTERM and checks that
 # nothing of the cluster is left (no process of its data directory, no container
@@ -129,6 +130,14 @@ until [ -n "$logs" ]; do
   [ -n "$logs" ] || sleep 0.2
 done
 echo "$logs" | sed 's/^/   /'
+
+# km is also a kubectl plugin: `kubectl restart` replaces every replica, each one
+# Ready before the next old one goes.
+echo "== kubectl restart deployment/web (km make-symlinks puts kubectl-restart on the PATH)"
+"$km" make-symlinks "$work/bin" || fail "km make-symlinks"
+if ! PATH="$work/bin:$PATH" kubectl restart deployment/web --timeout=60s 2>&1 | sed 's/^/   /'; then
+  fail "kubectl restart deployment/web failed"
+fi
 
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 echo "== timings: cluster ready $(secs "$t0" "$t_ready") s after the start of km local-up;" \

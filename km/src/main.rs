@@ -56,6 +56,13 @@ enum Command {
     /// scheduler, controller-manager) in the foreground; re-running it resumes the cluster.
     #[command(name = "local-up")]
     LocalUp(km_local_up::Args),
+    /// Restart a Deployment, ReplicaSet, ReplicationController or pod without downtime,
+    /// each replacement health-checked (also `kubectl restart`, as a kubectl plugin).
+    Restart(km_restart::Args),
+    /// Create the links through which km runs a subcommand by name (`km-scheduler`, ...) and
+    /// the kubectl plugin `kubectl-restart`, in DIR.
+    #[command(name = "make-symlinks")]
+    MakeSymlinks(dispatch::SymlinkArgs),
     /// pid 1 of a native container: runs the program, forwards signals to it, reaps orphans
     /// and exits with its status (the native runtime runs it; hidden from help).
     #[command(name = "container-init", hide = true)]
@@ -75,6 +82,8 @@ impl Command {
             Command::Executor(args) => rt::block_on(km_executor::run(args)),
             Command::ControllerManager(args) => rt::block_on(km_controller_manager::run(args)),
             Command::LocalUp(args) => rt::block_on(async { Ok(km_local_up::run(args).await?) }),
+            Command::Restart(args) => rt::block_on(km_restart::run(args)),
+            Command::MakeSymlinks(args) => dispatch::make_symlinks(&args),
             Command::ContainerInit(args) => {
                 // main runs it before logging starts; this arm only completes the match.
                 std::process::exit(i32::from(init_status(km_runtime::native::init::run(args))))
@@ -101,8 +110,17 @@ fn main() -> ExitCode {
         other => other,
     };
     rt::init_logging(&log);
+    // The command-line tools report their errors as kubectl does, not as a log line.
+    let tool = matches!(command, Command::Restart(_) | Command::MakeSymlinks(_));
     match command.run() {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if tool => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("error: {err:#}");
+            }
+            ExitCode::FAILURE
+        }
         Err(err) => {
             tracing::error!("{err:#}");
             ExitCode::FAILURE

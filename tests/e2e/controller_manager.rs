@@ -22,7 +22,12 @@ use crate::support::{free_port, km_bin, kubectl, kubectls};
 const WAIT: Duration = Duration::from_secs(90);
 
 /// `km controller-manager` for `api`, healthy.
-fn controller_manager(api: &str, dir: &std::path::Path, name: &str, extra: &[&str]) -> (Proc, u16) {
+pub(crate) fn controller_manager(
+    api: &str,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[&str],
+) -> (Proc, u16) {
     let port = free_port();
     let mut cmd = Command::new(km_bin());
     cmd.arg("controller-manager")

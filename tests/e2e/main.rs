@@ -17,5 +17,6 @@ mod mesos_master;
 mod native_init;
 mod podmaster;
 mod python_client;
+mod restart;
 mod scheduler;
 mod support;

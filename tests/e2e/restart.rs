@@ -1,0 +1,413 @@
+//! `km restart` (and `kubectl restart`, the same binary as a kubectl plugin) against a local
+//! cluster: km apiserver, Mesos master, a real agent with km executor, km scheduler and km
+//! controller-manager. A Deployment restarts while a client polls it through its Service's
+//! HostIP:HostPort endpoints and no request fails; a single pod is replaced with no moment
+//! without a Ready copy and gets its name back; a replacement that fails its readiness probe
+//! stops the restart of a ReplicationController with the old pods serving.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, ReplicationController};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use crate::controller_manager::controller_manager;
+use crate::support::apiserver::http;
+use crate::support::cluster::KmCluster;
+use crate::support::{km_bin, kubectls};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+async fn eventually<T, F, Fut>(what: &str, logs: &dyn Fn() -> String, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}\n{}", logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A pod template serving its name over HTTP on the host port mapped to its container port
+/// 8080, Ready once it answers, and still answering for 2 s after SIGTERM (time for the
+/// endpoints to drop it), as a well-behaved server does. `extra_ready` is a shell condition
+/// the readiness probe also requires.
+fn serving_template(app: &str, extra_ready: &str) -> serde_json::Value {
+    let dir = format!("www-km-restart-{}", std::process::id());
+    let script = format!(
+        "mkdir -p {dir} && echo $POD_NAME > {dir}/index.html; \
+         busybox httpd -f -p $PORT -h {dir} & pid=$!; \
+         trap 'sleep 2; kill $pid; exit 0' TERM; wait $pid"
+    );
+    let probe =
+        format!("{extra_ready} busybox wget -q -O /dev/null http://127.0.0.1:$PORT/index.html");
+    json!({
+        "metadata": { "labels": { "app": app } },
+        "spec": {
+            "runtimeClassName": "native",
+            "terminationGracePeriodSeconds": 5,
+            "containers": [{
+                "name": "web", "image": "unused",
+                "command": ["/bin/sh", "-c", script],
+                "env": [
+                    { "name": "PORT", "valueFrom": { "fieldRef": { "fieldPath": "metadata.annotations['k8s.mesosphere.io/port_TCP_8080']" } } },
+                    { "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } },
+                    { "name": "MODE", "valueFrom": { "configMapKeyRef": { "name": format!("{app}-config"), "key": "mode", "optional": true } } },
+                ],
+                "ports": [{ "name": "http", "containerPort": 8080 }],
+                "readinessProbe": { "exec": { "command": ["/bin/sh", "-c", probe] }, "periodSeconds": 1 },
+                "resources": { "requests": { "cpu": "50m", "memory": "16Mi" } },
+            }],
+        },
+    })
+}
+
+fn is_ready(p: &Pod) -> bool {
+    p.metadata.deletion_timestamp.is_none()
+        && p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// UIDs of the Ready pods labelled app=`app`.
+async fn ready_uids(pods: &Api<Pod>, app: &str) -> Option<BTreeSet<String>> {
+    let list = pods.list(&ListParams::default().labels(&format!("app={app}"))).await.ok()?;
+    Some(list.items.iter().filter(|p| is_ready(p)).filter_map(|p| p.metadata.uid.clone()).collect())
+}
+
+/// Runs `km restart` with `args` against the cluster's API server.
+fn km_restart(c: &KmCluster, args: &[&str]) -> (bool, String) {
+    let out = Command::new(km_bin())
+        .arg("restart")
+        .args(args)
+        .arg(format!("--server={}", c.api.url()))
+        .env("HOME", c.dir.path())
+        .env("KM_LOG", "warn")
+        .output()
+        .expect("run km restart");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// Polls `app`'s Service like a client that balances over its endpoints: each request reads
+/// the Endpoints and asks one address (round robin), counting requests and failures.
+struct Poller {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Poller {
+    fn start(api_port: u16, service: &str) -> Poller {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let path = format!("/api/v1/namespaces/default/endpoints/{service}");
+        let thread = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut turn = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let Some((200, body)) = http(api_port, "GET", &path, None) else {
+                        continue;
+                    };
+                    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let mut addresses = Vec::new();
+                    for s in v["subsets"].as_array().into_iter().flatten() {
+                        let port = s["ports"][0]["port"].as_u64().unwrap_or(0);
+                        let n = s["addresses"].as_array().map_or(0, Vec::len);
+                        addresses.extend(std::iter::repeat_n(port, n));
+                    }
+                    if addresses.is_empty() {
+                        failed.lock().expect("lock").push("no endpoints".into());
+                        continue;
+                    }
+                    turn = turn.wrapping_add(1);
+                    let port = u16::try_from(addresses[turn % addresses.len()]).unwrap_or(0);
+                    match http(port, "GET", "/index.html", None) {
+                        Some((200, _)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.lock().expect("lock").push(format!("port {port}: {other:?}"))
+                        }
+                    }
+                }
+            })
+        };
+        Poller { stop, ok, failed, thread: Some(thread) }
+    }
+
+    /// Stops polling: (requests answered, failures).
+    fn finish(mut self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        (self.ok.load(Ordering::Relaxed), self.failed.lock().expect("lock").clone())
+    }
+}
+
+/// A 10-replica Deployment behind a Service with HostIP:HostPort endpoints is restarted with
+/// `km restart --max-unavailable 10%` while a client polls it: every pod is replaced and no
+/// request fails.
+///
+/// `KM_RESTART_REPLICAS=100` makes it the measurement of docs/benchmarks.md
+/// (`scripts/measure-restart.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_restarts_with_no_failed_request() {
+    let replicas: usize =
+        std::env::var("KM_RESTART_REPLICAS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let mut c = KmCluster::start(&[], &["--executor-suicide-timeout=1m"]);
+    let agent = c.start_agent(
+        "agent-r",
+        &format!("cpus:{};mem:{};disk:10000;ports:[31000-32000]", 1 + replicas / 10, 64 * replicas),
+    );
+    c.keep(agent);
+    let (cm, _) = controller_manager(&c.api.url(), c.dir.path(), "cm", &[]);
+    let logs = || {
+        format!(
+            "--- controller-manager\n{}\n--- scheduler\n{}\n--- executors\n{}",
+            crate::support::cluster::tail(&cm.log(), 40),
+            crate::support::cluster::tail(&c.scheduler_log(), 40),
+            crate::support::cluster::tail(&c.executor_logs(), 40)
+        )
+    };
+    let client = c.client();
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "web", "namespace": "default" },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": serving_template("web", ""),
+        },
+    }))
+    .expect("deployment");
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create the deployment");
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": { "name": "web", "namespace": "default" },
+        "spec": { "selector": { "app": "web" }, "ports": [{ "name": "http", "port": 80, "targetPort": "http" }] },
+    }))
+    .expect("service");
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create the service");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let before = eventually("every pod Ready", &logs, || async {
+        ready_uids(&pods, "web").await.filter(|u| u.len() == replicas)
+    })
+    .await;
+    let poller = Poller::start(c.api.port, "web");
+    let (ok, out) = km_restart(&c, &["deployment/web", "--max-unavailable=10%", "--timeout=2m"]);
+    let (answered, failed) = poller.finish();
+    println!(
+        "km restart deployment/web:\n{out}\n{answered} requests answered, {} failed",
+        failed.len()
+    );
+    assert!(ok, "km restart failed:\n{out}\n{}", logs());
+    assert!(out.contains(&format!("deployment/web restarted: {replicas} pods replaced")), "{out}");
+    assert!(failed.is_empty(), "failed requests during the restart: {failed:?}\n{}", logs());
+    assert!(answered > 0, "the client got no answer at all");
+    let after = ready_uids(&pods, "web").await.expect("list the pods");
+    assert_eq!(after.len(), replicas, "{after:?}");
+    assert!(after.is_disjoint(&before), "every pod is a new one: {before:?} {after:?}");
+}
+
+/// A bare pod restarted through kubectl's plugin mechanism (`kubectl restart`, found as
+/// `kubectl-restart` on the PATH, the cluster from $KUBECONFIG): at every moment some copy of
+/// it is Ready, and in the end it runs again under its own name. Then a ReplicationController
+/// whose replacements fail their readiness probe: the restart stops with the reason, exits
+/// non-zero, and the old pods keep serving; once fixed, the same restart replaces them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_pod_restarts_without_a_gap_and_a_failing_replacement_stops_a_restart() {
+    let mut c = KmCluster::start(&[], &["--executor-suicide-timeout=1m"]);
+    let agent = c.start_agent("agent-s", "cpus:4;mem:4096;disk:10000;ports:[31000-31200]");
+    c.keep(agent);
+    let (cm, _) = controller_manager(&c.api.url(), c.dir.path(), "cm", &[]);
+    let logs = || {
+        format!(
+            "--- controller-manager\n{}\n--- scheduler\n{}",
+            crate::support::cluster::tail(&cm.log(), 40),
+            crate::support::cluster::tail(&c.scheduler_log(), 40),
+        )
+    };
+    let client = c.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+
+    // --- A single pod, through `kubectl restart`.
+    let mut pod: Pod = serde_json::from_value(serving_template("solo", "")).expect("pod");
+    pod.metadata.name = Some("solo".into());
+    pods.create(&PostParams::default(), &pod).await.expect("create the pod");
+    let first = eventually("pod solo Ready", &logs, || async {
+        let p = pods.get_opt("solo").await.ok()??;
+        is_ready(&p).then(|| p.metadata.uid.clone()).flatten()
+    })
+    .await;
+    let bin = c.dir.path().join("bin");
+    let (ok, out) = run(Command::new(km_bin()).arg("make-symlinks").arg(&bin));
+    assert!(ok, "{out}");
+    let kubeconfig = c.dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, kubeconfig_for(&c.api.url())).expect("write a kubeconfig");
+    // Watch the pod's readiness from the side while it restarts.
+    let watching = Arc::new(AtomicBool::new(true));
+    let gaps = Arc::new(AtomicU64::new(0));
+    let watcher = {
+        let (pods, watching, gaps) = (pods.clone(), watching.clone(), gaps.clone());
+        tokio::spawn(async move {
+            while watching.load(Ordering::Relaxed) {
+                if ready_uids(&pods, "solo").await.is_some_and(|r| r.is_empty()) {
+                    gaps.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let kubectl = kubectls().last().cloned().expect("a kubectl");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = tokio::task::spawn_blocking({
+        let kubeconfig = kubeconfig.clone();
+        move || {
+            run(Command::new(&kubectl)
+                .args(["restart", "pod/solo", "--timeout=90s"])
+                .env("PATH", path)
+                .env("KUBECONFIG", kubeconfig)
+                .env("KM_LOG", "warn"))
+        }
+    })
+    .await
+    .expect("kubectl restart");
+    watching.store(false, Ordering::Relaxed);
+    watcher.await.expect("the watcher");
+    println!("kubectl restart pod/solo:\n{}", out.1);
+    assert!(out.0, "kubectl restart failed:\n{}\n{}", out.1, logs());
+    assert!(out.1.contains("pod/solo restarted: replaced without a gap"), "{}", out.1);
+    assert_eq!(gaps.load(Ordering::Relaxed), 0, "moments without a Ready copy of the pod");
+    let again = pods.get("solo").await.expect("pod solo is back");
+    assert!(is_ready(&again), "{again:?}");
+    assert_ne!(again.metadata.uid, Some(first), "a new pod under the old name");
+    eventually("the stand-in gone", &logs, || async {
+        let names: Vec<String> = pods
+            .list(&ListParams::default().labels("app=solo"))
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        (names == ["solo"]).then_some(())
+    })
+    .await;
+
+    // --- A ReplicationController whose replacements fail their readiness probe.
+    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let config = |mode: &str| -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": { "name": "rc-config", "namespace": "default" },
+            "data": { "mode": mode },
+        }))
+        .expect("configmap")
+    };
+    configs.create(&PostParams::default(), &config("ok")).await.expect("create the configmap");
+    let rc: ReplicationController = serde_json::from_value(json!({
+        "metadata": { "name": "rc", "namespace": "default" },
+        "spec": { "replicas": 3, "selector": { "app": "rc" },
+            "template": serving_template("rc", "test \"$MODE\" = ok &&") },
+    }))
+    .expect("rc");
+    let rcs: Api<ReplicationController> = Api::namespaced(client.clone(), "default");
+    rcs.create(&PostParams::default(), &rc).await.expect("create the rc");
+    let old = eventually("3 pods of rc Ready", &logs, || async {
+        ready_uids(&pods, "rc").await.filter(|u| u.len() == 3)
+    })
+    .await;
+    // New pods read the new mode and never pass their probe.
+    configs
+        .patch(
+            "rc-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": { "mode": "broken" } })),
+        )
+        .await
+        .expect("break the config");
+    let (ok, out) =
+        km_restart(&c, &["rc", "rc", "--max-unavailable=0", "--max-surge=1", "--timeout=15s"]);
+    println!("km restart rc/rc (failing):\n{out}");
+    assert!(!ok, "the restart must fail:\n{out}");
+    assert!(out.contains("no progress for 15s") && out.contains("not Ready"), "{out}");
+    let still = ready_uids(&pods, "rc").await.expect("list");
+    assert_eq!(still, old, "the old pods keep serving");
+    let rc_now = rcs.get("rc").await.expect("the rc");
+    assert_eq!(rc_now.spec.as_ref().and_then(|s| s.replicas), Some(3), "back to 3 replicas");
+    eventually("only the 3 old pods left", &logs, || async {
+        let list = pods.list(&ListParams::default().labels("app=rc")).await.ok()?.items;
+        (list.len() == 3).then_some(())
+    })
+    .await;
+    // Fixed: the same restart goes through.
+    configs
+        .patch(
+            "rc-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": { "mode": "ok" } })),
+        )
+        .await
+        .expect("fix the config");
+    let (ok, out) = km_restart(&c, &["rc/rc", "--max-unavailable=1", "--timeout=60s"]);
+    println!("km restart rc/rc:\n{out}");
+    assert!(ok, "{out}\n{}", logs());
+    let new = eventually("3 new pods of rc Ready", &logs, || async {
+        ready_uids(&pods, "rc").await.filter(|u| u.len() == 3)
+    })
+    .await;
+    assert!(new.is_disjoint(&old), "{old:?} {new:?}");
+    // What cannot be restarted says so.
+    let (ok, out) = km_restart(&c, &["pod", "nonexistent"]);
+    assert!(!ok && out.contains("pod default/nonexistent not found"), "{out}");
+    let some_rc_pod = pods
+        .list(&ListParams::default().labels("app=rc"))
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .find_map(|p| p.metadata.name)
+        .expect("a pod of rc");
+    let (ok, out) = km_restart(&c, &[&format!("pod/{some_rc_pod}")]);
+    assert!(
+        !ok && out.contains(
+            "is managed by ReplicationController rc: restart replicationcontroller/rc instead"
+        ),
+        "{out}"
+    );
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn kubeconfig_for(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: local\n  cluster:\n    server: {server}\n\
+         contexts:\n- name: local\n  context:\n    cluster: local\n    user: me\n    namespace: default\n\
+         current-context: local\nusers:\n- name: me\n  user: {{}}\n"
+    )
+}
