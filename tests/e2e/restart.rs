@@ -411,3 +411,218 @@ fn kubeconfig_for(server: &str) -> String {
          current-context: local\nusers:\n- name: me\n  user: {{}}\n"
     )
 }
+
+/// Restart on config change, built into km controller-manager: of four workloads using a
+/// ConfigMap and a Secret, the ones annotated `km.io/restart-on-config-change` roll when what
+/// they watch changes content — a Deployment by its rollout, a ReplicationController and a
+/// single pod through the health-gated restart — each once per change; an unchanged apply
+/// restarts nothing, the unannotated Deployment is left alone, and the Secret's values appear
+/// in no log and no Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_restart_exactly_the_annotated_workloads() {
+    let mut c = KmCluster::start(&[], &["--executor-suicide-timeout=1m"]);
+    let agent = c.start_agent("agent-c", "cpus:4;mem:4096;disk:10000;ports:[31000-31200]");
+    c.keep(agent);
+    let (cm, _) = controller_manager(&c.api.url(), c.dir.path(), "cm", &[]);
+    let logs = || {
+        format!(
+            "--- controller-manager\n{}\n--- scheduler\n{}",
+            crate::support::cluster::tail(&cm.log(), 60),
+            crate::support::cluster::tail(&c.scheduler_log(), 30),
+        )
+    };
+    let client = c.client();
+    let server = c.api.url();
+    let kubectl = kubectls().last().cloned().expect("a kubectl");
+    let secret_old = format!("old-secret-value-{}", std::process::id());
+    let secret_new = format!("new-secret-value-{}", std::process::id());
+    let apply = |yaml: String| {
+        let path = c.dir.path().join("apply.yaml");
+        std::fs::write(&path, yaml).expect("write the manifest");
+        let (ok, out) =
+            crate::support::kubectl(&kubectl, &server, &["apply", "-f", &path.to_string_lossy()]);
+        assert!(ok, "kubectl apply: {out}");
+        out
+    };
+    let config_yaml = |mode: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app-config\n  namespace: default\ndata:\n  mode: {mode}\n"
+        )
+    };
+    let secret_yaml = |value: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-secret\n  namespace: default\nstringData:\n  password: {value}\n"
+        )
+    };
+    apply(config_yaml("one"));
+    apply(secret_yaml(&secret_old));
+    // Every workload reads both; the annotation decides what restarts it.
+    let template = |app: &str| {
+        let mut t = serving_template(app, "");
+        let env = t["spec"]["containers"][0]["env"].as_array_mut().expect("env");
+        env.push(json!({ "name": "MODE_NOW", "valueFrom": { "configMapKeyRef": { "name": "app-config", "key": "mode" } } }));
+        env.push(json!({ "name": "PASSWORD", "valueFrom": { "secretKeyRef": { "name": "app-secret", "key": "password" } } }));
+        t
+    };
+    let deployment = |name: &str, annotation: Option<&str>| -> Deployment {
+        let annotations = annotation.map(|a| json!({ "km.io/restart-on-config-change": a }));
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": "default", "annotations": annotations },
+            "spec": { "replicas": 2, "selector": { "matchLabels": { "app": name } }, "template": template(name) },
+        }))
+        .expect("deployment")
+    };
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deployments
+        .create(&PostParams::default(), &deployment("watching", Some("true")))
+        .await
+        .expect("create");
+    deployments.create(&PostParams::default(), &deployment("plain", None)).await.expect("create");
+    let rc: ReplicationController = serde_json::from_value(json!({
+        "metadata": { "name": "rc-watching", "namespace": "default",
+            "annotations": { "km.io/restart-on-config-change": "configmap/app-config" } },
+        "spec": { "replicas": 2, "selector": { "app": "rc-watching" }, "template": template("rc-watching") },
+    }))
+    .expect("rc");
+    Api::<ReplicationController>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &rc)
+        .await
+        .expect("create the rc");
+    let mut pod: Pod = serde_json::from_value(template("single")).expect("pod");
+    pod.metadata.name = Some("single".into());
+    pod.metadata.annotations = Some(
+        [("km.io/restart-on-config-change".to_owned(), "secret/app-secret".to_owned())].into(),
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod).await.expect("create the pod");
+    let apps = ["watching", "plain", "rc-watching", "single"];
+    let mut before = std::collections::BTreeMap::new();
+    for app in apps {
+        let want = if app == "single" { 1 } else { 2 };
+        let uids = eventually(&format!("{app} Ready"), &logs, || async {
+            ready_uids(&pods, app).await.filter(|u| u.len() == want)
+        })
+        .await;
+        before.insert(app, uids);
+    }
+    // First sight records the hashes and restarts nothing.
+    let recorded = |name: &'static str| {
+        let deployments = deployments.clone();
+        let pods = pods.clone();
+        let client = client.clone();
+        async move {
+            let annotations = match name {
+                "watching" => deployments.get(name).await.ok()?.metadata.annotations,
+                "rc-watching" => {
+                    Api::<ReplicationController>::namespaced(client, "default")
+                        .get(name)
+                        .await
+                        .ok()?
+                        .metadata
+                        .annotations
+                }
+                _ => pods.get(name).await.ok()?.metadata.annotations,
+            };
+            annotations?.get("km.io/config-hash").cloned()
+        }
+    };
+    for name in ["watching", "rc-watching", "single"] {
+        let r = eventually(&format!("{name}'s hashes recorded"), &logs, || recorded(name)).await;
+        println!("{name}: km.io/config-hash={r}");
+        assert!(!r.contains(&secret_old), "{r}");
+    }
+    // An unchanged apply, then a real change of the ConfigMap.
+    let out = apply(config_yaml("one"));
+    assert!(out.contains("unchanged"), "{out}");
+    apply(config_yaml("two"));
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let restarted_events = |name: &'static str| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.ok()?.items;
+            Some(
+                list.into_iter()
+                    .filter(|e| e.involved_object.name.as_deref() == Some(name))
+                    .filter(|e| e.reason.as_deref() == Some("Restarted"))
+                    .count(),
+            )
+        }
+    };
+    eventually("rc-watching restarted once", &logs, || async {
+        (restarted_events("rc-watching").await? == 1).then_some(())
+    })
+    .await;
+    let replicasets = |app: &'static str| {
+        let client = client.clone();
+        async move {
+            let list = Api::<k8s_openapi::api::apps::v1::ReplicaSet>::namespaced(client, "default")
+                .list(&ListParams::default().labels(&format!("app={app}")))
+                .await
+                .ok()?;
+            Some(list.items.len())
+        }
+    };
+    eventually("watching rolled to a second ReplicaSet, its new pods Ready", &logs, || async {
+        let ready = ready_uids(&pods, "watching").await?;
+        (replicasets("watching").await? == 2
+            && ready.len() == 2
+            && ready.is_disjoint(&before["watching"]))
+        .then_some(())
+    })
+    .await;
+    let rc_now = eventually("rc-watching's new pods Ready", &logs, || async {
+        ready_uids(&pods, "rc-watching").await.filter(|u| u.len() == 2)
+    })
+    .await;
+    assert!(rc_now.is_disjoint(&before["rc-watching"]), "the rc's pods were replaced");
+    // Not watching the ConfigMap: left alone.
+    assert_eq!(ready_uids(&pods, "plain").await, Some(before["plain"].clone()), "plain untouched");
+    assert_eq!(
+        ready_uids(&pods, "single").await,
+        Some(before["single"].clone()),
+        "single untouched"
+    );
+    assert_eq!(replicasets("plain").await, Some(1));
+    // The Secret changes: the pod restarts (through a stand-in, keeping its name) and the
+    // Deployment watching everything rolls again; the rc watches only the ConfigMap.
+    apply(secret_yaml(&secret_new));
+    eventually("single restarted once", &logs, || async {
+        (restarted_events("single").await? == 1).then_some(())
+    })
+    .await;
+    let single = pods.get("single").await.expect("single is back under its name");
+    assert!(is_ready(&single), "{single:?}");
+    assert!(!before["single"].contains(single.metadata.uid.as_deref().unwrap_or_default()));
+    eventually("watching rolled again", &logs, || async {
+        (replicasets("watching").await? == 3).then_some(())
+    })
+    .await;
+    assert_eq!(restarted_events("rc-watching").await, Some(1), "the rc does not watch the Secret");
+    assert_eq!(ready_uids(&pods, "rc-watching").await, Some(rc_now), "the rc's pods stay");
+    // What the Events and the logs say: sources and keys, never a value.
+    let all_events = events.list(&ListParams::default()).await.expect("events").items;
+    let changed: Vec<String> = all_events
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("ConfigChanged"))
+        .filter_map(|e| e.message.clone())
+        .collect();
+    println!("ConfigChanged events: {changed:#?}");
+    assert!(
+        changed.iter().any(|m| m.contains("configmap/app-config changed (keys: mode)")),
+        "{changed:?}"
+    );
+    assert!(
+        changed.iter().any(|m| m.contains("secret/app-secret changed (keys: password)")),
+        "{changed:?}"
+    );
+    let mut everything: Vec<String> =
+        all_events.iter().map(|e| format!("{:?} {:?}", e.reason, e.message)).collect();
+    everything.push(cm.log());
+    everything.push(c.scheduler_log());
+    everything.push(c.executor_logs());
+    for text in &everything {
+        for value in [&secret_old, &secret_new] {
+            assert!(!text.contains(value.as_str()), "a secret value in a log or Event:\n{text}");
+        }
+    }
+}

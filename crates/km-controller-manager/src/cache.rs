@@ -41,6 +41,8 @@ pub enum Change {
     Namespace(Arc<Namespace>, bool),
     Job(Arc<Job>, bool),
     CronJob(Arc<CronJob>, bool),
+    /// A ConfigMap or Secret of this namespace changed content (or appeared, or went).
+    Config(String),
 }
 
 /// Where changes go.

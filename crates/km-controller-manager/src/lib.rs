@@ -14,6 +14,9 @@
 //! - **Namespaces** ([`namespaces`]): a namespace being deleted is emptied of every namespaced
 //!   kind the API server serves, then finalized.
 //! - **Pod GC** ([`podgc`]): finished pods beyond a threshold, pods bound to vanished nodes.
+//! - **Restart on config change** ([`confighash`], [`configrestart`]): workloads and pods
+//!   annotated `km.io/restart-on-config-change` are restarted (health-gated, through km
+//!   restart's path; Deployments by their rollout) when a ConfigMap or Secret they use changes.
 //! - **Node lifecycle** ([`nodes`], with `--cloud-provider=mesos`): the Nodes of Mesos agents
 //!   follow the agents the master reports (through the `km-cloud-provider` crate).
 //!
@@ -25,6 +28,8 @@
 //! over within the lease duration.
 
 pub mod cache;
+pub mod confighash;
+pub mod configrestart;
 pub mod cronjobs;
 pub mod deployment;
 pub mod endpoints;
@@ -226,6 +231,10 @@ pub struct Ctx {
     pub terminated_pod_gc_threshold: usize,
     metrics: Arc<Metrics>,
     expectations: Mutex<HashMap<String, Expectations>>,
+    /// ConfigMap and Secret digests, for restarts on config change.
+    pub config: Option<Arc<configrestart::ConfigStore>>,
+    /// Restarts for config changes that this process runs.
+    pub restarts: configrestart::Running,
 }
 
 impl Ctx {
@@ -324,6 +333,7 @@ struct Queues {
     namespaces: Queue,
     jobs: Queue,
     cronjobs: Queue,
+    config: Queue,
     gc: Arc<Notify>,
 }
 
@@ -334,6 +344,19 @@ fn route(change: &Change, caches: &Caches, q: &Queues) {
         |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, deleted: bool| {
             deleted || meta.deletion_timestamp.is_some()
         };
+    {
+        use crate::configrestart::{Kind as ConfigKind, concerned, queue_key};
+        let opted = match change {
+            Change::Pod(p, false) => Some((ConfigKind::Pod, &p.metadata)),
+            Change::ReplicaSet(r, false) => Some((ConfigKind::ReplicaSet, &r.metadata)),
+            Change::Controller(r, false) => Some((ConfigKind::ReplicationController, &r.metadata)),
+            Change::Deployment(d, false) => Some((ConfigKind::Deployment, &d.metadata)),
+            _ => None,
+        };
+        if let Some((kind, meta)) = opted.filter(|(_, m)| concerned(m)) {
+            q.config.add(queue_key(kind, meta));
+        }
+    }
     match change {
         Change::Pod(p, _) => {
             let ns = p.metadata.namespace.as_deref().unwrap_or_default();
@@ -430,6 +453,11 @@ fn route(change: &Change, caches: &Caches, q: &Queues) {
             ));
         }
         Change::Node(..) => {}
+        Change::Config(ns) => {
+            for k in configrestart::keys_in(caches, ns) {
+                q.config.add(k);
+            }
+        }
         Change::CronJob(cj, _) => {
             q.cronjobs.add(key(
                 cj.metadata.namespace.as_deref(),
@@ -564,13 +592,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         namespaces: Queue::new(depth("namespace")),
         jobs: Queue::new(depth("job")),
         cronjobs: Queue::new(depth("cronjob")),
+        config: Queue::new(depth("config-change-restart")),
         gc: Arc::new(Notify::new()),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
+    let config_tx = tx.clone();
     let caches = Caches::start(
         &client,
         Arc::new(move |c| {
             let _ = tx.send(c);
+        }),
+    )
+    .await;
+    let config = Arc::new(configrestart::ConfigStore::default());
+    configrestart::start(
+        &client,
+        config.clone(),
+        Arc::new(move |ns| {
+            let _ = config_tx.send(Change::Config(ns));
         }),
     )
     .await;
@@ -586,6 +625,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
         metrics: metrics.clone(),
         expectations: Mutex::new(HashMap::new()),
+        config: Some(config),
+        restarts: configrestart::Running::default(),
     });
     {
         let (caches, queues) = (caches.clone(), queues.clone());
@@ -621,6 +662,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     spawn_workers("namespace", queues.namespaces.clone(), 2, ctx.clone(), |c, k| async move {
         namespaces::sync(&c, &k).await
     });
+    spawn_workers(
+        "config-change-restart",
+        queues.config.clone(),
+        n,
+        ctx.clone(),
+        |c, k| async move { configrestart::sync(&c, &k).await },
+    );
     {
         let (ctx, notify) = (ctx.clone(), queues.gc.clone());
         tokio::spawn(async move {

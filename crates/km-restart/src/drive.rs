@@ -145,7 +145,7 @@ pub async fn restart(
     client: &kube::Client,
     target: &Target,
     options: &Options,
-    report: &mut (dyn FnMut(&str) + Send),
+    report: &mut (dyn FnMut(&str) + Send + Sync),
     stop: impl Future<Output = ()> + Send,
 ) -> Result<String, Error> {
     let mut stop = std::pin::pin!(stop);
@@ -163,7 +163,7 @@ struct Run<'a, S> {
     client: &'a kube::Client,
     target: &'a Target,
     options: &'a Options,
-    report: &'a mut (dyn FnMut(&str) + Send),
+    report: &'a mut (dyn FnMut(&str) + Send + Sync),
     stop: std::pin::Pin<&'a mut S>,
     started: Instant,
 }
