@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Measures `km restart` of a Deployment by hand (not part of CI at this size).
+# Measures `km restart` of a Deployment, and the rolling executor upgrade, by
+# hand (not part of CI at this size).
 #
 #   scripts/measure-restart.sh [REPLICAS] [ROUNDS]
 #
@@ -10,7 +11,11 @@
 # httpd servers behind a Service with HostIP:HostPort endpoints, and
 # `km restart deployment/web --max-unavailable=10%` while a client polls the
 # endpoints. Prints km restart's progress and summary (the time) and the
-# requests answered and failed; the test fails if any request failed.
+# requests answered and failed; the test fails if any request failed. Then the
+# same with restart::an_executor_upgrade_moves_every_pod_with_no_failed_request:
+# REPLICAS pods of a Deployment and a single pod on one executor, km scheduler
+# restarted with a new executor configuration, the time until every pod runs
+# Ready on the new executor, and the requests answered and failed meanwhile.
 set -euo pipefail
 
 REPLICAS=${1:-100}
@@ -21,4 +26,7 @@ for round in $(seq 1 "$ROUNDS"); do
   KM_RESTART_REPLICAS=$REPLICAS cargo nextest run -p km --test e2e --no-capture \
     -E 'test(=restart::a_deployment_restarts_with_no_failed_request)' 2>&1 |
     grep -E 'restarted:|requests answered|FAIL|panicked' || true
+  KM_UPGRADE_REPLICAS=$REPLICAS cargo nextest run -p km --test e2e --no-capture \
+    -E 'test(=restart::an_executor_upgrade_moves_every_pod_with_no_failed_request)' 2>&1 |
+    grep -E 'executor upgrade of|FAIL|panicked' || true
 done

@@ -65,7 +65,7 @@ fn serving_template(app: &str, extra_ready: &str) -> serde_json::Value {
                     { "name": "MODE", "valueFrom": { "configMapKeyRef": { "name": format!("{app}-config"), "key": "mode", "optional": true } } },
                 ],
                 "ports": [{ "name": "http", "containerPort": 8080 }],
-                "readinessProbe": { "exec": { "command": ["/bin/sh", "-c", probe] }, "periodSeconds": 1 },
+                "readinessProbe": { "exec": { "command": ["/bin/sh", "-c", probe] }, "periodSeconds": 1, "timeoutSeconds": 5 },
                 "resources": { "requests": { "cpu": "50m", "memory": "16Mi" } },
             }],
         },
@@ -347,10 +347,10 @@ async fn a_single_pod_restarts_without_a_gap_and_a_failing_replacement_stops_a_r
         .await
         .expect("break the config");
     let (ok, out) =
-        km_restart(&c, &["rc", "rc", "--max-unavailable=0", "--max-surge=1", "--timeout=15s"]);
+        km_restart(&c, &["rc", "rc", "--max-unavailable=0", "--max-surge=1", "--timeout=30s"]);
     println!("km restart rc/rc (failing):\n{out}");
     assert!(!ok, "the restart must fail:\n{out}");
-    assert!(out.contains("no progress for 15s") && out.contains("not Ready"), "{out}");
+    assert!(out.contains("no progress for 30s") && out.contains("not Ready"), "{out}");
     let still = ready_uids(&pods, "rc").await.expect("list");
     assert_eq!(still, old, "the old pods keep serving");
     let rc_now = rcs.get("rc").await.expect("the rc");
@@ -625,4 +625,148 @@ async fn config_changes_restart_exactly_the_annotated_workloads() {
             assert!(!text.contains(value.as_str()), "a secret value in a log or Event:\n{text}");
         }
     }
+}
+
+/// The rolling executor upgrade: a scheduler restarted with a new executor configuration
+/// starts new executors beside the old one on the same agent (no agent waits for offers),
+/// moves the pods of the old one through the health-gated restart — a Deployment polled by a
+/// client without a failed request, and a single pod — asks the old executor to exit once
+/// empty (it does, and no one had to send `kamikaze` by hand), and records the drain on the
+/// Node and in `/metrics`.
+///
+/// `KM_UPGRADE_REPLICAS=100` makes it the measurement of docs/benchmarks.md.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_upgrade_moves_every_pod_with_no_failed_request() {
+    let replicas: usize =
+        std::env::var("KM_UPGRADE_REPLICAS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let mut c = KmCluster::start(&[], &["--executor-suicide-timeout=1m", "--executor-log=info"]);
+    let agent = c.start_agent(
+        "agent-u",
+        &format!(
+            "cpus:{};mem:{};disk:10000;ports:[31000-32000]",
+            2 + replicas / 10,
+            512 + 64 * replicas
+        ),
+    );
+    c.keep(agent);
+    let (cm, _) = controller_manager(&c.api.url(), c.dir.path(), "cm", &[]);
+    let logs = || {
+        format!(
+            "--- controller-manager\n{}\n--- scheduler\n{}",
+            crate::support::cluster::tail(&cm.log(), 30),
+            crate::support::cluster::tail(&c.scheduler_log(), 60),
+        )
+    };
+    let client = c.client();
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "web", "namespace": "default" },
+        "spec": { "replicas": replicas, "selector": { "matchLabels": { "app": "web" } },
+            "template": serving_template("web", "") },
+    }))
+    .expect("deployment");
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create the deployment");
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": { "name": "web", "namespace": "default" },
+        "spec": { "selector": { "app": "web" }, "ports": [{ "name": "http", "port": 80, "targetPort": "http" }] },
+    }))
+    .expect("service");
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create the service");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut solo: Pod = serde_json::from_value(serving_template("solo", "")).expect("pod");
+    solo.metadata.name = Some("solo".into());
+    pods.create(&PostParams::default(), &solo).await.expect("create the pod");
+    let executor_of = |p: &Pod| {
+        p.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("k8s.mesosphere.io/executorId"))
+            .cloned()
+            .unwrap_or_default()
+    };
+    // Every pod Ready, on one executor.
+    let old_exec = eventually("every pod Ready", &logs, || async {
+        let list = pods.list(&ListParams::default()).await.ok()?.items;
+        let ready: Vec<&Pod> = list.iter().filter(|p| is_ready(p)).collect();
+        let execs: BTreeSet<String> = ready.iter().map(|p| executor_of(p)).collect();
+        (ready.len() == replicas + 1 && execs.len() == 1)
+            .then(|| execs.into_iter().next())
+            .flatten()
+    })
+    .await;
+    assert_eq!(c.executor_pids().len(), 1, "one executor");
+    let poller = Poller::start(c.api.port, "web");
+    // The new configuration: the executors' log filter is part of it.
+    c.kill_scheduler();
+    c.set_scheduler_arg("--executor-log=", "--executor-log=info,km_executor=debug");
+    let upgrade = Instant::now();
+    c.start_scheduler();
+    let logs = || {
+        format!(
+            "--- controller-manager\n{}\n--- scheduler\n{}",
+            crate::support::cluster::tail(&cm.log(), 30),
+            crate::support::cluster::tail(&c.scheduler_log(), 60),
+        )
+    };
+    let new_exec = eventually("every pod moved to a new executor and Ready", &logs, || async {
+        let list = pods.list(&ListParams::default()).await.ok()?.items;
+        let live: Vec<&Pod> =
+            list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+        let execs: BTreeSet<String> = live.iter().map(|p| executor_of(p)).collect();
+        let ready = live.iter().filter(|p| is_ready(p)).count();
+        let solo_back = live.iter().any(|p| p.metadata.name.as_deref() == Some("solo"));
+        (live.len() == replicas + 1
+            && solo_back
+            && ready == live.len()
+            && execs.len() == 1
+            && !execs.contains(&old_exec))
+        .then(|| execs.into_iter().next())
+        .flatten()
+    })
+    .await;
+    let moved = upgrade.elapsed();
+    let (answered, failed) = poller.finish();
+    println!(
+        "executor upgrade of {} pods: {:.1}s from the scheduler's restart; {answered} requests answered, {} failed",
+        replicas + 1,
+        moved.as_secs_f64(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "failed requests during the upgrade: {failed:?}\n{}", logs());
+    assert_ne!(new_exec, old_exec);
+    assert!(pods.get("solo").await.is_ok_and(|p| is_ready(&p)), "solo keeps its name");
+    // The old executor exits once empty; the new one stays.
+    eventually("the old executor gone", &logs, || async {
+        (c.executor_pids().len() == 1).then_some(())
+    })
+    .await;
+    // The Node records the drain, and /metrics shows it done.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let reasons = eventually("the Node's drain events", &logs, || async {
+        let list = events.list(&ListParams::default()).await.ok()?.items;
+        let on_node: Vec<(String, String)> = list
+            .into_iter()
+            .filter(|e| e.involved_object.kind.as_deref() == Some("Node"))
+            .filter_map(|e| Some((e.reason?, e.message.unwrap_or_default())))
+            .filter(|(r, _)| r.starts_with("ExecutorDrain"))
+            .collect();
+        (on_node.len() == 2).then_some(on_node)
+    })
+    .await;
+    println!("node events: {reasons:#?}");
+    assert_eq!(reasons[0].0, "ExecutorDrainStarted");
+    assert!(
+        reasons[0].1.contains(&format!("{} pods on executor {old_exec}", replicas + 1)),
+        "{reasons:?}"
+    );
+    assert_eq!(reasons[1].0, "ExecutorDrained");
+    assert_eq!(c.metric("km_scheduler_executor_drain_nodes"), Some(0.0));
+    assert_eq!(c.metric("km_scheduler_executor_drain_restarts_running"), Some(0.0));
+    let (_, text) = c.scheduler_get("/metrics");
+    assert!(text.contains("km_scheduler_executor_drain_restarts_total{result=\"ok\"} 2"), "{text}");
 }

@@ -27,6 +27,7 @@
 pub mod backoff;
 pub mod config;
 mod core;
+pub mod drain;
 pub mod executor_id;
 pub mod model;
 pub mod task;

@@ -212,6 +212,16 @@ pub struct Args {
     #[arg(long = "executor-upgrade", default_value = "side-by-side", value_parser = ["side-by-side", "exclusive"])]
     pub executor_upgrade: String,
 
+    /// With `side-by-side`, how many workloads at a time have their pods moved off executors of
+    /// an older configuration (each by a health-gated rolling restart; the old executor exits
+    /// once empty). 0 leaves the pods on the old executors until they end.
+    #[arg(long = "executor-drain-concurrency", default_value_t = 1)]
+    pub executor_drain_concurrency: usize,
+
+    /// How long the drain waits after one restart ends before starting the next.
+    #[arg(long = "executor-drain-pause", default_value = "0s")]
+    pub executor_drain_pause: String,
+
     /// `pack` many pods per offer, or `one-pod-per-offer`: the original's policy, kept as a
     /// baseline for benchmarks.
     #[arg(long = "launch-policy", default_value = "pack", value_parser = ["pack", "one-pod-per-offer"])]

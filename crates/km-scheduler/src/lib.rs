@@ -12,6 +12,7 @@
 
 pub mod args;
 mod convert;
+pub mod drain;
 pub mod duration;
 mod etcd;
 mod executor;

@@ -14,7 +14,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -54,6 +54,14 @@ pub(crate) struct Metrics {
     pub(crate) mesos_errors: Family<Vec<(String, String)>, Counter>,
     /// Events dropped because the API could not keep up.
     pub(crate) events_dropped: Counter,
+    /// Pods on executors of an older configuration, by node.
+    pub(crate) drain_pods: Family<Vec<(String, String)>, Gauge>,
+    /// Nodes with pods on older executors.
+    pub(crate) drain_nodes: Gauge,
+    /// Drain restarts under way.
+    pub(crate) drain_restarts_running: Gauge,
+    /// Drain restarts ended, by result.
+    pub(crate) drain_restarts: Family<Vec<(String, String)>, Counter>,
 }
 
 /// Window of the pods-scheduled-per-second gauge.
@@ -240,6 +248,30 @@ impl Metrics {
             "Events not recorded because the API fell behind",
             events_dropped.clone(),
         );
+        let drain_pods = Family::default();
+        registry.register(
+            "km_scheduler_executor_drain_pods",
+            "Pods still on executors of an older configuration, by node",
+            drain_pods.clone(),
+        );
+        let drain_nodes = Gauge::default();
+        registry.register(
+            "km_scheduler_executor_drain_nodes",
+            "Nodes with pods on executors of an older configuration",
+            drain_nodes.clone(),
+        );
+        let drain_restarts_running = Gauge::default();
+        registry.register(
+            "km_scheduler_executor_drain_restarts_running",
+            "Restarts moving pods off older executors, under way",
+            drain_restarts_running.clone(),
+        );
+        let drain_restarts = Family::default();
+        registry.register(
+            "km_scheduler_executor_drain_restarts",
+            "Restarts moving pods off older executors, by result",
+            drain_restarts.clone(),
+        );
         Metrics {
             registry,
             shared,
@@ -249,7 +281,16 @@ impl Metrics {
             api_errors,
             mesos_errors,
             events_dropped,
+            drain_pods,
+            drain_nodes,
+            drain_restarts_running,
+            drain_restarts,
         }
+    }
+
+    /// Whether the last published round was subscribed to a master.
+    pub(crate) fn subscribed(&self) -> bool {
+        self.shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner).snapshot.subscribed
     }
 
     /// Publishes the state after a round of the loop.

@@ -90,6 +90,8 @@ pub struct Settings {
     pub core: km_scheduler_core::Config,
     /// The ini tuning values.
     pub tuning: Tuning,
+    /// The pace of the executor drain.
+    pub drain: crate::drain::DrainSettings,
 }
 
 /// FrameworkInfo settings.
@@ -471,6 +473,14 @@ impl Settings {
             executor: ExecutorSettings { source, args: exec_args, base },
             core,
             tuning,
+            drain: crate::drain::DrainSettings {
+                concurrency: if args.executor_upgrade == "exclusive" {
+                    0
+                } else {
+                    args.executor_drain_concurrency
+                },
+                pause: dur("executor-drain-pause", &args.executor_drain_pause)?,
+            },
         })
     }
 }

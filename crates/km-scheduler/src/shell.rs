@@ -618,6 +618,16 @@ pub(crate) async fn run(
         metrics.clone(),
     ));
 
+    // The rolling executor upgrade: pods of older executors move to current ones.
+    let (drain_tx, mut drain_rx) = mpsc::unbounded_channel();
+    let drain = tokio::spawn(crate::drain::run(
+        kube.write.clone(),
+        executors.id().to_owned(),
+        settings.core.scheduler_name.clone(),
+        settings.drain.clone(),
+        metrics.clone(),
+        drain_tx,
+    ));
     let mut shell = Shell {
         core,
         lanes,
@@ -688,6 +698,11 @@ pub(crate) async fn run(
             Some(input) = results_rx.recv() => shell.input(input),
             Some(input) = pod_rx.recv() => shell.input(input),
             Some(call) = debug_rx.recv() => shell.debug(call),
+            Some(call) = drain_rx.recv() => match call {
+                crate::drain::DrainCall::Kamikaze { agent_id, executor_id } => {
+                    shell.lanes.mesos(MesosJob::Message { agent_id, executor_id, data: b"kamikaze".to_vec() });
+                }
+            },
             _ = refresh.tick() => {
                 let ttl = shell.settings.framework.failover_timeout;
                 if let Some(id) = shell.framework_id.clone() && !ttl.is_zero() {
@@ -731,5 +746,6 @@ pub(crate) async fn run(
     }
     http.abort();
     ordered_task.abort();
+    drain.abort();
     Ok(ended)
 }

@@ -182,6 +182,13 @@ impl KmCluster {
         }
     }
 
+    /// Replaces the scheduler flag starting with `prefix` (e.g. `--executor-log=`) by `arg`
+    /// for the next start, or adds `arg`.
+    pub fn set_scheduler_arg(&mut self, prefix: &str, arg: &str) {
+        self.scheduler_args.retain(|a| !a.starts_with(prefix));
+        self.scheduler_args.push(arg.to_owned());
+    }
+
     /// The scheduler's log (all starts).
     pub fn scheduler_log(&self) -> String {
         (1..=self.starts)
