@@ -713,7 +713,13 @@ async fn an_executor_upgrade_moves_every_pod_with_no_failed_request() {
             crate::support::cluster::tail(&c.scheduler_log(), 60),
         )
     };
+    // Both executors run side by side on the one agent while the pods move: the agent keeps
+    // getting pods while its old executor is still there.
+    let side_by_side = AtomicBool::new(false);
     let new_exec = eventually("every pod moved to a new executor and Ready", &logs, || async {
+        if c.executor_pids().len() == 2 {
+            side_by_side.store(true, Ordering::Relaxed);
+        }
         let list = pods.list(&ListParams::default()).await.ok()?.items;
         let live: Vec<&Pod> =
             list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
@@ -739,6 +745,7 @@ async fn an_executor_upgrade_moves_every_pod_with_no_failed_request() {
     );
     assert!(failed.is_empty(), "failed requests during the upgrade: {failed:?}\n{}", logs());
     assert_ne!(new_exec, old_exec);
+    assert!(side_by_side.load(Ordering::Relaxed), "the new executor ran beside the old one");
     assert!(pods.get("solo").await.is_ok_and(|p| is_ready(&p)), "solo keeps its name");
     // The old executor exits once empty; the new one stays.
     eventually("the old executor gone", &logs, || async {
