@@ -80,7 +80,7 @@ fn fake_kubelet(client: kube::Client) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn eventually<T, F, Fut>(what: &str, logs: &dyn Fn() -> String, mut f: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, logs: &dyn Fn() -> String, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

@@ -16,27 +16,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod, ReplicationController};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-use crate::controller_manager::controller_manager;
+use crate::controller_manager::{controller_manager, eventually};
 use crate::support::apiserver::http;
 use crate::support::cluster::KmCluster;
 use crate::support::{km_bin, kubectls};
 
-const WAIT: Duration = Duration::from_secs(120);
-
-async fn eventually<T, F, Fut>(what: &str, logs: &dyn Fn() -> String, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}\n{}", logs());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+// Each test's agent has host ports of its own (below the ephemeral range, apart from the
+// 31000s the other tests use): tests run in parallel, and a host port taken by another
+// test's pod would fail a replacement here.
 
 /// A pod template serving its name over HTTP on the host port mapped to its container port
 /// 8080, Ready once it answers, and still answering for 2 s after SIGTERM (time for the
@@ -70,6 +57,32 @@ fn serving_template(app: &str, extra_ready: &str) -> serde_json::Value {
             }],
         },
     })
+}
+
+/// The Deployment `web` of `replicas` serving pods, behind the Service `web`.
+async fn create_web(client: &kube::Client, replicas: usize) {
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "web", "namespace": "default" },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": serving_template("web", ""),
+        },
+    }))
+    .expect("deployment");
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create the deployment");
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "metadata": { "name": "web", "namespace": "default" },
+        "spec": { "selector": { "app": "web" }, "ports": [{ "name": "http", "port": 80, "targetPort": "http" }] },
+    }))
+    .expect("service");
+    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create the service");
 }
 
 fn is_ready(p: &Pod) -> bool {
@@ -174,7 +187,7 @@ async fn a_deployment_restarts_with_no_failed_request() {
     let mut c = KmCluster::start(&[], &["--executor-suicide-timeout=1m"]);
     let agent = c.start_agent(
         "agent-r",
-        &format!("cpus:{};mem:{};disk:10000;ports:[31000-32000]", 1 + replicas / 10, 64 * replicas),
+        &format!("cpus:{};mem:{};disk:10000;ports:[24000-24999]", 1 + replicas / 10, 64 * replicas),
     );
     c.keep(agent);
     let (cm, _) = controller_manager(&c.api.url(), c.dir.path(), "cm", &[]);
@@ -187,28 +200,7 @@ async fn a_deployment_restarts_with_no_failed_request() {
         )
     };
     let client = c.client();
-    let d: Deployment = serde_json::from_value(json!({
-        "metadata": { "name": "web", "namespace": "default" },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app": "web" } },
-            "template": serving_template("web", ""),
-        },
-    }))
-    .expect("deployment");
-    Api::<Deployment>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &d)
-        .await
-        .expect("create the deployment");
-    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
-        "metadata": { "name": "web", "namespace": "default" },
-        "spec": { "selector": { "app": "web" }, "ports": [{ "name": "http", "port": 80, "targetPort": "http" }] },
-    }))
-    .expect("service");
-    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create the service");
+    create_web(&client, replicas).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let before = eventually("every pod Ready", &logs, || async {
         ready_uids(&pods, "web").await.filter(|u| u.len() == replicas)
@@ -238,7 +230,7 @@ async fn a_deployment_restarts_with_no_failed_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_pod_restarts_without_a_gap_and_a_failing_replacement_stops_a_restart() {
     let mut c = KmCluster::start(&[], &["--executor-suicide-timeout=1m"]);
-    let agent = c.start_agent("agent-s", "cpus:4;mem:4096;disk:10000;ports:[31000-31200]");
+    let agent = c.start_agent("agent-s", "cpus:4;mem:4096;disk:10000;ports:[25000-25199]");
     c.keep(agent);
     let (cm, _) = controller_manager(&c.api.url(), c.dir.path(), "cm", &[]);
     let logs = || {
@@ -421,7 +413,7 @@ fn kubeconfig_for(server: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_changes_restart_exactly_the_annotated_workloads() {
     let mut c = KmCluster::start(&[], &["--executor-suicide-timeout=1m"]);
-    let agent = c.start_agent("agent-c", "cpus:4;mem:4096;disk:10000;ports:[31000-31200]");
+    let agent = c.start_agent("agent-c", "cpus:4;mem:4096;disk:10000;ports:[25200-25399]");
     c.keep(agent);
     let (cm, _) = controller_manager(&c.api.url(), c.dir.path(), "cm", &[]);
     let logs = || {
@@ -643,7 +635,7 @@ async fn an_executor_upgrade_moves_every_pod_with_no_failed_request() {
     let agent = c.start_agent(
         "agent-u",
         &format!(
-            "cpus:{};mem:{};disk:10000;ports:[31000-32000]",
+            "cpus:{};mem:{};disk:10000;ports:[26000-26999]",
             2 + replicas / 10,
             512 + 64 * replicas
         ),
@@ -658,25 +650,7 @@ async fn an_executor_upgrade_moves_every_pod_with_no_failed_request() {
         )
     };
     let client = c.client();
-    let d: Deployment = serde_json::from_value(json!({
-        "metadata": { "name": "web", "namespace": "default" },
-        "spec": { "replicas": replicas, "selector": { "matchLabels": { "app": "web" } },
-            "template": serving_template("web", "") },
-    }))
-    .expect("deployment");
-    Api::<Deployment>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &d)
-        .await
-        .expect("create the deployment");
-    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
-        "metadata": { "name": "web", "namespace": "default" },
-        "spec": { "selector": { "app": "web" }, "ports": [{ "name": "http", "port": 80, "targetPort": "http" }] },
-    }))
-    .expect("service");
-    Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), "default")
-        .create(&PostParams::default(), &svc)
-        .await
-        .expect("create the service");
+    create_web(&client, replicas).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut solo: Pod = serde_json::from_value(serving_template("solo", "")).expect("pod");
     solo.metadata.name = Some("solo".into());

@@ -204,53 +204,20 @@ fn spawn_watch<K: ConfigSource>(
     });
 }
 
-/// The kinds that can opt in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Deployment,
-    ReplicaSet,
-    ReplicationController,
-    Pod,
-}
+/// The kinds that can opt in: those km restart restarts.
+pub use km_restart::drive::Kind;
 
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Deployment => "Deployment",
-            Kind::ReplicaSet => "ReplicaSet",
-            Kind::ReplicationController => "ReplicationController",
-            Kind::Pod => "Pod",
-        }
-    }
-
-    fn api_version(self) -> &'static str {
-        match self {
-            Kind::Deployment | Kind::ReplicaSet => "apps/v1",
-            Kind::ReplicationController | Kind::Pod => "v1",
-        }
-    }
-
-    fn restart_kind(self) -> km_restart::drive::Kind {
-        match self {
-            Kind::Deployment => km_restart::drive::Kind::Deployment,
-            Kind::ReplicaSet => km_restart::drive::Kind::ReplicaSet,
-            Kind::ReplicationController => km_restart::drive::Kind::ReplicationController,
-            Kind::Pod => km_restart::drive::Kind::Pod,
-        }
-    }
-
-    fn parse(s: &str) -> Option<Kind> {
-        [Kind::Deployment, Kind::ReplicaSet, Kind::ReplicationController, Kind::Pod]
-            .into_iter()
-            .find(|k| k.name() == s)
-    }
+fn parse_kind(s: &str) -> Option<Kind> {
+    [Kind::Deployment, Kind::ReplicaSet, Kind::ReplicationController, Kind::Pod]
+        .into_iter()
+        .find(|k| k.object_kind() == s)
 }
 
 /// The queue key of an object: `Kind|namespace/name`.
 pub fn queue_key(kind: Kind, meta: &ObjectMeta) -> String {
     format!(
         "{}|{}/{}",
-        kind.name(),
+        kind.object_kind(),
         meta.namespace.as_deref().unwrap_or_default(),
         meta.name.as_deref().unwrap_or_default()
     )
@@ -305,7 +272,7 @@ impl Running {
 /// Syncs one object: see the module docs.
 pub async fn sync(ctx: &Arc<Ctx>, key: &str) -> Result<Option<Duration>, SyncError> {
     let Some((kind, rest)) = key.split_once('|') else { return Ok(None) };
-    let Some(kind) = Kind::parse(kind) else { return Ok(None) };
+    let Some(kind) = parse_kind(kind) else { return Ok(None) };
     let Some((ns, name)) = rest.split_once('/') else { return Ok(None) };
     let Some(store) = ctx.config.as_ref() else { return Ok(None) };
     if ctx.restarts.is_running(key) {
@@ -458,7 +425,7 @@ fn spawn_restart(
     let (ctx, key, ns, name, meta) =
         (ctx.clone(), key.to_owned(), ns.to_owned(), name.to_owned(), meta.clone());
     tokio::spawn(async move {
-        let target = km_restart::Target { kind: kind.restart_kind(), name: name.clone() };
+        let target = km_restart::Target { kind, name: name.clone() };
         let options = km_restart::Options {
             namespace: ns.clone(),
             timeout: RESTART_TIMEOUT,
@@ -539,9 +506,10 @@ async fn patch_object(
     match result {
         Ok(()) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(source) => {
-            Err(SyncError::Api { what: format!("patching {} {ns}/{name}", kind.name()), source })
-        }
+        Err(source) => Err(SyncError::Api {
+            what: format!("patching {} {ns}/{name}", kind.object_kind()),
+            source,
+        }),
     }
 }
 
@@ -553,7 +521,7 @@ async fn event(ctx: &Ctx, kind: Kind, meta: &ObjectMeta, type_: &str, reason: &s
     let event = json!({
         "apiVersion": "v1", "kind": "Event",
         "metadata": { "name": format!("{name}.{:x}{:08x}", now.as_second(), rand::random::<u32>()), "namespace": &ns },
-        "involvedObject": { "apiVersion": kind.api_version(), "kind": kind.name(), "name": &name,
+        "involvedObject": { "apiVersion": kind.api_version(), "kind": kind.object_kind(), "name": &name,
             "namespace": &ns, "uid": meta.uid.clone().unwrap_or_default() },
         "reason": reason, "message": message, "type": type_,
         "source": { "component": COMPONENT }, "reportingComponent": COMPONENT,
@@ -564,6 +532,6 @@ async fn event(ctx: &Ctx, kind: Kind, meta: &ObjectMeta, type_: &str, reason: &s
     };
     let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(ctx.client.clone(), &ns);
     if let Err(e) = api.create(&PostParams::default(), &event).await {
-        tracing::warn!("recording event {reason} for {} {ns}/{name}: {e}", kind.name());
+        tracing::warn!("recording event {reason} for {} {ns}/{name}: {e}", kind.object_kind());
     }
 }

@@ -71,6 +71,26 @@ pub enum Kind {
     Pod,
 }
 
+impl Kind {
+    /// The kind as objects name it (`Deployment`, ...).
+    pub fn object_kind(self) -> &'static str {
+        match self {
+            Kind::Deployment => "Deployment",
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::ReplicationController => "ReplicationController",
+            Kind::Pod => "Pod",
+        }
+    }
+
+    /// Its group/version.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Deployment | Kind::ReplicaSet => "apps/v1",
+            Kind::ReplicationController | Kind::Pod => "v1",
+        }
+    }
+}
+
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
