@@ -369,6 +369,65 @@ async fn a_single_pod_restarts_without_a_gap_and_a_failing_replacement_stops_a_r
     })
     .await;
     assert!(new.is_disjoint(&old), "{old:?} {new:?}");
+
+    // --- A Deployment whose new pods cannot start: the restart stops at the first one, puts
+    // the template back, and the old pods keep serving.
+    let mut template = serving_template("dep", "");
+    template["spec"]["containers"][0]["env"].as_array_mut().expect("env").push(json!(
+        { "name": "REQUIRED", "valueFrom": { "configMapKeyRef": { "name": "rc-config", "key": "required" } } }
+    ));
+    configs
+        .patch(
+            "rc-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": { "required": "yes" } })),
+        )
+        .await
+        .expect("add the key");
+    let dep: Deployment = serde_json::from_value(json!({
+        "metadata": { "name": "dep", "namespace": "default" },
+        "spec": { "replicas": 2, "selector": { "matchLabels": { "app": "dep" } }, "template": template },
+    }))
+    .expect("deployment");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deployments.create(&PostParams::default(), &dep).await.expect("create the deployment");
+    let dep_old = eventually("2 pods of dep Ready", &logs, || async {
+        ready_uids(&pods, "dep").await.filter(|u| u.len() == 2)
+    })
+    .await;
+    configs
+        .patch(
+            "rc-config",
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "data": { "required": null } })),
+        )
+        .await
+        .expect("remove the key");
+    let (ok, out) = km_restart(&c, &["deployment/dep", "--timeout=60s"]);
+    println!("km restart deployment/dep (failing):\n{out}");
+    assert!(!ok, "the restart must fail:\n{out}");
+    assert!(out.contains("CreateContainerConfigError") && out.contains("rolled back"), "{out}");
+    let restarted_at = deployments
+        .get("dep")
+        .await
+        .expect("dep")
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get("kubectl.kubernetes.io/restartedAt").cloned());
+    assert_eq!(restarted_at, None, "the template is put back");
+    eventually("dep back to its 2 old pods", &logs, || async {
+        let list = pods.list(&ListParams::default().labels("app=dep")).await.ok()?.items;
+        let live: BTreeSet<String> = list
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| p.metadata.uid.clone())
+            .collect();
+        (live == dep_old && ready_uids(&pods, "dep").await? == dep_old).then_some(())
+    })
+    .await;
+
     // What cannot be restarted says so.
     let (ok, out) = km_restart(&c, &["pod", "nonexistent"]);
     assert!(!ok && out.contains("pod default/nonexistent not found"), "{out}");

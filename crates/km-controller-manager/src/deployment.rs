@@ -108,15 +108,21 @@ pub fn template_hash(template: &PodTemplateSpec) -> String {
     digest.iter().take(10).map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char).collect()
 }
 
-/// A template as JSON without the hash label (nor an emptied labels map).
+/// A template as JSON without the hash label, and without empty label, annotation and node
+/// selector maps: as Kubernetes compares templates, an empty map is no map (a template whose
+/// last annotation was patched away equals the one that never had any).
 fn without_hash(template: &PodTemplateSpec) -> Value {
     let mut v = serde_json::to_value(template).unwrap_or(Value::Null);
     if let Some(labels) = v.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
         labels.remove(HASH_LABEL);
-        if labels.is_empty()
-            && let Some(meta) = v.pointer_mut("/metadata").and_then(Value::as_object_mut)
+    }
+    for (parent, key) in
+        [("/metadata", "labels"), ("/metadata", "annotations"), ("/spec", "nodeSelector")]
+    {
+        if let Some(obj) = v.pointer_mut(parent).and_then(Value::as_object_mut)
+            && obj.get(key).is_some_and(|m| m.as_object().is_some_and(serde_json::Map::is_empty))
         {
-            meta.remove("labels");
+            obj.remove(key);
         }
     }
     v
@@ -676,6 +682,11 @@ mod tests {
         );
         assert!(out.actions.contains(&Action::Scale { name: format!("web-{hash}"), replicas: 1 }));
         assert_eq!(out.revision, Some(3));
+        // An emptied annotations map is no map: the template is that of v1 still.
+        let mut emptied = d.clone();
+        emptied.spec.template.metadata.get_or_insert_default().annotations =
+            Some(Default::default());
+        assert_eq!(new_template(&emptied).1, new_template(&d).1);
         // A template equal but for the hash label (written by a different hasher) is new too.
         let foreign = rs("web-foreign", "v1", Some("other"), 2, (2, 2), 4, 0);
         let out = decide(&d, &[&foreign, &v2], now()).expect("decide");

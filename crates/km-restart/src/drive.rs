@@ -1,7 +1,7 @@
 //! Carrying out a restart against the Kubernetes API: reading the workload and its pods,
 //! patching, deleting and creating, and polling until the plan says done or failed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::time::Duration;
@@ -235,6 +235,48 @@ impl<S: Future<Output = ()>> Run<'_, S> {
             .collect())
     }
 
+    /// The health of each pod; a pod not yet bound is also judged by the `FailedLaunch`
+    /// Events the scheduler recorded for it (read once for all of them).
+    async fn judge(&self, pods: &[&Pod]) -> Result<Vec<Health>, Error> {
+        let mut out: Vec<Health> = pods.iter().map(|p| plan::health(p)).collect();
+        let unbound: HashSet<&str> = pods
+            .iter()
+            .zip(&out)
+            .filter(|(p, h)| {
+                matches!(h, Health::Pending(_))
+                    && p.spec
+                        .as_ref()
+                        .and_then(|s| s.node_name.as_deref())
+                        .is_none_or(str::is_empty)
+            })
+            .filter_map(|(p, _)| p.metadata.uid.as_deref())
+            .collect();
+        if unbound.is_empty() {
+            return Ok(out);
+        }
+        let events: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), &self.options.namespace);
+        let failed = events
+            .list(&ListParams::default().fields("reason=FailedLaunch,involvedObject.kind=Pod"))
+            .await
+            .map_err(api(format!("reading the events of {}", self.target)))?;
+        let mut why: HashMap<&str, String> = HashMap::new();
+        for e in &failed.items {
+            let Some(uid) = e.involved_object.uid.as_deref() else { continue };
+            if let (Some(u), Some(w)) =
+                (unbound.get(uid), e.message.as_deref().and_then(plan::launch_failure))
+            {
+                why.insert(u, w);
+            }
+        }
+        for (p, h) in pods.iter().zip(out.iter_mut()) {
+            if let Some(w) = p.metadata.uid.as_deref().and_then(|u| why.remove(u)) {
+                *h = Health::Failed(w);
+            }
+        }
+        Ok(out)
+    }
+
     // ---- Deployments -------------------------------------------------------------------
 
     async fn deployment(&mut self) -> Result<String, Error> {
@@ -317,17 +359,19 @@ impl<S: Future<Output = ()>> Run<'_, S> {
                 .await
                 .map_err(api(format!("listing the pods of {}", self.target)))?
                 .items;
-            let live = pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none());
+            let live: Vec<&Pod> =
+                pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+            let healths = self.judge(&live).await?;
             let mut failure = None;
             let mut pending = Vec::new();
             let (mut old_left, mut replaced) = (0u32, 0u32);
-            for p in live {
+            for (p, health) in live.into_iter().zip(healths) {
                 let uid = p.metadata.uid.as_deref().unwrap_or_default();
                 if old.contains(uid) {
                     old_left += 1;
                     continue;
                 }
-                match plan::health(p) {
+                match health {
                     Health::Ready => replaced += 1,
                     Health::Pending(why) => pending.push(format!("{}: {why}", pod_name(p))),
                     Health::Failed(why) => {
@@ -456,13 +500,15 @@ impl<S: Future<Output = ()>> Run<'_, S> {
         let mut last_line = String::new();
         loop {
             let pods = self.owned_pods(&uid, &selector).await?;
+            let healths = self.judge(&pods.iter().collect::<Vec<_>>()).await?;
             let view: Vec<Replica> = pods
                 .iter()
-                .map(|p| Replica {
+                .zip(healths)
+                .map(|(p, health)| Replica {
                     name: pod_name(p).to_owned(),
                     old: p.metadata.uid.as_ref().is_some_and(|u| old.contains(u)),
                     terminating: p.metadata.deletion_timestamp.is_some(),
-                    health: plan::health(p),
+                    health,
                 })
                 .collect();
             match rolling.step(self.now(), current, &view) {
@@ -609,7 +655,7 @@ impl<S: Future<Output = ()>> Run<'_, S> {
         loop {
             let health =
                 match pods.get_opt(name).await.map_err(api(format!("reading pod {name}")))? {
-                    Some(p) => plan::health(&p),
+                    Some(p) => self.judge(&[&p]).await?.pop().unwrap_or_else(|| plan::health(&p)),
                     None => Health::Failed("it was deleted".into()),
                 };
             match health {

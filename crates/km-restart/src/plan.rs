@@ -111,6 +111,15 @@ pub fn health(pod: &Pod) -> Health {
     }
 }
 
+/// Whether a `FailedLaunch` Event of a pod not yet bound (km scheduler records one when the
+/// executor could not start the pod, and tries again later) says the pod cannot start by
+/// itself: the executor reported one of the reasons above, or could not start the pod at all.
+pub fn launch_failure(message: &str) -> Option<String> {
+    let fatal = FATAL_WAITING.iter().any(|r| message.contains(r))
+        || message.contains("cannot start the pod");
+    fatal.then(|| format!("its launch failed: {message}"))
+}
+
 /// A count or a percentage of the replicas, as Deployments give `maxUnavailable` and
 /// `maxSurge`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -393,6 +402,15 @@ mod tests {
         );
         assert!(matches!(health(&pod(json!({ "phase": "Failed" }))), Health::Failed(_)));
         assert!(matches!(health(&pod(json!(null))), Health::Pending(_)));
+    }
+
+    #[test]
+    fn launch_failures_that_will_not_pass_by_themselves() {
+        let config = "TASK_FAILED on agent-1: CreateContainerConfigError: configmap \"c\" has no key \"k\"; retrying in 2s";
+        assert!(launch_failure(config).is_some_and(|w| w.contains("CreateContainerConfigError")));
+        assert!(
+            launch_failure("TASK_LOST on agent-1: the agent is gone; retrying in 1s").is_none()
+        );
     }
 
     #[test]
