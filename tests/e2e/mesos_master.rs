@@ -406,6 +406,53 @@ async fn tasks_run_on_simulated_agents_with_reliable_updates_kill_and_reconcile(
     // The operator API sees the tasks.
     let tasks = operator(&m, ContentType::Json, op::call::Type::GetTasks).await;
     assert_eq!(tasks.get_tasks.unwrap().tasks.len(), 10);
+    legacy_endpoints_show(&m, &sub.framework_id).await;
+}
+
+async fn get_json(m: &MesosMaster, path: &str) -> (u16, Value) {
+    let resp = client().get(format!("{}{path}", m.url())).send().await.expect("GET");
+    let code = resp.status().as_u16();
+    let body = resp.bytes().await.expect("body");
+    (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// The legacy JSON endpoints of existing Mesos tools, at `/master/<name>` and `/<name>`, for the
+/// 10 tasks (one killed) of the test above on 2 simulated agents.
+async fn legacy_endpoints_show(m: &MesosMaster, framework_id: &str) {
+    for prefix in ["/master", ""] {
+        let (code, slaves) = get_json(m, &format!("{prefix}/slaves")).await;
+        assert_eq!(code, 200);
+        let slaves = slaves["slaves"].as_array().expect("slaves");
+        assert_eq!(slaves.len(), 2);
+        assert!(slaves[0]["pid"].as_str().is_some_and(|p| p.starts_with("slave(1)@")));
+        let (_, tasks) = get_json(m, &format!("{prefix}/tasks?limit=3")).await;
+        assert_eq!(tasks["tasks"].as_array().map(Vec::len), Some(3));
+    }
+    let (_, all) = get_json(m, "/master/tasks").await;
+    assert_eq!(all["tasks"].as_array().map(Vec::len), Some(10));
+    let (_, killed) = get_json(m, "/tasks?task_id=task-3").await;
+    assert_eq!(killed["tasks"][0]["state"], "TASK_KILLED");
+    assert_eq!(killed["tasks"][0]["framework_id"], framework_id);
+    let (_, none) = get_json(m, "/master/tasks?framework_id=nobody").await;
+    assert_eq!(none["tasks"], json!([]));
+    let (code, _) = get_json(m, "/master/tasks?order=sideways").await;
+    assert_eq!(code, 400);
+    let (_, fws) = get_json(m, &format!("/master/frameworks/?framework_id={framework_id}")).await;
+    assert_eq!(fws["frameworks"].as_array().map(Vec::len), Some(1));
+    assert_eq!(fws["frameworks"][0]["id"], framework_id);
+    let (_, summary) = get_json(m, "/master/state-summary").await;
+    assert_eq!(summary["frameworks"][0]["TASK_RUNNING"], 9);
+    assert_eq!(summary["frameworks"][0]["TASK_KILLED"], 1);
+    let (_, roles) = get_json(m, "/master/roles").await;
+    assert!(roles["roles"].as_array().is_some_and(|r| r.iter().any(|r| r["name"] == "*")));
+    let (_, flags) = get_json(m, "/master/flags").await;
+    assert_eq!(flags["flags"]["allocation_interval"], "100ms");
+    let (_, maintenance) = get_json(m, "/master/maintenance/status").await;
+    assert_eq!(maintenance, json!({ "draining_machines": [], "down_machines": [] }));
+    let (_, metrics) = get_json(m, "/metrics/snapshot").await;
+    assert_eq!(metrics["master/tasks_running"], 9.0);
+    assert_eq!(metrics["master/slaves_active"], 2.0);
+    assert!(metrics["master/cpus_total"].as_f64().is_some_and(|c| c > 0.0));
 }
 
 async fn operator(m: &MesosMaster, ct: ContentType, ty: op::call::Type) -> op::Response {

@@ -432,10 +432,6 @@ impl Master {
         self.allocation_wanted
     }
 
-    pub(crate) fn agent_count(&self) -> usize {
-        self.agents.len()
-    }
-
     pub(crate) fn outstanding_offers(&self) -> usize {
         self.offers.len()
     }
@@ -556,6 +552,8 @@ mod wire;
 mod accept;
 mod agents;
 mod frameworks;
+mod legacy;
+pub(crate) use legacy::TaskQuery;
 mod offers;
 mod tasks;
 mod tick;

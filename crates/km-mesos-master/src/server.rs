@@ -74,6 +74,11 @@ pub(crate) enum Input {
     LegacyState {
         reply: oneshot::Sender<serde_json::Value>,
     },
+    /// One of the other legacy JSON endpoints.
+    Legacy {
+        view: LegacyView,
+        reply: oneshot::Sender<serde_json::Value>,
+    },
     Metrics {
         reply: oneshot::Sender<serde_json::Value>,
     },
@@ -268,8 +273,22 @@ fn handle(
         Input::LegacyState { reply } => {
             let _ = reply.send(master.legacy_state(&config.flags));
         }
+        Input::Legacy { view, reply } => {
+            let _ = reply.send(match view {
+                LegacyView::Slaves => master.legacy_slaves(),
+                LegacyView::Frameworks(id) => master.legacy_frameworks(id.as_deref()),
+                LegacyView::Tasks(q) => master.legacy_tasks(&q),
+                LegacyView::Roles => master.legacy_roles(),
+                LegacyView::Flags => serde_json::json!({ "flags": config.flags }),
+                LegacyView::StateSummary => {
+                    let mut v = master.legacy_state_summary();
+                    v["cluster"] = config.flags["cluster"].clone();
+                    v
+                }
+            });
+        }
         Input::Metrics { reply } => {
-            let _ = reply.send(metrics(master, stats));
+            let _ = reply.send(metrics(master, stats, crate::core::epoch_secs(wall)));
         }
         Input::Closed(conn) => {
             sinks.remove(&conn);
@@ -279,18 +298,101 @@ fn handle(
     let _ = loop_tx;
 }
 
-fn metrics(master: &Master, stats: &AllocStats) -> serde_json::Value {
+fn metrics(master: &Master, stats: &AllocStats, now_epoch: f64) -> serde_json::Value {
     let mean_ms =
         if stats.runs > 0 { stats.total.as_secs_f64() * 1e3 / stats.runs as f64 } else { 0.0 };
-    serde_json::json!({
-        "master/elected": 1.0,
-        "master/slaves_active": master.agent_count() as f64,
-        "master/outstanding_offers": master.outstanding_offers() as f64,
-        "allocator/mesos/allocation_runs": stats.runs as f64,
-        "allocator/mesos/allocation_run_ms": stats.last_run.as_secs_f64() * 1e3,
-        "allocator/mesos/allocation_run_ms/mean": mean_ms,
-        "allocator/km/offers_sent": stats.offers_sent as f64,
+    let mut m = master.legacy_metrics(now_epoch);
+    for (k, v) in [
+        ("allocator/mesos/allocation_runs", stats.runs as f64),
+        ("allocator/mesos/allocation_run_ms", stats.last_run.as_secs_f64() * 1e3),
+        ("allocator/mesos/allocation_run_ms/mean", mean_ms),
+        ("allocator/km/offers_sent", stats.offers_sent as f64),
+    ] {
+        m.insert(k.to_owned(), serde_json::json!(v));
+    }
+    serde_json::Value::Object(m)
+}
+
+/// The legacy endpoints beside `/master/state`.
+#[derive(Debug)]
+pub(crate) enum LegacyView {
+    Slaves,
+    Frameworks(Option<String>),
+    Tasks(crate::core::TaskQuery),
+    Roles,
+    Flags,
+    StateSummary,
+}
+
+/// Which legacy view a path names (`/master/<name>` or `/<name>`, with or without a trailing
+/// slash), from its query; a bad query is a 400 with Mesos's wording.
+fn legacy_view(path: &str, query: &str) -> Result<LegacyView, String> {
+    let name = path.trim_end_matches('/');
+    let name = name.strip_prefix("/master").unwrap_or(name);
+    let params: Vec<(String, String)> =
+        form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let param = |k: &str| params.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    Ok(match name {
+        "/slaves" => LegacyView::Slaves,
+        "/frameworks" => LegacyView::Frameworks(param("framework_id")),
+        "/roles" => LegacyView::Roles,
+        "/flags" => LegacyView::Flags,
+        "/state-summary" => LegacyView::StateSummary,
+        "/tasks" => {
+            let mut q = crate::core::TaskQuery::default();
+            if let Some(v) = param("limit") {
+                q.limit = v
+                    .parse()
+                    .map_err(|_| format!("Failed to parse limit: {v:?} is not a count"))?;
+            }
+            if let Some(v) = param("offset") {
+                q.offset = v
+                    .parse()
+                    .map_err(|_| format!("Failed to parse offset: {v:?} is not a count"))?;
+            }
+            if let Some(v) = param("order") {
+                q.ascending = match v.as_str() {
+                    "asc" => true,
+                    "des" => false,
+                    other => {
+                        return Err(format!(
+                            "Failed to parse order: {other:?} is not 'asc' or 'des'"
+                        ));
+                    }
+                };
+            }
+            q.framework_id = param("framework_id");
+            q.task_id = param("task_id");
+            LegacyView::Tasks(q)
+        }
+        other => return Err(format!("no legacy endpoint {other}")),
     })
+}
+
+async fn legacy(State(shared): State<Shared>, uri: axum::http::Uri) -> Response {
+    if let Some(r) = not_leading(&shared, uri.path()) {
+        return r;
+    }
+    let view = match legacy_view(uri.path(), uri.query().unwrap_or_default()) {
+        Ok(v) => v,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let (reply, answer) = oneshot::channel();
+    if shared.inputs.send(Input::Legacy { view, reply }).is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
+    }
+    match answer.await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down"),
+    }
+}
+
+/// km has no maintenance schedule: no machine is draining or down.
+async fn maintenance_status(State(shared): State<Shared>, uri: axum::http::Uri) -> Response {
+    if let Some(r) = not_leading(&shared, uri.path()) {
+        return r;
+    }
+    axum::Json(serde_json::json!({ "draining_machines": [], "down_machines": [] })).into_response()
 }
 
 pub(crate) fn operator_call(
@@ -413,7 +515,7 @@ fn send_encoded(
 
 /// The routes of `km mesos-master`.
 pub(crate) fn router(shared: Shared) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/api/v1/scheduler", any(scheduler))
         .route("/master/api/v1/scheduler", any(scheduler))
         .route("/api/v1", any(operator))
@@ -429,7 +531,15 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/health", any(health))
         .route("/master/health", any(health))
         .route("/metrics/snapshot", any(metrics_snapshot))
-        .with_state(shared)
+        .route("/master/maintenance/status", any(maintenance_status))
+        .route("/maintenance/status", any(maintenance_status));
+    let mut router = router;
+    for name in ["slaves", "frameworks", "tasks", "roles", "flags", "state-summary"] {
+        for path in [format!("/master/{name}"), format!("/{name}"), format!("/master/{name}/")] {
+            router = router.route(&path, any(legacy));
+        }
+    }
+    router.with_state(shared)
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {

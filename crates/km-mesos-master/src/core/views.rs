@@ -150,75 +150,10 @@ impl Master {
         use serde_json::json;
         let info = &self.config.info;
         let addr = format!("{}:{}", info.hostname.clone().unwrap_or_default(), info.port);
-        let agents: Vec<serde_json::Value> = self
-            .agents
-            .values()
-            .map(|a| {
-                // The agent's own attributes; one that does not convert is left out.
-                let attributes: Vec<_> =
-                    a.info.attributes.iter().filter_map(|x| attribute_from_proto(x).ok()).collect();
-                json!({
-                    "id": a.id(),
-                    "pid": format!("slave(1)@{}:{}", a.info.hostname, a.info.port.unwrap_or(5051)),
-                    "hostname": a.info.hostname,
-                    "port": a.info.port.unwrap_or(5051),
-                    "registered_time": a.registered_time,
-                    "reregistered_time": a.reregistered_time,
-                    "resources": state_object(&a.total),
-                    "used_resources": state_object(&a.used),
-                    "offered_resources": state_object(&a.offered),
-                    "unreserved_resources": state_object(&a.total.allocatable_to("*")),
-                    "attributes": attributes_state_object(&attributes),
-                    "active": a.conn.is_some(),
-                    "deactivated": false,
-                    "version": a.version,
-                    "capabilities": a.capabilities.iter().map(|c| format!("{:?}", c.r#type()).to_uppercase()).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        let frameworks: Vec<serde_json::Value> = self
-            .frameworks
-            .iter()
-            .map(|(id, f)| {
-                let executors: Vec<serde_json::Value> = self
-                    .agents
-                    .values()
-                    .flat_map(|a| {
-                        a.executors.iter().filter(|((fw, _), _)| fw == id).map(|((_, ex), Executor { info, .. })| {
-                            json!({"executor_id": ex, "name": info.name.clone().unwrap_or_default(), "slave_id": a.id()})
-                        })
-                    })
-                    .collect();
-                let tasks: Vec<serde_json::Value> = self
-                    .tasks
-                    .iter()
-                    .filter(|((fw, _), _)| fw == id)
-                    .map(|(_, t)| {
-                        json!({
-                            "id": t.task.task_id.value,
-                            "name": t.task.name,
-                            "slave_id": t.task.agent_id.value,
-                            "state": format!("{:?}", t.task.state()),
-                            "executor_id": t.task.executor_id.as_ref().map(|e| e.value.clone()).unwrap_or_default(),
-                        })
-                    })
-                    .collect();
-                json!({
-                    "id": id,
-                    "name": f.info.name,
-                    "user": f.info.user,
-                    "active": f.connected(),
-                    "connected": f.connected(),
-                    "failover_timeout": f.info.failover_timeout.unwrap_or(0.0),
-                    "checkpoint": f.info.checkpoint.unwrap_or(false),
-                    "roles": f.roles,
-                    "registered_time": f.registered_time,
-                    "executors": executors,
-                    "tasks": tasks,
-                    "offers": f.offers.iter().collect::<Vec<_>>(),
-                })
-            })
-            .collect();
+        let agents: Vec<serde_json::Value> =
+            self.agents.values().map(|a| self.legacy_agent(a)).collect();
+        let frameworks: Vec<serde_json::Value> =
+            self.frameworks.iter().map(|(id, f)| self.legacy_framework(id, f)).collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "id": info.id,
