@@ -422,3 +422,128 @@ async fn an_agent_that_answers_pings_stays_and_a_frozen_one_is_found_out() {
     assert!(log.contains("agent stopped answering pings") && log.contains("agent unreachable"));
     agent.proc.signal("CONT");
 }
+
+/// The agent's files API, which the Mesos web UI and CLI read sandboxes with: a running task's
+/// sandbox is listed and its stdout read (in parts, and its size), and no path outside the
+/// sandboxes is served — neither through `..` nor through links the task made. Also the
+/// agent's `/flags` and `/metrics/snapshot`, and the task in the master's `/master/tasks`.
+#[tokio::test]
+async fn sandbox_files_are_served_and_nothing_outside_them() {
+    let master = MesosMaster::start(&["--allocation_interval=100ms"]);
+    let mut agent = Agent::start(&master);
+    let agent_id = agent.registered().await;
+    let mut fw = Framework::subscribe(&master, json!({"user": "root", "name": "files"})).await;
+    let offer = loop {
+        let ev = next_event(&mut fw.records).await;
+        if ev["type"] == "OFFERS" {
+            break ev["offers"]["offers"][0].clone();
+        }
+    };
+    let task = json!({
+        "name": "talker", "task_id": {"value": "talker"}, "agent_id": offer["agent_id"],
+        "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}},
+                      {"name": "mem", "type": "SCALAR", "scalar": {"value": 32.0}}],
+        "command": {"value": "echo hello-sandbox; ln -s /etc/passwd escape; ln -s / root; sleep 600"}
+    });
+    fw.call(json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]],
+        "operations": [{"type": "LAUNCH", "launch": {"task_infos": [task]}}]}}))
+        .await;
+    while fw.next_update().await["state"] != "TASK_RUNNING" {}
+    let base = format!("http://127.0.0.1:{}", agent.port);
+    let get = |path: String| {
+        let url = format!("{base}{path}");
+        async move {
+            let resp = reqwest::get(url).await.expect("GET");
+            let code = resp.status().as_u16();
+            let text = resp.text().await.unwrap_or_default();
+            (code, text)
+        }
+    };
+    let state: Value = serde_json::from_str(&get("/state".into()).await.1).expect("state");
+    let dir = state["frameworks"][0]["executors"][0]["directory"]
+        .as_str()
+        .expect("the executor's sandbox directory")
+        .to_owned();
+    let q = |p: &str| form_urlencoded::byte_serialize(p.as_bytes()).collect::<String>();
+    // The task's output, once it has written it.
+    let deadline = Instant::now() + WAIT;
+    let listing = loop {
+        let (code, body) = get(format!("/files/browse?path={}", q(&dir))).await;
+        assert_eq!(code, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).expect("a listing");
+        let names: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                e["path"].as_str().map(|p| p.rsplit('/').next().unwrap_or(p).to_owned())
+            })
+            .collect();
+        if names.iter().any(|n| n == "escape") || Instant::now() > deadline {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stdout = listing
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["path"].as_str().is_some_and(|p| p.ends_with("/stdout")))
+        .cloned()
+        .expect("stdout in the listing");
+    assert_eq!(stdout["path"], format!("{dir}/stdout"));
+    assert!(stdout["mode"].as_str().is_some_and(|m| m.starts_with("-rw")), "{stdout}");
+    let (code, body) = get(format!("/files/read?path={}", q(&format!("{dir}/stdout")))).await;
+    assert_eq!(code, 200, "{body}");
+    let read: Value = serde_json::from_str(&body).expect("read");
+    assert!(read["data"].as_str().is_some_and(|d| d.contains("hello-sandbox")), "{read}");
+    assert_eq!(read["offset"], 0);
+    let (_, body) =
+        get(format!("/files/read?path={}&offset=-1", q(&format!("{dir}/stdout")))).await;
+    let size: Value = serde_json::from_str(&body).expect("size");
+    assert_eq!(size["data"], "");
+    assert!(size["offset"].as_u64().is_some_and(|n| n >= "hello-sandbox\n".len() as u64), "{size}");
+    let (_, body) =
+        get(format!("/files/read?path={}&offset=6&length=7", q(&format!("{dir}/stdout")))).await;
+    assert_eq!(serde_json::from_str::<Value>(&body).expect("part")["data"], "sandbox");
+    // Nothing outside the sandboxes: not by `..`, not by absolute paths, not through links.
+    for path in [
+        format!("{dir}/../../../../../../../../etc/passwd"),
+        "/etc/passwd".to_owned(),
+        format!("{dir}/escape"),
+        format!("{dir}/root/etc/passwd"),
+    ] {
+        let (code, body) = get(format!("/files/read?path={}", q(&path))).await;
+        assert_eq!(code, 403, "{path}: {body}");
+        assert!(!body.contains("root:"), "{path} leaked: {body}");
+    }
+    let (code, _) = get(format!("/files/browse?path={}", q(&format!("{dir}/root")))).await;
+    assert_eq!(code, 403);
+    let (code, _) = get(format!("/files/read?path={}", q(&format!("{dir}/missing")))).await;
+    assert_eq!(code, 404);
+    let (code, body) = get(format!("/files/read?path={}", q(&dir))).await;
+    assert_eq!((code, body.as_str()), (400, "Cannot read a directory"));
+    let (code, _) = get("/files/read".into()).await;
+    assert_eq!(code, 400);
+    // The agent's flags and metrics.
+    let flags: Value = serde_json::from_str(&get("/flags".into()).await.1).expect("flags");
+    assert_eq!(flags["flags"]["hostname"], "agent-e2e");
+    assert!(flags["flags"]["resources"].as_str().is_some_and(|r| r.contains("cpus:2")), "{flags}");
+    let metrics: Value =
+        serde_json::from_str(&get("/metrics/snapshot".into()).await.1).expect("metrics");
+    assert_eq!(metrics["slave/registered"], 1.0);
+    assert_eq!(metrics["slave/tasks_running"], 1.0);
+    assert_eq!(metrics["slave/cpus_total"], 2.0);
+    assert!(metrics["slave/cpus_used"].as_f64().is_some_and(|c| c >= 0.1), "{metrics}");
+    // The master lists the task where the agent runs it.
+    let tasks = reqwest::get(format!("{}/master/tasks", master.url()))
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("tasks");
+    let tasks: Value = serde_json::from_slice(&tasks).expect("tasks JSON");
+    assert_eq!(tasks["tasks"][0]["id"], "talker");
+    assert_eq!(tasks["tasks"][0]["slave_id"], agent_id.as_str());
+    assert_eq!(tasks["tasks"][0]["state"], "TASK_RUNNING");
+}

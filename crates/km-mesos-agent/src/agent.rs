@@ -67,9 +67,11 @@ pub struct Agent {
     stopped: AtomicBool,
     /// Checkpoint files are written here, off the lock.
     pub(crate) checkpoints: checkpoint::Writer,
+    /// When this agent process started (seconds since the epoch).
+    pub(crate) started: f64,
 }
 
-fn now_epoch() -> f64 {
+pub(crate) fn now_epoch() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
@@ -112,6 +114,7 @@ impl Agent {
             update_wake: Notify::new(),
             stopped: AtomicBool::new(false),
             checkpoints,
+            started: now_epoch(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The agent's HTTP endpoints: the v1 executor API (`POST /api/v1/executor`,
 //! alias `/slave(1)/api/v1/executor`) with a Mesos agent's status codes and
-//! reasons, `GET /state` (alias `/slave(1)/state`) and `GET /health`.
+//! reasons, `GET /state` (alias `/slave(1)/state`), `GET /health`, `GET /flags`,
+//! `GET /metrics/snapshot` (Mesos's `slave/*` names) and the sandbox files API (`files.rs`).
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -32,6 +33,11 @@ pub(crate) fn router(agent: Arc<Agent>) -> axum::Router {
         .route("/slave(1)/state", get(state_json))
         .route("/health", get(health))
         .route("/slave(1)/health", get(health))
+        .route("/flags", get(flags))
+        .route("/slave(1)/flags", get(flags))
+        .route("/metrics/snapshot", get(metrics_snapshot))
+        .route("/files/browse", get(crate::files::browse))
+        .route("/files/read", get(crate::files::read))
         .with_state(agent)
 }
 
@@ -317,6 +323,84 @@ fn subscribe(
 /// converts; one that would not is left out rather than shown wrong.
 fn task_resources_json(resources: &[km_mesos::v1::Resource]) -> Value {
     state_object(&resources.iter().filter_map(|r| from_proto(r).ok()).collect())
+}
+
+/// `GET /flags`: the agent's flags, as Mesos shows them (every value a string).
+async fn flags(State(agent): State<Arc<Agent>>) -> Response {
+    let cfg = &agent.cfg;
+    let d = km_mesos::duration::format;
+    // The `--resources` syntax: `name(role):value`.
+    let resources: Vec<String> =
+        cfg.resources.iter().map(|r| r.to_string().replacen(' ', ":", 1)).collect();
+    axum::Json(json!({ "flags": {
+        "master": cfg.master,
+        "ip": cfg.ip,
+        "port": cfg.port.to_string(),
+        "hostname": cfg.hostname,
+        "work_dir": cfg.work_dir.display().to_string(),
+        "resources": resources.join(";"),
+        "attributes": cfg.attributes.iter().map(|a| format!("{}:{}", a.name, a.value)).collect::<Vec<_>>().join(";"),
+        "executor_shutdown_grace_period": d(cfg.executor_shutdown_grace_period),
+        "executor_registration_timeout": d(cfg.executor_registration_timeout),
+        "executor_reregistration_timeout": d(cfg.executor_reregistration_timeout),
+        "recovery_timeout": d(cfg.recovery_timeout),
+        "fetcher_max_size": cfg.fetcher_max_size.to_string(),
+    }}))
+    .into_response()
+}
+
+/// `GET /metrics/snapshot`: the agent's numbers under Mesos's `slave/*` names.
+async fn metrics_snapshot(State(agent): State<Arc<Agent>>) -> Response {
+    let core = agent.core();
+    let mut by_state: std::collections::BTreeMap<TaskState, f64> = Default::default();
+    let mut used = km_resources::Resources::default();
+    let (mut executors, mut frameworks) = (0.0, 0.0);
+    for f in core.registry.frameworks.values() {
+        frameworks += 1.0;
+        for e in f.executors.values() {
+            executors += 1.0;
+            for r in e.info.resources.iter().filter_map(|r| from_proto(r).ok()) {
+                used.push(r);
+            }
+            for t in e.tasks.values() {
+                *by_state.entry(t.state).or_default() += 1.0;
+                for r in t.info.resources.iter().filter_map(|r| from_proto(r).ok()) {
+                    used.push(r);
+                }
+            }
+        }
+    }
+    let registered = core.registered;
+    drop(core);
+    let total: km_resources::Resources = agent.cfg.resources.iter().cloned().collect();
+    let (t, u) = (state_object(&total), state_object(&used));
+    let mut m = serde_json::Map::new();
+    let mut put = |k: String, v: f64| {
+        m.insert(k, json!(v));
+    };
+    put("slave/registered".into(), if registered { 1.0 } else { 0.0 });
+    put("slave/uptime_secs".into(), (crate::agent::now_epoch() - agent.started).max(0.0));
+    put("slave/executors_running".into(), executors);
+    put("slave/frameworks_active".into(), frameworks);
+    for (state, name) in [
+        (TaskState::TaskStaging, "staging"),
+        (TaskState::TaskStarting, "starting"),
+        (TaskState::TaskRunning, "running"),
+        (TaskState::TaskKilling, "killing"),
+        (TaskState::TaskFinished, "finished"),
+        (TaskState::TaskFailed, "failed"),
+        (TaskState::TaskKilled, "killed"),
+        (TaskState::TaskLost, "lost"),
+    ] {
+        put(format!("slave/tasks_{name}"), by_state.get(&state).copied().unwrap_or(0.0));
+    }
+    for name in ["cpus", "mem", "disk", "gpus"] {
+        let (tv, uv) = (t[name].as_f64().unwrap_or(0.0), u[name].as_f64().unwrap_or(0.0));
+        put(format!("slave/{name}_total"), tv);
+        put(format!("slave/{name}_used"), uv);
+        put(format!("slave/{name}_percent"), if tv > 0.0 { uv / tv } else { 0.0 });
+    }
+    axum::Json(serde_json::Value::Object(m)).into_response()
 }
 
 async fn state_json(State(agent): State<Arc<Agent>>) -> Response {

@@ -23,6 +23,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod env;
 pub mod fetch;
+mod files;
 pub mod flags;
 pub mod master;
 pub mod process;
