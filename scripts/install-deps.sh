@@ -7,7 +7,8 @@
 #   for tests/python/client.py,
 #   a static busybox (Debian busybox-static) from which the pod-runtime tests
 #   build their Docker images (there is no registry), unzip for the agent's
-#   fetcher.
+#   fetcher, and Debian's chromium with chromium-driver (chromedriver) for the
+#   web UI tests in headless Chromium.
 # Idempotent; runs apt-get only if something is absent.
 set -euo pipefail
 
@@ -29,6 +30,9 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v nsenter >/dev/null 2>&1 || need+=(util-linux)
+# The web UI tests drive headless Chromium through WebDriver.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 
 if ((${#need[@]})); then
   echo "install-deps: installing ${need[*]}" >&2

@@ -20,3 +20,4 @@ mod python_client;
 mod restart;
 mod scheduler;
 mod support;
+mod web_ui;

@@ -387,6 +387,23 @@ async fn legacy(State(shared): State<Shared>, uri: axum::http::Uri) -> Response 
     }
 }
 
+/// The web UI: one page, embedded in the binary, that follows the operator API's SUBSCRIBE
+/// stream. A master that is not leading sends the browser to the leader's page.
+async fn web_ui(State(shared): State<Shared>) -> Response {
+    if let crate::leader::Role::Follower(leader) = &*shared.role.borrow() {
+        let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("//{leader}/")) {
+            r.headers_mut().insert(header::LOCATION, v);
+        }
+        return r;
+    }
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        include_str!("ui/master.html"),
+    )
+        .into_response()
+}
+
 /// km has no maintenance schedule: no machine is draining or down.
 async fn maintenance_status(State(shared): State<Shared>, uri: axum::http::Uri) -> Response {
     if let Some(r) = not_leading(&shared, uri.path()) {
@@ -531,6 +548,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/health", any(health))
         .route("/master/health", any(health))
         .route("/metrics/snapshot", any(metrics_snapshot))
+        .route("/", axum::routing::get(web_ui))
         .route("/master/maintenance/status", any(maintenance_status))
         .route("/maintenance/status", any(maintenance_status));
     let mut router = router;

@@ -1,0 +1,120 @@
+//! km mesos-master's web UI in headless Chromium, driven through WebDriver (Debian's
+//! chromium and chromedriver, the fantoccini client): the page lists the agents, then a
+//! framework and its running task as they appear, without a reload.
+//!
+//! With `KM_SCREENSHOTS=DIR` the test saves the page as `DIR/master-ui.png` (how
+//! `docs/master-ui.png` is made: `KM_SCREENSHOTS=docs cargo nextest run -p km --test e2e
+//! web_ui`).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::support::mesos::MesosMaster;
+use crate::support::process::{Proc, wait_until};
+use crate::support::{free_port, km_bin};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A chromedriver on a free port and a headless Chromium session through it.
+async fn browser(dir: &std::path::Path) -> (Proc, Client) {
+    let port = free_port();
+    let mut cmd = Command::new("chromedriver");
+    cmd.arg(format!("--port={port}"));
+    let mut driver = Proc::spawn("chromedriver", cmd, &dir.join("chromedriver.log"));
+    let up = wait_until(WAIT, || {
+        assert!(driver.is_running(), "chromedriver exited: {}", driver.log());
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "chromedriver did not listen: {}", driver.log());
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({ "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+            "--disable-dev-shm-usage", "--window-size=1300,900"] }),
+    );
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    let client = ClientBuilder::new(connector)
+        .capabilities(caps)
+        .connect(&format!("http://127.0.0.1:{port}"))
+        .await
+        .unwrap_or_else(|e| panic!("a Chromium session: {e}\n{}", driver.log()));
+    (driver, client)
+}
+
+/// The texts of the rows of table `id`.
+async fn rows(c: &Client, table: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Ok(found) = c.find_all(Locator::Css(&format!("#{table} tbody tr"))).await else {
+        return out;
+    };
+    for row in found {
+        if let Ok(t) = row.text().await {
+            out.push(t);
+        }
+    }
+    out
+}
+
+async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_page_follows_agents_frameworks_and_tasks_live() {
+    let master = MesosMaster::start(&["--simulate-agents=2", "--allocation_interval=100ms"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_driver, c) = browser(dir.path()).await;
+    c.goto(&format!("{}/", master.url())).await.expect("open the page");
+    let agents = until("2 agents listed", || async {
+        Some(rows(&c, "agents").await).filter(|r| r.len() == 2)
+    })
+    .await;
+    assert!(agents[0].contains("sim-agent-0") && agents[0].contains("rack:r0"), "{agents:?}");
+    assert!(rows(&c, "frameworks").await.is_empty());
+    // Marks this page load: a reload would lose it.
+    c.execute("window.kmLoaded = 'first-load'; return null;", vec![]).await.expect("mark");
+    // A framework arrives and runs a task, while the page stays open.
+    let mut cmd = Command::new(km_bin());
+    cmd.args(["mesos-execute", &format!("--master=127.0.0.1:{}", master.port)])
+        .args(["--name=ui-task", "--command=sleep 600"]);
+    let _task = Proc::spawn("km mesos-execute", cmd, &dir.path().join("execute.log"));
+    let task = until("the task RUNNING on the page", || async {
+        rows(&c, "tasks").await.into_iter().find(|r| r.contains("TASK_RUNNING"))
+    })
+    .await;
+    assert!(task.contains("ui-task") && task.contains("sim-agent-"), "{task}");
+    let frameworks = rows(&c, "frameworks").await;
+    assert!(
+        frameworks.iter().any(|f| f.contains("km mesos-execute (ui-task)") && f.ends_with('1')),
+        "{frameworks:?}"
+    );
+    // The cluster's bars take the task's 0.1 cpus as used.
+    until("the task's cpus shown as used", || async {
+        let bars = c.find(Locator::Id("bars")).await.ok()?.text().await.ok()?;
+        bars.contains("cpus 0.1 used").then_some(())
+    })
+    .await;
+    let mark = c.execute("return window.kmLoaded || null;", vec![]).await.expect("read the mark");
+    assert_eq!(mark, json!("first-load"), "the page was not reloaded");
+    let status = c.find(Locator::Id("status")).await.expect("status").text().await.expect("text");
+    assert_eq!(status, "live");
+    if let Ok(out) = std::env::var("KM_SCREENSHOTS") {
+        let png = c.screenshot().await.expect("a screenshot");
+        std::fs::write(std::path::Path::new(&out).join("master-ui.png"), png).expect("save it");
+    }
+    let _ = c.close().await;
+}
