@@ -7,7 +7,7 @@
 //! web_ui`).
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
@@ -58,19 +58,13 @@ async fn rows(c: &Client, table: &str) -> Vec<String> {
     out
 }
 
-async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+/// Waits until the page shows what `f` looks for.
+async fn until<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::controller_manager::eventually(what, &String::new, f).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
