@@ -112,3 +112,73 @@ async fn the_master_page_follows_agents_frameworks_and_tasks_live() {
     }
     let _ = c.close().await;
 }
+
+/// km scheduler's page: a pod that does not fit is listed as pending with the matcher's
+/// reason; once room is made it shows up as placed — in the same page, without a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_page_shows_why_a_pod_waits_and_then_where_it_went() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, DeleteParams, PostParams};
+
+    let c = crate::support::cluster::KmCluster::start(
+        &["--simulate-agents=1", "--simulate-agent-resources=cpus:1;mem:2048;ports:[31000-31010]"],
+        &[],
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_driver, b) = browser(dir.path()).await;
+    b.goto(&format!("http://127.0.0.1:{}/", c.scheduler_port)).await.expect("open the page");
+    until("the page live", || async {
+        let s = b.find(Locator::Id("status")).await.ok()?.text().await.ok()?;
+        (s == "live").then_some(())
+    })
+    .await;
+    b.execute("window.kmLoaded = 'first-load'; return null;", vec![]).await.expect("mark");
+    let pods: Api<Pod> = Api::namespaced(c.client(), "default");
+    let pod = |name: &str| -> Pod {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": "default" },
+            "spec": { "containers": [{ "name": "c", "image": "i",
+                "resources": { "requests": { "cpu": "600m", "memory": "64Mi" } } }] },
+        }))
+        .expect("pod")
+    };
+    pods.create(&PostParams::default(), &pod("first")).await.expect("create first");
+    until("first placed", || async {
+        rows(&b, "placed").await.into_iter().find(|r| r.contains("default/first"))
+    })
+    .await;
+    pods.create(&PostParams::default(), &pod("second")).await.expect("create second");
+    let waiting = until("second pending with the matcher's reason", || async {
+        rows(&b, "pending")
+            .await
+            .into_iter()
+            .find(|r| r.contains("default/second") && r.contains("cpus"))
+    })
+    .await;
+    println!("pending on the page: {waiting}");
+    if let Ok(out) = std::env::var("KM_SCREENSHOTS") {
+        let png = b.screenshot().await.expect("a screenshot");
+        std::fs::write(std::path::Path::new(&out).join("scheduler-ui.png"), png).expect("save it");
+    }
+    pods.delete("first", &DeleteParams::default()).await.expect("delete first");
+    let placed = until("second placed", || async {
+        rows(&b, "placed").await.into_iter().find(|r| r.contains("default/second"))
+    })
+    .await;
+    assert!(placed.contains("sim-agent-0"), "{placed}");
+    assert!(
+        !rows(&b, "pending").await.iter().any(|r| r.contains("default/second")),
+        "no longer pending"
+    );
+    let executors =
+        b.find(Locator::Id("executors")).await.expect("executors").text().await.expect("text");
+    assert!(executors.contains("sim-agent-0"), "{executors}");
+    let flow = b.find(Locator::Id("flow")).await.expect("flow").text().await.expect("text");
+    assert!(
+        flow.contains("received") && flow.contains("used") && flow.contains("declined"),
+        "{flow}"
+    );
+    let mark = b.execute("return window.kmLoaded || null;", vec![]).await.expect("read the mark");
+    assert_eq!(mark, json!("first-load"), "the page was not reloaded");
+    let _ = b.close().await;
+}

@@ -377,6 +377,25 @@ pub struct Core {
     recon: Reconciliation,
     effects: Vec<Effect>,
     stats: Stats,
+    /// The latest bindings (when, pod, host), newest last, for the web page.
+    placements: VecDeque<(Duration, String, String)>,
+}
+
+/// How many recent bindings the web page is shown.
+const PLACEMENTS_KEPT: usize = 200;
+
+/// What the scheduler's web page shows: pods waiting with the matcher's reason, the latest
+/// placements, and the executors.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UiView {
+    /// Pods waiting for a place: (namespace/name, why, failed attempts).
+    pub pending: Vec<(String, String, u32)>,
+    /// The latest bindings, newest first: (namespace/name, host, seconds ago).
+    pub placed: Vec<(String, String, f64)>,
+    /// This scheduler's executor ID.
+    pub executor_id: String,
+    /// The executors seen on each agent: (host, executor IDs).
+    pub executors: Vec<(String, Vec<String>)>,
 }
 
 impl Core {
@@ -416,6 +435,7 @@ impl Core {
             finished_set: HashSet::new(),
             offers: BTreeMap::new(),
             offer_history: OfferHistory::default(),
+            placements: VecDeque::new(),
             offer_gen: 0,
             last_breakout: None,
             breakout_due: false,
@@ -1347,6 +1367,10 @@ impl Core {
                 self.stats.pods_bound += 1;
                 let pod = t.pod.clone();
                 let message = format!("Successfully assigned {pod} to {}", t.hostname);
+                if self.placements.len() == PLACEMENTS_KEPT {
+                    self.placements.pop_front();
+                }
+                self.placements.push_back((now.mono, pod.to_string(), t.hostname.to_string()));
                 let write_running = t.state == Some(TaskState::Running)
                     && !t.executor_reports_status
                     && !t.running_written;
@@ -1921,6 +1945,35 @@ impl Core {
             ));
         }
         out
+    }
+
+    /// The web page's view at `now`.
+    pub fn ui_view(&self, now: Now) -> UiView {
+        let pending = self
+            .waiting
+            .iter()
+            .chain(self.invalid.iter())
+            .filter_map(|uid| self.pods.get(uid))
+            .map(|p| {
+                let why = match (&p.stage, &p.demand, &p.report) {
+                    (Stage::Invalid, Err(e), _) => format!("invalid: {e}"),
+                    (_, _, Some((m, _))) => m.clone(),
+                    _ => "waiting for offers".to_owned(),
+                };
+                (p.key.to_string(), why, p.failures)
+            })
+            .collect();
+        let placed = self
+            .placements
+            .iter()
+            .rev()
+            .map(|(at, pod, host)| {
+                (pod.clone(), host.clone(), now.mono.saturating_sub(*at).as_secs_f64())
+            })
+            .collect();
+        let executors =
+            self.agents.values().map(|a| (a.hostname.clone(), a.executor_ids.clone())).collect();
+        UiView { pending, placed, executor_id: self.cfg.matcher.executor.id.clone(), executors }
     }
 
     /// `/debug/scheduler/podstore`: every tracked pod with its stage.

@@ -33,7 +33,7 @@ pub mod model;
 pub mod task;
 
 pub use crate::config::{Config, LaunchPolicy};
-pub use crate::core::{Core, CoreError, Gauges, RUNTIME_CLASSES, SENTINEL_PREFIX, Stats};
+pub use crate::core::{Core, CoreError, Gauges, RUNTIME_CLASSES, SENTINEL_PREFIX, Stats, UiView};
 pub use crate::model::{
     Accept, AcceptOutcome, Effect, EventType, ExecutorChoice, Input, LaunchTask, NodeInfo,
     NodeSpec, Now, PhaseChange, PodRef, Source, TaskState, TaskUpdate, WriteResult,

@@ -1,5 +1,5 @@
-//! The scheduler's HTTP endpoint: `/healthz`, `/metrics`, the debug views and actions, and the
-//! executor binary for the agents to fetch.
+//! The scheduler's HTTP endpoint: `/healthz`, `/metrics`, the web page (`/`, fed by
+//! `/ui/state`), the debug views and actions, and the executor binary for the agents to fetch.
 //!
 //! Handlers never touch the scheduler's state: they send a [`DebugCall`] to the loop and wait
 //! for its answer up to `http-handler-timeout` (then 503).
@@ -34,6 +34,8 @@ pub(crate) enum DebugRequest {
     Implicit,
     /// Ask every executor to exit once idle.
     Kamikaze,
+    /// What the web page shows.
+    Ui,
 }
 
 /// The loop's answer.
@@ -41,6 +43,8 @@ pub(crate) enum DebugRequest {
 pub(crate) enum DebugReply {
     /// A text view.
     Text(String),
+    /// A JSON view.
+    Json(serde_json::Value),
     /// The action was taken.
     Done,
     /// Actions need a live subscription.
@@ -83,6 +87,8 @@ pub(crate) fn router(
         .route("/debug/actions/requestExplicit", post(|s| ask(s, DebugRequest::Explicit)))
         .route("/debug/actions/requestImplicit", post(|s| ask(s, DebugRequest::Implicit)))
         .route("/debug/actions/kamikaze", post(kamikaze_action))
+        .route("/", get(web_ui))
+        .route("/ui/state", get(|s| ask(s, DebugRequest::Ui)))
         .route("/{file}", get(artifact))
         .with_state(state)
 }
@@ -99,6 +105,7 @@ async fn ask(State(s): State<HttpState>, request: DebugRequest) -> Response {
     }
     match tokio::time::timeout(s.timeout, rx).await {
         Ok(Ok(DebugReply::Text(t))) => t.into_response(),
+        Ok(Ok(DebugReply::Json(v))) => axum::Json(v).into_response(),
         Ok(Ok(DebugReply::Done)) => StatusCode::NO_CONTENT.into_response(),
         Ok(Ok(DebugReply::NotSubscribed)) => {
             (StatusCode::SERVICE_UNAVAILABLE, "not subscribed to a Mesos master\n").into_response()
@@ -109,6 +116,16 @@ async fn ask(State(s): State<HttpState>, request: DebugRequest) -> Response {
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("no answer within {:?}\n", s.timeout))
             .into_response(),
     }
+}
+
+/// The web page: pending pods with the matcher's reasons, the latest placements, the offer
+/// flow and the executors, from `/ui/state` (embedded in the binary; nothing from the network).
+async fn web_ui() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
+        include_str!("ui/scheduler.html"),
+    )
+        .into_response()
 }
 
 async fn kamikaze_action(state: State<HttpState>) -> Response {

@@ -240,6 +240,7 @@ impl Shell {
             DebugRequest::PodQueue => DebugReply::Text(self.core.podqueue_text(now)),
             DebugRequest::PodStore => DebugReply::Text(self.core.podstore_text()),
             DebugRequest::Tasks => DebugReply::Text(self.core.tasks_text()),
+            DebugRequest::Ui => DebugReply::Json(self.ui_state(now)),
             _ if !self.core.subscribed() => DebugReply::NotSubscribed,
             DebugRequest::Explicit => {
                 self.input(Input::RequestExplicit);
@@ -255,6 +256,22 @@ impl Shell {
             }
         };
         let _ = call.reply.send(reply);
+    }
+
+    /// The web page's state: the core's view and the offer counters.
+    fn ui_state(&self, now: Now) -> serde_json::Value {
+        let v = self.core.ui_view(now);
+        let st = self.core.stats();
+        serde_json::json!({
+            "framework": self.settings.framework.name,
+            "subscribed": self.core.subscribed(),
+            "executor_id": v.executor_id,
+            "pending": v.pending.iter().map(|(pod, why, failures)| serde_json::json!({ "pod": pod, "reason": why, "failures": failures })).collect::<Vec<_>>(),
+            "placed": v.placed.iter().map(|(pod, host, ago)| serde_json::json!({ "pod": pod, "host": host, "seconds_ago": ago })).collect::<Vec<_>>(),
+            "executors": v.executors.iter().map(|(host, ids)| serde_json::json!({ "host": host, "executor_ids": ids })).collect::<Vec<_>>(),
+            "offers": { "received": st.offers_received, "used": st.offers_used, "declined": st.offers_declined, "rescinded": st.offers_rescinded },
+            "pods_bound": st.pods_bound,
+        })
     }
 
     /// Runs the core after a batch and carries out what it decided.
