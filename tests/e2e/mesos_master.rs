@@ -61,14 +61,14 @@ fn subscribe_json(info: Value) -> String {
     c.to_string()
 }
 
-struct Sub {
-    stream_id: String,
-    framework_id: String,
-    records: Records,
+pub(crate) struct Sub {
+    pub(crate) stream_id: String,
+    pub(crate) framework_id: String,
+    pub(crate) records: Records,
 }
 
 /// Subscribes over JSON and reads SUBSCRIBED (and the first HEARTBEAT).
-async fn subscribe(m: &MesosMaster, info: Value) -> Sub {
+pub(crate) async fn subscribe(m: &MesosMaster, info: Value) -> Sub {
     let resp = post(&scheduler(m), Some(JSON), Some(JSON), None, subscribe_json(info)).await;
     assert_eq!(resp.status(), 200);
     let stream_id = resp.headers()["Mesos-Stream-Id"].to_str().unwrap().to_owned();
@@ -91,7 +91,7 @@ async fn next_event(records: &mut Records) -> Value {
     }
 }
 
-async fn call_json(m: &MesosMaster, sub: &Sub, c: Value) -> reqwest::Response {
+pub(crate) async fn call_json(m: &MesosMaster, sub: &Sub, c: Value) -> reqwest::Response {
     let mut c = c;
     c["framework_id"] = json!({"value": sub.framework_id});
     post(&scheduler(m), Some(JSON), None, Some(&sub.stream_id), c.to_string()).await
@@ -304,7 +304,7 @@ async fn decline_filters_hold_until_revive() {
     assert_eq!(next_event(&mut sub.records).await["type"], "OFFERS");
 }
 
-async fn next_event_of(records: &mut Records, ty: &str) -> Value {
+pub(crate) async fn next_event_of(records: &mut Records, ty: &str) -> Value {
     loop {
         let e = next_event(records).await;
         if e["type"] == ty {
@@ -313,7 +313,7 @@ async fn next_event_of(records: &mut Records, ty: &str) -> Value {
     }
 }
 
-fn command_task(id: &str, agent: &Value, cpus: f64) -> Value {
+pub(crate) fn command_task(id: &str, agent: &Value, cpus: f64) -> Value {
     json!({
         "name": id, "task_id": {"value": id}, "agent_id": agent,
         "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": cpus}},

@@ -182,3 +182,88 @@ async fn the_scheduler_page_shows_why_a_pod_waits_and_then_where_it_went() {
     assert_eq!(mark, json!("first-load"), "the page was not reloaded");
     let _ = b.close().await;
 }
+
+/// The master's page with many agents and tasks: how long until it shows them all after
+/// opening, and how long a new task takes to appear on it. `KM_UI_AGENTS` and `KM_UI_TASKS`
+/// (20 and 200 here) set the size; `scripts/measure-ui.sh` runs it at 1,000 and 10,000.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_page_loads_and_updates_with_many_agents_and_tasks() {
+    use crate::mesos_master::{call_json, command_task, next_event_of, subscribe};
+    let size = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (agents, tasks) = (size("KM_UI_AGENTS", 20), size("KM_UI_TASKS", 200));
+    let master = MesosMaster::start(&[
+        &format!("--simulate-agents={agents}"),
+        "--simulate-agent-resources=cpus:64;mem:65536;ports:[31000-32000]",
+        "--allocation_interval=100ms",
+    ]);
+    let mut sub = subscribe(&master, json!({ "name": "many" })).await;
+    let per_agent = tasks.div_ceil(agents);
+    let mut launched = 0;
+    while launched < tasks {
+        let offers = next_event_of(&mut sub.records, "OFFERS").await;
+        for offer in offers["offers"]["offers"].as_array().into_iter().flatten() {
+            if launched >= tasks {
+                break;
+            }
+            let n = per_agent.min(tasks - launched);
+            let list: Vec<_> = (launched..launched + n)
+                .map(|i| command_task(&format!("task-{i:05}"), &offer["agent_id"], 0.1))
+                .collect();
+            launched += n;
+            let accept = json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]],
+                "operations": [{"type": "LAUNCH", "launch": {"task_infos": list}}]}});
+            assert_eq!(call_json(&master, &sub, accept).await.status(), 202);
+        }
+    }
+    // What the page's first answer costs the master: the snapshot of GET_STATE.
+    let asked = std::time::Instant::now();
+    let state = reqwest::Client::new()
+        .post(format!("{}/api/v1", master.url()))
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json")
+        .body(r#"{"type":"GET_STATE"}"#)
+        .send()
+        .await
+        .expect("GET_STATE")
+        .bytes()
+        .await
+        .expect("the state");
+    println!(
+        "GET_STATE with {agents} agents and {tasks} tasks: {} KiB in {:.0} ms",
+        state.len() / 1024,
+        asked.elapsed().as_secs_f64() * 1e3
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_driver, b) = browser(dir.path()).await;
+    let want = format!("{agents} agents · 1 frameworks · {tasks} tasks");
+    let opened = std::time::Instant::now();
+    b.goto(&format!("{}/", master.url())).await.expect("open the page");
+    until("every agent and task on the page", || async {
+        let counts = b.find(Locator::Id("counts")).await.ok()?.text().await.ok()?;
+        (counts == want).then_some(())
+    })
+    .await;
+    let loaded = opened.elapsed();
+    // One more task, on the next offer: how long until its row is there.
+    let offers = next_event_of(&mut sub.records, "OFFERS").await;
+    let offer = &offers["offers"]["offers"][0];
+    let accept = json!({"type": "ACCEPT", "accept": {"offer_ids": [offer["id"]],
+        "operations": [{"type": "LAUNCH", "launch": {"task_infos": [command_task("late-task", &offer["agent_id"], 0.1)]}}]}});
+    let sent = std::time::Instant::now();
+    assert_eq!(call_json(&master, &sub, accept).await.status(), 202);
+    until("the new task on the page", || async {
+        let found = b
+            .execute("return !!document.querySelector('tr[data-task=\"late-task\"]');", vec![])
+            .await
+            .ok()?;
+        (found == json!(true)).then_some(())
+    })
+    .await;
+    let updated = sent.elapsed();
+    println!(
+        "master page, {agents} agents and {tasks} tasks: all shown {:.0} ms after opening; a new task shown {:.0} ms after its launch",
+        loaded.as_secs_f64() * 1e3,
+        updated.as_secs_f64() * 1e3
+    );
+    let _ = b.close().await;
+}
