@@ -378,7 +378,7 @@ pub struct Core {
     effects: Vec<Effect>,
     stats: Stats,
     /// The latest bindings (when, pod, host), newest last, for the web page.
-    placements: VecDeque<(Duration, String, String)>,
+    placements: VecDeque<(Duration, PodRef, Arc<str>)>,
 }
 
 /// How many recent bindings the web page is shown.
@@ -1370,7 +1370,7 @@ impl Core {
                 if self.placements.len() == PLACEMENTS_KEPT {
                     self.placements.pop_front();
                 }
-                self.placements.push_back((now.mono, pod.to_string(), t.hostname.to_string()));
+                self.placements.push_back((now.mono, pod.clone(), t.hostname.clone()));
                 let write_running = t.state == Some(TaskState::Running)
                     && !t.executor_reports_status
                     && !t.running_written;
@@ -1968,7 +1968,7 @@ impl Core {
             .iter()
             .rev()
             .map(|(at, pod, host)| {
-                (pod.clone(), host.clone(), now.mono.saturating_sub(*at).as_secs_f64())
+                (pod.to_string(), host.to_string(), now.mono.saturating_sub(*at).as_secs_f64())
             })
             .collect();
         let executors =
