@@ -55,6 +55,8 @@ fn agent_config(master: &str, work_dir: &std::path::Path) -> km_mesos_agent::Con
         recovery_timeout: Duration::from_secs(10),
         executor_reregistration_timeout: Duration::from_secs(2),
         fetcher_max_size: 1 << 30,
+        fetcher_cache_size: 1 << 30,
+        fetcher_cache_dir: work_dir.join("fetch"),
         update_retry: km_mesos_agent::updates::RetryPolicy::default(),
         master_backoff_max: Duration::from_millis(500),
     }

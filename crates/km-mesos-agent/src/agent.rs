@@ -63,6 +63,8 @@ pub struct Agent {
     http: reqwest::Client,
     /// For the fetcher: no overall timeout (downloads may be large).
     fetch_http: reqwest::Client,
+    /// URIs launched with `cache: true`.
+    pub(crate) fetch_cache: crate::fetch::FetchCache,
     update_wake: Notify,
     stopped: AtomicBool,
     /// Checkpoint files are written here, off the lock.
@@ -94,6 +96,8 @@ impl Agent {
             .build()
             .unwrap_or_default();
         let updates = UpdateManager::new(cfg.update_retry);
+        let fetch_cache =
+            crate::fetch::FetchCache::new(cfg.fetcher_cache_dir.clone(), cfg.fetcher_cache_size);
         Arc::new(Self {
             cfg,
             core: Mutex::new(Core {
@@ -111,6 +115,7 @@ impl Agent {
                 .connect_timeout(Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            fetch_cache,
             update_wake: Notify::new(),
             stopped: AtomicBool::new(false),
             checkpoints,

@@ -345,6 +345,8 @@ async fn flags(State(agent): State<Arc<Agent>>) -> Response {
         "executor_reregistration_timeout": d(cfg.executor_reregistration_timeout),
         "recovery_timeout": d(cfg.recovery_timeout),
         "fetcher_max_size": cfg.fetcher_max_size.to_string(),
+        "fetcher_cache_size": cfg.fetcher_cache_size.to_string(),
+        "fetcher_cache_dir": cfg.fetcher_cache_dir.display().to_string(),
     }}))
     .into_response()
 }
@@ -400,6 +402,9 @@ async fn metrics_snapshot(State(agent): State<Arc<Agent>>) -> Response {
         put(format!("slave/{name}_used"), uv);
         put(format!("slave/{name}_percent"), if tv > 0.0 { uv / tv } else { 0.0 });
     }
+    let cache = agent.fetch_cache.size();
+    put("containerizer/fetcher/cache_size_total_bytes".into(), cache.total as f64);
+    put("containerizer/fetcher/cache_size_used_bytes".into(), cache.used as f64);
     axum::Json(serde_json::Value::Object(m)).into_response()
 }
 

@@ -62,6 +62,13 @@ pub struct Args {
     /// a bigger download or copy fails the launch and leaves nothing behind.
     #[arg(long = "fetcher_max_size", alias = "fetcher-max-size", default_value = "8GB")]
     pub fetcher_max_size: String,
+    /// Size of the fetcher cache, which holds the URIs launched with `cache: true`
+    /// (`B`, `KB`, `MB`, `GB`, `TB`).
+    #[arg(long = "fetcher_cache_size", alias = "fetcher-cache-size", default_value = "2GB")]
+    pub fetcher_cache_size: String,
+    /// Directory of the fetcher cache; default `<work_dir>/fetch`. Agents must not share one.
+    #[arg(long = "fetcher_cache_dir", alias = "fetcher-cache-dir")]
+    pub fetcher_cache_dir: Option<PathBuf>,
 }
 
 /// The agent's resolved configuration.
@@ -91,6 +98,10 @@ pub struct Config {
     pub executor_reregistration_timeout: Duration,
     /// `--fetcher_max_size`, in bytes.
     pub fetcher_max_size: u64,
+    /// `--fetcher_cache_size`, in bytes.
+    pub fetcher_cache_size: u64,
+    /// `--fetcher_cache_dir`.
+    pub fetcher_cache_dir: PathBuf,
     /// Status update retries (Mesos: 10 s doubling to 10 min); tests shorten it.
     pub update_retry: RetryPolicy,
     /// Cap of the jittered re-subscription backoff towards the master (15 s).
@@ -143,6 +154,11 @@ impl Config {
             recovery_timeout: dur("recovery_timeout", &args.recovery_timeout)?,
             executor_reregistration_timeout: reregistration,
             fetcher_max_size: flags::parse_bytes("fetcher_max_size", &args.fetcher_max_size)?,
+            fetcher_cache_size: flags::parse_bytes("fetcher_cache_size", &args.fetcher_cache_size)?,
+            fetcher_cache_dir: args
+                .fetcher_cache_dir
+                .clone()
+                .unwrap_or_else(|| args.work_dir.join("fetch")),
             update_retry: RetryPolicy::default(),
             master_backoff_max: Duration::from_secs(15),
         })
@@ -176,6 +192,8 @@ mod tests {
         assert_eq!(c.recovery_timeout, Duration::from_secs(900));
         assert_eq!(c.executor_reregistration_timeout, Duration::from_secs(2));
         assert_eq!(c.fetcher_max_size, 8 << 30);
+        assert_eq!(c.fetcher_cache_size, 2 << 30);
+        assert_eq!(c.fetcher_cache_dir, PathBuf::from("/tmp/fetch"));
         let names: Vec<_> = c.resources.iter().map(|r| &*r.name).collect();
         assert_eq!(names, ["cpus", "mem", "disk", "ports"]);
     }
@@ -219,5 +237,8 @@ mod tests {
         assert_eq!(parse(&["--resources", "cpus:x"]).unwrap_err().flag, "resources");
         assert_eq!(parse(&["--fetcher_max_size", "lots"]).unwrap_err().flag, "fetcher_max_size");
         assert_eq!(parse(&["--fetcher_max_size", "64MB"]).unwrap().fetcher_max_size, 64 << 20);
+        assert_eq!(parse(&["--fetcher_cache_size", "x"]).unwrap_err().flag, "fetcher_cache_size");
+        let c = parse(&["--fetcher_cache_size", "1MB", "--fetcher_cache_dir", "/c"]).unwrap();
+        assert_eq!((c.fetcher_cache_size, c.fetcher_cache_dir), (1 << 20, PathBuf::from("/c")));
     }
 }

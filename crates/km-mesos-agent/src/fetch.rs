@@ -16,7 +16,12 @@
 //!   the `unzip` program, which is what Mesos's fetcher runs too. The
 //!   archive itself stays in the sandbox, as with Mesos.
 
+mod cache;
+
 use std::path::{Component, Path, PathBuf};
+
+use cache::CacheError;
+pub use cache::{CacheSize, FetchCache, Placed};
 
 use km_mesos::v1::command_info::Uri;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -71,15 +76,17 @@ pub fn archive_kind(name: &str) -> Option<Archive> {
 }
 
 /// Fetches every URI into `sandbox`, stopping at the first failure. No file written may be
-/// larger than `max_size` bytes.
+/// larger than `max_size` bytes. URIs marked `cache` go through `cache` when there is one,
+/// keyed by the command's `user` (empty when unset).
 pub async fn fetch_all(
     client: &reqwest::Client,
     uris: &[Uri],
     sandbox: &Path,
     max_size: u64,
+    cache: Option<(&FetchCache, &str)>,
 ) -> Result<(), FetchError> {
     for uri in uris {
-        fetch_one(client, uri, sandbox, max_size).await?;
+        fetch_one(client, uri, sandbox, max_size, cache).await?;
     }
     Ok(())
 }
@@ -89,6 +96,7 @@ async fn fetch_one(
     uri: &Uri,
     sandbox: &Path,
     max_size: u64,
+    cache: Option<(&FetchCache, &str)>,
 ) -> Result<(), FetchError> {
     let name =
         basename(uri).ok_or_else(|| fail(uri, "cannot tell a file name; set output_file"))?;
@@ -100,34 +108,64 @@ async fn fetch_one(
         .await
         .map_err(|e| fail(uri, e))?
         .map_err(|problem| fail(uri, problem))?;
-    let value = uri.value.as_str();
-    let written = if value.starts_with("http://") {
-        download(client, uri, &target, max_size).await
-    } else if value.starts_with("https://") {
-        return Err(fail(uri, "https is not supported by this agent (built without TLS)"));
-    } else if let Some(rest) = value.strip_prefix("file://") {
-        copy(uri, Path::new(rest), &target, max_size).await
-    } else if value.contains("://") {
-        return Err(fail(uri, "unsupported URI scheme"));
-    } else {
-        copy(uri, Path::new(value), &target, max_size).await
+    let mut placed = Placed::Copied;
+    let cached = match cache.filter(|_| uri.cache == Some(true)) {
+        Some((cache, user)) => match cache.fetch_into(client, uri, user, &target, max_size).await {
+            Ok(how) => {
+                placed = how;
+                true
+            }
+            Err(CacheError::Source(e)) => return Err(e),
+            Err(CacheError::Cache(problem)) => {
+                tracing::warn!(uri = %uri.value, "fetcher cache: {problem}; fetching directly");
+                false
+            }
+        },
+        None => false,
     };
-    if let Err(e) = written {
-        // Nothing half-written is left for the task to find.
-        let _ = tokio::fs::remove_file(&target).await;
-        return Err(e);
+    if !cached {
+        fetch_source(client, uri, &target, max_size).await?;
     }
     if uri.executable == Some(true) {
-        use std::os::unix::fs::PermissionsExt as _;
-        tokio::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
-            .await
-            .map_err(|e| fail(uri, e))?;
+        // A link shares the cache entry's mode (0555), which stays as it is.
+        if placed == Placed::Copied {
+            use std::os::unix::fs::PermissionsExt as _;
+            tokio::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755))
+                .await
+                .map_err(|e| fail(uri, e))?;
+        }
     } else if uri.extract.unwrap_or(true)
         && let Some(kind) = archive_kind(&name)
     {
         extract(uri, kind, &target, sandbox).await?;
     }
     Ok(())
+}
+
+/// Writes what `uri` names to `target` (downloaded or copied), at most `max_size` bytes;
+/// on failure nothing half-written is left.
+async fn fetch_source(
+    client: &reqwest::Client,
+    uri: &Uri,
+    target: &Path,
+    max_size: u64,
+) -> Result<(), FetchError> {
+    let value = uri.value.as_str();
+    let written = if value.starts_with("http://") {
+        download(client, uri, target, max_size).await
+    } else if value.starts_with("https://") {
+        return Err(fail(uri, "https is not supported by this agent (built without TLS)"));
+    } else if let Some(rest) = value.strip_prefix("file://") {
+        copy(uri, Path::new(rest), target, max_size).await
+    } else if value.contains("://") {
+        return Err(fail(uri, "unsupported URI scheme"));
+    } else {
+        copy(uri, Path::new(value), target, max_size).await
+    };
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(target).await;
+    }
+    written
 }
 
 /// Where `name` (an `output_file` or a URI's last segment) goes in `sandbox`: the path of
@@ -360,7 +398,7 @@ mod tests {
                 ..uri(&src.join("run.sh").display().to_string())
             },
         ];
-        fetch_all(&reqwest::Client::new(), &uris, &sandbox, MAX).await.unwrap();
+        fetch_all(&reqwest::Client::new(), &uris, &sandbox, MAX, None).await.unwrap();
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(sandbox.join("run.sh")).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o755);
@@ -368,12 +406,12 @@ mod tests {
         assert!(sandbox.join("bundle.tar.gz").exists());
         assert!(sandbox.join("renamed").exists());
 
-        let err = fetch_all(&reqwest::Client::new(), &[uri("/no/such/file")], &sandbox, MAX)
+        let err = fetch_all(&reqwest::Client::new(), &[uri("/no/such/file")], &sandbox, MAX, None)
             .await
             .unwrap_err();
         assert_eq!(err.uri, "/no/such/file");
         assert!(err.to_string().contains("/no/such/file"), "{err}");
-        let err = fetch_all(&reqwest::Client::new(), &[uri("https://x/y")], &sandbox, MAX)
+        let err = fetch_all(&reqwest::Client::new(), &[uri("https://x/y")], &sandbox, MAX, None)
             .await
             .unwrap_err();
         assert!(err.problem.contains("https"));
@@ -400,18 +438,18 @@ mod tests {
         let sandbox = dir.path().join("sandbox");
         std::fs::create_dir(&sandbox).unwrap();
         let client = reqwest::Client::new();
-        fetch_all(&client, &[uri(&format!("{base}/files/hello.txt"))], &sandbox, MAX)
+        fetch_all(&client, &[uri(&format!("{base}/files/hello.txt"))], &sandbox, MAX, None)
             .await
             .unwrap();
         assert_eq!(std::fs::read_to_string(sandbox.join("hello.txt")).unwrap(), "hello over http");
         if zipped {
-            fetch_all(&client, &[uri(&format!("{base}/files/bundle.zip"))], &sandbox, MAX)
+            fetch_all(&client, &[uri(&format!("{base}/files/bundle.zip"))], &sandbox, MAX, None)
                 .await
                 .unwrap();
             assert_eq!(std::fs::read_to_string(sandbox.join("z.txt")).unwrap(), "zipped");
         }
         let missing = format!("{base}/files/nope");
-        let err = fetch_all(&client, &[uri(&missing)], &sandbox, MAX).await.unwrap_err();
+        let err = fetch_all(&client, &[uri(&missing)], &sandbox, MAX, None).await.unwrap_err();
         assert_eq!(err.uri, missing);
         assert!(err.problem.contains("404"), "{err}");
     }
@@ -447,7 +485,7 @@ mod tests {
             ("file-out", "resolves outside the sandbox"),
             (".", "names no file"),
         ] {
-            let err = fetch_all(&client, &[to(bad)], &sandbox, MAX).await.unwrap_err();
+            let err = fetch_all(&client, &[to(bad)], &sandbox, MAX, None).await.unwrap_err();
             assert!(err.problem.contains(&format!("output file '{bad}'")), "{bad}: {err}");
             assert!(err.problem.contains(says), "{bad}: {err}");
         }
@@ -457,9 +495,15 @@ mod tests {
         assert_eq!(std::fs::read_to_string(outside.join("precious")).unwrap(), "keep");
 
         // Inside is fine, through new directories and symlinks that stay in.
-        fetch_all(&client, &[to("deep/er/copy"), to("in/linked"), to("./plain")], &sandbox, MAX)
-            .await
-            .unwrap();
+        fetch_all(
+            &client,
+            &[to("deep/er/copy"), to("in/linked"), to("./plain")],
+            &sandbox,
+            MAX,
+            None,
+        )
+        .await
+        .unwrap();
         for written in ["deep/er/copy", "sub/linked", "plain"] {
             assert_eq!(std::fs::read_to_string(sandbox.join(written)).unwrap(), "payload");
         }
@@ -495,13 +539,13 @@ mod tests {
         std::fs::create_dir(&sandbox).unwrap();
         let base = size_server().await;
         let client = reqwest::Client::new();
-        fetch_all(&client, &[uri(&format!("{base}/exact"))], &sandbox, MAX).await.unwrap();
+        fetch_all(&client, &[uri(&format!("{base}/exact"))], &sandbox, MAX, None).await.unwrap();
         assert_eq!(std::fs::metadata(sandbox.join("exact")).unwrap().len(), MAX);
 
         for name in ["over", "endless"] {
             // The endless body would never be read whole: the fetch must end at the limit.
             let uris = [uri(&format!("{base}/{name}"))];
-            let fetch = fetch_all(&client, &uris, &sandbox, MAX);
+            let fetch = fetch_all(&client, &uris, &sandbox, MAX, None);
             let err = tokio::time::timeout(std::time::Duration::from_secs(60), fetch)
                 .await
                 .expect("the fetch ends")
@@ -516,12 +560,14 @@ mod tests {
         // The same limit holds for local files.
         let big = dir.path().join("big.bin");
         std::fs::write(&big, vec![0u8; MAX as usize + 1]).unwrap();
-        let err = fetch_all(&client, &[uri(&big.display().to_string())], &sandbox, MAX)
+        let err = fetch_all(&client, &[uri(&big.display().to_string())], &sandbox, MAX, None)
             .await
             .unwrap_err();
         assert!(err.problem.contains("--fetcher_max_size"), "{err}");
         assert!(!sandbox.join("big.bin").exists());
-        fetch_all(&client, &[uri(&big.display().to_string())], &sandbox, MAX + 1).await.unwrap();
+        fetch_all(&client, &[uri(&big.display().to_string())], &sandbox, MAX + 1, None)
+            .await
+            .unwrap();
         assert_eq!(std::fs::metadata(sandbox.join("big.bin")).unwrap().len(), MAX + 1);
     }
 }

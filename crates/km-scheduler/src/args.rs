@@ -161,7 +161,9 @@ pub struct Args {
 
     /// The km binary the agents run as executor: a URI they fetch (http, https, hdfs, …),
     /// file:///path already on every agent, or a local file this scheduler serves over HTTP.
-    /// Default: this binary, served.
+    /// Default: this binary, served. Agents keep a fetched binary in their fetcher cache,
+    /// keyed by the URI: publish a new build under a new URI (a served file's URL carries a
+    /// digest of its content, so it changes by itself).
     #[arg(long = "executor-path", visible_alias = "km-path")]
     pub executor_path: Option<String>,
 

@@ -35,6 +35,27 @@ pub(crate) struct Executors {
     served: Option<(String, PathBuf)>,
 }
 
+/// A digest of the served file's content (CRC-64, hex). It goes into the binary's URL, so
+/// that agents, which cache what they fetch by URL, never run an old binary under a new one's
+/// name, and a new binary gets a new executor ID (and with it the rolling executor upgrade),
+/// while schedulers of an HA group running the same build agree on it wherever it is installed.
+fn version(path: &std::path::Path) -> Option<String> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path).ok()?;
+    let crc = crc::Crc::<u64, crc::Table<16>>::new(&crc::CRC_64_XZ);
+    let mut digest = crc.digest();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => digest.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(format!("{:x}", digest.finalize()))
+}
+
 fn basename(s: &str) -> &str {
     s.rsplit('/').next().unwrap_or(s)
 }
@@ -50,7 +71,10 @@ impl Executors {
             ExecutorSource::AgentLocal(path) => (path.clone(), Vec::new(), None),
             ExecutorSource::Served(path) => {
                 let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("km").to_owned();
-                let url = format!("{}/{name}", advertised.trim_end_matches('/'));
+                let mut url = format!("{}/{name}", advertised.trim_end_matches('/'));
+                if let Some(v) = version(path) {
+                    url = format!("{url}?v={v}");
+                }
                 (format!("./{name}"), vec![(url, true)], Some((name, path.clone())))
             }
         };
@@ -88,6 +112,7 @@ impl Executors {
                         value,
                         executable: Some(executable),
                         extract: Some(false),
+                        cache: Some(true),
                         ..Default::default()
                     })
                     .collect(),
@@ -218,6 +243,7 @@ mod tests {
         assert_eq!(cmd.arguments[..2], ["./km".to_owned(), "executor".to_owned()]);
         assert_eq!(cmd.uris[0].value, "http://repo/bin/km");
         assert_eq!(cmd.uris[0].executable, Some(true));
+        assert_eq!(cmd.uris[0].cache, Some(true));
         assert!(e.served().is_none());
 
         let e = Executors::new(
@@ -234,6 +260,7 @@ mod tests {
         );
         let cmd = e.prototype().command.clone().unwrap();
         assert_eq!(cmd.uris[0].value, "http://10.0.0.1:10251/km");
+        assert_eq!(cmd.uris[0].cache, Some(true), "agents keep the binary in their fetcher cache");
         assert_eq!(e.served().map(|s| s.0.as_str()), Some("km"));
         assert!(e.id().ends_with("_k8sm-executor"));
         assert_eq!(e.prototype().name.as_deref(), Some("Kubelet-Executor"));
@@ -261,6 +288,24 @@ mod tests {
         );
         assert_eq!(a.id(), c.id());
         assert_eq!(c.resources().get(ScalarKind::Cpus), Scalar::from_milli(350));
+    }
+
+    #[test]
+    fn a_new_binary_gets_a_new_url_and_executor_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("km");
+        std::fs::write(&bin, "old").unwrap();
+        let served =
+            || Executors::new(&settings(ExecutorSource::Served(bin.clone())), "http://10.0.0.1:1");
+        let (a, again) = (served(), served());
+        let url = |e: &Executors| e.prototype().command.clone().unwrap().uris[0].value.clone();
+        assert!(url(&a).starts_with("http://10.0.0.1:1/km?v="), "{}", url(&a));
+        assert_eq!((a.id(), url(&a)), (again.id(), url(&again)), "same binary, same executor");
+        std::fs::write(&bin, "a newer build").unwrap();
+        let b = served();
+        assert_ne!(url(&a), url(&b));
+        assert_ne!(a.id(), b.id());
+        assert_eq!(b.served().map(|s| s.0.as_str()), Some("km"));
     }
 
     #[test]

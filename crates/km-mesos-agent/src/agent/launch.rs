@@ -80,7 +80,9 @@ impl Agent {
             tokio::fs::create_dir_all(&dir)
                 .await
                 .map_err(|e| format!("cannot create sandbox {}: {e}", dir.display()))?;
-            fetch::fetch_all(&self.fetch_http, &uris, &dir, self.cfg.fetcher_max_size)
+            let user = info.command.as_ref().and_then(|c| c.user.as_deref()).unwrap_or("");
+            let cache = Some((&self.fetch_cache, user));
+            fetch::fetch_all(&self.fetch_http, &uris, &dir, self.cfg.fetcher_max_size, cache)
                 .await
                 .map_err(|e| e.to_string())
         }

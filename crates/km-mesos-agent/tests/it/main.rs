@@ -37,6 +37,8 @@ fn config(master: &FakeMaster, work_dir: &Path) -> Config {
         recovery_timeout: Duration::from_secs(10),
         executor_reregistration_timeout: Duration::from_secs(2),
         fetcher_max_size: 1 << 30,
+        fetcher_cache_size: 1 << 30,
+        fetcher_cache_dir: work_dir.join("fetch"),
         update_retry: km_mesos_agent::updates::RetryPolicy::default(),
         master_backoff_max: Duration::from_millis(300),
     }
@@ -368,6 +370,53 @@ async fn fetcher_copies_unpacks_and_reports_failures() {
     assert_eq!(failed.state(), TaskState::TaskFailed);
     assert_eq!(failed.reason(), task_status::Reason::ContainerLaunchFailed);
     assert!(failed.message().contains("file:///does/not/exist.tgz"), "{:?}", failed.message);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn cached_uris_are_fetched_once_and_shared_by_later_launches() {
+    use std::os::unix::fs::MetadataExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let tool = dir.path().join("tool.sh");
+    std::fs::write(&tool, "#!/bin/sh\necho cached-tool\n").unwrap();
+    let master = FakeMaster::start(true).await;
+    let agent = start(&master, dir.path().join("work").as_path(), |_| {}).await;
+    master.subscribed(1).await;
+    let cached = || command_info::Uri {
+        value: tool.display().to_string(),
+        executable: Some(true),
+        cache: Some(true),
+        ..Default::default()
+    };
+    let mut sandboxes = Vec::new();
+    for id in ["c1", "c2", "c3"] {
+        if id == "c3" {
+            // What is cached under a URI stays what the first launch fetched.
+            std::fs::write(&tool, "#!/bin/sh\necho changed\n").unwrap();
+        }
+        let mut task = command_task(id, "./tool.sh");
+        task.command.as_mut().unwrap().uris = vec![cached()];
+        master.send(run_task(&framework("fw", false), task));
+        assert_eq!(master.update_of(id, 2).await.state(), TaskState::TaskFinished);
+        let runs =
+            dir.path().join(format!("work/slaves/{AGENT_ID}/frameworks/fw/executors/{id}/runs"));
+        let run = std::fs::read_dir(&runs).unwrap().next().unwrap().unwrap().path();
+        assert_eq!(std::fs::read_to_string(run.join("stdout")).unwrap(), "cached-tool\n");
+        sandboxes.push(run);
+    }
+    let inode = |run: &std::path::Path| std::fs::metadata(run.join("tool.sh")).unwrap().ino();
+    assert_eq!(inode(&sandboxes[0]), inode(&sandboxes[1]), "one file, linked into each");
+    assert_eq!(inode(&sandboxes[0]), inode(&sandboxes[2]));
+    let body = reqwest::get(format!("http://{}/metrics/snapshot", agent.addr))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let metrics: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let size = "#!/bin/sh\necho cached-tool\n".len() as f64;
+    assert_eq!(metrics["containerizer/fetcher/cache_size_used_bytes"], size);
+    assert_eq!(metrics["containerizer/fetcher/cache_size_total_bytes"], (1u64 << 30) as f64);
     agent.stop().await;
 }
 
