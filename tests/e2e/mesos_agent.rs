@@ -15,14 +15,14 @@ const JSON: &str = "application/json";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A `km mesos-agent` process with its own work_dir.
-struct Agent {
+pub(crate) struct Agent {
     proc: Proc,
-    port: u16,
+    pub(crate) port: u16,
     dir: tempfile::TempDir,
 }
 
 impl Agent {
-    fn start(master: &MesosMaster) -> Agent {
+    pub(crate) fn start(master: &MesosMaster) -> Agent {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let mut cmd = Command::new(km_bin());
@@ -45,7 +45,7 @@ impl Agent {
     }
 
     /// Waits until the agent says it is registered; returns its id.
-    async fn registered(&mut self) -> String {
+    pub(crate) async fn registered(&mut self) -> String {
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
             if let Some(s) = self.state().await

@@ -616,6 +616,93 @@ async fn credentials_require_basic_auth() {
     assert_eq!(first["type"], "SUBSCRIBED");
 }
 
+/// This machine's address on its default route, if it has one (not loopback).
+fn host_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("10.255.255.254:9").ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// With credentials configured, the web page and the read-only operator calls it makes need no
+/// login over loopback; from another address the page, its views of the agents and the
+/// operator API all want the credentials. Writing operator calls want them everywhere.
+#[tokio::test]
+async fn the_page_needs_no_login_on_loopback_and_the_apis_credentials_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::write(&creds, "ops s3cret\n").unwrap();
+    let port = crate::support::free_port();
+    let mut cmd = std::process::Command::new(crate::support::km_bin());
+    cmd.args(["mesos-master", "--ip=0.0.0.0", &format!("--port={port}")])
+        .arg(format!("--credentials={}", creds.display()))
+        .arg("--simulate-agents=1");
+    let master = crate::support::process::Proc::spawn(
+        "km mesos-master",
+        cmd,
+        &dir.path().join("master.log"),
+    );
+    let local = format!("http://127.0.0.1:{port}");
+    let up = crate::support::process::wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    assert!(up, "the master did not listen: {}", master.log());
+    let http = client();
+    let call = |base: String, body: Value, auth: bool| {
+        let http = http.clone();
+        async move {
+            let mut req = http
+                .post(format!("{base}/api/v1"))
+                .header("Content-Type", JSON)
+                .header("Accept", JSON)
+                .body(body.to_string());
+            if auth {
+                req = req.basic_auth("ops", Some("s3cret"));
+            }
+            req.send().await.unwrap().status().as_u16()
+        }
+    };
+    let get = |url: String, auth: bool| {
+        let http = http.clone();
+        async move {
+            let mut req = http.get(url);
+            if auth {
+                req = req.basic_auth("ops", Some("s3cret"));
+            }
+            req.send().await.unwrap().status().as_u16()
+        }
+    };
+    let agents = || json!({ "type": "GET_AGENTS" });
+    let teardown =
+        || json!({ "type": "TEARDOWN", "teardown": { "framework_id": { "value": "x" } } });
+    // Loopback: the page and what it reads, no login; a write still needs the credentials.
+    assert_eq!(get(format!("{local}/"), false).await, 200);
+    assert_eq!(call(local.clone(), agents(), false).await, 200);
+    assert_eq!(call(local.clone(), teardown(), false).await, 401);
+    let wrong = http
+        .post(format!("{local}/api/v1"))
+        .basic_auth("ops", Some("nope"))
+        .header("Content-Type", JSON)
+        .body(agents().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401, "wrong credentials are refused, even on loopback");
+
+    let Some(ip) = host_ip() else {
+        println!("no address besides loopback here: only the loopback half was checked");
+        return;
+    };
+    let remote = format!("http://{}", std::net::SocketAddr::new(ip, port));
+    let page = http.get(format!("{remote}/")).send().await.unwrap();
+    assert_eq!(page.status(), 401);
+    assert!(page.headers().contains_key("WWW-Authenticate"), "the browser asks for a login");
+    assert_eq!(get(format!("{remote}/agents/any/state"), false).await, 401);
+    assert_eq!(call(remote.clone(), agents(), false).await, 401);
+    assert_eq!(get(format!("{remote}/"), true).await, 200);
+    assert_eq!(call(remote.clone(), agents(), true).await, 200);
+    assert_eq!(get(format!("{remote}/agents/no-such-agent/state"), true).await, 404);
+}
+
 #[tokio::test]
 async fn mark_agent_gone_ends_its_tasks_for_good() {
     let m = MesosMaster::start(&["--simulate-agents=1", "--allocation_interval=100ms"]);

@@ -2,7 +2,8 @@
 //! chromium and chromedriver, the fantoccini client): the page lists the agents, then a
 //! framework and its running task as they appear, without a reload.
 //!
-//! With `KM_SCREENSHOTS=DIR` the test saves the page as `DIR/master-ui.png` (how
+//! With `KM_SCREENSHOTS=DIR` the tests save the pages as `DIR/master-ui.png`,
+//! `DIR/master-ui-sandbox.png` and `DIR/scheduler-ui.png` (how
 //! `docs/master-ui.png` is made: `KM_SCREENSHOTS=docs cargo nextest run -p km --test e2e
 //! web_ui`).
 
@@ -111,6 +112,95 @@ async fn the_master_page_follows_agents_frameworks_and_tasks_live() {
         std::fs::write(std::path::Path::new(&out).join("master-ui.png"), png).expect("save it");
     }
     let _ = c.close().await;
+}
+
+/// A task on a real agent: clicking it on the master's page shows its stdout from the sandbox
+/// (read through the master's `/agents/{id}/` views), and with "follow" a line the task prints
+/// later appears too, without a reload. The views serve nothing outside the sandboxes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_page_shows_a_tasks_stdout_and_follows_it() {
+    let master = MesosMaster::start(&["--allocation_interval=100ms"]);
+    let mut agent = crate::mesos_agent::Agent::start(&master);
+    let agent_id = agent.registered().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let go = dir.path().join("go");
+    let mut cmd = Command::new(km_bin());
+    cmd.args(["mesos-execute", &format!("--master=127.0.0.1:{}", master.port)])
+        .arg("--name=ui-output")
+        .arg(format!(
+            "--command=echo first-line-out; while [ ! -e {} ]; do sleep 0.1; done; echo later-line-out; sleep 600",
+            go.display()
+        ));
+    let _task = Proc::spawn("km mesos-execute", cmd, &dir.path().join("execute.log"));
+
+    // The views, as any client of the master sees them.
+    let http = reqwest::Client::new();
+    let view = |path: String| {
+        let (http, url) = (http.clone(), format!("{}/agents/{agent_id}/{path}", master.url()));
+        async move {
+            let r = http.get(&url).send().await.expect("a view");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    let slaves: serde_json::Value = serde_json::from_str(
+        &reqwest::get(format!("{}/slaves", master.url()))
+            .await
+            .expect("slaves")
+            .text()
+            .await
+            .expect("body"),
+    )
+    .expect("json");
+    let pid = slaves["slaves"][0]["pid"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        pid,
+        format!("slave(1)@127.0.0.1:{}", agent.port),
+        "the agent's pid names where it is"
+    );
+    let (code, body) = view("files/read?path=/etc/passwd".into()).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains("root:"), "{body}");
+    let (code, _) = view("metrics/snapshot".into()).await;
+    assert_eq!(code, 404, "only state, flags and the files API are viewed");
+    let missing =
+        http.get(format!("{}/agents/no-such-agent/state", master.url())).send().await.expect("get");
+    assert_eq!(missing.status().as_u16(), 404);
+
+    let (_driver, c) = browser(dir.path()).await;
+    c.goto(&format!("{}/", master.url())).await.expect("open the page");
+    c.execute("window.kmLoaded = 'first-load'; return null;", vec![]).await.expect("mark");
+    let row = until("the task RUNNING on the page", || async {
+        let rows = c.find_all(Locator::Css("#tasks tbody tr")).await.ok()?;
+        for r in rows {
+            if r.text().await.ok()?.contains("TASK_RUNNING") {
+                return Some(r);
+            }
+        }
+        None
+    })
+    .await;
+    row.click().await.expect("click the task");
+    let sandbox_text =
+        || async { c.find(Locator::Id("sandbox-out")).await.ok()?.text().await.ok() };
+    until("the task's first line shown", || async {
+        sandbox_text().await.filter(|t| t.contains("first-line-out"))
+    })
+    .await;
+    std::fs::write(&go, "").expect("let the task go on");
+    let shown = until("the later line followed", || async {
+        sandbox_text().await.filter(|t| t.contains("later-line-out"))
+    })
+    .await;
+    assert_eq!(shown.matches("first-line-out").count(), 1, "read on, not again: {shown}");
+    if let Ok(out) = std::env::var("KM_SCREENSHOTS") {
+        let png = c.screenshot().await.expect("a screenshot");
+        std::fs::write(std::path::Path::new(&out).join("master-ui-sandbox.png"), png)
+            .expect("save it");
+    }
+    let mark = c.execute("return window.kmLoaded || null;", vec![]).await.expect("read the mark");
+    assert_eq!(mark, json!("first-load"), "the page was not reloaded");
+    let _ = c.close().await;
+    drop(agent);
 }
 
 /// km scheduler's page: a pod that does not fit is listed as pending with the matcher's

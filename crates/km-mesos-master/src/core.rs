@@ -151,6 +151,8 @@ struct Agent {
     reregistered_time: Option<f64>,
     /// (framework, executor) → the executor.
     executors: BTreeMap<(String, String), Executor>,
+    /// The address its SUBSCRIBE came from (none for simulated agents).
+    ip: Option<std::net::IpAddr>,
 }
 
 /// An executor on an agent, with the resources and role it is charged to.
@@ -164,6 +166,20 @@ struct Executor {
 impl Agent {
     fn id(&self) -> &str {
         self.info.id.as_ref().map(|i| i.value.as_str()).unwrap_or_default()
+    }
+    /// Where the agent's HTTP API is reached: the IP it connected from (its hostname when not
+    /// known) and the port it advertises.
+    fn endpoint(&self) -> String {
+        let port = self.info.port.unwrap_or(5051);
+        match self.ip {
+            Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]:{port}"),
+            Some(ip) => format!("{ip}:{port}"),
+            None => format!("{}:{port}", self.info.hostname),
+        }
+    }
+    /// Mesos's process ID of the agent, `slave(1)@host:port`.
+    fn pid(&self) -> String {
+        format!("slave(1)@{}", self.endpoint())
     }
     fn free(&self) -> Resources {
         let mut free = self.total.clone();

@@ -130,12 +130,20 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         me: me.clone(),
         role,
         fence: fence.clone(),
+        http: reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .unwrap_or_default(),
     };
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(
-        axum::serve(listener, server::router(shared))
-            .with_graceful_shutdown(until_stopped(stopped.clone()))
-            .into_future(),
+        axum::serve(
+            listener,
+            server::router(shared).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(until_stopped(stopped.clone()))
+        .into_future(),
     );
     tracing::info!(%addr, "km mesos-master listening");
     let leading = Leading {

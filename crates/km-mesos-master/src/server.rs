@@ -57,7 +57,14 @@ pub(crate) enum Input {
     SubscribeAgent {
         subscribe: agent::call::Subscribe,
         sink: Sink,
+        /// The address the agent connected from (none for simulated agents).
+        peer: Option<std::net::IpAddr>,
         reply: oneshot::Sender<Result<(ConnId, String), Rejection>>,
+    },
+    /// `host:port` of an agent's HTTP API, for the pages' sandbox views.
+    AgentEndpoint {
+        agent_id: String,
+        reply: oneshot::Sender<Option<String>>,
     },
     AgentCall {
         call: agent::Call,
@@ -97,6 +104,8 @@ pub(crate) struct Shared {
     pub(crate) role: tokio::sync::watch::Receiver<crate::leader::Role>,
     /// Until when this master's leadership is certain.
     pub(crate) fence: crate::leader::Fence,
+    /// For the pages' views of agents (`/agents/{id}/...`).
+    pub(crate) http: reqwest::Client,
 }
 
 /// For a master that does not lead: 307 to the leader (on the `/master`
@@ -242,10 +251,13 @@ fn handle(
                 .and_then(|()| master.scheduler_call(call, now, wall));
             let _ = reply.send(result);
         }
-        Input::SubscribeAgent { subscribe, sink, reply } => {
+        Input::SubscribeAgent { subscribe, sink, peer, reply } => {
             let conn = open(sink, sinks);
             match master.subscribe_agent(conn, subscribe, now, wall) {
                 Ok(id) => {
+                    if let Some(ip) = peer {
+                        master.set_agent_ip(&id, ip);
+                    }
                     let _ = reply.send(Ok((conn, id)));
                 }
                 Err(e) => {
@@ -253,6 +265,9 @@ fn handle(
                     let _ = reply.send(Err(e));
                 }
             }
+        }
+        Input::AgentEndpoint { agent_id, reply } => {
+            let _ = reply.send(master.agent_endpoint(&agent_id));
         }
         Input::AgentCall { call, reply } => {
             let result = master.agent_call(call, now, wall);
@@ -389,7 +404,14 @@ async fn legacy(State(shared): State<Shared>, uri: axum::http::Uri) -> Response 
 
 /// The web UI: one page, embedded in the binary, that follows the operator API's SUBSCRIBE
 /// stream. A master that is not leading sends the browser to the leader's page.
-async fn web_ui(State(shared): State<Shared>) -> Response {
+async fn web_ui(
+    State(shared): State<Shared>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = page_access(&shared, peer.as_deref(), &headers) {
+        return r;
+    }
     if let crate::leader::Role::Follower(leader) = &*shared.role.borrow() {
         let mut r = StatusCode::TEMPORARY_REDIRECT.into_response();
         if let Ok(v) = HeaderValue::from_str(&format!("//{leader}/")) {
@@ -549,6 +571,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/master/health", any(health))
         .route("/metrics/snapshot", any(metrics_snapshot))
         .route("/", axum::routing::get(web_ui))
+        .route("/agents/{agent_id}/{*rest}", axum::routing::get(agent_view))
         .route("/master/maintenance/status", any(maintenance_status))
         .route("/maintenance/status", any(maintenance_status));
     let mut router = router;
@@ -614,6 +637,32 @@ fn accept_of(headers: &HeaderMap) -> Result<ContentType, Response> {
             )
         },
     )
+}
+
+/// Whether a request came over the loopback interface.
+fn from_loopback(peer: Option<&axum::extract::ConnectInfo<std::net::SocketAddr>>) -> bool {
+    peer.is_some_and(|p| p.0.ip().is_loopback())
+}
+
+/// Who may see the web page and its views of the agents: anyone on this machine (loopback);
+/// from elsewhere, when credentials are configured, only who the APIs would let in.
+fn page_access(
+    shared: &Shared,
+    peer: Option<&axum::extract::ConnectInfo<std::net::SocketAddr>>,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    if from_loopback(peer) {
+        return Ok(());
+    }
+    authenticate(shared, headers).map(|_| ())
+}
+
+/// Operator calls that only read (what the page asks for): from loopback they need no
+/// credentials, as the web page on loopback needs no login. Everything they tell is in the
+/// read-only `/master/state` too.
+fn reads_only(t: op::call::Type) -> bool {
+    use op::call::Type as T;
+    t.as_str_name().starts_with("GET_") || matches!(t, T::Subscribe | T::ListFiles | T::ReadFile)
 }
 
 /// Basic authentication, when credentials are configured: the principal, or a 401.
@@ -804,13 +853,20 @@ async fn scheduler(
 
 async fn operator(
     State(shared): State<Shared>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     uri: axum::http::Uri,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     if let Err(r) = authenticate(&shared, &headers) {
-        return r;
+        let local_read = from_loopback(peer.as_deref())
+            && !headers.contains_key(header::AUTHORIZATION)
+            && decode_call::<op::Call>(&method, &headers, &body, "v1::master::Call")
+                .is_ok_and(|(c, _)| c.r#type.is_some() && reads_only(c.r#type()));
+        if !local_read {
+            return r;
+        }
     }
     if let Some(r) = not_leading(&shared, uri.path()) {
         return r;
@@ -860,6 +916,7 @@ async fn operator(
 
 async fn agent_api(
     State(shared): State<Shared>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     uri: axum::http::Uri,
     method: Method,
     headers: HeaderMap,
@@ -890,6 +947,7 @@ async fn agent_api(
             .send(Input::SubscribeAgent {
                 subscribe,
                 sink: Sink::Http { tx, content_type: ct },
+                peer: peer.map(|p| p.0.0.ip()),
                 reply,
             })
             .is_err()
@@ -914,6 +972,61 @@ async fn agent_api(
         Ok(Err(r)) => rejection(r),
         Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down"),
     }
+}
+
+/// What of an agent the master's page may read through the master (same origin, same access
+/// as the page): its `/state` and `/flags`, and its sandbox files API, which confines every
+/// path to the sandboxes.
+const AGENT_VIEWS: [&str; 4] = ["state", "flags", "files/browse", "files/read"];
+
+/// `GET /agents/{agent_id}/{state | flags | files/browse | files/read}`: the agent's own
+/// answer, fetched from where it registered from.
+async fn agent_view(
+    State(shared): State<Shared>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
+    headers: HeaderMap,
+    axum::extract::Path((agent_id, rest)): axum::extract::Path<(String, String)>,
+    uri: axum::http::Uri,
+) -> Response {
+    if let Err(r) = page_access(&shared, peer.as_deref(), &headers) {
+        return r;
+    }
+    if let Some(r) = not_leading(&shared, uri.path()) {
+        return r;
+    }
+    if !AGENT_VIEWS.contains(&rest.as_str()) {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("/agents/{{id}}/ serves {} only", AGENT_VIEWS.join(", ")),
+        );
+    }
+    let (reply, answer) = oneshot::channel();
+    if shared.inputs.send(Input::AgentEndpoint { agent_id: agent_id.clone(), reply }).is_err() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
+    }
+    let Ok(Some(endpoint)) = answer.await else {
+        return text(StatusCode::NOT_FOUND, format!("No agent {agent_id} is registered"));
+    };
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let url = format!("http://{endpoint}/{rest}{query}");
+    let unreachable = |e: reqwest::Error| {
+        text(StatusCode::BAD_GATEWAY, format!("Agent {agent_id} at {endpoint} did not answer: {e}"))
+    };
+    let resp = match shared.http.get(&url).send().await {
+        Ok(r) => r,
+        Err(e) => return unreachable(e),
+    };
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let body = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => return unreachable(e),
+    };
+    let mut r = (status, body).into_response();
+    if let Some(ct) = content_type {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    r
 }
 
 async fn legacy_state(State(shared): State<Shared>, uri: axum::http::Uri) -> Response {

@@ -210,6 +210,7 @@ async fn register(
         .send(Input::SubscribeAgent {
             subscribe,
             sink: Sink::Simulated { agent, tx: tx.clone() },
+            peer: None,
             reply,
         })
         .map_err(|_| "master loop stopped".to_owned())?;

@@ -4,6 +4,18 @@
 use super::*;
 
 impl Master {
+    /// Records the address an agent's SUBSCRIBE came from.
+    pub(crate) fn set_agent_ip(&mut self, id: &str, ip: std::net::IpAddr) {
+        if let Some(a) = self.agents.get_mut(id) {
+            a.ip = Some(ip);
+        }
+    }
+
+    /// `host:port` of a registered agent's HTTP API.
+    pub(crate) fn agent_endpoint(&self, id: &str) -> Option<String> {
+        self.agents.get(id).map(Agent::endpoint)
+    }
+
     /// An agent registers or re-registers on `conn`.
     pub(crate) fn subscribe_agent(
         &mut self,
@@ -54,6 +66,7 @@ impl Master {
             registered_time: now_s,
             reregistered_time: None,
             executors: BTreeMap::new(),
+            ip: None,
         };
         if let Some(old) = self.agents.remove(&id) {
             agent.registered_time = old.registered_time;

@@ -86,7 +86,7 @@ impl Master {
             a.info.attributes.iter().filter_map(|x| attribute_from_proto(x).ok()).collect();
         json!({
             "id": a.id(),
-            "pid": format!("slave(1)@{}:{}", a.info.hostname, a.info.port.unwrap_or(5051)),
+            "pid": a.pid(),
             "hostname": a.info.hostname,
             "port": a.info.port.unwrap_or(5051),
             "registered_time": a.registered_time,

@@ -28,7 +28,7 @@ impl Master {
             agent_info: info,
             active: a.conn.is_some(),
             version: a.version.clone(),
-            pid: Some(format!("slave(1)@{}:{}", a.info.hostname, a.info.port.unwrap_or(5051))),
+            pid: Some(a.pid()),
             registered_time: Some(v1::TimeInfo { nanoseconds: (a.registered_time * 1e9) as i64 }),
             reregistered_time: a
                 .reregistered_time
