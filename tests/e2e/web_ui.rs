@@ -334,6 +334,8 @@ async fn the_master_page_loads_and_updates_with_many_agents_and_tasks() {
     })
     .await;
     let loaded = opened.elapsed();
+    let times = b.execute("return window.kmTimes;", vec![]).await.expect("the page's times");
+    println!("master page, ms after opening: {times}");
     // One more task, on the next offer: how long until its row is there.
     let offers = next_event_of(&mut sub.records, "OFFERS").await;
     let offer = &offers["offers"]["offers"][0];

@@ -27,6 +27,7 @@ mod leader;
 mod registry;
 mod server;
 mod sim;
+mod ui;
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};

@@ -421,7 +421,7 @@ async fn web_ui(
     }
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")],
-        include_str!("ui/master.html"),
+        crate::ui::PAGE.as_str(),
     )
         .into_response()
 }

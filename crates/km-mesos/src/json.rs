@@ -176,12 +176,97 @@ fn drop_unknown_enums(msg: &mut DynamicMessage) -> bool {
 /// encoded through a dynamic copy with those fields set explicitly.
 pub(crate) fn encode_protobuf<M: ReflectMessage>(msg: &M) -> Vec<u8> {
     let desc = msg.descriptor();
-    if !has_required_map_values(&desc) {
-        return msg.encode_to_vec();
+    let bytes = msg.encode_to_vec();
+    // The dynamic copy costs a hundred times the encoding: it is made only when prost did
+    // leave out a map value (a snapshot of ten thousand tasks without limits needs none).
+    if !has_required_map_values(&desc) || !map_value_left_out(&bytes, &desc) {
+        return bytes;
     }
     let mut dynamic = msg.transcode_to_dynamic();
     fill_required(&mut dynamic);
     dynamic.encode_to_vec()
+}
+
+/// Whether encoded `buf` (a `desc`) holds, at any depth, an entry of a map whose values are
+/// messages with required fields that has no value: prost writes none for a default value.
+/// Reads the wire format without decoding it; anything it cannot follow counts as "yes".
+fn map_value_left_out(mut buf: &[u8], desc: &prost_reflect::MessageDescriptor) -> bool {
+    use prost::encoding::decode_varint;
+    while !buf.is_empty() {
+        let Ok(key) = decode_varint(&mut buf) else { return true };
+        let skip = match key & 7 {
+            0 => match decode_varint(&mut buf) {
+                Ok(_) => 0,
+                Err(_) => return true,
+            },
+            1 => 8,
+            5 => 4,
+            2 => {
+                let Some(len) = decode_varint(&mut buf).ok().and_then(|l| usize::try_from(l).ok())
+                else {
+                    return true;
+                };
+                if buf.len() < len {
+                    return true;
+                }
+                let (body, rest) = buf.split_at(len);
+                buf = rest;
+                let number = u32::try_from(key >> 3).unwrap_or(0);
+                if let Some(field) = desc.get_field(number)
+                    && let Kind::Message(sub) = field.kind()
+                {
+                    let left_out = if field.is_map() {
+                        map_entry_left_out(body, &sub)
+                    } else {
+                        has_required_map_values(&sub) && map_value_left_out(body, &sub)
+                    };
+                    if left_out {
+                        return true;
+                    }
+                }
+                0
+            }
+            _ => return true,
+        };
+        if buf.len() < skip {
+            return true;
+        }
+        buf = &buf[skip..];
+    }
+    false
+}
+
+/// For one encoded map entry (`entry` is the map's entry type): whether its message value is
+/// missing where one is needed, or holds such a map itself.
+fn map_entry_left_out(entry: &[u8], desc: &prost_reflect::MessageDescriptor) -> bool {
+    let value_field = desc.map_entry_value_field();
+    let Kind::Message(value_type) = value_field.kind() else { return false };
+    let required = value_type.fields().any(|f| f.cardinality() == Cardinality::Required);
+    let mut buf = entry;
+    let mut value = None;
+    while !buf.is_empty() {
+        let Ok(key) = prost::encoding::decode_varint(&mut buf) else { return true };
+        let Some(len) = (match key & 7 {
+            0 => prost::encoding::decode_varint(&mut buf).ok().map(|_| 0),
+            2 => {
+                prost::encoding::decode_varint(&mut buf).ok().and_then(|l| usize::try_from(l).ok())
+            }
+            _ => None,
+        }) else {
+            return true;
+        };
+        if buf.len() < len {
+            return true;
+        }
+        if key >> 3 == u64::from(value_field.number()) {
+            value = Some(&buf[..len]);
+        }
+        buf = &buf[len..];
+    }
+    match value {
+        None => required,
+        Some(v) => has_required_map_values(&value_type) && map_value_left_out(v, &value_type),
+    }
 }
 
 /// Whether a message type can contain (at any depth) a map whose values are
@@ -613,6 +698,29 @@ mod tests {
     use crate::v1::scheduler::{Call, Event, call, event};
     use crate::v1::{self, Filters, FrameworkInfo, TaskStatus};
     use serde_json::json;
+
+    #[test]
+    fn only_a_left_out_map_value_takes_the_slow_path() {
+        use crate::v1::{Task, TaskInfo, value::Scalar};
+        let task = |limit: f64| Task {
+            name: "t".into(),
+            limits: [("cpus".to_owned(), Scalar { value: limit })].into(),
+            ..Default::default()
+        };
+        let desc = Task::default().descriptor();
+        assert!(!map_value_left_out(&task(1.5).encode_to_vec(), &desc));
+        assert!(map_value_left_out(&task(0.0).encode_to_vec(), &desc), "prost drops Scalar{{0.0}}");
+        assert!(!map_value_left_out(&Task::default().encode_to_vec(), &desc));
+        // The fast path is prost's own encoding; the slow one puts the value back.
+        assert_eq!(encode_protobuf(&task(1.5)), task(1.5).encode_to_vec());
+        let fixed = encode_protobuf(&task(0.0));
+        assert_ne!(fixed, task(0.0).encode_to_vec());
+        assert!(decode_protobuf_checked::<Task>(&fixed).is_ok());
+        // Another type holding such a map.
+        let info = TaskInfo { limits: task(0.0).limits, ..Default::default() };
+        assert!(map_value_left_out(&info.encode_to_vec(), &info.descriptor()));
+        assert!(map_value_left_out(&[0xff], &desc), "what cannot be read counts as left out");
+    }
 
     fn framework(user: &str, name: &str) -> FrameworkInfo {
         FrameworkInfo { user: user.into(), name: name.into(), ..Default::default() }
