@@ -437,6 +437,12 @@ async fn legacy_endpoints_show(m: &MesosMaster, framework_id: &str) {
     assert_eq!(none["tasks"], json!([]));
     let (code, _) = get_json(m, "/master/tasks?order=sideways").await;
     assert_eq!(code, 400);
+    // What the Mesos CLI's `mesos task list` asks: -1 is no limit, as with Mesos.
+    let (code, every) = get_json(m, "/tasks?order=asc&limit=-1").await;
+    assert_eq!(code, 200);
+    assert_eq!(every["tasks"].as_array().map(Vec::len), Some(10));
+    let (code, _) = get_json(m, "/tasks?limit=lots").await;
+    assert_eq!(code, 400);
     let (_, fws) = get_json(m, &format!("/master/frameworks/?framework_id={framework_id}")).await;
     assert_eq!(fws["frameworks"].as_array().map(Vec::len), Some(1));
     assert_eq!(fws["frameworks"][0]["id"], framework_id);

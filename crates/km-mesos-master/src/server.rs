@@ -339,6 +339,15 @@ pub(crate) enum LegacyView {
     StateSummary,
 }
 
+/// A `limit` or `offset` of `/tasks`: an integer, where a negative one counts as no bound at
+/// all, as with Mesos (which reads an int into a size_t): the Mesos CLI asks `limit=-1` for
+/// every task.
+fn count(name: &str, v: &str) -> Result<usize, String> {
+    let n: i64 =
+        v.trim().parse().map_err(|_| format!("Failed to parse {name}: {v:?} is not an integer"))?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
 /// Which legacy view a path names (`/master/<name>` or `/<name>`, with or without a trailing
 /// slash), from its query; a bad query is a 400 with Mesos's wording.
 fn legacy_view(path: &str, query: &str) -> Result<LegacyView, String> {
@@ -356,14 +365,10 @@ fn legacy_view(path: &str, query: &str) -> Result<LegacyView, String> {
         "/tasks" => {
             let mut q = crate::core::TaskQuery::default();
             if let Some(v) = param("limit") {
-                q.limit = v
-                    .parse()
-                    .map_err(|_| format!("Failed to parse limit: {v:?} is not a count"))?;
+                q.limit = count("limit", &v)?;
             }
             if let Some(v) = param("offset") {
-                q.offset = v
-                    .parse()
-                    .map_err(|_| format!("Failed to parse offset: {v:?} is not a count"))?;
+                q.offset = count("offset", &v)?;
             }
             if let Some(v) = param("order") {
                 q.ascending = match v.as_str() {
