@@ -40,8 +40,9 @@ pub(crate) fn is_km_executor(name: Option<&str>) -> bool {
 }
 
 /// The IP address in a libprocess PID such as `slave(1)@10.0.0.5:5051`.
-/// `None` when the PID carries a hostname instead (km's master writes the
-/// agent's hostname there), or the unspecified address.
+/// `None` when the PID carries a hostname instead (km's master does for an
+/// agent it does not know the address of: a simulated one), or the
+/// unspecified address.
 pub(crate) fn pid_ip(pid: &str) -> Option<IpAddr> {
     let (_, address) = pid.rsplit_once('@')?;
     let host = match address.rsplit_once(':') {
