@@ -707,6 +707,22 @@ async fn the_page_needs_no_login_on_loopback_and_the_apis_credentials_elsewhere(
     assert_eq!(get(format!("{remote}/"), true).await, 200);
     assert_eq!(call(remote.clone(), agents(), true).await, 200);
     assert_eq!(get(format!("{remote}/agents/no-such-agent/state"), true).await, 404);
+    // A simulated agent has no address of its own: the master fetches nothing for it (it
+    // never fetches from a name an agent merely claims).
+    let body = http
+        .post(format!("{local}/api/v1"))
+        .header("Content-Type", JSON)
+        .header("Accept", JSON)
+        .body(agents().to_string())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let agents: Value = serde_json::from_str(&body).unwrap();
+    let sim = agents["get_agents"]["agents"][0]["agent_info"]["id"]["value"].as_str().unwrap();
+    assert_eq!(get(format!("{local}/agents/{sim}/state"), false).await, 404);
 }
 
 #[tokio::test]

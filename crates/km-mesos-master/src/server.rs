@@ -1010,7 +1010,12 @@ async fn agent_view(
         return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
     }
     let Ok(Some(endpoint)) = answer.await else {
-        return text(StatusCode::NOT_FOUND, format!("No agent {agent_id} is registered"));
+        return text(
+            StatusCode::NOT_FOUND,
+            format!(
+                "No agent {agent_id} with an HTTP address is registered (simulated agents have none)"
+            ),
+        );
     };
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let url = format!("http://{endpoint}/{rest}{query}");

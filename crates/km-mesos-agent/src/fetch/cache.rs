@@ -131,7 +131,13 @@ impl FetchCache {
         let file = match held {
             Some((path, _)) if path.is_file() => path,
             _ => {
-                let path = self.download(client, uri, max_size).await?;
+                let path = match self.download(client, uri, max_size).await {
+                    Ok(path) => path,
+                    Err(e) => {
+                        self.forget_if_idle(&key, &busy);
+                        return Err(e);
+                    }
+                };
                 let size = std::fs::metadata(&path)
                     .map_err(|e| CacheError::Cache(format!("{}: {e}", path.display())))?
                     .len();
@@ -170,11 +176,27 @@ impl FetchCache {
         };
         let name = super::basename(uri).unwrap_or_default().replace('/', "_");
         let path = self.dir.join(format!("{seq}-{name}"));
+        // A file the cache cannot create is the cache's failure, not the source's.
+        std::fs::File::create(&path)
+            .map_err(|e| CacheError::Cache(format!("{}: {e}", path.display())))?;
         fetch_source(client, uri, &path, max_size).await.map_err(CacheError::Source)?;
         let mode = if uri.executable == Some(true) { 0o555 } else { 0o444 };
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| CacheError::Cache(format!("{}: {e}", path.display())))?;
         Ok(path)
+    }
+
+    /// Drops `key`'s entry when it holds no file and no other launch waits for it (a failed
+    /// fetch leaves nothing behind). `busy` is the caller's handle on the entry's lock.
+    fn forget_if_idle(&self, key: &str, busy: &Arc<tokio::sync::Mutex<()>>) {
+        let mut inner = self.inner();
+        // The entry's own handle, the caller's, and nobody else's.
+        let idle = inner.entries.get(key).is_some_and(|e| {
+            e.file.is_none() && Arc::ptr_eq(&e.busy, busy) && Arc::strong_count(busy) == 2
+        });
+        if idle {
+            inner.entries.remove(key);
+        }
     }
 
     /// Records `path` as `key`'s file, deleting least recently used idle entries until it
@@ -420,6 +442,7 @@ mod tests {
         .unwrap_err();
         assert!(err.problem.contains("No such file"), "{err}");
         assert_eq!(cache.size().used, 0);
+        assert!(cache.inner().entries.is_empty(), "a failed fetch leaves no entry");
         assert!(!dir.path().join("a/km").exists());
     }
 
@@ -436,6 +459,24 @@ mod tests {
         fetch_all(&reqwest::Client::new(), &[uri], &a, MAX, Some((&cache, ""))).await.unwrap();
         assert_eq!(std::fs::read_to_string(a.join("km")).unwrap(), "#!/bin/sh\n");
         assert_eq!(std::fs::metadata(a.join("km")).unwrap().mode() & 0o777, 0o755);
+    }
+
+    #[tokio::test]
+    async fn a_cache_file_that_cannot_be_written_falls_back_to_a_direct_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache_dir = dir.path().join("cache");
+        // Directories where the cache's files would go: creating one of them fails.
+        for seq in 1..10 {
+            std::fs::create_dir_all(cache_dir.join(format!("{seq}-km"))).unwrap();
+        }
+        let cache = FetchCache::new(cache_dir, MAX);
+        let src = dir.path().join("bin");
+        std::fs::write(&src, "#!/bin/sh\n").unwrap();
+        let a = sandbox(dir.path(), "a");
+        let uri = cached(&src.display().to_string(), true, "km");
+        fetch_all(&reqwest::Client::new(), &[uri], &a, MAX, Some((&cache, ""))).await.unwrap();
+        assert_eq!(std::fs::read_to_string(a.join("km")).unwrap(), "#!/bin/sh\n");
+        assert_eq!(cache.size().used, 0);
     }
 
     #[test]

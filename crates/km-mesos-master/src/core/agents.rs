@@ -11,9 +11,11 @@ impl Master {
         }
     }
 
-    /// `host:port` of a registered agent's HTTP API.
+    /// `ip:port` of a registered agent's HTTP API: the IP its SUBSCRIBE came from, never a
+    /// name the agent merely claims (so no agent can make the master fetch from elsewhere).
+    /// None for agents without a connection of their own (simulated ones).
     pub(crate) fn agent_endpoint(&self, id: &str) -> Option<String> {
-        self.agents.get(id).map(Agent::endpoint)
+        self.agents.get(id).filter(|a| a.ip.is_some()).map(Agent::endpoint)
     }
 
     /// An agent registers or re-registers on `conn`.
